@@ -1,0 +1,51 @@
+/*
+ * backend: loading backend plugins and lending them host services.
+ *
+ * Each backend named in the config is a plugin (a shared module found by
+ * name, see backend_plugin_path) opened once per process with its settings.
+ * The host services it gets (struct fg_host) log through fg_log, read the
+ * clock, draw randomness, and keep durable state in the store: plugin-wide
+ * state and serial reservations on a connection of the backend set's own
+ * (behind a mutex), per-job state on the calling worker's connection, which
+ * travels in struct fg_job.
+ */
+#ifndef FG_BACKEND_H
+#define FG_BACKEND_H
+
+#include <stddef.h>
+#include "fleetgate/plugin.h"
+#include "config.h"
+#include "store.h"
+
+/* The job handle plugins get in fg_issue_request.job. */
+struct fg_job {
+	struct store *st;          /* the calling worker's connection */
+	const char *curve_key;
+	const char *request_id;
+};
+
+struct backend {
+	char name[64];             /* the config's name for it, e.g. "local" */
+	const struct fg_backend_ops *ops;
+	void *state;               /* the plugin's instance */
+};
+
+struct backends;
+
+/* Load and open every backend in cfg. With create set, settings get
+ * create = "yes" (fleetgate init: the local CA makes its key). NULL with err
+ * on failure, naming the backend and what to do. */
+struct backends *backends_open(const struct gw_config *cfg, int create, char *err, size_t errlen);
+void backends_free(struct backends *bs);
+/* The backend of that name, or NULL. */
+struct backend *backends_find(struct backends *bs, const char *name);
+
+/* Where the plugin for name lives: plugin_dir (config) when set, else
+ * $FLEETGATE_PLUGIN_DIR, else the build tree next to the executable
+ * (<exe dir>/../plugins/<name>/fleetgate-<name>.so), else FG_PLUGIN_DIR.
+ * 0 with out filled when a readable file was found, -1 with err listing
+ * the places tried. */
+int backend_plugin_path(const char *plugin_dir, const char *name, char *out, size_t outlen,
+			char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,94 @@
+/*
+ * config: the gateway config file, <state>/fleetgated.conf.
+ *
+ * Lua syntax, data only: the file runs once in an empty sandbox (no
+ * libraries, instruction cap) and its globals are read as settings. Example:
+ *
+ *   listen = "tcp://127.0.0.1:7700"
+ *   workers = 2
+ *   store = { engine = "sqlite", path = "fleetgate.db" }
+ *   policy = "policy.lua"
+ *   curve_key = "keys/gateway.key"
+ *   log_level = "info"
+ *   checkin_interval = 3600
+ *   limits = { max_message = 65536, policy_memory = 4194304,
+ *              policy_instructions = 1000000 }
+ *   backends = {
+ *     ["local"] = { plugin = "local", ca_dir = "ca", key_type = "p256" },
+ *   }
+ *   profiles = {
+ *     default = { backend = "local", key_usage = { "digitalSignature" },
+ *                 extended_key_usage = { "clientAuth" }, max_validity = "90d",
+ *                 default_validity = "30d", names = { "cn", "dns" } },
+ *   }
+ *
+ * Relative paths are resolved against the state directory.
+ */
+#ifndef FG_CONFIG_H
+#define FG_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "fleetgate/plugin.h"
+
+enum config_name_type {
+	NAME_CN    = 1u << 0,
+	NAME_DNS   = 1u << 1,
+	NAME_IP    = 1u << 2,
+	NAME_EMAIL = 1u << 3
+};
+
+#define CONFIG_MAX_EKU 8
+
+struct config_profile {
+	char name[64];
+	char backend[64];
+	uint32_t key_usage;                 /* FG_KU_* */
+	char *eku[CONFIG_MAX_EKU];          /* malloc'd names or OIDs */
+	size_t neku;
+	int64_t max_validity;               /* seconds */
+	int64_t default_validity;           /* seconds */
+	unsigned names;                     /* enum config_name_type bits allowed */
+};
+
+struct config_backend {
+	char name[64];
+	char plugin[64];
+	struct fg_kv *settings;             /* malloc'd keys and values, incl. state_dir and name */
+	size_t nsettings;
+};
+
+struct gw_config {
+	char state_dir[PATH_MAX];           /* absolute */
+	char listen[256];
+	int workers;
+	char store_engine[16];
+	char store_path[PATH_MAX];          /* absolute */
+	char policy_path[PATH_MAX];         /* absolute */
+	char curve_key_path[PATH_MAX];      /* absolute */
+	char plugin_dir[PATH_MAX];          /* "" = built-in search path */
+	char log_level[16];
+	int checkin_interval;               /* seconds */
+	size_t max_message;                 /* bytes */
+	size_t policy_memory;               /* bytes */
+	uint64_t policy_instructions;
+	struct config_profile *profiles;
+	size_t nprofiles;
+	struct config_backend *backends;
+	size_t nbackends;
+};
+
+/* Read <state_dir>/fleetgated.conf. NULL with err ("fleetgated.conf:7: ...") on failure. */
+struct gw_config *config_load(const char *state_dir, char *err, size_t errlen);
+void config_free(struct gw_config *cfg);
+const struct config_profile *config_profile(const struct gw_config *cfg, const char *name);
+const struct config_backend *config_backend(const struct gw_config *cfg, const char *name);
+
+/* "digitalSignature" ... -> FG_KU_* bit, 0 if unknown. */
+uint32_t config_key_usage_bit(const char *name);
+
+/* The config text `fleetgate init` writes, with listen filled in. malloc'd. */
+char *config_default_text(const char *listen);
+
+#endif

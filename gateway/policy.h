@@ -1,0 +1,100 @@
+/*
+ * policy: Lua 5.4 enrollment policies in a sandbox.
+ *
+ * One struct policy is one Lua state; each worker thread owns its own. The
+ * state has only base (without load, loadstring, dofile, loadfile, require,
+ * collectgarbage), string, table, math and utf8; chunks load as text only; a
+ * lua_Alloc caps memory and a count hook caps instructions per call.
+ *
+ * The policy file defines enroll(req) (required) and checkin(dev) (optional).
+ * Helpers available to the policy: allow{...}, deny(reason), and the `fleet`
+ * table (fleet.has_suffix, fleet.days, fleet.hours, fleet.log).
+ *
+ * req (a read-only view):
+ *   req.protocol      "zmq"
+ *   req.request_id, req.slot
+ *   req.renew         true for a renewal
+ *   req.new_device    true when this request creates the device
+ *   req.device        { id =, group =, hostname = }
+ *   req.token         { group = } when a token was presented, else nil
+ *   req.facts         { hostname, machine_id, os_id, os_version, os_pretty_name,
+ *                       kernel_release, arch, dmi_product_uuid, dmi_product_serial,
+ *                       secure_boot (true/false/nil), tpm_present, agent_version }
+ *   req.csr           { cn =, dns = {...}, key_type = "ec"|"rsa"|"ed25519",
+ *                       curve = "P-256"|"P-384"|nil, key_bits = N }
+ * Decision: allow{ profile =, backend =, cn =, dns = {...}, ip = {...},
+ *                  email = {...}, validity = seconds, challenge = }
+ *           or deny("reason shown to the device and in the audit log").
+ */
+#ifndef FG_POLICY_H
+#define FG_POLICY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct policy;
+
+struct policy_limits {
+	size_t memory;           /* bytes of Lua heap, e.g. 4 MiB */
+	uint64_t instructions;   /* VM instructions per call, e.g. 1,000,000 */
+};
+
+struct policy_facts {
+	const char *hostname, *machine_id, *os_id, *os_version, *os_pretty_name;
+	const char *kernel_release, *arch, *dmi_product_uuid, *dmi_product_serial;
+	const char *agent_version;
+	int secure_boot;         /* -1 unknown, 0 off, 1 on */
+	int tpm_present;
+};
+
+struct policy_request {
+	const char *protocol;
+	const char *request_id;
+	const char *slot;
+	int renew;
+	int new_device;
+	const char *device_id;
+	const char *device_group;
+	const char *device_hostname;
+	const char *token_group;  /* NULL when no token was presented */
+	struct policy_facts facts;
+	const char *csr_cn;
+	const char *const *csr_dns;
+	size_t csr_ndns;
+	const char *csr_key_type;
+	const char *csr_curve;
+	int csr_key_bits;
+};
+
+#define POLICY_MAX_NAMES 32
+
+struct policy_decision {
+	int allow;
+	char reason[256];        /* deny reason, or "" */
+	char backend[64];        /* "" = the profile's backend */
+	char profile[64];        /* "" = "default" profile */
+	char cn[256];
+	char *dns[POLICY_MAX_NAMES];   /* malloc'd */
+	size_t ndns;
+	char *ip[POLICY_MAX_NAMES];
+	size_t nip;
+	char *email[POLICY_MAX_NAMES];
+	size_t nemail;
+	int64_t validity;        /* seconds; 0 = profile default */
+	char challenge[256];
+};
+void policy_decision_clear(struct policy_decision *d);
+
+/* Compile path in a fresh sandbox and check that enroll is a function.
+ * Errors carry the file name and line ("policy.lua:12: ..."). */
+struct policy *policy_new(const char *path, const struct policy_limits *lim,
+			  char *err, size_t errlen);
+void policy_free(struct policy *p);
+
+/* Run enroll(req). 0 with *out filled (allow or deny); -1 when the policy
+ * itself failed (runtime error, instruction or memory cap, bad return value):
+ * err says what, and the state stays usable for the next call. */
+int policy_enroll(struct policy *p, const struct policy_request *req,
+		  struct policy_decision *out, char *err, size_t errlen);
+
+#endif

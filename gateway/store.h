@@ -1,0 +1,194 @@
+/*
+ * store: the gateway's durable state behind one interface.
+ *
+ * Engine: SQLite in WAL mode (the embedded default); PostgreSQL comes later
+ * behind the same functions. Schema changes are numbered migrations applied
+ * at open. One struct store is one connection: each worker thread and the
+ * CLI open their own, so the CLI is safe to use while the gateway runs
+ * (writers wait on busy_timeout rather than fail).
+ *
+ * Lookup functions return 1 when found, 0 when not, -1 on error. Other int
+ * functions return 0 or -1 (or a positive STORE_E_* where documented).
+ * err receives "what failed and what to do".
+ */
+#ifndef FG_STORE_H
+#define FG_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+/* Open (creating when create != 0) the store at path and migrate it. */
+struct store *store_open(const char *path, int create, char *err, size_t errlen);
+void store_free(struct store *st);
+/* Highest applied migration. */
+int store_schema_version(struct store *st);
+
+enum store_device_state {
+	DEVICE_ACTIVE,
+	DEVICE_REVOKED,
+	DEVICE_STATE_MAX
+};
+const char *store_device_state_name(int state);
+
+struct store_device {
+	char id[40];              /* "dev_" + 16 hex */
+	char curve_key[41];       /* Z85 CURVE public key bound at enrollment */
+	char group[64];
+	char hostname[256];
+	int state;                /* enum store_device_state */
+	int64_t created_at;       /* Unix seconds */
+	int64_t last_seen;
+	char *facts_json;         /* malloc'd JSON object, may be NULL */
+};
+void store_device_clear(struct store_device *d);   /* frees facts_json */
+
+int store_device_by_key(struct store *st, const char *curve_key, struct store_device *out,
+			char *err, size_t errlen);
+int store_device_get(struct store *st, const char *id, struct store_device *out,
+		     char *err, size_t errlen);
+/* Record a check-in: last_seen, hostname and facts. */
+int store_device_touch(struct store *st, const char *id, const char *hostname,
+		       const char *facts_json, int64_t now, char *err, size_t errlen);
+/* Calls cb for each device (ordered by created_at); cb returning non-zero stops. */
+int store_device_list(struct store *st, int (*cb)(void *arg, const struct store_device *d),
+		      void *arg, char *err, size_t errlen);
+/* Revoke a device and mark its valid certificates revoked, in one
+ * transaction, with audit records. The serials revoked are handed to cb (for
+ * the backend to revoke upstream) after commit. Returns the number of
+ * certificates revoked, or -1. A device already revoked is not an error. */
+int store_device_revoke(struct store *st, const char *id, int64_t now,
+			int (*cb)(void *arg, const char *serial_hex, const char *backend,
+				  const unsigned char *der, size_t der_len),
+			void *arg, char *err, size_t errlen);
+
+struct store_token {
+	char id[24];              /* "tok_" + 16 hex; the token itself is never stored */
+	char group[64];
+	int uses_left;
+	int64_t expires_at;
+	int64_t created_at;
+	int revoked;
+};
+/* Store a new token by its hash (fg_token_hash). */
+int store_token_add(struct store *st, const char *hash_hex, const char *group, int uses,
+		    int64_t expires_at, int64_t now, char id_out[24], char *err, size_t errlen);
+int store_token_lookup(struct store *st, const char *hash_hex, struct store_token *out,
+		       char *err, size_t errlen);
+
+enum store_job_state {
+	JOB_ADMITTED,   /* durable, backend not yet done */
+	JOB_PENDING,    /* backend answered pending; poll later */
+	JOB_DONE,       /* final reply stored */
+	JOB_FAILED,     /* final failure reply stored */
+	JOB_STATE_MAX
+};
+
+struct store_job {
+	char request_id[65];
+	char curve_key[41];
+	char device_id[40];
+	char kind[16];            /* "enroll", "renew" */
+	char slot[64];
+	char backend[64];
+	int state;                /* enum store_job_state */
+	int64_t created_at;
+	int64_t next_attempt;     /* for pending jobs */
+	char *params_json;        /* malloc'd: decision and CSR needed to resume */
+	unsigned char *reply;     /* malloc'd packed CertReply, for DONE/FAILED */
+	size_t reply_len;
+};
+void store_job_clear(struct store_job *j);
+
+/* The job of this request id from this client key (request ids are scoped
+ * per CURVE key, so one client can never read another's result). */
+int store_job_get(struct store *st, const char *curve_key, const char *request_id,
+		  struct store_job *out, char *err, size_t errlen);
+
+/* Positive results of store_job_admit. */
+enum {
+	STORE_E_TOKEN = 1,      /* token used up, expired, revoked or unknown */
+	STORE_E_DUPLICATE = 2,  /* job exists already (a racing retry); re-read it */
+	STORE_E_KEY_TAKEN = 3   /* CURVE key already bound to another device */
+};
+
+struct store_admit {
+	const char *request_id;
+	const char *curve_key;
+	const char *kind;         /* "enroll" / "renew" */
+	const char *slot;
+	const char *backend;
+	const char *params_json;
+	const char *token_hash;   /* consume one use of this token, or NULL */
+	const char *device_id;    /* existing device, or the id of a device to create */
+	int create_device;        /* 1: create device_id bound to curve_key */
+	const char *group;        /* for a created device */
+	const char *hostname;
+	const char *facts_json;
+	int64_t now;
+};
+/* In one transaction: consume a token use (when token_hash), create the
+ * device (when create_device), insert the job in JOB_ADMITTED, write audit
+ * records. Returns 0, a STORE_E_* code (nothing written), or -1. Exactly one
+ * of N racing admissions for a one-use token gets 0. */
+int store_job_admit(struct store *st, const struct store_admit *a, char *err, size_t errlen);
+
+/* A certificate to record with a finished job. */
+struct store_cert {
+	char serial_hex[41];
+	char device_id[40];
+	char slot[64];
+	char backend[64];
+	char request_id[65];
+	char subject[512];
+	int64_t not_before;
+	int64_t not_after;
+	int revoked;
+	int64_t revoked_at;
+	unsigned char *der;       /* malloc'd in results */
+	size_t der_len;
+};
+void store_cert_clear(struct store_cert *c);
+
+/* Finish a job in one transaction: record cert (when non-NULL), set state
+ * (JOB_DONE or JOB_FAILED) with the reply to return to retries, audit. */
+int store_job_finish(struct store *st, const char *curve_key, const char *request_id,
+		     int state, const unsigned char *reply, size_t reply_len,
+		     const struct store_cert *cert, const char *audit_kind,
+		     const char *audit_detail, char *err, size_t errlen);
+/* Mark a job pending with the time of its next attempt. */
+int store_job_set_pending(struct store *st, const char *curve_key, const char *request_id,
+			  int64_t next_attempt, char *err, size_t errlen);
+/* Jobs in JOB_ADMITTED or JOB_PENDING (to resume after a restart). */
+int store_job_list_open(struct store *st, int (*cb)(void *arg, const struct store_job *j),
+			void *arg, char *err, size_t errlen);
+
+/* Per-job plugin state (fg_host job_get/job_put) and plugin-wide state. */
+int store_job_state_get(struct store *st, const char *curve_key, const char *request_id,
+			const char *key, unsigned char **val, size_t *len, char *err, size_t errlen);
+int store_job_state_put(struct store *st, const char *curve_key, const char *request_id,
+			const char *key, const unsigned char *val, size_t len, char *err, size_t errlen);
+int store_plugin_state_get(struct store *st, const char *backend, const char *key,
+			   unsigned char **val, size_t *len, char *err, size_t errlen);
+int store_plugin_state_put(struct store *st, const char *backend, const char *key,
+			   const unsigned char *val, size_t len, char *err, size_t errlen);
+/* 0 reserved, 1 taken, -1 error. Serials are unique per backend. */
+int store_serial_reserve(struct store *st, const char *backend, const char *serial_hex,
+			 int64_t now, char *err, size_t errlen);
+
+int store_cert_get(struct store *st, const char *serial_hex, struct store_cert *out,
+		   char *err, size_t errlen);
+/* Ordered by not_before; device_id NULL for all. */
+int store_cert_list(struct store *st, const char *device_id,
+		    int (*cb)(void *arg, const struct store_cert *c), void *arg,
+		    char *err, size_t errlen);
+
+/* Append an audit record, chained by hash:
+ * hash = SHA-256(prev_hash || seq || ts || kind || device_id || request_id || detail). */
+int store_audit(struct store *st, const char *kind, const char *device_id,
+		const char *request_id, const char *detail, int64_t now, char *err, size_t errlen);
+/* Walk the chain; 0 when intact, -1 with err naming the first bad record. */
+int store_audit_verify(struct store *st, long *records, char *err, size_t errlen);
+
+#endif

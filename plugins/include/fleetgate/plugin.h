@@ -1,0 +1,219 @@
+/*
+ * fleetgate backend plugin ABI.
+ *
+ * This header is all a backend plugin may include from fleetgate. A plugin is
+ * a shared module exporting one symbol, FG_BACKEND_SYMBOL, a function that
+ * returns its ops table. The host (fleetgated, or the fleetgate CLI) checks
+ * abi_version and struct_size before using anything else and refuses a
+ * mismatch with a message that says which side is out of date.
+ *
+ * Rules:
+ *  - Structs here only ever gain fields at the end; each added field is
+ *    commented with the ABI version that added it. A reader checks
+ *    struct_size before touching a field past the first version's end.
+ *  - Plugins return errors (0 / -1 with a message), never exit or abort.
+ *  - issue, poll, revoke and cacerts may be called from several worker
+ *    threads at once: a plugin keeps its own locking.
+ *  - Everything a plugin needs from the host (logging, clock, randomness,
+ *    durable state) comes through struct fg_host, passed to open.
+ *  - Memory handed to the host (certificates, chains) is allocated with
+ *    malloc(3); the host frees it (fg_issue_result_clear below).
+ */
+#ifndef FLEETGATE_PLUGIN_H
+#define FLEETGATE_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FG_PLUGIN_ABI_VERSION 1
+#define FG_BACKEND_SYMBOL "fg_backend_v1"
+
+/* A plugin setting: key/value pairs from the backend's table in the gateway
+ * config. Values are strings; numbers arrive in decimal. The host always adds
+ * "state_dir" (absolute), against which relative paths are resolved, and
+ * "name" (the backend's name in the config). */
+struct fg_kv {
+	const char *key;
+	const char *value;
+};
+
+/* Value of key in settings, or NULL. */
+static inline const char *fg_kv_get(const struct fg_kv *kv, size_t n, const char *key)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(kv[i].key, key) == 0)
+			return kv[i].value;
+	return NULL;
+}
+
+enum fg_level {
+	FG_LEVEL_ERROR,
+	FG_LEVEL_WARN,
+	FG_LEVEL_INFO,
+	FG_LEVEL_DEBUG,
+	FG_LEVEL_MAX
+};
+
+/* Opaque handle of one durable job; pass it back to job_get/job_put. */
+struct fg_job;
+
+/* Services the host lends to a plugin. Valid from open until close returns. */
+struct fg_host {
+	uint32_t abi_version;   /* FG_PLUGIN_ABI_VERSION of the host */
+	uint32_t struct_size;   /* sizeof(struct fg_host) of the host */
+	void *ctx;              /* host's, pass back unchanged */
+
+	/* One log line; request_id may be NULL. */
+	void (*log)(void *ctx, enum fg_level level, const char *request_id, const char *msg);
+	/* Wall clock, Unix seconds (tests may shift it). */
+	int64_t (*now)(void *ctx);
+	/* Cryptographically secure random bytes; 0 or -1. */
+	int (*random)(void *ctx, void *buf, size_t len);
+	/* Plugin-wide durable state (for example an ACME account). get returns
+	 * 1 and a malloc'd value when found, 0 when not, -1 on error. put is
+	 * durable when it returns 0. */
+	int (*state_get)(void *ctx, const char *key, unsigned char **val, size_t *len);
+	int (*state_put)(void *ctx, const char *key, const unsigned char *val, size_t len);
+	/* Per-job durable state, same contract; used to write ahead (for
+	 * example a serial and to-be-signed data before a signature exists) and
+	 * to resume the job after a restart. */
+	int (*job_get)(struct fg_job *job, const char *key, unsigned char **val, size_t *len);
+	int (*job_put)(struct fg_job *job, const char *key, const unsigned char *val, size_t len);
+	/* Reserve a certificate serial (upper-case hex) for this backend: 0 when
+	 * reserved, 1 when already taken (draw another), -1 on error. */
+	int (*serial_reserve)(void *ctx, const char *serial_hex);
+};
+
+/* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
+enum fg_key_usage {
+	FG_KU_DIGITAL_SIGNATURE = 1u << 0,
+	FG_KU_NON_REPUDIATION   = 1u << 1,
+	FG_KU_KEY_ENCIPHERMENT  = 1u << 2,
+	FG_KU_DATA_ENCIPHERMENT = 1u << 3,
+	FG_KU_KEY_AGREEMENT     = 1u << 4,
+	FG_KU_MAX               = 1u << 5
+};
+
+/* What to issue. Everything here was decided by policy and clamped to the
+ * profile by the host; names come from this struct, never from the CSR,
+ * whose public key (and only that) is certified. */
+struct fg_issue_request {
+	uint32_t struct_size;               /* sizeof(struct fg_issue_request) of the host */
+	const char *request_id;             /* the device's request id */
+	const char *device_id;
+	const char *slot;
+	int renewal;                        /* 1 for a renewal, else 0 */
+	struct fg_job *job;                 /* durable job handle for job_get/job_put */
+	const unsigned char *csr_der;       /* PKCS#10 DER, checked by the host */
+	size_t csr_len;
+	const char *subject_cn;             /* subject CN, may be "" */
+	const char *const *dns_names;       /* subjectAltName dNSName */
+	size_t n_dns;
+	const char *const *ip_names;        /* subjectAltName iPAddress, textual */
+	size_t n_ip;
+	const char *const *emails;          /* subjectAltName rfc822Name */
+	size_t n_email;
+	int64_t not_before;                 /* Unix seconds */
+	int64_t not_after;                  /* Unix seconds */
+	uint32_t key_usage;                 /* FG_KU_* bits */
+	const char *const *ext_key_usage;   /* "clientAuth", "serverAuth", ... or dotted OIDs */
+	size_t n_eku;
+	const char *profile;                /* profile name */
+	const char *challenge;              /* SCEP challenge from policy, or NULL */
+};
+
+enum fg_issue_status {
+	FG_ISSUE_OK,        /* cert_der (and chain) filled */
+	FG_ISSUE_PENDING,   /* call poll later, after retry_after seconds */
+	FG_ISSUE_REJECTED,  /* the CA refused; message says why; final */
+	FG_ISSUE_ERROR,     /* transient failure (CA unreachable...); retried with backoff */
+	FG_ISSUE_STATUS_MAX
+};
+
+struct fg_issue_result {
+	enum fg_issue_status status;
+	uint32_t retry_after;               /* seconds, for PENDING and ERROR */
+	unsigned char *cert_der;            /* malloc'd */
+	size_t cert_len;
+	unsigned char **chain_der;          /* malloc'd array of malloc'd DER, issuer first */
+	size_t *chain_len;                  /* malloc'd */
+	size_t n_chain;
+	char message[512];                  /* for the operator and the device */
+};
+
+/* Free what a plugin put in res and zero it. */
+static inline void fg_issue_result_clear(struct fg_issue_result *res)
+{
+	if (res == NULL)
+		return;
+	free(res->cert_der);
+	for (size_t i = 0; i < res->n_chain; i++)
+		free(res->chain_der[i]);
+	free(res->chain_der);
+	free(res->chain_len);
+	memset(res, 0, sizeof *res);
+}
+
+/* CA certificates a backend issues under, issuer of leaves first. */
+struct fg_cert_list {
+	unsigned char **der;                /* malloc'd array of malloc'd DER */
+	size_t *len;                        /* malloc'd */
+	size_t n;
+};
+
+static inline void fg_cert_list_clear(struct fg_cert_list *l)
+{
+	if (l == NULL)
+		return;
+	for (size_t i = 0; i < l->n; i++)
+		free(l->der[i]);
+	free(l->der);
+	free(l->len);
+	memset(l, 0, sizeof *l);
+}
+
+/* CRL reason codes (RFC 5280 5.3.1) used by revoke. */
+enum fg_revoke_reason {
+	FG_REVOKE_UNSPECIFIED = 0,
+	FG_REVOKE_KEY_COMPROMISE = 1,
+	FG_REVOKE_SUPERSEDED = 4,
+	FG_REVOKE_CESSATION = 5
+};
+
+struct fg_backend_ops {
+	uint32_t abi_version;   /* FG_PLUGIN_ABI_VERSION the plugin was built for */
+	uint32_t struct_size;   /* sizeof(struct fg_backend_ops) of the plugin */
+	const char *name;       /* plugin name, e.g. "local" */
+	const char *description;
+
+	/* Set up an instance from settings. With setting create = "yes" the
+	 * plugin may create its own material (the local CA makes its key and
+	 * certificate). On success *state is the instance; on failure -1 and
+	 * err names what failed and what to do. */
+	int (*open)(const struct fg_host *host, const struct fg_kv *settings, size_t n,
+		    void **state, char *err, size_t errlen);
+
+	/* Start (or resume, with the same req->job) issuance. Must be
+	 * idempotent per job: a resumed job never yields a second serial. */
+	int (*issue)(void *state, const struct fg_issue_request *req, struct fg_issue_result *res);
+
+	/* Ask again about a PENDING job; may be NULL for backends that never pend. */
+	int (*poll)(void *state, const struct fg_issue_request *req, struct fg_issue_result *res);
+
+	/* Revoke a certificate this backend issued. 0 or -1 with err. */
+	int (*revoke)(void *state, const unsigned char *cert_der, size_t cert_len,
+		      enum fg_revoke_reason reason, char *err, size_t errlen);
+
+	/* The issuing chain, issuer of leaves first. 0 or -1 with err. */
+	int (*cacerts)(void *state, struct fg_cert_list *out, char *err, size_t errlen);
+
+	/* Release the instance; state may be NULL. */
+	void (*close)(void *state);
+};
+
+/* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
+typedef const struct fg_backend_ops *(*fg_backend_entry_fn)(void);
+
+#endif

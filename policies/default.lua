@@ -1,0 +1,37 @@
+-- fleetgate default enrollment policy.
+--
+-- A device holding a valid enrollment token gets a client-authentication
+-- certificate named after its hostname; an enrolled device may renew it.
+-- Everything else is denied. Copy this file and edit it to suit your fleet;
+-- docs/policy.md describes req, allow{} and deny().
+
+local function hostname_of(req)
+  local h = req.facts.hostname
+  if h == nil or h == "" then
+    return nil
+  end
+  return string.lower(h)
+end
+
+function enroll(req)
+  if not req.renew and req.token == nil and req.new_device then
+    return deny("no enrollment token: ask the operator for a bootstrap bundle")
+  end
+  local name = hostname_of(req)
+  if name == nil then
+    return deny("the device reported no hostname")
+  end
+  if not name:match("^[a-z0-9][a-z0-9.-]*$") or #name > 253 then
+    return deny("hostname '" .. name .. "' is not a valid DNS name")
+  end
+  return allow{
+    profile = "default",
+    cn = name,
+    dns = { name },
+    validity = fleet.days(30),
+  }
+end
+
+function checkin(dev)
+  return {}
+end
