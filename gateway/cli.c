@@ -1,1 +1,658 @@
-/* placeholder: being written */
+/*
+ * fleetgate: the operator's command-line tool.
+ *
+ *   fleetgate init --state DIR [--listen ENDPOINT]
+ *   fleetgate token create --state DIR --group G [--uses N] [--ttl DURATION]
+ *                          [--bundle FILE] [--endpoint ENDPOINT]
+ *   fleetgate device list --state DIR [--json]
+ *   fleetgate device revoke --state DIR DEVICE
+ *   fleetgate cert list --state DIR [--device DEVICE] [--json]
+ *   fleetgate audit verify --state DIR
+ *
+ * It works on the same store as a running fleetgated (each command is a
+ * short transaction on its own connection).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "config.h"
+#include "fg_bundle.h"
+#include "fg_curve.h"
+#include "fg_log.h"
+#include "fg_util.h"
+#include "fg_x509.h"
+#include "store.h"
+
+extern const char fg_default_policy[];
+extern const size_t fg_default_policy_len;
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+struct opts {
+	const char *state;
+	const char *listen;
+	const char *group;
+	const char *bundle;
+	const char *endpoint;
+	const char *device;
+	const char *ttl;
+	int uses;
+	int json;
+	int argc;       /* positional arguments left */
+	char **argv;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: fleetgate COMMAND [options]\n"
+		"\n"
+		"  init --state DIR [--listen tcp://127.0.0.1:7700]\n"
+		"        create a gateway: config, policy, store, local CA, CURVE keys\n"
+		"  token create --state DIR --group G [--uses 1] [--ttl 24h] [--bundle FILE]\n"
+		"        [--endpoint ENDPOINT]\n"
+		"        make an enrollment token; with --bundle write a bootstrap bundle for a device\n"
+		"  device list --state DIR [--json]\n"
+		"  device revoke --state DIR DEVICE\n"
+		"        revoke a device and all its certificates; it can no longer enroll or renew\n"
+		"  cert list --state DIR [--device DEVICE] [--json]\n"
+		"  audit verify --state DIR\n"
+		"        check the audit log's hash chain\n"
+		"  version\n");
+}
+
+/* Parse the options of a subcommand (argv[0] is the subcommand word). */
+static int parse_opts(int argc, char **argv, struct opts *o)
+{
+	static const struct option lo[] = {
+		{ "state", required_argument, NULL, 's' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "group", required_argument, NULL, 'g' },
+		{ "uses", required_argument, NULL, 'u' },
+		{ "ttl", required_argument, NULL, 't' },
+		{ "bundle", required_argument, NULL, 'b' },
+		{ "endpoint", required_argument, NULL, 'e' },
+		{ "device", required_argument, NULL, 'd' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+	char *end;
+
+	memset(o, 0, sizeof *o);
+	o->uses = 1;
+	o->ttl = "24h";
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "s:jh", lo, NULL)) != -1) {
+		switch (c) {
+		case 's': o->state = optarg; break;
+		case 'l': o->listen = optarg; break;
+		case 'g': o->group = optarg; break;
+		case 't': o->ttl = optarg; break;
+		case 'b': o->bundle = optarg; break;
+		case 'e': o->endpoint = optarg; break;
+		case 'd': o->device = optarg; break;
+		case 'j': o->json = 1; break;
+		case 'u':
+			errno = 0;
+			long v = strtol(optarg, &end, 10);
+			if (errno || *end || v < 1 || v > 1000000) {
+				fprintf(stderr, "fleetgate: --uses must be a whole number from 1 to 1000000, not '%s'\n",
+					optarg);
+				return -1;
+			}
+			o->uses = (int)v;
+			break;
+		case 'h': usage(stdout); exit(EXIT_OK);
+		default: return -1;
+		}
+	}
+	o->argc = argc - optind;
+	o->argv = argv + optind;
+	return 0;
+}
+
+static int need_state(const struct opts *o)
+{
+	if (o->state == NULL) {
+		fprintf(stderr, "fleetgate: --state DIR is required (the directory made by `fleetgate init`)\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- init ---- */
+
+static int cmd_init(const struct opts *o)
+{
+	char err[1024] = "", path[PATH_MAX], conf[PATH_MAX], pub[41], sec[41];
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	struct backends *bs = NULL;
+	char *text = NULL;
+	int rc = EXIT_FAIL, wrote_conf = 0;
+	struct stat sb;
+
+	if (need_state(o))
+		return EXIT_USAGE;
+	const char *listen = o->listen ? o->listen : "tcp://127.0.0.1:7700";
+	if (strncmp(listen, "tcp://", 6) != 0 && strncmp(listen, "ipc://", 6) != 0) {
+		fprintf(stderr, "fleetgate: --listen '%s' is not a ZeroMQ tcp:// or ipc:// endpoint\n", listen);
+		return EXIT_USAGE;
+	}
+	fg_path_join(o->state, "fleetgated.conf", conf, sizeof conf);
+	if (stat(conf, &sb) == 0) {
+		fprintf(stderr, "fleetgate: %s already holds a gateway (%s exists); "
+			"choose another directory or remove it first\n", o->state, conf);
+		return EXIT_FAIL;
+	}
+	if (fg_mkdirs(o->state, 0700, err, sizeof err) != 0)
+		goto fail;
+	fg_path_join(o->state, "keys", path, sizeof path);
+	if (fg_mkdirs(path, 0700, err, sizeof err) != 0)
+		goto fail;
+	fg_path_join(o->state, "keys/gateway.key", path, sizeof path);
+	if (fg_curve_load(path, 1, pub, sec, err, sizeof err) != 0)
+		goto fail;
+	OPENSSL_cleanse(sec, sizeof sec);
+	fg_path_join(o->state, "keys/gateway.pub", path, sizeof path);
+	if (fg_curve_write_public(path, pub, err, sizeof err) != 0)
+		goto fail;
+	fg_path_join(o->state, "policy.lua", path, sizeof path);
+	if (stat(path, &sb) != 0 &&
+	    fg_write_file_atomic(path, fg_default_policy, fg_default_policy_len, 0644,
+				 (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
+		goto fail;
+	text = config_default_text(listen);
+	if (text == NULL) {
+		fg_seterr(err, sizeof err, "out of memory");
+		goto fail;
+	}
+	if (fg_write_file_atomic(conf, text, strlen(text), 0640, (uid_t)-1, (gid_t)-1, err,
+				 sizeof err) != 0)
+		goto fail;
+	wrote_conf = 1;
+	cfg = config_load(o->state, err, sizeof err);
+	if (cfg == NULL)
+		goto fail;
+	st = store_open(cfg->store_path, 1, err, sizeof err);
+	if (st == NULL)
+		goto fail;
+	bs = backends_open(cfg, 1, err, sizeof err);
+	if (bs == NULL)
+		goto fail;
+	store_audit(st, "gateway.init", NULL, NULL, "{}", fg_now(), NULL, 0);
+
+	printf("initialised gateway in %s\n", cfg->state_dir);
+	printf("  config:     %s\n", conf);
+	printf("  policy:     %s\n", cfg->policy_path);
+	printf("  store:      %s\n", cfg->store_path);
+	printf("  listen:     %s\n", cfg->listen);
+	printf("  CURVE key:  %s\n", pub);
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		struct backend *b = backends_find(bs, cfg->backends[i].name);
+		struct fg_cert_list cl;
+		memset(&cl, 0, sizeof cl);
+		if (b && b->ops->cacerts && b->ops->cacerts(b->state, &cl, err, sizeof err) == 0 && cl.n) {
+			X509 *x = fg_cert_from_der(cl.der[0], cl.len[0], NULL, 0);
+			struct fg_cert_info ci;
+			if (x && fg_cert_info(x, &ci, NULL, 0) == 0)
+				printf("  backend %s: CA %s\n", cfg->backends[i].name, ci.subject);
+			X509_free(x);
+		}
+		fg_cert_list_clear(&cl);
+	}
+	printf("next: fleetgated --state %s\n", o->state);
+	rc = EXIT_OK;
+	goto out;
+fail:
+	fprintf(stderr, "fleetgate init: %s\n", err);
+	if (wrote_conf)
+		unlink(conf);   /* so that init can simply be run again */
+out:
+	free(text);
+	backends_free(bs);
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+/* ---- shared helpers ---- */
+
+static int open_state(const struct opts *o, struct gw_config **cfg, struct store **st)
+{
+	char err[1024];
+	*cfg = NULL;
+	*st = NULL;
+	if (need_state(o))
+		return EXIT_USAGE;
+	*cfg = config_load(o->state, err, sizeof err);
+	if (*cfg == NULL) {
+		fprintf(stderr, "fleetgate: %s\n", err);
+		return EXIT_FAIL;
+	}
+	*st = store_open((*cfg)->store_path, 0, err, sizeof err);
+	if (*st == NULL) {
+		fprintf(stderr, "fleetgate: %s\n", err);
+		config_free(*cfg);
+		*cfg = NULL;
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
+/* PEM of every backend's CA certificates: the trust anchors of a bundle. */
+static char *anchors_pem(const struct gw_config *cfg, char *err, size_t errlen)
+{
+	struct backends *bs = backends_open(cfg, 0, err, errlen);
+	char *pem = NULL;
+	size_t len = 0;
+	if (bs == NULL)
+		return NULL;
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		struct backend *b = backends_find(bs, cfg->backends[i].name);
+		struct fg_cert_list cl;
+		memset(&cl, 0, sizeof cl);
+		if (b == NULL || b->ops->cacerts == NULL ||
+		    b->ops->cacerts(b->state, &cl, err, errlen) != 0)
+			continue;
+		for (size_t j = 0; j < cl.n; j++) {
+			X509 *x = fg_cert_from_der(cl.der[j], cl.len[j], NULL, 0);
+			char *one = x ? fg_cert_to_pem(x) : NULL;
+			if (one != NULL && (pem == NULL || strstr(pem, one) == NULL)) {
+				size_t ol = strlen(one);
+				char *n = realloc(pem, len + ol + 1);
+				if (n != NULL) {
+					memcpy(n + len, one, ol + 1);
+					pem = n;
+					len += ol;
+				}
+			}
+			free(one);
+			X509_free(x);
+		}
+		fg_cert_list_clear(&cl);
+	}
+	backends_free(bs);
+	if (pem == NULL)
+		fg_seterr(err, errlen, "no backend offers CA certificates for the bundle's trust anchors");
+	return pem;
+}
+
+/* An endpoint a device can connect to, from the listen endpoint: a wildcard
+ * address becomes loopback (the operator overrides with --endpoint). */
+static void endpoint_from_listen(const char *listen, char *out, size_t outlen)
+{
+	const char *p;
+	if (strncmp(listen, "tcp://*:", 8) == 0)
+		snprintf(out, outlen, "tcp://127.0.0.1:%s", listen + 8);
+	else if (strncmp(listen, "tcp://0.0.0.0:", 14) == 0)
+		snprintf(out, outlen, "tcp://127.0.0.1:%s", listen + 14);
+	else if ((p = strstr(listen, "[::]:")) != NULL)
+		snprintf(out, outlen, "tcp://[::1]:%s", p + 5);
+	else
+		fg_strlcpy(out, listen, outlen);
+}
+
+/* ---- token ---- */
+
+static int cmd_token(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	struct fg_bundle b;
+	char err[1024] = "", token[FG_TOKEN_LEN + 1], hash[65], id[24], when[32];
+	int rc;
+
+	memset(&b, 0, sizeof b);
+	if (o->argc < 1 || strcmp(o->argv[0], "create") != 0 || o->argc != 1) {
+		fprintf(stderr, "fleetgate: usage: fleetgate token create --state DIR --group G "
+			"[--uses N] [--ttl D] [--bundle FILE]\n");
+		return EXIT_USAGE;
+	}
+	if (o->group == NULL || o->group[0] == '\0' || strlen(o->group) > 63) {
+		fprintf(stderr, "fleetgate: --group NAME is required (1-63 characters): the device group the token enrolls into\n");
+		return EXIT_USAGE;
+	}
+	int64_t ttl = fg_parse_duration(o->ttl);
+	if (ttl <= 0) {
+		fprintf(stderr, "fleetgate: --ttl '%s' is not a duration; use e.g. 3600, 90m, 1h, 7d\n", o->ttl);
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	rc = EXIT_FAIL;
+	int64_t now = fg_now(), expires = now + ttl;
+	if (fg_token_new(token) != 0) {
+		fg_seterr(err, sizeof err, "cannot draw random bytes for a token");
+		goto fail;
+	}
+	fg_token_hash(token, hash);
+	if (o->bundle != NULL) {
+		/* Build the bundle's pieces before storing the token, so a
+		 * failure leaves no token nobody holds. */
+		if (o->endpoint)
+			fg_strlcpy(b.endpoint, o->endpoint, sizeof b.endpoint);
+		else
+			endpoint_from_listen(cfg->listen, b.endpoint, sizeof b.endpoint);
+		char pub[41], sec[41];
+		if (fg_curve_load(cfg->curve_key_path, 0, pub, sec, err, sizeof err) != 0)
+			goto fail;
+		OPENSSL_cleanse(sec, sizeof sec);
+		fg_strlcpy(b.server_key, pub, sizeof b.server_key);
+		fg_strlcpy(b.token, token, sizeof b.token);
+		fg_strlcpy(b.group, o->group, sizeof b.group);
+		b.expires = expires;
+		b.anchors_pem = anchors_pem(cfg, err, sizeof err);
+		if (b.anchors_pem == NULL)
+			goto fail;
+	}
+	if (store_token_add(st, hash, o->group, o->uses, expires, now, id, err, sizeof err) != 0)
+		goto fail;
+	if (o->bundle != NULL && fg_bundle_write(o->bundle, &b, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate: token %s was created but the bundle could not be written: %s\n",
+			id, err);
+		goto out;
+	}
+	char detail[256];
+	snprintf(detail, sizeof detail, "{\"token\":\"%s\",\"group\":\"%s\",\"uses\":%d,\"expires\":%lld}",
+		 id, o->group, o->uses, (long long)expires);
+	store_audit(st, "token.create", NULL, NULL, detail, now, NULL, 0);
+	fg_time_iso(expires, when, sizeof when);
+	if (o->json) {
+		json_t *j = json_pack("{s:s, s:s, s:i, s:s}", "id", id, "group", o->group, "uses", o->uses,
+				      "expires", when);
+		if (o->bundle)
+			json_object_set_new(j, "bundle", json_string(o->bundle));
+		else
+			json_object_set_new(j, "token", json_string(token));
+		json_dumpf(j, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(j);
+	} else if (o->bundle) {
+		printf("token %s (group %s, %d use%s, expires %s) written to bundle %s\n", id, o->group,
+		       o->uses, o->uses == 1 ? "" : "s", when, o->bundle);
+	} else {
+		printf("%s\n", token);
+		fprintf(stderr, "token %s: group %s, %d use%s, expires %s; it is shown only now\n", id,
+			o->group, o->uses, o->uses == 1 ? "" : "s", when);
+	}
+	rc = EXIT_OK;
+	goto out;
+fail:
+	fprintf(stderr, "fleetgate token create: %s\n", err);
+out:
+	OPENSSL_cleanse(token, sizeof token);
+	fg_bundle_clear(&b);
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+/* ---- device ---- */
+
+struct list_ctx {
+	int json;
+	json_t *arr;
+	struct store *st;
+	long n;
+};
+
+static int print_device(void *arg, const struct store_device *d)
+{
+	struct list_ctx *lc = arg;
+	char created[32], seen[32];
+	fg_time_iso(d->created_at, created, sizeof created);
+	if (d->last_seen > 0)
+		fg_time_iso(d->last_seen, seen, sizeof seen);
+	else
+		fg_strlcpy(seen, "-", sizeof seen);
+	if (lc->json) {
+		json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "id", d->id, "state",
+				      store_device_state_name(d->state), "group", d->group, "hostname",
+				      d->hostname, "curve_key", d->curve_key, "created", created,
+				      "last_seen", seen);
+		json_t *facts = d->facts_json ? json_loads(d->facts_json, 0, NULL) : NULL;
+		json_object_set_new(o, "facts", facts ? facts : json_null());
+		json_array_append_new(lc->arr, o);
+	} else {
+		printf("%-20s %-8s %-12s %-24s %-20s %s\n", d->id, store_device_state_name(d->state),
+		       d->group, d->hostname, created, seen);
+	}
+	lc->n++;
+	return 0;
+}
+
+static int print_cert(void *arg, const struct store_cert *c)
+{
+	struct list_ctx *lc = arg;
+	char nb[32], na[32];
+	fg_time_iso(c->not_before, nb, sizeof nb);
+	fg_time_iso(c->not_after, na, sizeof na);
+	const char *status = c->revoked ? "revoked" : c->not_after <= fg_now() ? "expired" : "valid";
+	if (lc->json) {
+		json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "serial",
+				      c->serial_hex, "device", c->device_id, "slot", c->slot, "backend",
+				      c->backend, "subject", c->subject, "not_before", nb, "not_after",
+				      na, "status", status, "request_id", c->request_id);
+		if (c->revoked) {
+			char ra[32];
+			json_object_set_new(o, "revoked_at",
+					    json_string(fg_time_iso(c->revoked_at, ra, sizeof ra)));
+		}
+		json_array_append_new(lc->arr, o);
+	} else {
+		printf("%-34s %-20s %-10s %-8s %-20s %-7s %s\n", c->serial_hex, c->device_id, c->slot,
+		       c->backend, na, status, c->subject);
+	}
+	lc->n++;
+	return 0;
+}
+
+static int finish_list(struct list_ctx *lc, int rc)
+{
+	if (lc->json) {
+		if (rc == 0) {
+			json_dumpf(lc->arr, stdout, JSON_INDENT(2));
+			putchar('\n');
+		}
+		json_decref(lc->arr);
+	}
+	return rc;
+}
+
+struct revoke_ctx {
+	struct backends *bs;
+	int failures;
+};
+
+/* After the store has revoked a certificate, tell its backend too. */
+static int revoke_upstream(void *arg, const char *serial, const char *backend,
+			   const unsigned char *der, size_t der_len)
+{
+	struct revoke_ctx *rc = arg;
+	char err[512] = "";
+	struct backend *b = rc->bs ? backends_find(rc->bs, backend) : NULL;
+	if (b == NULL || b->ops->revoke == NULL) {
+		fprintf(stderr, "warning: certificate %s is revoked in fleetgate, but backend %s is not loaded to revoke it upstream\n",
+			serial, backend);
+		rc->failures++;
+		return 0;
+	}
+	if (b->ops->revoke(b->state, der, der_len, FG_REVOKE_CESSATION, err, sizeof err) != 0) {
+		fprintf(stderr, "warning: backend %s could not revoke certificate %s: %s\n", backend,
+			serial, err);
+		rc->failures++;
+		return 0;
+	}
+	printf("revoked certificate %s (backend %s)\n", serial, backend);
+	return 0;
+}
+
+static int cmd_device(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "";
+	int rc;
+
+	if (o->argc < 1) {
+		fprintf(stderr, "fleetgate: usage: fleetgate device list|revoke --state DIR ...\n");
+		return EXIT_USAGE;
+	}
+	if (strcmp(o->argv[0], "list") == 0) {
+		rc = open_state(o, &cfg, &st);
+		if (rc != EXIT_OK)
+			return rc;
+		struct list_ctx lc = { o->json, o->json ? json_array() : NULL, st, 0 };
+		if (!o->json)
+			printf("%-20s %-8s %-12s %-24s %-20s %s\n", "DEVICE", "STATE", "GROUP", "HOSTNAME",
+			       "CREATED", "LAST SEEN");
+		rc = store_device_list(st, print_device, &lc, err, sizeof err);
+		if (finish_list(&lc, rc) != 0) {
+			fprintf(stderr, "fleetgate device list: %s\n", err);
+			rc = EXIT_FAIL;
+		} else {
+			rc = EXIT_OK;
+		}
+	} else if (strcmp(o->argv[0], "revoke") == 0) {
+		if (o->argc != 2) {
+			fprintf(stderr, "fleetgate: usage: fleetgate device revoke --state DIR DEVICE\n");
+			return EXIT_USAGE;
+		}
+		rc = open_state(o, &cfg, &st);
+		if (rc != EXIT_OK)
+			return rc;
+		struct store_device d;
+		memset(&d, 0, sizeof d);
+		int r = store_device_get(st, o->argv[1], &d, err, sizeof err);
+		store_device_clear(&d);
+		if (r <= 0) {
+			fprintf(stderr, "fleetgate device revoke: %s\n",
+				r < 0 ? err : "no such device; `fleetgate device list` shows the ids");
+			rc = EXIT_FAIL;
+			goto out;
+		}
+		struct revoke_ctx rctx = { backends_open(cfg, 0, err, sizeof err), 0 };
+		if (rctx.bs == NULL)
+			fprintf(stderr, "warning: backends not loaded (%s)\n", err);
+		int n = store_device_revoke(st, o->argv[1], fg_now(), revoke_upstream, &rctx, err,
+					    sizeof err);
+		backends_free(rctx.bs);
+		if (n < 0) {
+			fprintf(stderr, "fleetgate device revoke: %s\n", err);
+			rc = EXIT_FAIL;
+		} else {
+			printf("device %s revoked (%d certificate%s revoked)\n", o->argv[1], n,
+			       n == 1 ? "" : "s");
+			rc = rctx.failures ? EXIT_FAIL : EXIT_OK;
+		}
+	} else {
+		fprintf(stderr, "fleetgate: unknown device command '%s'; use list or revoke\n", o->argv[0]);
+		return EXIT_USAGE;
+	}
+out:
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+static int cmd_cert(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "";
+	int rc;
+
+	if (o->argc != 1 || strcmp(o->argv[0], "list") != 0) {
+		fprintf(stderr, "fleetgate: usage: fleetgate cert list --state DIR [--device DEVICE] [--json]\n");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	struct list_ctx lc = { o->json, o->json ? json_array() : NULL, st, 0 };
+	if (!o->json)
+		printf("%-34s %-20s %-10s %-8s %-20s %-7s %s\n", "SERIAL", "DEVICE", "SLOT", "BACKEND",
+		       "NOT AFTER", "STATUS", "SUBJECT");
+	rc = store_cert_list(st, o->device, print_cert, &lc, err, sizeof err);
+	if (finish_list(&lc, rc) != 0) {
+		fprintf(stderr, "fleetgate cert list: %s\n", err);
+		rc = EXIT_FAIL;
+	} else {
+		rc = EXIT_OK;
+	}
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+static int cmd_audit(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "";
+	long n = 0;
+	int rc;
+
+	if (o->argc != 1 || strcmp(o->argv[0], "verify") != 0) {
+		fprintf(stderr, "fleetgate: usage: fleetgate audit verify --state DIR\n");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	if (store_audit_verify(st, &n, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate audit verify: %s\n", err);
+		rc = EXIT_FAIL;
+	} else {
+		printf("audit log intact: %ld records\n", n);
+		rc = EXIT_OK;
+	}
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+
+	fg_log_init("fleetgate", FG_LOG_WARN, FG_LOG_TEXT);
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+		usage(stdout);
+		return EXIT_OK;
+	}
+	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+		printf("fleetgate %s\n", FG_VERSION);
+		return EXIT_OK;
+	}
+	if (parse_opts(argc - 1, argv + 1, &o) != 0)
+		return EXIT_USAGE;
+	if (strcmp(cmd, "init") == 0)
+		return o.argc ? (usage(stderr), EXIT_USAGE) : cmd_init(&o);
+	if (strcmp(cmd, "token") == 0)
+		return cmd_token(&o);
+	if (strcmp(cmd, "device") == 0)
+		return cmd_device(&o);
+	if (strcmp(cmd, "cert") == 0)
+		return cmd_cert(&o);
+	if (strcmp(cmd, "audit") == 0)
+		return cmd_audit(&o);
+	fprintf(stderr, "fleetgate: unknown command '%s'; run `fleetgate help`\n", cmd);
+	return EXIT_USAGE;
+}

@@ -1,1 +1,984 @@
-/* placeholder: being written */
+/*
+ * config: <state>/fleetgated.conf, Lua syntax, data only.
+ *
+ * The file runs once in a sandbox with no libraries at all (an empty
+ * global table), a 1 MiB heap and 100,000 instructions; its globals are
+ * then read and checked strictly: unknown settings, wrong types, unknown
+ * key usages and dangling backend names are errors that name the setting,
+ * so a typo never silently falls back to a default.
+ *
+ * All reading happens inside one protected C function (read_config): a
+ * Lua API call that allocates may raise, and a raised error must land in
+ * a pcall. Validation failures raise a light userdata marker after writing
+ * the message into the context; everything allocated so far hangs off the
+ * struct gw_config, which config_free releases.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "config.h"
+#include "fg_log.h"
+#include "fg_util.h"
+#include "lua_sandbox.h"
+
+#define CONF_FILE "fleetgated.conf"
+#define CONF_MAX_FILE (256 * 1024)
+#define CONF_MEMORY (1024 * 1024)
+#define CONF_INSTRUCTIONS 100000
+
+#define DAY 86400
+
+struct conf_ctx {
+	struct gw_config *cfg;
+	char *err;
+	size_t errlen;
+	int failed;              /* err holds a validation message */
+};
+
+static const char *const top_keys[] = {
+	"listen", "workers", "store", "policy", "curve_key", "plugin_dir", "log_level",
+	"checkin_interval", "limits", "backends", "profiles", NULL,
+};
+static const char *const store_keys[] = { "engine", "path", NULL };
+static const char *const limits_keys[] = {
+	"max_message", "policy_memory", "policy_instructions", NULL,
+};
+static const char *const profile_keys[] = {
+	"backend", "key_usage", "extended_key_usage", "max_validity", "default_validity", "names",
+	NULL,
+};
+
+static const struct {
+	const char *name;
+	uint32_t bit;
+} key_usages[] = {
+	{ "digitalSignature", FG_KU_DIGITAL_SIGNATURE },
+	{ "nonRepudiation", FG_KU_NON_REPUDIATION },
+	{ "contentCommitment", FG_KU_NON_REPUDIATION },
+	{ "keyEncipherment", FG_KU_KEY_ENCIPHERMENT },
+	{ "dataEncipherment", FG_KU_DATA_ENCIPHERMENT },
+	{ "keyAgreement", FG_KU_KEY_AGREEMENT },
+};
+#define KEY_USAGES_TEXT "digitalSignature, nonRepudiation (or contentCommitment), " \
+	"keyEncipherment, dataEncipherment, keyAgreement"
+
+static const char *const eku_names[] = {
+	"clientAuth", "serverAuth", "codeSigning", "emailProtection", "timeStamping", "OCSPSigning",
+	NULL,
+};
+#define EKU_TEXT "clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, " \
+	"OCSPSigning or a dotted OID such as 1.3.6.1.5.5.7.3.2"
+
+static const struct {
+	const char *name;
+	unsigned bit;
+} name_types[] = {
+	{ "cn", NAME_CN }, { "dns", NAME_DNS }, { "ip", NAME_IP }, { "email", NAME_EMAIL },
+};
+
+uint32_t config_key_usage_bit(const char *name)
+{
+	if (name == NULL)
+		return 0;
+	for (size_t i = 0; i < sizeof key_usages / sizeof key_usages[0]; i++)
+		if (strcmp(name, key_usages[i].name) == 0)
+			return key_usages[i].bit;
+	return 0;
+}
+
+/* Record a validation failure ("fleetgated.conf: <message>") and unwind to
+ * the pcall in config_load. Does not return. */
+static int cfail(lua_State *L, struct conf_ctx *c, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int cfail(lua_State *L, struct conf_ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+	int n = snprintf(c->err, c->errlen, CONF_FILE ": ");
+
+	if (c->errlen > 0 && n >= 0 && (size_t)n < c->errlen) {
+		va_start(ap, fmt);
+		vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
+	c->failed = 1;
+	lua_pushlightuserdata(L, c);
+	return lua_error(L);
+}
+
+/* "a, b, c" of a NULL-terminated list, for messages. */
+static const char *join_names(const char *const *names, char *buf, size_t size)
+{
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; names[i] != NULL && off < size; i++) {
+		int n = snprintf(buf + off, size - off, "%s%s", i ? ", " : "", names[i]);
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	return buf;
+}
+
+static int in_list(const char *s, const char *const *names)
+{
+	for (size_t i = 0; names[i] != NULL; i++)
+		if (strcmp(s, names[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Every key of the table at t must be one of names. */
+static void check_keys(lua_State *L, struct conf_ctx *c, int t, const char *label,
+		       const char *const *names)
+{
+	char valid[256];
+
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		if (lua_type(L, -2) != LUA_TSTRING)
+			cfail(L, c, "%s: unexpected %s key; settings are named (key = value)", label,
+			      luaL_typename(L, -2));
+		if (!in_list(lua_tostring(L, -2), names))
+			cfail(L, c, "%s: unknown field '%s'; valid fields are %s", label,
+			      lua_tostring(L, -2), join_names(names, valid, sizeof valid));
+		lua_pop(L, 1);
+	}
+}
+
+/* Push t[key] (raw) and return its type. */
+static int field(lua_State *L, int t, const char *key)
+{
+	lua_pushstring(L, key);
+	return lua_rawget(L, t);
+}
+
+/* A string setting into buf; absent leaves buf (the default) alone. */
+static void get_string(lua_State *L, struct conf_ctx *c, int t, const char *key,
+		       const char *label, char *buf, size_t size)
+{
+	size_t len;
+	const char *s;
+	int ty = field(L, t, key);
+
+	if (ty != LUA_TNIL) {
+		if (ty != LUA_TSTRING)
+			cfail(L, c, "%s must be a string, not %s", label, lua_typename(L, ty));
+		s = lua_tolstring(L, -1, &len);
+		if (len >= size || strlen(s) != len)
+			cfail(L, c, "%s is too long or contains a NUL byte (at most %zu bytes)", label,
+			      size - 1);
+		memcpy(buf, s, len + 1);
+	}
+	lua_pop(L, 1);
+}
+
+/* Make the path in buf absolute by joining it to the state directory
+ * (an absolute path stays as it is; "" stays empty). */
+static void resolve_path(lua_State *L, struct conf_ctx *c, const char *label, char *buf,
+			 size_t size)
+{
+	char rel[PATH_MAX];
+
+	if (buf[0] == '\0')
+		return;
+	fg_strlcpy(rel, buf, sizeof rel);
+	if (fg_path_join(c->cfg->state_dir, rel, buf, size) != 0)
+		cfail(L, c, "%s: path '%s' is too long", label, rel);
+}
+
+/* A path setting (or the default already in out), made absolute. */
+static void get_path(lua_State *L, struct conf_ctx *c, int t, const char *key, const char *label,
+		     char *out, size_t size)
+{
+	get_string(L, c, t, key, label, out, size);
+	resolve_path(L, c, label, out, size);
+}
+
+/* A whole number in [min, max]; absent leaves *out alone. */
+static void get_int(lua_State *L, struct conf_ctx *c, int t, const char *key, const char *label,
+		    int64_t min, int64_t max, int64_t *out)
+{
+	int ty = field(L, t, key), isint = 0;
+	lua_Integer v = 0;
+
+	if (ty != LUA_TNIL) {
+		if (ty == LUA_TNUMBER)
+			v = lua_tointegerx(L, -1, &isint);
+		if (!isint)
+			cfail(L, c, "%s must be a whole number", label);
+		if (v < min || v > max)
+			cfail(L, c, "%s is %lld; it must be between %lld and %lld", label, (long long)v,
+			      (long long)min, (long long)max);
+		*out = (int64_t)v;
+	}
+	lua_pop(L, 1);
+}
+
+/* A duration: seconds as a number, or a string fg_parse_duration takes
+ * ("90d", "12h", "3600"). Must be positive and at most max. */
+static void get_duration(lua_State *L, struct conf_ctx *c, int t, const char *key,
+			 const char *label, int64_t max, int64_t *out)
+{
+	int ty = field(L, t, key), isint = 0;
+	int64_t v = -1;
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
+	}
+	if (ty == LUA_TNUMBER) {
+		v = (int64_t)lua_tointegerx(L, -1, &isint);
+		if (!isint)
+			v = -1;
+	} else if (ty == LUA_TSTRING) {
+		v = fg_parse_duration(lua_tostring(L, -1));
+	}
+	if (v <= 0)
+		cfail(L, c, "%s: '%s' is not a duration; use seconds or a number with an s, m, h, d, w "
+		      "or y suffix, e.g. \"90d\"", label,
+		      ty == LUA_TSTRING ? lua_tostring(L, -1) : lua_typename(L, ty));
+	if (v > max)
+		cfail(L, c, "%s: %lld seconds is more than the maximum of %lld", label, (long long)v,
+		      (long long)max);
+	*out = v;
+	lua_pop(L, 1);
+}
+
+/* A size in bytes: a number, or a string with an optional K, M or G
+ * suffix (powers of 1024), within [min, max]. */
+static void get_size(lua_State *L, struct conf_ctx *c, int t, const char *key, const char *label,
+		     uint64_t min, uint64_t max, uint64_t *out)
+{
+	int ty = field(L, t, key), isint = 0;
+	uint64_t v = 0;
+	int ok = 0;
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
+	}
+	if (ty == LUA_TNUMBER) {
+		lua_Integer i = lua_tointegerx(L, -1, &isint);
+		if (isint && i > 0) {
+			v = (uint64_t)i;
+			ok = 1;
+		}
+	} else if (ty == LUA_TSTRING) {
+		const char *s = lua_tostring(L, -1);
+		char *end = NULL;
+		unsigned long long n;
+		errno = 0;
+		n = s[0] >= '0' && s[0] <= '9' ? strtoull(s, &end, 10) : 0;
+		if (end != NULL && errno == 0 && n > 0) {
+			uint64_t mult = 1;
+			if (*end == 'K' || *end == 'k')
+				mult = 1024, end++;
+			else if (*end == 'M' || *end == 'm')
+				mult = 1024 * 1024, end++;
+			else if (*end == 'G' || *end == 'g')
+				mult = 1024 * 1024 * 1024, end++;
+			if (*end == '\0' && n <= UINT64_MAX / mult) {
+				v = n * mult;
+				ok = 1;
+			}
+		}
+	}
+	if (!ok)
+		cfail(L, c, "%s is not a size; use bytes or a number with K, M or G, e.g. \"4M\"", label);
+	if (v < min || v > max)
+		cfail(L, c, "%s is %llu bytes; it must be between %llu and %llu", label,
+		      (unsigned long long)v, (unsigned long long)min, (unsigned long long)max);
+	*out = v;
+	lua_pop(L, 1);
+}
+
+/* Names of backends and profiles: 1-63 of A-Z a-z 0-9 . _ - */
+static int name_ok(const char *s, size_t len)
+{
+	if (len == 0 || len > 63)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		char ch = s[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      ch == '.' || ch == '_' || ch == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+/* A dotted OID: at least two arcs, the first 0-2, no empty arcs and no
+ * leading zeros. */
+static int oid_ok(const char *s)
+{
+	int arcs = 0;
+
+	if (s[0] < '0' || s[0] > '2' || s[1] != '.')
+		return 0;
+	while (*s) {
+		const char *start = s;
+		while (*s >= '0' && *s <= '9')
+			s++;
+		if (s == start || (s - start > 1 && *start == '0') || s - start > 10)
+			return 0;
+		arcs++;
+		if (*s == '.')
+			s++;
+		else if (*s != '\0')
+			return 0;
+		else
+			break;
+	}
+	return arcs >= 2 && s[-1] != '.';
+}
+
+/* The value at -1 must be a plain list of strings; returns its length. */
+static size_t check_list(lua_State *L, struct conf_ctx *c, const char *label, const char *example)
+{
+	lua_Unsigned n;
+	size_t keys = 0;
+	int t = lua_gettop(L);
+
+	if (lua_type(L, t) != LUA_TTABLE)
+		cfail(L, c, "%s must be a list of names, e.g. %s", label, example);
+	n = lua_rawlen(L, t);
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		keys++;
+		if (lua_type(L, -1) != LUA_TSTRING)
+			cfail(L, c, "%s must be a list of names (strings), e.g. %s", label, example);
+		lua_pop(L, 1);
+	}
+	if (keys != n)
+		cfail(L, c, "%s must be a plain list, e.g. %s", label, example);
+	return (size_t)n;
+}
+
+static void read_key_usage(lua_State *L, struct conf_ctx *c, int t, const char *label,
+			   struct config_profile *p)
+{
+	size_t n;
+
+	if (field(L, t, "key_usage") == LUA_TNIL) {
+		p->key_usage = FG_KU_DIGITAL_SIGNATURE;
+		lua_pop(L, 1);
+		return;
+	}
+	n = check_list(L, c, label, "{ \"digitalSignature\" }");
+	p->key_usage = 0;
+	for (size_t i = 1; i <= n; i++) {
+		uint32_t bit;
+		lua_rawgeti(L, -1, (lua_Integer)i);
+		bit = config_key_usage_bit(lua_tostring(L, -1));
+		if (bit == 0)
+			cfail(L, c, "%s: unknown key usage '%s'; valid names are " KEY_USAGES_TEXT, label,
+			      lua_tostring(L, -1));
+		p->key_usage |= bit;
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+}
+
+static void read_eku(lua_State *L, struct conf_ctx *c, int t, const char *label,
+		     struct config_profile *p)
+{
+	size_t n;
+
+	if (field(L, t, "extended_key_usage") == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
+	}
+	n = check_list(L, c, label, "{ \"clientAuth\" }");
+	if (n > CONFIG_MAX_EKU)
+		cfail(L, c, "%s: %zu entries; at most %d are allowed", label, n, CONFIG_MAX_EKU);
+	for (size_t i = 1; i <= n; i++) {
+		const char *s;
+		lua_rawgeti(L, -1, (lua_Integer)i);
+		s = lua_tostring(L, -1);
+		if (!in_list(s, eku_names) && !oid_ok(s))
+			cfail(L, c, "%s: unknown extended key usage '%s'; valid names are " EKU_TEXT,
+			      label, s);
+		p->eku[p->neku] = strdup(s);
+		if (p->eku[p->neku] == NULL)
+			cfail(L, c, "out of memory");
+		p->neku++;
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+}
+
+static void read_names(lua_State *L, struct conf_ctx *c, int t, const char *label,
+		       struct config_profile *p)
+{
+	size_t n;
+
+	p->names = NAME_CN | NAME_DNS;
+	if (field(L, t, "names") == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
+	}
+	n = check_list(L, c, label, "{ \"cn\", \"dns\" }");
+	p->names = 0;
+	for (size_t i = 1; i <= n; i++) {
+		unsigned bit = 0;
+		lua_rawgeti(L, -1, (lua_Integer)i);
+		for (size_t j = 0; j < sizeof name_types / sizeof name_types[0]; j++)
+			if (strcmp(lua_tostring(L, -1), name_types[j].name) == 0)
+				bit = name_types[j].bit;
+		if (bit == 0)
+			cfail(L, c, "%s: unknown name type '%s'; valid types are cn, dns, ip, email", label,
+			      lua_tostring(L, -1));
+		p->names |= bit;
+		lua_pop(L, 1);
+	}
+	if (p->names == 0)
+		cfail(L, c, "%s: a profile must allow at least one name type (cn, dns, ip, email)", label);
+	lua_pop(L, 1);
+}
+
+/* The table at -1 as a list of (string key -> table) entries: counts them
+ * and checks the names. */
+static size_t count_named(lua_State *L, struct conf_ctx *c, const char *label)
+{
+	int t = lua_gettop(L);
+	size_t n = 0;
+
+	if (lua_type(L, t) != LUA_TTABLE)
+		cfail(L, c, "%s must be a table of named entries", label);
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		size_t len = 0;
+		const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+		if (k == NULL || !name_ok(k, len))
+			cfail(L, c, "%s: entry names must be 1-63 of A-Z a-z 0-9 . _ - (e.g. [\"local\"] = {...})",
+			      label);
+		if (lua_type(L, -1) != LUA_TTABLE)
+			cfail(L, c, "%s.%s must be a table", label, k);
+		n++;
+		lua_pop(L, 1);
+	}
+	return n;
+}
+
+/* One setting value as a string for the plugin: strings as they are,
+ * numbers in decimal, booleans "yes"/"no". malloc'd. */
+static char *setting_text(lua_State *L, struct conf_ctx *c, int idx, const char *label,
+			  const char *key)
+{
+	char buf[64];
+	size_t len;
+	const char *s;
+
+	switch (lua_type(L, idx)) {
+	case LUA_TSTRING:
+		s = lua_tolstring(L, idx, &len);
+		if (strlen(s) != len)
+			cfail(L, c, "%s.%s contains a NUL byte", label, key);
+		return strdup(s);
+	case LUA_TNUMBER:
+		if (lua_isinteger(L, idx))
+			snprintf(buf, sizeof buf, "%lld", (long long)lua_tointeger(L, idx));
+		else
+			snprintf(buf, sizeof buf, "%.14g", (double)lua_tonumber(L, idx));
+		return strdup(buf);
+	case LUA_TBOOLEAN:
+		return strdup(lua_toboolean(L, idx) ? "yes" : "no");
+	default:
+		cfail(L, c, "%s.%s must be a string, number or boolean, not %s", label, key,
+		      luaL_typename(L, idx));
+		return NULL;
+	}
+}
+
+/* Append one setting to b; the copies belong to b from here on. */
+static void add_setting(lua_State *L, struct conf_ctx *c, struct config_backend *b, char *k,
+			char *v)
+{
+	if (k == NULL || v == NULL) {
+		free(k);
+		free(v);
+		cfail(L, c, "out of memory");
+	}
+	b->settings[b->nsettings].key = k;
+	b->settings[b->nsettings].value = v;
+	b->nsettings++;
+}
+
+static void read_backend(lua_State *L, struct conf_ctx *c, int t, const char *name,
+			 struct config_backend *b)
+{
+	char label[128], lbl[160];
+	size_t n = 0;
+
+	snprintf(label, sizeof label, "backends.%s", name);
+	fg_strlcpy(b->name, name, sizeof b->name);
+	snprintf(lbl, sizeof lbl, "%s.plugin", label);
+	get_string(L, c, t, "plugin", lbl, b->plugin, sizeof b->plugin);
+	if (b->plugin[0] == '\0')
+		cfail(L, c, "%s: set plugin = \"local\" (or acme, scep, est)", label);
+	if (!name_ok(b->plugin, strlen(b->plugin)))
+		cfail(L, c, "%s.plugin: '%s' is not a plugin name", label, b->plugin);
+
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		if (lua_type(L, -2) != LUA_TSTRING)
+			cfail(L, c, "%s: settings must be named (key = value)", label);
+		n++;
+		lua_pop(L, 1);
+	}
+	/* n - 1 settings besides plugin, plus name and state_dir */
+	b->settings = calloc(n + 1, sizeof *b->settings);
+	if (b->settings == NULL)
+		cfail(L, c, "out of memory");
+	add_setting(L, c, b, strdup("name"), strdup(name));
+	add_setting(L, c, b, strdup("state_dir"), strdup(c->cfg->state_dir));
+
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		const char *k = lua_tostring(L, -2);
+		if (strcmp(k, "plugin") != 0) {
+			if (strcmp(k, "name") == 0 || strcmp(k, "state_dir") == 0)
+				cfail(L, c, "%s.%s is set by the gateway; remove it", label, k);
+			char *v = setting_text(L, c, lua_gettop(L), label, k);
+			add_setting(L, c, b, strdup(k), v);
+		}
+		lua_pop(L, 1);
+	}
+}
+
+static int cmp_backend(const void *a, const void *b)
+{
+	return strcmp(((const struct config_backend *)a)->name,
+		      ((const struct config_backend *)b)->name);
+}
+
+static int cmp_profile(const void *a, const void *b)
+{
+	return strcmp(((const struct config_profile *)a)->name,
+		      ((const struct config_profile *)b)->name);
+}
+
+static void read_backends(lua_State *L, struct conf_ctx *c, int g)
+{
+	struct gw_config *cfg = c->cfg;
+	size_t n;
+	int t;
+
+	if (field(L, g, "backends") == LUA_TNIL)
+		cfail(L, c, "no backends are defined; add backends = { [\"local\"] = { plugin = \"local\", ca_dir = \"ca\" } }");
+	t = lua_gettop(L);
+	n = count_named(L, c, "backends");
+	if (n == 0)
+		cfail(L, c, "backends is empty; define at least one backend");
+	cfg->backends = calloc(n, sizeof *cfg->backends);
+	if (cfg->backends == NULL)
+		cfail(L, c, "out of memory");
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		/* count_named bounded n and checked every entry; counted
+		 * before reading so that config_free sees a partial entry */
+		struct config_backend *b = &cfg->backends[cfg->nbackends++];
+		read_backend(L, c, lua_gettop(L), lua_tostring(L, -2), b);
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	qsort(cfg->backends, cfg->nbackends, sizeof *cfg->backends, cmp_backend);
+}
+
+static void read_profile(lua_State *L, struct conf_ctx *c, int t, const char *name,
+			 struct config_profile *p)
+{
+	struct gw_config *cfg = c->cfg;
+	char label[128], lbl[160];
+	int64_t dflt = -1;
+
+	snprintf(label, sizeof label, "profiles.%s", name);
+	fg_strlcpy(p->name, name, sizeof p->name);
+	check_keys(L, c, t, label, profile_keys);
+
+	snprintf(lbl, sizeof lbl, "%s.backend", label);
+	get_string(L, c, t, "backend", lbl, p->backend, sizeof p->backend);
+	if (p->backend[0] == '\0') {
+		if (cfg->nbackends != 1)
+			cfail(L, c, "%s: set backend = the name of one of the backends", label);
+		fg_strlcpy(p->backend, cfg->backends[0].name, sizeof p->backend);
+	}
+	if (config_backend(cfg, p->backend) == NULL) {
+		char names[256];
+		size_t off = 0;
+		names[0] = '\0';
+		for (size_t i = 0; i < cfg->nbackends && off < sizeof names; i++) {
+			int k = snprintf(names + off, sizeof names - off, "%s%s", i ? ", " : "",
+					 cfg->backends[i].name);
+			off += k > 0 ? (size_t)k : 0;
+		}
+		cfail(L, c, "%s: no backend named '%s' is defined (defined: %s)", lbl, p->backend, names);
+	}
+
+	snprintf(lbl, sizeof lbl, "%s.key_usage", label);
+	read_key_usage(L, c, t, lbl, p);
+	snprintf(lbl, sizeof lbl, "%s.extended_key_usage", label);
+	read_eku(L, c, t, lbl, p);
+	snprintf(lbl, sizeof lbl, "%s.names", label);
+	read_names(L, c, t, lbl, p);
+
+	p->max_validity = 90 * DAY;
+	snprintf(lbl, sizeof lbl, "%s.max_validity", label);
+	get_duration(L, c, t, "max_validity", lbl, 100LL * 366 * DAY, &p->max_validity);
+	snprintf(lbl, sizeof lbl, "%s.default_validity", label);
+	get_duration(L, c, t, "default_validity", lbl, 100LL * 366 * DAY, &dflt);
+	if (dflt < 0)
+		dflt = p->max_validity < 30 * DAY ? p->max_validity : 30 * DAY;
+	if (dflt > p->max_validity)
+		cfail(L, c, "%s: default_validity (%lld s) is longer than max_validity (%lld s)", label,
+		      (long long)dflt, (long long)p->max_validity);
+	p->default_validity = dflt;
+}
+
+static void read_profiles(lua_State *L, struct conf_ctx *c, int g)
+{
+	struct gw_config *cfg = c->cfg;
+	size_t n;
+	int t;
+
+	if (field(L, g, "profiles") == LUA_TNIL)
+		cfail(L, c, "no profiles are defined; add profiles = { default = { backend = \"local\" } }");
+	t = lua_gettop(L);
+	n = count_named(L, c, "profiles");
+	cfg->profiles = calloc(n ? n : 1, sizeof *cfg->profiles);
+	if (cfg->profiles == NULL)
+		cfail(L, c, "out of memory");
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		struct config_profile *p = &cfg->profiles[cfg->nprofiles++];
+		read_profile(L, c, lua_gettop(L), lua_tostring(L, -2), p);
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	qsort(cfg->profiles, cfg->nprofiles, sizeof *cfg->profiles, cmp_profile);
+	if (config_profile(cfg, "default") == NULL)
+		cfail(L, c, "no profile named 'default'; the gateway uses it when a policy names none");
+}
+
+/* The protected reader: globals -> struct gw_config, checking everything.
+ * Argument 1 is the struct conf_ctx. */
+static int read_config(lua_State *L)
+{
+	struct conf_ctx *c = lua_touserdata(L, 1);
+	struct gw_config *cfg = c->cfg;
+	char valid[256];
+	int64_t v;
+	uint64_t u;
+	int g;
+
+	lua_settop(L, 1);
+	lua_pushglobaltable(L);
+	g = lua_gettop(L);
+
+	lua_pushnil(L);
+	while (lua_next(L, g) != 0) {
+		if (lua_type(L, -2) != LUA_TSTRING || !in_list(lua_tostring(L, -2), top_keys))
+			cfail(L, c, "unknown setting '%s'; valid settings are %s (use 'local' for helper variables)",
+			      lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : luaL_typename(L, -2),
+			      join_names(top_keys, valid, sizeof valid));
+		lua_pop(L, 1);
+	}
+
+	get_string(L, c, g, "listen", "listen", cfg->listen, sizeof cfg->listen);
+	if (strncmp(cfg->listen, "tcp://", 6) != 0 && strncmp(cfg->listen, "ipc://", 6) != 0)
+		cfail(L, c, "listen: '%s' is not a ZeroMQ endpoint; use tcp://HOST:PORT", cfg->listen);
+
+	v = cfg->workers;
+	get_int(L, c, g, "workers", "workers", 1, 64, &v);
+	cfg->workers = (int)v;
+
+	if (field(L, g, "store") != LUA_TNIL) {
+		int t = lua_gettop(L);
+		if (lua_type(L, t) != LUA_TTABLE)
+			cfail(L, c, "store must be a table, e.g. { engine = \"sqlite\", path = \"fleetgate.db\" }");
+		check_keys(L, c, t, "store", store_keys);
+		get_string(L, c, t, "engine", "store.engine", cfg->store_engine, sizeof cfg->store_engine);
+		if (strcmp(cfg->store_engine, "sqlite") != 0)
+			cfail(L, c, "store.engine: '%s' is not supported; use \"sqlite\"", cfg->store_engine);
+		get_string(L, c, t, "path", "store.path", cfg->store_path, sizeof cfg->store_path);
+	}
+	lua_pop(L, 1);
+	if (cfg->store_path[0] == '\0')
+		cfail(L, c, "store.path must not be empty");
+	resolve_path(L, c, "store.path", cfg->store_path, sizeof cfg->store_path);
+
+	get_path(L, c, g, "policy", "policy", cfg->policy_path, sizeof cfg->policy_path);
+	get_path(L, c, g, "curve_key", "curve_key", cfg->curve_key_path, sizeof cfg->curve_key_path);
+	get_path(L, c, g, "plugin_dir", "plugin_dir", cfg->plugin_dir, sizeof cfg->plugin_dir);
+	if (cfg->policy_path[0] == '\0' || cfg->curve_key_path[0] == '\0')
+		cfail(L, c, "policy and curve_key must not be empty");
+
+	get_string(L, c, g, "log_level", "log_level", cfg->log_level, sizeof cfg->log_level);
+	if (fg_log_level_parse(cfg->log_level) < 0)
+		cfail(L, c, "log_level: '%s' is not a level; use error, warn, info or debug",
+		      cfg->log_level);
+
+	v = cfg->checkin_interval;
+	get_duration(L, c, g, "checkin_interval", "checkin_interval", 30 * DAY, &v);
+	cfg->checkin_interval = (int)v;
+
+	if (field(L, g, "limits") != LUA_TNIL) {
+		int t = lua_gettop(L);
+		if (lua_type(L, t) != LUA_TTABLE)
+			cfail(L, c, "limits must be a table, e.g. { max_message = 65536 }");
+		check_keys(L, c, t, "limits", limits_keys);
+		u = cfg->max_message;
+		get_size(L, c, t, "max_message", "limits.max_message", 1024, 16 * 1024 * 1024, &u);
+		cfg->max_message = (size_t)u;
+		u = cfg->policy_memory;
+		get_size(L, c, t, "policy_memory", "limits.policy_memory", 256 * 1024,
+			 1024ULL * 1024 * 1024, &u);
+		cfg->policy_memory = (size_t)u;
+		v = (int64_t)cfg->policy_instructions;
+		get_int(L, c, t, "policy_instructions", "limits.policy_instructions", 1000,
+			1000000000000LL, &v);
+		cfg->policy_instructions = (uint64_t)v;
+	}
+	lua_pop(L, 1);
+
+	read_backends(L, c, g);
+	read_profiles(L, c, g);
+	return 0;
+}
+
+/* msg into err, with "fleetgated.conf: " in front unless it names the file. */
+static void conf_err(char *err, size_t errlen, const char *msg)
+{
+	if (strncmp(msg, CONF_FILE, strlen(CONF_FILE)) == 0)
+		fg_seterr(err, errlen, "%s", msg);
+	else
+		fg_seterr(err, errlen, CONF_FILE ": %s", msg);
+}
+
+static void set_defaults(struct gw_config *cfg)
+{
+	fg_strlcpy(cfg->listen, "tcp://127.0.0.1:7700", sizeof cfg->listen);
+	cfg->workers = 2;
+	fg_strlcpy(cfg->store_engine, "sqlite", sizeof cfg->store_engine);
+	fg_strlcpy(cfg->store_path, "fleetgate.db", sizeof cfg->store_path);
+	fg_strlcpy(cfg->policy_path, "policy.lua", sizeof cfg->policy_path);
+	fg_strlcpy(cfg->curve_key_path, "keys/gateway.key", sizeof cfg->curve_key_path);
+	fg_strlcpy(cfg->log_level, "info", sizeof cfg->log_level);
+	cfg->checkin_interval = 3600;
+	cfg->max_message = 65536;
+	cfg->policy_memory = 4 * 1024 * 1024;
+	cfg->policy_instructions = 1000000;
+}
+
+/* Load and check <state_dir>/fleetgated.conf. The state directory must
+ * exist; it is made absolute and every relative path is joined to it.
+ * Returns a config the caller frees with config_free, or NULL with err. */
+struct gw_config *config_load(const char *state_dir, char *err, size_t errlen)
+{
+	struct gw_config *cfg = NULL, *ret = NULL;
+	struct sandbox *sb = NULL;
+	struct conf_ctx ctx;
+	char path[PATH_MAX], lerr[512];
+	char *text = NULL;
+	size_t len = 0;
+	struct stat st;
+	lua_State *L;
+
+	cfg = calloc(1, sizeof *cfg);
+	if (cfg == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		goto out;
+	}
+	set_defaults(cfg);
+	if (realpath(state_dir, cfg->state_dir) == NULL) {
+		fg_seterr(err, errlen, "state directory %s: %s; create it with 'fleetgate init --state %s'",
+			  state_dir, strerror(errno), state_dir);
+		goto out;
+	}
+	if (fg_path_join(cfg->state_dir, CONF_FILE, path, sizeof path) != 0) {
+		fg_seterr(err, errlen, "state directory path %s is too long", cfg->state_dir);
+		goto out;
+	}
+	if (stat(path, &st) != 0 && errno == ENOENT) {
+		fg_seterr(err, errlen, "%s does not exist; run 'fleetgate init --state %s' first", path,
+			  state_dir);
+		goto out;
+	}
+	if (fg_read_file(path, CONF_MAX_FILE, &text, &len, lerr, sizeof lerr) != 0) {
+		fg_seterr(err, errlen, "%s", lerr);
+		goto out;
+	}
+	sb = sandbox_new(CONF_MEMORY, CONF_INSTRUCTIONS, SANDBOX_LIBS_NONE, "the config file",
+			 "config", err, errlen);
+	if (sb == NULL)
+		goto out;
+	L = sandbox_lua(sb);
+	if (sandbox_load(sb, "@" CONF_FILE, text, len, lerr, sizeof lerr) != 0 ||
+	    sandbox_pcall(sb, 0, 0, lerr, sizeof lerr) != 0) {
+		conf_err(err, errlen, lerr);
+		goto out;
+	}
+
+	/* The file has run; reading it back runs no file code (there are no
+	 * libraries, so no metatables), and gets the heap it needs. */
+	sandbox_set_memory_limit(sb, 16 * CONF_MEMORY);
+	memset(&ctx, 0, sizeof ctx);
+	ctx.cfg = cfg;
+	ctx.err = err;
+	ctx.errlen = errlen;
+	lua_pushcfunction(L, read_config);
+	lua_pushlightuserdata(L, &ctx);
+	if (sandbox_pcall(sb, 1, 0, lerr, sizeof lerr) != 0) {
+		if (!ctx.failed)   /* else cfail wrote err */
+			conf_err(err, errlen, lerr);
+		goto out;
+	}
+	ret = cfg;
+	cfg = NULL;
+out:
+	sandbox_free(sb);
+	free(text);
+	config_free(cfg);
+	return ret;
+}
+
+void config_free(struct gw_config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < cfg->nprofiles; i++)
+		for (size_t j = 0; j < cfg->profiles[i].neku; j++)
+			free(cfg->profiles[i].eku[j]);
+	free(cfg->profiles);
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		struct config_backend *b = &cfg->backends[i];
+		for (size_t j = 0; j < b->nsettings; j++) {
+			free((char *)b->settings[j].key);
+			free((char *)b->settings[j].value);
+		}
+		free(b->settings);
+	}
+	free(cfg->backends);
+	free(cfg);
+}
+
+const struct config_profile *config_profile(const struct gw_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->nprofiles; i++)
+		if (strcmp(cfg->profiles[i].name, name) == 0)
+			return &cfg->profiles[i];
+	return NULL;
+}
+
+const struct config_backend *config_backend(const struct gw_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->nbackends; i++)
+		if (strcmp(cfg->backends[i].name, name) == 0)
+			return &cfg->backends[i];
+	return NULL;
+}
+
+/* listen as a Lua string literal body: quotes, backslashes and control
+ * characters escaped, so any value round-trips through config_load. */
+static void lua_quote(const char *s, char *out, size_t size)
+{
+	size_t o = 0;
+
+	for (; *s && o + 5 < size; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)ch;
+		} else if (ch < 0x20 || ch == 0x7f) {
+			o += (size_t)snprintf(out + o, size - o, "\\%03u", ch);
+		} else {
+			out[o++] = (char)ch;
+		}
+	}
+	out[o] = '\0';
+}
+
+static const char default_text[] =
+	"-- fleetgated configuration. Lua syntax, data only: the file runs once in an\n"
+	"-- empty sandbox (no libraries) and its global settings are read back.\n"
+	"-- Unknown settings are errors; use 'local' for helper variables.\n"
+	"-- Relative paths are relative to this directory. Durations are seconds or\n"
+	"-- strings such as \"90d\", \"12h\"; sizes are bytes or \"64K\", \"4M\".\n"
+	"\n"
+	"-- ZeroMQ endpoint of the gateway (CURVE server).\n"
+	"listen = \"%s\"\n"
+	"\n"
+	"-- Worker threads, each with its own store connection and Lua state.\n"
+	"workers = 2\n"
+	"\n"
+	"store = { engine = \"sqlite\", path = \"fleetgate.db\" }\n"
+	"policy = \"policy.lua\"\n"
+	"curve_key = \"keys/gateway.key\"\n"
+	"\n"
+	"-- error, warn, info or debug\n"
+	"log_level = \"info\"\n"
+	"\n"
+	"-- How often agents check in.\n"
+	"checkin_interval = \"1h\"\n"
+	"\n"
+	"limits = {\n"
+	"  max_message = 65536,          -- bytes per message; larger frames are dropped\n"
+	"  policy_memory = 4194304,      -- bytes of Lua heap per worker\n"
+	"  policy_instructions = 1000000, -- Lua instructions per policy call\n"
+	"}\n"
+	"\n"
+	"-- Certificate authorities. Every key except plugin is passed to the plugin.\n"
+	"backends = {\n"
+	"  [\"local\"] = {\n"
+	"    plugin = \"local\",\n"
+	"    ca_dir = \"ca\",\n"
+	"    key_type = \"p256\",          -- p256, p384, rsa3072, rsa4096\n"
+	"    ca_validity = \"10y\",\n"
+	"    ca_name = \"fleetgate local CA\",\n"
+	"  },\n"
+	"}\n"
+	"\n"
+	"-- What certificates may contain. A policy picks a profile (\"default\" when\n"
+	"-- it names none) and can narrow it, never widen it.\n"
+	"profiles = {\n"
+	"  default = {\n"
+	"    backend = \"local\",\n"
+	"    key_usage = { \"digitalSignature\" },\n"
+	"    extended_key_usage = { \"clientAuth\" },\n"
+	"    max_validity = \"90d\",\n"
+	"    default_validity = \"30d\",\n"
+	"    names = { \"cn\", \"dns\" },\n"
+	"  },\n"
+	"  server = {\n"
+	"    backend = \"local\",\n"
+	"    key_usage = { \"digitalSignature\", \"keyEncipherment\" },\n"
+	"    extended_key_usage = { \"serverAuth\", \"clientAuth\" },\n"
+	"    max_validity = \"397d\",\n"
+	"    default_validity = \"90d\",\n"
+	"    names = { \"cn\", \"dns\", \"ip\" },\n"
+	"  },\n"
+	"}\n";
+
+/* The text `fleetgate init` writes, listen filled in. malloc'd; NULL when
+ * out of memory. */
+char *config_default_text(const char *listen)
+{
+	char q[1024];
+	size_t size;
+	char *out;
+
+	lua_quote(listen ? listen : "tcp://127.0.0.1:7700", q, sizeof q);
+	size = sizeof default_text + strlen(q);
+	out = malloc(size);
+	if (out == NULL)
+		return NULL;
+	snprintf(out, size, default_text, q);
+	return out;
+}

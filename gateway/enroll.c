@@ -1,1 +1,1041 @@
-/* placeholder: being written */
+/*
+ * enroll.c: what a gateway worker does with one request.
+ *
+ * Enrollment and renewal follow the write-ahead job protocol:
+ *   1. a request id already known for this client key returns its stored
+ *      answer (or resumes its open job): retries are idempotent;
+ *   2. the device is found by its authenticated CURVE key; an unknown key
+ *      needs a valid token; a renewal needs a certificate of this device
+ *      and a proof of possession of its key;
+ *   3. the CSR is checked, the policy decides, and C code clamps the
+ *      decision to the profile (names from the decision, never the CSR);
+ *   4. store_job_admit makes the job durable (consuming the token and
+ *      binding the key in the same transaction);
+ *   5. the backend issues (the local CA writes its to-be-signed data ahead
+ *      of the signature through the job), and store_job_finish records the
+ *      certificate and the reply together.
+ * Bad input is answered and writes nothing.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "enroll.h"
+#include "fg_log.h"
+#include "fg_util.h"
+#include "fg_wire.h"
+#include "fg_x509.h"
+#include "policy.h"
+#include "store.h"
+
+#define SKEW_BACKDATE 300       /* seconds notBefore is backdated for clock skew */
+#define RETRY_INTERNAL 10       /* seconds an agent waits after a transient failure */
+#define CN_MAX 64               /* ub-common-name, RFC 5280 appendix A.1 */
+
+struct worker {
+	const struct gw_config *cfg;
+	struct backends *bs;
+	struct store *st;
+	struct policy *pol;
+	int index;
+};
+
+/* Everything needed to issue (and to resume issuing after a restart):
+ * the clamped decision plus the CSR. Kept in the job as JSON. */
+struct params {
+	char kind[16];
+	char slot[64];
+	char device_id[40];
+	char profile[64];
+	char backend[64];
+	char cn[CN_MAX + 1];
+	char *dns[POLICY_MAX_NAMES];
+	size_t ndns;
+	char *ip[POLICY_MAX_NAMES];
+	size_t nip;
+	char *email[POLICY_MAX_NAMES];
+	size_t nemail;
+	int64_t not_before;
+	int64_t not_after;
+	uint32_t key_usage;
+	char *eku[CONFIG_MAX_EKU];
+	size_t neku;
+	char challenge[256];
+	unsigned char *csr;
+	size_t csr_len;
+};
+
+static void params_clear(struct params *p)
+{
+	for (size_t i = 0; i < p->ndns; i++)
+		free(p->dns[i]);
+	for (size_t i = 0; i < p->nip; i++)
+		free(p->ip[i]);
+	for (size_t i = 0; i < p->nemail; i++)
+		free(p->email[i]);
+	for (size_t i = 0; i < p->neku; i++)
+		free(p->eku[i]);
+	free(p->csr);
+	memset(p, 0, sizeof *p);
+}
+
+struct worker *worker_new(const struct gw_config *cfg, struct backends *bs, int index,
+			  char *err, size_t errlen)
+{
+	struct worker *w = calloc(1, sizeof *w);
+	struct policy_limits lim = { cfg->policy_memory, cfg->policy_instructions };
+
+	if (w == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		return NULL;
+	}
+	w->cfg = cfg;
+	w->bs = bs;
+	w->index = index;
+	w->st = store_open(cfg->store_path, 0, err, errlen);
+	if (w->st == NULL)
+		goto fail;
+	w->pol = policy_new(cfg->policy_path, &lim, err, errlen);
+	if (w->pol == NULL)
+		goto fail;
+	return w;
+fail:
+	worker_free(w);
+	return NULL;
+}
+
+void worker_free(struct worker *w)
+{
+	if (w == NULL)
+		return;
+	policy_free(w->pol);
+	store_free(w->st);
+	free(w);
+}
+
+/* ---- replies ---- */
+
+static void pack_env(Fleetgate__Envelope *env, const char *rid, uint8_t **out, size_t *len)
+{
+	env->version = FG_PROTOCOL_VERSION;
+	env->request_id = (char *)(rid ? rid : "");
+	if (fg_wire_pack(env, out, len) != 0) {
+		*out = NULL;
+		*len = 0;
+	}
+}
+
+static void __attribute__((format(printf, 6, 7)))
+reply_status(const char *rid, Fleetgate__Status status, uint32_t retry_after,
+	     uint8_t **out, size_t *len, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+
+	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
+	cr.status = status;
+	cr.message = msg;
+	cr.retry_after = retry_after;
+	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
+	env.cert_reply = &cr;
+	pack_env(&env, rid, out, len);
+	fg_log(status == FLEETGATE__STATUS__STATUS_INTERNAL ? FG_LOG_ERROR : FG_LOG_INFO, "enroll",
+	       rid, "%s: %s", fg_status_name(status), msg);
+}
+
+static void __attribute__((format(printf, 5, 6)))
+reply_error(const char *rid, Fleetgate__Status status, uint8_t **out, size_t *len,
+	    const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+
+	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__ErrorReply er = FLEETGATE__ERROR_REPLY__INIT;
+	er.status = status;
+	er.message = msg;
+	env.body_case = FLEETGATE__ENVELOPE__BODY_ERROR;
+	env.error = &er;
+	pack_env(&env, rid, out, len);
+	fg_info("gateway", rid && *rid ? rid : NULL, "%s: %s", fg_status_name(status), msg);
+}
+
+/* ---- names and params ---- */
+
+static int slot_valid(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 63)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.')
+			return 0;
+	return 1;
+}
+
+/* A host name as RFC 1123 allows it (LDH labels of 1..63, 253 in all), in
+ * lower case; no wildcards. */
+static int dns_valid(const char *s)
+{
+	size_t n = strlen(s), label = 0;
+	if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return 0;
+			label = 0;
+			continue;
+		}
+		if (!(islower((unsigned char)c) || isdigit((unsigned char)c) || c == '-'))
+			return 0;
+		if (label == 0 && c == '-')
+			return 0;
+		if (++label > 63)
+			return 0;
+	}
+	return s[n - 1] != '-';
+}
+
+static int ip_valid(const char *s)
+{
+	unsigned char buf[16];
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+static int email_valid(const char *s)
+{
+	const char *at = strchr(s, '@');
+	if (at == NULL || at == s || strchr(at + 1, '@') != NULL || strlen(s) > 254)
+		return 0;
+	for (const char *p = s; *p; p++)
+		if (*p <= ' ' || *p >= 0x7f)
+			return 0;
+	return dns_valid(at + 1);
+}
+
+static int cn_valid(const char *s)
+{
+	size_t n = strlen(s);
+	if (n > CN_MAX)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+/* Copy a name list, checking each entry; -1 with err naming the bad one. */
+static int copy_names(char **dst, size_t *ndst, char *const *src, size_t n,
+		      int (*valid)(const char *), const char *what, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!valid(src[i])) {
+			fg_seterr(err, errlen, "policy named an invalid %s '%s'", what, src[i]);
+			return -1;
+		}
+		dst[i] = strdup(src[i]);
+		if (dst[i] == NULL) {
+			fg_seterr(err, errlen, "out of memory");
+			return -1;
+		}
+		*ndst = i + 1;
+	}
+	return 0;
+}
+
+/* Turn an allow decision into issuance parameters, clamped to the profile:
+ * a policy may narrow (shorter validity) but never widen (names the
+ * profile forbids, unknown profile or backend). 0, or -1 with err (a
+ * message for the device). */
+static int params_from_decision(const struct worker *w, const struct policy_decision *d,
+				struct params *p, int64_t now, const char *rid, char *err,
+				size_t errlen)
+{
+	const char *pname = d->profile[0] ? d->profile : "default";
+	const struct config_profile *prof = config_profile(w->cfg, pname);
+	if (prof == NULL) {
+		fg_seterr(err, errlen, "policy chose profile '%s', which the gateway config does not define",
+			  pname);
+		return -1;
+	}
+	const char *bname = d->backend[0] ? d->backend : prof->backend;
+	if (config_backend(w->cfg, bname) == NULL || backends_find(w->bs, bname) == NULL) {
+		fg_seterr(err, errlen, "policy chose backend '%s', which the gateway config does not define",
+			  bname);
+		return -1;
+	}
+	fg_strlcpy(p->profile, pname, sizeof p->profile);
+	fg_strlcpy(p->backend, bname, sizeof p->backend);
+
+	if (d->cn[0] && !(prof->names & NAME_CN)) {
+		fg_seterr(err, errlen, "policy asked for a subject CN, which profile '%s' does not allow", pname);
+		return -1;
+	}
+	if (d->ndns && !(prof->names & NAME_DNS)) {
+		fg_seterr(err, errlen, "policy asked for DNS names, which profile '%s' does not allow", pname);
+		return -1;
+	}
+	if (d->nip && !(prof->names & NAME_IP)) {
+		fg_seterr(err, errlen, "policy asked for IP addresses, which profile '%s' does not allow", pname);
+		return -1;
+	}
+	if (d->nemail && !(prof->names & NAME_EMAIL)) {
+		fg_seterr(err, errlen, "policy asked for e-mail names, which profile '%s' does not allow", pname);
+		return -1;
+	}
+	if (!d->cn[0] && !d->ndns && !d->nip && !d->nemail) {
+		fg_seterr(err, errlen, "policy allowed the request but named no subject (cn, dns, ip or email)");
+		return -1;
+	}
+	if (!cn_valid(d->cn)) {
+		fg_seterr(err, errlen, "policy named an invalid subject CN (at most %d printable characters)",
+			  CN_MAX);
+		return -1;
+	}
+	fg_strlcpy(p->cn, d->cn, sizeof p->cn);
+	if (copy_names(p->dns, &p->ndns, d->dns, d->ndns, dns_valid, "DNS name", err, errlen) ||
+	    copy_names(p->ip, &p->nip, d->ip, d->nip, ip_valid, "IP address", err, errlen) ||
+	    copy_names(p->email, &p->nemail, d->email, d->nemail, email_valid, "e-mail address",
+		       err, errlen))
+		return -1;
+
+	int64_t validity = d->validity > 0 ? d->validity : prof->default_validity;
+	if (validity > prof->max_validity) {
+		fg_debug("enroll", rid, "validity %lld s clamped to profile '%s' maximum %lld s",
+			 (long long)validity, pname, (long long)prof->max_validity);
+		validity = prof->max_validity;
+	}
+	p->not_before = now - SKEW_BACKDATE;
+	p->not_after = now + validity;
+	p->key_usage = prof->key_usage;
+	for (size_t i = 0; i < prof->neku; i++) {
+		p->eku[i] = strdup(prof->eku[i]);
+		if (p->eku[i] == NULL) {
+			fg_seterr(err, errlen, "out of memory");
+			return -1;
+		}
+		p->neku = i + 1;
+	}
+	fg_strlcpy(p->challenge, d->challenge, sizeof p->challenge);
+	return 0;
+}
+
+static json_t *names_json(char *const *v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, json_string(v[i]));
+	return a;
+}
+
+/* params -> JSON text (malloc'd). The CSR travels as hex. */
+static char *params_to_json(const struct params *p)
+{
+	char *hex = malloc(p->csr_len * 2 + 1), *out = NULL;
+	if (hex == NULL)
+		return NULL;
+	fg_hex(p->csr, p->csr_len, hex);
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s}",
+			      "kind", p->kind, "slot", p->slot, "device_id", p->device_id,
+			      "profile", p->profile, "backend", p->backend, "cn", p->cn,
+			      "not_before", (json_int_t)p->not_before,
+			      "not_after", (json_int_t)p->not_after,
+			      "key_usage", (json_int_t)p->key_usage,
+			      "challenge", p->challenge, "csr", hex);
+	if (o != NULL) {
+		json_object_set_new(o, "dns", names_json(p->dns, p->ndns));
+		json_object_set_new(o, "ip", names_json(p->ip, p->nip));
+		json_object_set_new(o, "email", names_json(p->email, p->nemail));
+		json_object_set_new(o, "eku", names_json(p->eku, p->neku));
+		out = json_dumps(o, JSON_COMPACT);
+		json_decref(o);
+	}
+	free(hex);
+	return out;
+}
+
+static int names_from_json(json_t *a, char **dst, size_t *n, size_t max)
+{
+	size_t i;
+	json_t *v;
+	if (!json_is_array(a) || json_array_size(a) > max)
+		return -1;
+	json_array_foreach(a, i, v) {
+		if (!json_is_string(v) || (dst[i] = strdup(json_string_value(v))) == NULL)
+			return -1;
+		*n = i + 1;
+	}
+	return 0;
+}
+
+/* JSON text of an admitted job -> params. 0 or -1. */
+static int params_from_json(const char *text, struct params *p)
+{
+	json_error_t jerr;
+	json_t *o = json_loads(text, 0, &jerr);
+	const char *kind, *slot, *dev, *prof, *be, *cn, *chal, *csr;
+	json_int_t nb, na, ku;
+	json_t *dns, *ip, *email, *eku;
+	int rc = -1;
+
+	if (o == NULL)
+		return -1;
+	if (json_unpack(o, "{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:o, s:o, s:o, s:o}",
+			"kind", &kind, "slot", &slot, "device_id", &dev, "profile", &prof,
+			"backend", &be, "cn", &cn, "not_before", &nb, "not_after", &na,
+			"key_usage", &ku, "challenge", &chal, "csr", &csr, "dns", &dns, "ip", &ip,
+			"email", &email, "eku", &eku) != 0)
+		goto out;
+	fg_strlcpy(p->kind, kind, sizeof p->kind);
+	fg_strlcpy(p->slot, slot, sizeof p->slot);
+	fg_strlcpy(p->device_id, dev, sizeof p->device_id);
+	fg_strlcpy(p->profile, prof, sizeof p->profile);
+	fg_strlcpy(p->backend, be, sizeof p->backend);
+	fg_strlcpy(p->cn, cn, sizeof p->cn);
+	fg_strlcpy(p->challenge, chal, sizeof p->challenge);
+	p->not_before = nb;
+	p->not_after = na;
+	p->key_usage = (uint32_t)ku;
+	if (names_from_json(dns, p->dns, &p->ndns, POLICY_MAX_NAMES) ||
+	    names_from_json(ip, p->ip, &p->nip, POLICY_MAX_NAMES) ||
+	    names_from_json(email, p->email, &p->nemail, POLICY_MAX_NAMES) ||
+	    names_from_json(eku, p->eku, &p->neku, CONFIG_MAX_EKU))
+		goto out;
+	size_t hl = strlen(csr);
+	p->csr = malloc(hl / 2 + 1);
+	if (p->csr == NULL)
+		goto out;
+	ssize_t n = fg_unhex(csr, p->csr, hl / 2 + 1);
+	if (n <= 0)
+		goto out;
+	p->csr_len = (size_t)n;
+	rc = 0;
+out:
+	json_decref(o);
+	return rc;
+}
+
+/* ---- issuing ---- */
+
+/* Ask the job's backend for the certificate and record the outcome. Used
+ * for new jobs and, identically, for jobs resumed after a retry or restart:
+ * the backend's write-ahead state in the job makes that safe. */
+static void run_issue(struct worker *w, const char *key, const char *rid, const struct params *p,
+		      int poll, uint8_t **out, size_t *len)
+{
+	char err[512] = "";
+	struct backend *b = backends_find(w->bs, p->backend);
+	struct fg_issue_result res;
+	X509 *cert = NULL;
+	memset(&res, 0, sizeof res);
+
+	if (b == NULL) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL * 6, out, len,
+			     "backend '%s' of this request is not configured any more; the operator must restore it",
+			     p->backend);
+		return;
+	}
+	struct fg_job job = { w->st, key, rid };
+	struct fg_issue_request ir = {
+		.struct_size = sizeof ir,
+		.request_id = rid,
+		.device_id = p->device_id,
+		.slot = p->slot,
+		.renewal = strcmp(p->kind, "renew") == 0,
+		.job = &job,
+		.csr_der = p->csr,
+		.csr_len = p->csr_len,
+		.subject_cn = p->cn,
+		.dns_names = (const char *const *)p->dns,
+		.n_dns = p->ndns,
+		.ip_names = (const char *const *)p->ip,
+		.n_ip = p->nip,
+		.emails = (const char *const *)p->email,
+		.n_email = p->nemail,
+		.not_before = p->not_before,
+		.not_after = p->not_after,
+		.key_usage = p->key_usage,
+		.ext_key_usage = (const char *const *)p->eku,
+		.n_eku = p->neku,
+		.profile = p->profile,
+		.challenge = p->challenge[0] ? p->challenge : NULL,
+	};
+	if (poll && b->ops->poll != NULL)
+		b->ops->poll(b->state, &ir, &res);
+	else
+		b->ops->issue(b->state, &ir, &res);
+
+	switch (res.status) {
+	case FG_ISSUE_OK:
+		break;
+	case FG_ISSUE_PENDING: {
+		uint32_t ra = res.retry_after ? res.retry_after : 30;
+		if (store_job_set_pending(w->st, key, rid, fg_now() + ra, err, sizeof err) != 0)
+			fg_err("enroll", rid, "%s", err);
+		reply_status(rid, FLEETGATE__STATUS__STATUS_PENDING, ra, out, len,
+			     "the CA (backend %s) has the request pending%s%s; retry in %u s",
+			     p->backend, res.message[0] ? ": " : "", res.message, ra);
+		goto out;
+	}
+	case FG_ISSUE_REJECTED: {
+		char msg[1024];
+		snprintf(msg, sizeof msg, "the CA (backend %s) refused the request: %s", p->backend,
+			 res.message[0] ? res.message : "no reason given");
+		Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+		Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
+		cr.status = FLEETGATE__STATUS__STATUS_DENIED;
+		cr.message = msg;
+		cr.device_id = (char *)p->device_id;
+		env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
+		env.cert_reply = &cr;
+		pack_env(&env, rid, out, len);
+		if (*out && store_job_finish(w->st, key, rid, JOB_FAILED, *out, *len, NULL,
+					     "cert.reject", msg, err, sizeof err) != 0)
+			fg_err("enroll", rid, "%s", err);
+		fg_warn("enroll", rid, "%s", msg);
+		goto out;
+	}
+	default:
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL,
+			     res.retry_after ? res.retry_after : RETRY_INTERNAL, out, len,
+			     "backend %s could not issue now (%s); the request is kept, retry with the same request id",
+			     p->backend, res.message[0] ? res.message : "no detail");
+		goto out;
+	}
+
+	struct fg_cert_info ci;
+	cert = fg_cert_from_der(res.cert_der, res.cert_len, err, sizeof err);
+	if (cert == NULL || fg_cert_info(cert, &ci, err, sizeof err) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "backend %s returned an unreadable certificate: %s", p->backend, err);
+		goto out;
+	}
+
+	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
+	ProtobufCBinaryData chain[8];
+	char msg[256];
+	snprintf(msg, sizeof msg, "issued serial %s by backend %s", ci.serial_hex, p->backend);
+	cr.status = FLEETGATE__STATUS__STATUS_OK;
+	cr.message = msg;
+	cr.cert_der.data = res.cert_der;
+	cr.cert_der.len = res.cert_len;
+	cr.n_chain_der = res.n_chain < 8 ? res.n_chain : 8;
+	for (size_t i = 0; i < cr.n_chain_der; i++) {
+		chain[i].data = res.chain_der[i];
+		chain[i].len = res.chain_len[i];
+	}
+	cr.chain_der = chain;
+	cr.device_id = (char *)p->device_id;
+	cr.not_after = ci.not_after;
+	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
+	env.cert_reply = &cr;
+	pack_env(&env, rid, out, len);
+	if (*out == NULL)
+		goto out;
+
+	struct store_cert sc;
+	memset(&sc, 0, sizeof sc);
+	fg_strlcpy(sc.serial_hex, ci.serial_hex, sizeof sc.serial_hex);
+	fg_strlcpy(sc.device_id, p->device_id, sizeof sc.device_id);
+	fg_strlcpy(sc.slot, p->slot, sizeof sc.slot);
+	fg_strlcpy(sc.backend, p->backend, sizeof sc.backend);
+	fg_strlcpy(sc.request_id, rid, sizeof sc.request_id);
+	fg_strlcpy(sc.subject, ci.subject, sizeof sc.subject);
+	sc.not_before = ci.not_before;
+	sc.not_after = ci.not_after;
+	sc.der = res.cert_der;
+	sc.der_len = res.cert_len;
+	char detail[512];
+	snprintf(detail, sizeof detail,
+		 "{\"serial\":\"%s\",\"slot\":\"%s\",\"profile\":\"%s\",\"backend\":\"%s\"}",
+		 ci.serial_hex, p->slot, p->profile, p->backend);
+	if (store_job_finish(w->st, key, rid, JOB_DONE, *out, *len, &sc,
+			     strcmp(p->kind, "renew") == 0 ? "cert.renew" : "cert.issue", detail,
+			     err, sizeof err) != 0) {
+		free(*out);
+		*out = NULL;
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "could not record the certificate (%s); retry with the same request id", err);
+		goto out;
+	}
+	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %lld (backend %s)",
+		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
+		ci.serial_hex, ci.subject, (long long)ci.not_after, p->backend);
+out:
+	X509_free(cert);
+	fg_issue_result_clear(&res);
+}
+
+/* Resume an open job for a retried request id. */
+static void resume_job(struct worker *w, const char *key, const struct store_job *job,
+		       uint8_t **out, size_t *len)
+{
+	struct params p;
+	memset(&p, 0, sizeof p);
+	if (job->params_json == NULL || params_from_json(job->params_json, &p) != 0) {
+		reply_status(job->request_id, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL * 6,
+			     out, len, "the stored job for this request is unreadable; tell the operator");
+		params_clear(&p);
+		return;
+	}
+	if (job->state == JOB_PENDING && job->next_attempt > fg_now()) {
+		uint32_t ra = (uint32_t)(job->next_attempt - fg_now());
+		reply_status(job->request_id, FLEETGATE__STATUS__STATUS_PENDING, ra ? ra : 1, out, len,
+			     "the CA (backend %s) has the request pending; retry in %u s", p.backend, ra);
+	} else {
+		run_issue(w, key, job->request_id, &p, job->state == JOB_PENDING, out, len);
+	}
+	params_clear(&p);
+}
+
+/* ---- request handling ---- */
+
+static const char *nz(const char *s)
+{
+	return s && *s ? s : NULL;
+}
+
+static char *facts_json(const Fleetgate__Facts *f)
+{
+	if (f == NULL)
+		return NULL;
+	json_t *o = json_object();
+	json_object_set_new(o, "hostname", json_string(f->hostname));
+	json_object_set_new(o, "machine_id", json_string(f->machine_id));
+	json_object_set_new(o, "os_id", json_string(f->os_id));
+	json_object_set_new(o, "os_version", json_string(f->os_version));
+	json_object_set_new(o, "os_pretty_name", json_string(f->os_pretty_name));
+	json_object_set_new(o, "kernel_release", json_string(f->kernel_release));
+	json_object_set_new(o, "arch", json_string(f->arch));
+	json_object_set_new(o, "dmi_product_uuid", json_string(f->dmi_product_uuid));
+	json_object_set_new(o, "dmi_product_serial", json_string(f->dmi_product_serial));
+	json_object_set_new(o, "secure_boot", f->secure_boot < 0 ? json_null()
+					      : json_boolean(f->secure_boot > 0));
+	json_object_set_new(o, "tpm_present", json_boolean(f->tpm_present));
+	json_object_set_new(o, "agent_version", json_string(f->agent_version));
+	char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(o);
+	return s;
+}
+
+/* Check a presented token without consuming it; the consumption happens
+ * atomically in store_job_admit. 0 when usable, else -1 with a message. */
+static int token_check(struct worker *w, const char *token, char hash[65], struct store_token *tok,
+		       char *err, size_t errlen)
+{
+	if (token == NULL || *token == '\0') {
+		fg_seterr(err, errlen, "this device is not enrolled and sent no enrollment token; "
+			  "install a bootstrap bundle from the operator (fleetgate token create --bundle)");
+		return -1;
+	}
+	if (!fg_token_wellformed(token)) {
+		fg_seterr(err, errlen, "the enrollment token is malformed; check the bootstrap bundle");
+		return -1;
+	}
+	fg_token_hash(token, hash);
+	int r = store_token_lookup(w->st, hash, tok, err, errlen);
+	if (r < 0)
+		return -1;
+	char when[32];
+	if (r == 0)
+		fg_seterr(err, errlen, "the enrollment token is unknown to this gateway; ask the operator for a new bundle");
+	else if (tok->revoked)
+		fg_seterr(err, errlen, "the enrollment token %s was revoked; ask the operator for a new bundle",
+			  tok->id);
+	else if (tok->uses_left <= 0)
+		fg_seterr(err, errlen, "the enrollment token %s has been used up; ask the operator for a new bundle",
+			  tok->id);
+	else if (tok->expires_at <= fg_now())
+		fg_seterr(err, errlen, "the enrollment token %s expired at %s; ask the operator for a new bundle",
+			  tok->id, fg_time_iso(tok->expires_at, when, sizeof when));
+	else
+		return 0;
+	return -1;
+}
+
+/* Renewal checks: the certificate being renewed is one this gateway issued
+ * to this very device, is still valid, and the request is signed by its
+ * key. 0, or -1 with a message (and *status set). */
+static int renew_check(struct worker *w, const struct store_device *dev,
+		       const Fleetgate__RenewRequest *rr, const char *rid, Fleetgate__Status *status,
+		       char *err, size_t errlen)
+{
+	struct store_cert rec;
+	struct fg_cert_info ci;
+	char e2[256] = "";
+	int rc = -1;
+	memset(&rec, 0, sizeof rec);
+
+	*status = FLEETGATE__STATUS__STATUS_UNAUTHORIZED;
+	X509 *cur = fg_cert_from_der(rr->current_cert_der.data, rr->current_cert_der.len, e2, sizeof e2);
+	if (cur == NULL || fg_cert_info(cur, &ci, e2, sizeof e2) != 0) {
+		*status = FLEETGATE__STATUS__STATUS_BAD_REQUEST;
+		fg_seterr(err, errlen, "the certificate to renew is unreadable: %s", e2);
+		goto out;
+	}
+	int r = store_cert_get(w->st, ci.serial_hex, &rec, e2, sizeof e2);
+	if (r < 0) {
+		*status = FLEETGATE__STATUS__STATUS_INTERNAL;
+		fg_seterr(err, errlen, "%s", e2);
+		goto out;
+	}
+	if (r == 0 || rec.der_len != rr->current_cert_der.len ||
+	    memcmp(rec.der, rr->current_cert_der.data, rec.der_len) != 0) {
+		fg_seterr(err, errlen, "certificate serial %s was not issued by this gateway; enroll with a token instead",
+			  ci.serial_hex);
+		goto out;
+	}
+	if (strcmp(rec.device_id, dev->id) != 0) {
+		fg_seterr(err, errlen, "certificate serial %s belongs to another device; a device may renew only its own certificates",
+			  ci.serial_hex);
+		fg_warn("enroll", rid, "device %s tried to renew certificate %s of device %s", dev->id,
+			ci.serial_hex, rec.device_id);
+		goto out;
+	}
+	if (rec.revoked) {
+		fg_seterr(err, errlen, "certificate serial %s is revoked and cannot be renewed; ask the operator for a new bundle",
+			  ci.serial_hex);
+		goto out;
+	}
+	char when[32];
+	if (rec.not_after <= fg_now()) {
+		fg_seterr(err, errlen, "certificate serial %s expired at %s and cannot be renewed; enroll again with a new token",
+			  ci.serial_hex, fg_time_iso(rec.not_after, when, sizeof when));
+		goto out;
+	}
+	if (strcmp(rec.slot, rr->slot) != 0) {
+		*status = FLEETGATE__STATUS__STATUS_BAD_REQUEST;
+		fg_seterr(err, errlen, "certificate serial %s belongs to slot '%s', not '%s'",
+			  ci.serial_hex, rec.slot, rr->slot);
+		goto out;
+	}
+	if (fg_pop_verify(cur, rid, rr->csr_der.data, rr->csr_der.len, rr->pop_signature.data,
+			  rr->pop_signature.len, e2, sizeof e2) != 0) {
+		fg_seterr(err, errlen, "proof of possession failed: the renewal is not signed by the key of certificate %s (%s)",
+			  ci.serial_hex, e2);
+		goto out;
+	}
+	rc = 0;
+out:
+	X509_free(cur);
+	store_cert_clear(&rec);
+	return rc;
+}
+
+static void fill_policy_facts(struct policy_facts *pf, const Fleetgate__Facts *f)
+{
+	memset(pf, 0, sizeof *pf);
+	pf->secure_boot = -1;
+	if (f == NULL)
+		return;
+	pf->hostname = nz(f->hostname);
+	pf->machine_id = nz(f->machine_id);
+	pf->os_id = nz(f->os_id);
+	pf->os_version = nz(f->os_version);
+	pf->os_pretty_name = nz(f->os_pretty_name);
+	pf->kernel_release = nz(f->kernel_release);
+	pf->arch = nz(f->arch);
+	pf->dmi_product_uuid = nz(f->dmi_product_uuid);
+	pf->dmi_product_serial = nz(f->dmi_product_serial);
+	pf->agent_version = nz(f->agent_version);
+	pf->secure_boot = f->secure_boot < 0 ? -1 : f->secure_boot > 0;
+	pf->tpm_present = f->tpm_present;
+}
+
+/* Enrollment (renew == 0) or renewal of one slot. */
+static void handle_cert(struct worker *w, const char *key, const Fleetgate__Envelope *env, int renew,
+			uint8_t **out, size_t *len)
+{
+	const char *rid = env->request_id;
+	const Fleetgate__EnrollRequest *er = renew ? NULL : env->enroll;
+	const Fleetgate__RenewRequest *rr = renew ? env->renew : NULL;
+	const char *slot = renew ? rr->slot : er->slot;
+	const ProtobufCBinaryData *csr = renew ? &rr->csr_der : &er->csr_der;
+	const Fleetgate__Facts *facts = renew ? rr->facts : er->facts;
+	struct store_job job;
+	struct store_device dev;
+	struct store_token tok;
+	struct fg_csr_info ci;
+	struct policy_decision dec;
+	struct params p;
+	char err[1024] = "", hash[65] = "", devid[40] = "";
+	char *fj = NULL, *pj = NULL;
+	int known, r;
+
+	memset(&job, 0, sizeof job);
+	memset(&dev, 0, sizeof dev);
+	memset(&tok, 0, sizeof tok);
+	memset(&ci, 0, sizeof ci);
+	memset(&dec, 0, sizeof dec);
+	memset(&p, 0, sizeof p);
+
+	/* 1. A known request id: the stored answer, or the open job resumed. */
+	r = store_job_get(w->st, key, rid, &job, err, sizeof err);
+	if (r < 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
+		goto out;
+	}
+	if (r == 1) {
+		if (job.state == JOB_DONE || job.state == JOB_FAILED) {
+			*out = malloc(job.reply_len);
+			if (*out != NULL) {
+				memcpy(*out, job.reply, job.reply_len);
+				*len = job.reply_len;
+			}
+			fg_debug("enroll", rid, "repeated request: stored answer returned");
+		} else {
+			resume_job(w, key, &job, out, len);
+		}
+		goto out;
+	}
+
+	/* 2. Who is asking. */
+	known = store_device_by_key(w->st, key, &dev, err, sizeof err);
+	if (known < 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
+		goto out;
+	}
+	if (known && dev.state != DEVICE_ACTIVE) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
+			     "device %s is %s and gets no certificates; ask the operator to re-provision it",
+			     dev.id, store_device_state_name(dev.state));
+		goto out;
+	}
+	if (!known && renew) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
+			     "this device is not enrolled (its CURVE key is unknown to the gateway); enroll with a token first");
+		goto out;
+	}
+	if (!known && token_check(w, er->token, hash, &tok, err, sizeof err) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
+		goto out;
+	}
+
+	/* 3. What is asked. */
+	if (!slot_valid(slot)) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_BAD_REQUEST, 0, out, len,
+			     "slot name '%.64s' is invalid: use 1-63 of A-Z a-z 0-9 . _ -", slot);
+		goto out;
+	}
+	if (fg_csr_check(csr->data, csr->len, &ci, NULL, err, sizeof err) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_BAD_REQUEST, 0, out, len, "bad CSR: %s", err);
+		goto out;
+	}
+	if (renew) {
+		Fleetgate__Status st;
+		if (renew_check(w, &dev, rr, rid, &st, err, sizeof err) != 0) {
+			reply_status(rid, st, st == FLEETGATE__STATUS__STATUS_INTERNAL ? RETRY_INTERNAL : 0,
+				     out, len, "%s", err);
+			goto out;
+		}
+	}
+	if (known)
+		fg_strlcpy(devid, dev.id, sizeof devid);
+	else if (fg_id_new("dev_", 8, devid, sizeof devid) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "cannot draw a device id");
+		goto out;
+	}
+
+	/* 4. The policy decides. */
+	struct policy_request preq = {
+		.protocol = "zmq",
+		.request_id = rid,
+		.slot = slot,
+		.renew = renew,
+		.new_device = !known,
+		.device_id = devid,
+		.device_group = known ? dev.group : tok.group,
+		.device_hostname = known ? dev.hostname : (facts ? nz(facts->hostname) : NULL),
+		.token_group = known ? NULL : tok.group,
+		.csr_cn = ci.cn,
+		.csr_dns = (const char *const *)ci.dns,
+		.csr_ndns = ci.ndns,
+		.csr_key_type = ci.key_type,
+		.csr_curve = nz(ci.curve),
+		.csr_key_bits = ci.key_bits,
+	};
+	fill_policy_facts(&preq.facts, facts);
+	if (policy_enroll(w->pol, &preq, &dec, err, sizeof err) != 0) {
+		json_t *d = json_pack("{s:s, s:s}", "slot", slot, "error", err);
+		char *ds = d ? json_dumps(d, JSON_COMPACT) : NULL;
+		store_audit(w->st, "policy.error", known ? devid : NULL, rid, ds ? ds : "{}", fg_now(),
+			    NULL, 0);
+		free(ds);
+		json_decref(d);
+		reply_status(rid, FLEETGATE__STATUS__STATUS_DENIED, 0, out, len,
+			     "the enrollment policy failed on this request (%s); the operator must fix the policy",
+			     err);
+		goto out;
+	}
+	if (!dec.allow) {
+		json_t *d = json_pack("{s:s, s:s}", "slot", slot, "reason", dec.reason);
+		char *ds = d ? json_dumps(d, JSON_COMPACT) : NULL;
+		store_audit(w->st, renew ? "renew.deny" : "enroll.deny", known ? devid : NULL, rid,
+			    ds ? ds : "{}", fg_now(), NULL, 0);
+		free(ds);
+		json_decref(d);
+		reply_status(rid, FLEETGATE__STATUS__STATUS_DENIED, 0, out, len, "denied by policy: %s",
+			     dec.reason[0] ? dec.reason : "no reason given");
+		goto out;
+	}
+
+	/* 5. Clamp to the profile, then make the job durable. */
+	int64_t now = fg_now();
+	fg_strlcpy(p.kind, renew ? "renew" : "enroll", sizeof p.kind);
+	fg_strlcpy(p.slot, slot, sizeof p.slot);
+	fg_strlcpy(p.device_id, devid, sizeof p.device_id);
+	if (params_from_decision(w, &dec, &p, now, rid, err, sizeof err) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_DENIED, 0, out, len,
+			     "the policy's decision does not fit the gateway config: %s; the operator must fix the policy",
+			     err);
+		goto out;
+	}
+	p.csr = malloc(csr->len);
+	if (p.csr == NULL)
+		goto oom;
+	memcpy(p.csr, csr->data, csr->len);
+	p.csr_len = csr->len;
+	fj = facts_json(facts);
+	pj = params_to_json(&p);
+	if (pj == NULL)
+		goto oom;
+	struct store_admit adm = {
+		.request_id = rid,
+		.curve_key = key,
+		.kind = p.kind,
+		.slot = slot,
+		.backend = p.backend,
+		.params_json = pj,
+		.token_hash = known ? NULL : hash,
+		.device_id = devid,
+		.create_device = !known,
+		.group = tok.group,
+		.hostname = facts ? facts->hostname : "",
+		.facts_json = fj,
+		.now = now,
+	};
+	r = store_job_admit(w->st, &adm, err, sizeof err);
+	if (r == STORE_E_TOKEN) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
+			     "the enrollment token %s was used up by another request a moment ago; ask the operator for a new bundle",
+			     tok.id);
+		goto out;
+	}
+	if (r == STORE_E_DUPLICATE || r == STORE_E_KEY_TAKEN) {
+		/* A concurrent twin of this request (same key) got in first:
+		 * the agent retries and gets that one's answer. */
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, 1, out, len,
+			     "a concurrent request from this device is in progress; retry in a second");
+		goto out;
+	}
+	if (r != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
+		goto out;
+	}
+
+	/* 6. Issue and record. */
+	run_issue(w, key, rid, &p, 0, out, len);
+	goto out;
+oom:
+	reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "out of memory");
+out:
+	free(fj);
+	free(pj);
+	params_clear(&p);
+	policy_decision_clear(&dec);
+	fg_csr_info_clear(&ci);
+	store_device_clear(&dev);
+	store_job_clear(&job);
+}
+
+/* Check-in: record that the device is alive and its facts; tell it when to
+ * come back. Commands arrive here in a later version of the gateway. */
+static void handle_checkin(struct worker *w, const char *key, const Fleetgate__Envelope *env,
+			   uint8_t **out, size_t *len)
+{
+	const char *rid = env->request_id;
+	struct store_device dev;
+	char err[512] = "";
+	char *fj = NULL;
+	Fleetgate__Envelope renv = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__CheckInReply cr = FLEETGATE__CHECK_IN_REPLY__INIT;
+	memset(&dev, 0, sizeof dev);
+
+	renv.body_case = FLEETGATE__ENVELOPE__BODY_CHECKIN_REPLY;
+	renv.checkin_reply = &cr;
+	int r = store_device_by_key(w->st, key, &dev, err, sizeof err);
+	if (r != 1 || dev.state != DEVICE_ACTIVE) {
+		cr.status = r < 0 ? FLEETGATE__STATUS__STATUS_INTERNAL : FLEETGATE__STATUS__STATUS_UNAUTHORIZED;
+		snprintf(err + strlen(err), sizeof err - strlen(err), "%s",
+			 r < 0 ? "" : r == 0 ? "this device is not enrolled; enroll with a token first"
+					     : "this device is revoked; ask the operator to re-provision it");
+		cr.message = err;
+		pack_env(&renv, rid, out, len);
+		goto out;
+	}
+	const Fleetgate__Facts *f = env->checkin->facts;
+	fj = facts_json(f);
+	if (store_device_touch(w->st, dev.id, f && f->hostname[0] ? f->hostname : dev.hostname, fj,
+			       fg_now(), err, sizeof err) != 0) {
+		cr.status = FLEETGATE__STATUS__STATUS_INTERNAL;
+		cr.message = err;
+		pack_env(&renv, rid, out, len);
+		goto out;
+	}
+	cr.status = FLEETGATE__STATUS__STATUS_OK;
+	cr.message = (char *)"ok";
+	cr.next_checkin = (uint32_t)w->cfg->checkin_interval;
+	cr.device_id = dev.id;
+	pack_env(&renv, rid, out, len);
+out:
+	free(fj);
+	store_device_clear(&dev);
+}
+
+void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, size_t len,
+		   uint8_t **reply, size_t *reply_len)
+{
+	char err[512] = "";
+	*reply = NULL;
+	*reply_len = 0;
+
+	if (curve_key == NULL || strlen(curve_key) != 40)
+		return;     /* no authenticated identity: drop */
+	Fleetgate__Envelope *env = fg_wire_unpack(req, len, w->cfg->max_message, err, sizeof err);
+	if (env == NULL) {
+		reply_error("", FLEETGATE__STATUS__STATUS_BAD_REQUEST, reply, reply_len,
+			    "undecodable request: %s", err);
+		return;
+	}
+	switch (env->body_case) {
+	case FLEETGATE__ENVELOPE__BODY_ENROLL:
+		handle_cert(w, curve_key, env, 0, reply, reply_len);
+		break;
+	case FLEETGATE__ENVELOPE__BODY_RENEW:
+		handle_cert(w, curve_key, env, 1, reply, reply_len);
+		break;
+	case FLEETGATE__ENVELOPE__BODY_CHECKIN:
+		handle_checkin(w, curve_key, env, reply, reply_len);
+		break;
+	default:
+		reply_error(env->request_id, FLEETGATE__STATUS__STATUS_BAD_REQUEST, reply, reply_len,
+			    "message type %d is not a request this gateway serves", (int)env->body_case);
+		break;
+	}
+	fg_wire_free(env);
+}
