@@ -572,9 +572,10 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 			     "could not record the certificate (%s); retry with the same request id", err);
 		goto out;
 	}
-	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %lld (backend %s)",
+	char until[32];
+	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %s (backend %s)",
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
-		ci.serial_hex, ci.subject, (long long)ci.not_after, p->backend);
+		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend);
 out:
 	X509_free(cert);
 	fg_issue_result_clear(&res);
@@ -1018,7 +1019,8 @@ void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, 
 		return;     /* no authenticated identity: drop */
 	Fleetgate__Envelope *env = fg_wire_unpack(req, len, w->cfg->max_message, err, sizeof err);
 	if (env == NULL) {
-		reply_error("", FLEETGATE__STATUS__STATUS_BAD_REQUEST, reply, reply_len,
+		/* The request id is unknown: answer under a fixed one. */
+		reply_error("unknown-request", FLEETGATE__STATUS__STATUS_BAD_REQUEST, reply, reply_len,
 			    "undecodable request: %s", err);
 		return;
 	}
