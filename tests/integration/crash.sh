@@ -4,7 +4,7 @@
 # agent completes on retry (the same request id gets the same answer).
 . "$(dirname "$0")/lib.sh"
 
-N=40
+N=80
 gw_init
 gw_start
 bundle burst --uses $N --ttl 1h
@@ -14,11 +14,17 @@ for i in $(seq $N); do
 done
 pids=()
 for i in $(seq $N); do agent "c$i" & pids+=($!); done
-sleep 0.3
+# Kill the gateway once a quarter of the burst is through: mid-burst.
+for _ in $(seq 400); do
+  [ "$(sql 'select count(*) from certificates' 2>/dev/null || echo 0)" -ge $((N / 4)) ] && break
+  sleep 0.01
+done
 gw_kill9
 for p in "${pids[@]}"; do wait "$p" || true; done
-done_before=$(for i in $(seq $N); do [ -s "$T/agents/c$i/default.crt" ] && echo x; done | wc -l)
+done_before=0
+for i in $(seq $N); do [ -s "$T/agents/c$i/default.crt" ] && done_before=$((done_before + 1)); done
 echo "# $done_before of $N agents had their certificate before the kill"
+check "the kill landed mid-burst" test "$done_before" -lt "$N"
 
 gw_start
 for round in 1 2 3; do

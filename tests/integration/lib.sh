@@ -18,7 +18,7 @@ CHECKS=0
 
 cleanup() {
   local rc=$?
-  [ -n "$GW_PID" ] && kill -9 "$GW_PID" 2>/dev/null
+  [ -n "$GW_PID" ] && kill -TERM "$GW_PID" 2>/dev/null
   wait 2>/dev/null || true
   if [ $rc -ne 0 ] || [ $FAILS -ne 0 ]; then
     echo "---- gateway log ($T/gw.log) ----"; tail -n 60 "$T/gw.log" 2>/dev/null || true
