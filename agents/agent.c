@@ -404,6 +404,26 @@ static void on_reply(struct daemon *d, Fleetgate__Envelope *env)
 	}
 }
 
+/* Handle every reply that is there, start new work, and leave ZMQ_FD armed:
+ * it is edge-triggered, so it must be drained after each wake-up and
+ * checked after each send. */
+static void pump(struct daemon *d)
+{
+	char err[512];
+	for (int round = 0; round < 64; round++) {
+		Fleetgate__Envelope *env = NULL;
+		while (d->waiting && client_recv(d->a->client, &env, err, sizeof err) == CLIENT_OK) {
+			on_reply(d, env);
+			fg_wire_free(env);
+			env = NULL;
+		}
+		if (!d->waiting)
+			schedule(d);
+		if (!d->waiting || !client_pending_input(d->a->client))
+			return;
+	}
+}
+
 static int run_daemon(struct agent *a)
 {
 	struct daemon d;
@@ -434,7 +454,7 @@ static int run_daemon(struct agent *a)
 	}
 	fg_info("agent", NULL, "fleetgate-agent %s running: %zu slot(s), gateway %s", FG_VERSION,
 		a->cfg.nslots, a->bundle.endpoint);
-	schedule(&d);
+	pump(&d);
 	for (;;) {
 		struct epoll_event evs[4];
 		int n = epoll_wait(d.efd, evs, 4, -1);
@@ -470,15 +490,7 @@ static int run_daemon(struct agent *a)
 				}
 			}
 		}
-		/* ZMQ_FD is edge-triggered: always drain what is there. */
-		Fleetgate__Envelope *env = NULL;
-		char err[512];
-		while (d.waiting && client_recv(a->client, &env, err, sizeof err) == CLIENT_OK) {
-			on_reply(&d, env);
-			fg_wire_free(env);
-			env = NULL;
-		}
-		schedule(&d);
+		pump(&d);
 	}
 out:
 	slot_request_clear(&d.req);

@@ -152,7 +152,19 @@ int client_send(struct client *c, const uint8_t *buf, size_t len, const char *re
 		fg_seterr(err, errlen, "cannot send to the gateway: %s", zmq_strerror(zmq_errno()));
 		return CLIENT_ERROR;
 	}
+	client_pending_input(c);
 	return CLIENT_OK;
+}
+
+int client_pending_input(struct client *c)
+{
+	int ev = 0;
+	size_t sz = sizeof ev;
+	/* Reading ZMQ_EVENTS processes the socket's pending commands, which is
+	 * what re-arms its edge-triggered ZMQ_FD. */
+	if (zmq_getsockopt(c->sock, ZMQ_EVENTS, &ev, &sz) != 0)
+		return 0;
+	return (ev & ZMQ_POLLIN) != 0;
 }
 
 int client_recv(struct client *c, Fleetgate__Envelope **reply, char *err, size_t errlen)

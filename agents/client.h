@@ -33,6 +33,9 @@ int client_fd(struct client *c);
 
 int client_send(struct client *c, const uint8_t *buf, size_t len, const char *request_id,
 		char *err, size_t errlen);
+/* 1 when input is waiting; also re-arms ZMQ_FD (call after every wake-up). */
+int client_pending_input(struct client *c);
+
 /* A reply to the outstanding request (others are dropped). */
 int client_recv(struct client *c, Fleetgate__Envelope **reply, char *err, size_t errlen);
 /* Why the outstanding request got no answer, for messages. */

@@ -74,8 +74,9 @@ int64_t slot_renew_due(const struct agent_slot *s, X509 *cert)
 	unsigned long r = strtoul((char[9]){ h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], 0 }, NULL, 16);
 	int64_t jitter = (int64_t)((double)life * 0.05 * ((double)r / 4294967296.0));
 	int64_t due = ci.not_before + (int64_t)((double)life * s->renew_at) - jitter;
-	if (due > ci.not_after - 3600)
-		due = ci.not_after - 3600;
+	int64_t margin = life / 10 < 3600 ? life / 10 : 3600;
+	if (due > ci.not_after - margin)
+		due = ci.not_after - margin;
 	return due;
 }
 

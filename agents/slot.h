@@ -30,7 +30,8 @@ int slot_installed(const struct agent_slot *s, X509 **cert, EVP_PKEY **key);
 
 /* When the certificate is due for renewal: at renew_at of its lifetime,
  * minus a jitter of up to 5% of the lifetime that is fixed per certificate
- * (so repeated runs agree), never later than an hour before expiry. */
+ * (so repeated runs agree), never later than an hour (or a tenth of the
+ * lifetime, if less) before expiry. */
 int64_t slot_renew_due(const struct agent_slot *s, X509 *cert);
 
 /* 1 when a request of this slot is in flight (pending files exist). */

@@ -32,7 +32,7 @@
 #include "policy.h"
 #include "store.h"
 
-#define SKEW_BACKDATE 300       /* seconds notBefore is backdated for clock skew */
+#define SKEW_BACKDATE 60        /* seconds notBefore is backdated for clock skew */
 #define RETRY_INTERNAL 10       /* seconds an agent waits after a transient failure */
 #define CN_MAX 64               /* ub-common-name, RFC 5280 appendix A.1 */
 
