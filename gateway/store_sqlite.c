@@ -526,7 +526,7 @@ int store_device_revoke(struct store *st, const char *id, int64_t now,
 	if (audit_in_tx(st, "device.revoke", id, NULL, "{}", now, err, errlen) != 0)
 		goto fail;
 	for (size_t i = 0; i < n; i++) {
-		char d[128];
+		char d[192];
 		snprintf(d, sizeof d, "{\"serial\":\"%s\",\"backend\":\"%s\"}", list[i].serial, list[i].backend);
 		if (audit_in_tx(st, "cert.revoke", id, NULL, d, now, err, errlen) != 0)
 			goto fail;

@@ -37,7 +37,9 @@ check() { local d=$1; shift; if "$@"; then ok "$d"; else fail "$d"; fi; }
 # expect_eq DESC ACTUAL EXPECTED
 expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: got '$2', want '$3'"; fi; }
 # expect_match DESC TEXT REGEX
-expect_match() { if printf '%s' "$2" | grep -Eq -- "$3"; then ok "$1"; else fail "$1: '$2' does not match /$3/"; fi; }
+# (a here-string, not a pipe: with pipefail, grep -q closing the pipe early
+# would fail the writer)
+expect_match() { if grep -Eq -- "$3" <<<"$2"; then ok "$1"; else fail "$1: '$2' does not match /$3/"; fi; }
 
 finish() {
   echo "# $CHECKS checks, $FAILS failed"
