@@ -777,22 +777,46 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 	if (begin(st, err, errlen) != 0)
 		return -1;
 	if (cert != NULL) {
-		s = prep(st, "INSERT OR IGNORE INTO certificates (serial_hex, backend, device_id, slot, request_id, subject, not_before, not_after, der) VALUES (?,?,?,?,?,?,?,?,?)",
-			 err, errlen);
+		/* A certificate of this request recorded already (a finish retried
+		 * after a crash) is fine; the same serial for anything else is an
+		 * error, never silently skipped. */
+		s = prep(st, "SELECT request_id FROM certificates WHERE backend = ? AND serial_hex = ?", err, errlen);
 		if (s == NULL)
 			goto fail;
-		bind_text(s, 1, cert->serial_hex);
-		bind_text(s, 2, cert->backend);
-		bind_text(s, 3, cert->device_id);
-		bind_text(s, 4, cert->slot);
-		bind_text(s, 5, cert->request_id);
-		bind_text(s, 6, cert->subject);
-		sqlite3_bind_int64(s, 7, cert->not_before);
-		sqlite3_bind_int64(s, 8, cert->not_after);
-		sqlite3_bind_blob(s, 9, cert->der, (int)cert->der_len, SQLITE_TRANSIENT);
-		if (step_done(s) != SQLITE_DONE) {
-			dberr(st, err, errlen, "certificate insert");
+		bind_text(s, 1, cert->backend);
+		bind_text(s, 2, cert->serial_hex);
+		int r = sqlite3_step(s);
+		char have[65] = "";
+		if (r == SQLITE_ROW)
+			col_text(s, 0, have, sizeof have);
+		sqlite3_finalize(s);
+		if (r != SQLITE_ROW && r != SQLITE_DONE) {
+			dberr(st, err, errlen, "certificate lookup");
 			goto fail;
+		}
+		if (r == SQLITE_ROW && strcmp(have, cert->request_id) != 0) {
+			fg_seterr(err, errlen, "serial %s of backend %s is already recorded for request %s; refusing a duplicate serial",
+				  cert->serial_hex, cert->backend, have);
+			goto fail;
+		}
+		if (r == SQLITE_DONE) {
+			s = prep(st, "INSERT INTO certificates (serial_hex, backend, device_id, slot, request_id, subject, not_before, not_after, der) VALUES (?,?,?,?,?,?,?,?,?)",
+				 err, errlen);
+			if (s == NULL)
+				goto fail;
+			bind_text(s, 1, cert->serial_hex);
+			bind_text(s, 2, cert->backend);
+			bind_text(s, 3, cert->device_id);
+			bind_text(s, 4, cert->slot);
+			bind_text(s, 5, cert->request_id);
+			bind_text(s, 6, cert->subject);
+			sqlite3_bind_int64(s, 7, cert->not_before);
+			sqlite3_bind_int64(s, 8, cert->not_after);
+			sqlite3_bind_blob(s, 9, cert->der, (int)cert->der_len, SQLITE_TRANSIENT);
+			if (step_done(s) != SQLITE_DONE) {
+				dberr(st, err, errlen, "certificate insert");
+				goto fail;
+			}
 		}
 		fg_strlcpy(dev, cert->device_id, sizeof dev);
 	}

@@ -256,6 +256,15 @@ static void test_jobs_certs_revoke(void **state)
 	c.der_len = 4;
 	assert_int_equal(store_job_finish(st, key, "rid-good0001", JOB_DONE, (const unsigned char *)"reply", 5,
 					  &c, "cert.issue", "{}", err, sizeof err), 0);
+	/* finishing the same job again is idempotent; the same serial for another request is refused */
+	assert_int_equal(store_job_finish(st, key, "rid-good0001", JOB_DONE, (const unsigned char *)"reply", 5,
+					  &c, "cert.issue", "{}", err, sizeof err), 0);
+	strcpy(c.request_id, "rid-other999");
+	assert_int_equal(store_job_finish(st, key, "rid-other999", JOB_DONE, (const unsigned char *)"r", 1,
+					  &c, "cert.issue", "{}", err, sizeof err), -1);
+	assert_non_null(strstr(err, "duplicate serial"));
+	assert_int_equal(count("SELECT count(*) FROM certificates WHERE serial_hex = '0A0B'"), 1);
+	strcpy(c.request_id, "rid-good0001");
 	assert_int_equal(store_job_get(st, key, "rid-good0001", &j, err, sizeof err), 1);
 	assert_int_equal(j.state, JOB_DONE);
 	assert_int_equal(j.reply_len, 5);
