@@ -33,6 +33,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,13 +110,17 @@ struct shared {
 	const char *token;
 	long total;                      /* measured enrollments to do */
 	atomic_long next;                /* measured enrollments claimed so far */
-	atomic_long failed;              /* measured: bad replies and timeouts */
+	atomic_long ok;                  /* measured: certificates received */
+	atomic_long failed;              /* measured: bad replies, timeouts, failed sends */
 	atomic_long warm_failed;         /* warm-up: same */
 	atomic_int abort;                /* set by main when the warm-up failed */
+	pthread_cond_t gate;             /* client threads wait here until all exist */
+	int gate_open;                   /* guarded by lock */
+	int cancel;                      /* guarded by lock: a thread failed to start */
 	uint64_t *lat;                   /* ns per measured enrollment (BENCH_NO_REPLY if none) */
 	pthread_barrier_t warm_done;     /* every client thread finished the warm-up */
 	pthread_barrier_t go;            /* main has taken its "before" readings */
-	pthread_mutex_t lock;            /* guards first_err and warm_err */
+	pthread_mutex_t lock;            /* guards the gate, first_err and warm_err */
 	char first_err[512];             /* first measured failure */
 	char warm_err[512];              /* first warm-up failure */
 };
@@ -132,7 +137,10 @@ struct client {
 struct results {
 	int agents;
 	long requests;
-	long failed;
+	long ok;                         /* certificates received */
+	long failed;                     /* requests - ok: all of the below */
+	long bad;                        /* bad replies, timeouts, failed sends */
+	long unsent;                     /* never sent: every agent had stopped */
 	long answered;
 	int workers;
 	int client_threads;
@@ -818,6 +826,8 @@ static int agent_receive(struct shared *sh, struct agent *a, int measured)
 		note_failure(sh, measured, "status ok but no certificate in the reply");
 		answered = 1;
 	} else {
+		if (measured)
+			atomic_fetch_add(&sh->ok, 1);
 		answered = 1;
 	}
 	if (answered) {
@@ -883,12 +893,24 @@ static void client_phase(struct client *c, zmq_pollitem_t *items, int measured)
 	}
 }
 
-/* One client thread: warm-up, meet the others, wait for main, measured phase. */
+/* One client thread: wait until every client thread exists (if one could
+ * not start, nobody could pass the barriers, so all leave at once), warm-up,
+ * meet the others, wait for main's readings, measured phase. */
 static void *client_main(void *arg)
 {
 	struct client *c = arg;
-	zmq_pollitem_t *items = calloc((size_t)c->n, sizeof *items);
+	zmq_pollitem_t *items = NULL;
+	int cancel;
 
+	pthread_mutex_lock(&c->sh->lock);
+	while (!c->sh->gate_open)
+		pthread_cond_wait(&c->sh->gate, &c->sh->lock);
+	cancel = c->sh->cancel;
+	pthread_mutex_unlock(&c->sh->lock);
+	if (cancel)
+		return NULL;
+
+	items = calloc((size_t)c->n, sizeof *items);
 	if (items == NULL) {
 		note_failure(c->sh, 0, "out of memory");
 	} else {
@@ -976,7 +998,7 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	struct client *clients = NULL;
 	struct shared *sh = NULL;
 	int nthreads = (o->agents + BENCH_AGENTS_PER_THREAD - 1) / BENCH_AGENTS_PER_THREAD;
-	int barriers = 0, rc = -1;
+	int barriers = 0, start_failed = 0, rc = -1;
 	double cpu0, cpu1, self0, self1;
 	uint64_t t0, t1;
 
@@ -994,10 +1016,12 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	sh->token = token;
 	sh->total = o->requests;
 	atomic_init(&sh->next, 0);
+	atomic_init(&sh->ok, 0);
 	atomic_init(&sh->failed, 0);
 	atomic_init(&sh->warm_failed, 0);
 	atomic_init(&sh->abort, 0);
 	pthread_mutex_init(&sh->lock, NULL);
+	pthread_cond_init(&sh->gate, NULL);
 	pthread_barrier_init(&sh->warm_done, NULL, (unsigned)nthreads + 1);
 	pthread_barrier_init(&sh->go, NULL, (unsigned)nthreads + 1);
 	barriers = 1;
@@ -1016,12 +1040,22 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 		clients[t].agents = agents + t * BENCH_AGENTS_PER_THREAD;
 		clients[t].n = t == nthreads - 1 ? o->agents - t * BENCH_AGENTS_PER_THREAD : BENCH_AGENTS_PER_THREAD;
 		if (pthread_create(&clients[t].thread, NULL, client_main, &clients[t]) != 0) {
-			/* The barriers count every thread: without all of them
-			 * nobody can pass, so this is fatal for the process. */
-			fprintf(stderr, "fleetgate-bench: cannot start client thread %d\n", t);
-			abort();
+			fg_seterr(err, errlen, "cannot start client thread %d of %d", t + 1, nthreads);
+			start_failed = 1;
+			break;
 		}
 		clients[t].started = 1;
+	}
+	pthread_mutex_lock(&sh->lock);
+	sh->cancel = start_failed;
+	sh->gate_open = 1;
+	pthread_cond_broadcast(&sh->gate);
+	pthread_mutex_unlock(&sh->lock);
+	if (sh->cancel) {
+		for (int t = 0; t < nthreads; t++)
+			if (clients[t].started)
+				pthread_join(clients[t].thread, NULL);
+		goto out;
 	}
 
 	pthread_barrier_wait(&sh->warm_done);
@@ -1046,14 +1080,21 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	r->agents = o->agents;
 	r->requests = o->requests;
 	r->client_threads = nthreads;
-	r->failed = atomic_load(&sh->failed);
-	/* Claims beyond the total were never sent; a claim made by an agent
-	 * that then failed to send still counts as a failed request. */
+	/* Claims beyond the total are never sent. When every agent stopped
+	 * early (timeouts, failed sends) the rest of the total stays unsent
+	 * and counts as failed too, so ok + failed == requests. */
+	long ok = atomic_load(&sh->ok), claimed = atomic_load(&sh->next);
+	r->bad = atomic_load(&sh->failed);
+	r->unsent = claimed < o->requests ? o->requests - claimed : 0;
+	r->failed = o->requests - ok;
 	r->wall_s = (double)(t1 - t0) / 1e9;
-	r->rate = r->wall_s > 0 ? (double)(o->requests - r->failed) / r->wall_s : 0;
+	r->rate = r->wall_s > 0 ? (double)ok / r->wall_s : 0;
 	r->gw_cpu_s = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
-	r->gw_cpu_per = r->gw_cpu_s >= 0 ? r->gw_cpu_s / (double)o->requests : -1;
-	r->client_cpu_per = (self1 - self0) / (double)o->requests;
+	/* Per enrollment means per certificate received; failed requests
+	 * cost CPU too but produce nothing. */
+	r->ok = ok;
+	r->gw_cpu_per = ok > 0 && r->gw_cpu_s >= 0 ? r->gw_cpu_s / (double)ok : 0;
+	r->client_cpu_per = ok > 0 ? (self1 - self0) / (double)ok : 0;
 	r->rss_kib = proc_rss_kib(gw->pid);
 	fg_strlcpy(r->first_err, sh->first_err, sizeof r->first_err);
 
@@ -1079,6 +1120,7 @@ out:
 			pthread_barrier_destroy(&sh->warm_done);
 			pthread_barrier_destroy(&sh->go);
 			pthread_mutex_destroy(&sh->lock);
+			pthread_cond_destroy(&sh->gate);
 		}
 		free(sh->lat);
 	}
@@ -1096,22 +1138,30 @@ static void report_text(const struct results *r)
 	       r->agents, r->client_threads, r->client_threads == 1 ? "" : "s", r->requests, r->workers,
 	       r->workers == 1 ? "" : "s");
 	printf("  failed:                    %ld", r->failed);
-	if (r->failed)
-		printf(" (first: %s)", r->first_err);
+	if (r->unsent)
+		printf(" (%ld never sent: every agent had stopped)", r->unsent);
+	if (r->bad)
+		printf("\n  first failure:             %s", r->first_err);
 	printf("\n");
 	printf("  wall time:                 %.3f s\n", r->wall_s);
 	printf("  enrollments/s:             %.0f\n", r->rate);
 	printf("  latency ms:                p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", r->p50_ms, r->p90_ms,
 	       r->p99_ms, r->max_ms);
-	printf("  gateway CPU:               %.2f s, %.1f us per enrollment\n", r->gw_cpu_s, r->gw_cpu_per * 1e6);
-	printf("  bench client CPU:          %.1f us per enrollment (same machine, competes for the cores)\n",
-	       r->client_cpu_per * 1e6);
+	if (r->ok > 0) {
+		printf("  gateway CPU:               %.2f s, %.1f us per enrollment\n", r->gw_cpu_s,
+		       r->gw_cpu_per * 1e6);
+		printf("  bench client CPU:          %.1f us per enrollment (same machine, competes for the cores)\n",
+		       r->client_cpu_per * 1e6);
+	} else {
+		printf("  gateway CPU:               %.2f s, per enrollment n/a (none succeeded)\n", r->gw_cpu_s);
+	}
 	printf("  bare crypto:               %.1f us per enrollment (CSR verify %.1f + certificate sign %.1f)\n",
 	       r->bare_per * 1e6, r->verify_per * 1e6, r->certsign_per * 1e6);
 	printf("  raw ECDSA P-256:           sign %.1f us (%.0f/s), verify %.1f us (%.0f/s)\n",
 	       r->ecdsa_sign_per * 1e6, r->ecdsa_sign_per > 0 ? 1 / r->ecdsa_sign_per : 0,
 	       r->ecdsa_verify_per * 1e6, r->ecdsa_verify_per > 0 ? 1 / r->ecdsa_verify_per : 0);
-	printf("  ratio gateway/bare:        %.2f\n", r->bare_per > 0 ? r->gw_cpu_per / r->bare_per : 0);
+	if (r->ok > 0)
+		printf("  ratio gateway/bare:        %.2f\n", r->bare_per > 0 ? r->gw_cpu_per / r->bare_per : 0);
 	printf("  gateway RSS at the end:    %ld KiB\n", r->rss_kib);
 }
 
@@ -1120,12 +1170,13 @@ static void report_text(const struct results *r)
 static int report_json(const struct results *r)
 {
 	json_t *o = json_pack(
-		"{s:i, s:I, s:I, s:s?, s:i, s:i, s:f, s:f, s:{s:f, s:f, s:f, s:f}, s:f, s:f, s:f, s:f, "
+		"{s:i, s:I, s:I, s:s?, s:I, s:i, s:i, s:f, s:f, s:{s:f, s:f, s:f, s:f}, s:f, s:f, s:f, s:f, "
 		"s:f, s:f, s:f, s:f, s:f, s:I}",
 		"agents", r->agents,
 		"requests", (json_int_t)r->requests,
 		"failed", (json_int_t)r->failed,
-		"first_failure", r->failed ? r->first_err : NULL,
+		"first_failure", r->bad ? r->first_err : NULL,
+		"unsent", (json_int_t)r->unsent,
 		"workers", r->workers,
 		"client_threads", r->client_threads,
 		"wall_s", r->wall_s,
