@@ -6,12 +6,14 @@
  * store; write transactions are BEGIN IMMEDIATE so writers queue on the
  * busy timeout instead of failing half-way.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <sqlite3.h>
 
 #include "fg_util.h"
@@ -19,9 +21,18 @@
 
 #define BUSY_MS 10000
 
+#define STMT_CACHE 64
+
 struct store {
 	sqlite3 *db;
 	char path[4096];
+	/* Prepared statements kept for the connection's life, keyed by the
+	 * address of their SQL text (always a string literal here). */
+	struct {
+		const char *sql;
+		sqlite3_stmt *stmt;
+	} cache[STMT_CACHE];
+	int ncache;
 };
 
 static const char *const migrations[] = {
@@ -108,16 +119,59 @@ static void rollback(struct store *st)
 	sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
-/* Prepare a statement (cached by SQLite's own prepare_v3 persistent flag is
- * not needed at these rates; the hot paths are short). */
+/* A prepared statement for a literal SQL text, from the connection's cache
+ * (prepared on first use). Hand it back with release(), which resets it and
+ * so ends its read of the database. A cached statement is not re-entrant:
+ * a listing's callback must not run the same listing on this connection. */
 static sqlite3_stmt *prep(struct store *st, const char *sql, char *err, size_t errlen)
 {
 	sqlite3_stmt *s = NULL;
-	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
+	for (int i = 0; i < st->ncache; i++)
+		if (st->cache[i].sql == sql)
+			return st->cache[i].stmt;
+	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK) {
 		dberr(st, err, errlen, "prepare");
 		return NULL;
 	}
+	if (st->ncache < STMT_CACHE) {
+		st->cache[st->ncache].sql = sql;
+		st->cache[st->ncache].stmt = s;
+		st->ncache++;
+	}
 	return s;
+}
+
+/* Done with a statement from prep(): reset a cached one (which also ends
+ * its read of the database), finalize any other. */
+static void release(struct store *st, sqlite3_stmt *s)
+{
+	if (s == NULL)
+		return;
+	for (int i = 0; i < st->ncache; i++)
+		if (st->cache[i].stmt == s) {
+			sqlite3_reset(s);
+			sqlite3_clear_bindings(s);
+			return;
+		}
+	sqlite3_finalize(s);
+}
+
+/* Step a prepared and bound statement once and hand it back with release().
+ * Returns SQLITE_DONE or SQLITE_ROW, else the extended error code (so a
+ * caller can tell SQLITE_CONSTRAINT_UNIQUE from _PRIMARYKEY); the message
+ * stays on the connection for dberr(). */
+static int step_done(struct store *st, sqlite3_stmt *s)
+{
+	int r = sqlite3_step(s);
+	if (r != SQLITE_DONE && r != SQLITE_ROW)
+		r = sqlite3_extended_errcode(st->db);
+	release(st, s);
+	return r;
+}
+
+static const char *nz(const char *v)
+{
+	return v ? v : "";
 }
 
 static void bind_text(sqlite3_stmt *s, int i, const char *v)
@@ -129,6 +183,13 @@ static void col_text(sqlite3_stmt *s, int i, char *dst, size_t n)
 {
 	const unsigned char *t = sqlite3_column_text(s, i);
 	fg_strlcpy(dst, t ? (const char *)t : "", n);
+}
+
+/* A text column as a borrowed string ("" for NULL), valid until the next step. */
+static const char *col_str(sqlite3_stmt *s, int i)
+{
+	const unsigned char *t = sqlite3_column_text(s, i);
+	return t ? (const char *)t : "";
 }
 
 static char *col_strdup(sqlite3_stmt *s, int i)
@@ -152,6 +213,10 @@ static unsigned char *col_blob(sqlite3_stmt *s, int i, size_t *len)
 	return out;
 }
 
+/* Bring the schema up to NMIGRATIONS: each missing migration with its
+ * schema_migrations row in one transaction, re-checked under the write lock
+ * so two processes opening a new store at once apply it once. A schema newer
+ * than this code is refused rather than used half-understood. */
 static int migrate(struct store *st, char *err, size_t errlen)
 {
 	int have = 0;
@@ -174,7 +239,14 @@ static int migrate(struct store *st, char *err, size_t errlen)
 		}
 		snprintf(sql, sizeof sql, "INSERT INTO schema_migrations VALUES (%d, %lld)", v,
 			 (long long)fg_now());
-		if (exec(st, migrations[v - 1], err, errlen) != 0 || exec(st, sql, err, errlen) != 0) {
+		if (sqlite3_exec(st->db, migrations[v - 1], NULL, NULL, NULL) != SQLITE_OK) {
+			char what[64];
+			snprintf(what, sizeof what, "schema migration %d", v);
+			dberr(st, err, errlen, what);
+			rollback(st);
+			return -1;
+		}
+		if (exec(st, sql, err, errlen) != 0) {
 			rollback(st);
 			return -1;
 		}
@@ -201,8 +273,8 @@ struct store *store_open(const char *path, int create, char *err, size_t errlen)
 	fg_strlcpy(st->path, path, sizeof st->path);
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
 	if (sqlite3_open_v2(path, &st->db, flags, NULL) != SQLITE_OK) {
-		fg_seterr(err, errlen, "cannot open store %s: %s", path,
-			  st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		fg_seterr(err, errlen, "cannot open store %s: %s; check that its directory exists and is writable by this user",
+			  path, st->db ? sqlite3_errmsg(st->db) : "out of memory");
 		goto fail;
 	}
 	sqlite3_busy_timeout(st->db, BUSY_MS);
@@ -222,6 +294,8 @@ void store_free(struct store *st)
 {
 	if (st == NULL)
 		return;
+	for (int i = 0; i < st->ncache; i++)
+		sqlite3_finalize(st->cache[i].stmt);
 	sqlite3_close_v2(st->db);
 	free(st);
 }
@@ -239,20 +313,22 @@ int store_schema_version(struct store *st)
 
 /* ---- audit ---- */
 
-static void audit_hash(const char *prev, long long seq, long long ts, const char *kind,
-		       const char *dev, const char *rid, const char *detail, char out[65])
+/* The hash of one audit record: SHA-256 hex over prev_hash, seq, ts, kind,
+ * device_id, request_id and detail joined by 0x1f (a byte none of them
+ * contains in practice, so fields cannot be shifted into one another).
+ * 0, or -1 when out of memory. */
+static int audit_hash(const char *prev, long long seq, long long ts, const char *kind,
+		      const char *dev, const char *rid, const char *detail, char out[65])
 {
 	size_t n = strlen(prev) + strlen(kind) + strlen(dev) + strlen(rid) + strlen(detail) + 64;
 	char *buf = malloc(n);
-	if (buf == NULL) {
-		memset(out, '0', 64);
-		out[64] = '\0';
-		return;
-	}
+	if (buf == NULL)
+		return -1;
 	int len = snprintf(buf, n, "%s\x1f%lld\x1f%lld\x1f%s\x1f%s\x1f%s\x1f%s", prev, seq, ts, kind,
 			   dev, rid, detail);
 	fg_sha256_hex(buf, (size_t)len, out);
 	free(buf);
+	return 0;
 }
 
 /* Append one audit record inside the caller's transaction. */
@@ -264,15 +340,21 @@ static int audit_in_tx(struct store *st, const char *kind, const char *dev, cons
 	sqlite3_stmt *s = prep(st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", err, errlen);
 	if (s == NULL)
 		return -1;
-	if (sqlite3_step(s) == SQLITE_ROW) {
+	int r = sqlite3_step(s);
+	if (r == SQLITE_ROW) {
 		seq = sqlite3_column_int64(s, 0) + 1;
 		col_text(s, 1, prev, sizeof prev);
 	}
-	sqlite3_finalize(s);
+	release(st, s);
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		return dberr(st, err, errlen, "audit read");
 	dev = dev ? dev : "";
 	rid = rid ? rid : "";
 	detail = detail ? detail : "";
-	audit_hash(prev, seq, (long long)now, kind, dev, rid, detail, hash);
+	if (audit_hash(prev, seq, (long long)now, kind, dev, rid, detail, hash) != 0) {
+		fg_seterr(err, errlen, "cannot write the %s audit record: out of memory", kind);
+		return -1;
+	}
 	s = prep(st, "INSERT INTO audit (seq, ts, kind, device_id, request_id, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)",
 		 err, errlen);
 	if (s == NULL)
@@ -286,7 +368,38 @@ static int audit_in_tx(struct store *st, const char *kind, const char *dev, cons
 	bind_text(s, 7, prev);
 	bind_text(s, 8, hash);
 	int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "audit insert");
-	sqlite3_finalize(s);
+	release(st, s);
+	return rc;
+}
+
+/* Append an audit record whose detail is the JSON object json_pack builds
+ * from fmt and the values (so names are escaped), inside the caller's
+ * transaction. */
+static int audit_json(struct store *st, const char *kind, const char *dev, const char *rid,
+		      int64_t now, char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	json_t *o;
+	json_error_t je;
+	char *detail = NULL;
+	int rc = -1;
+
+	va_start(ap, fmt);
+	o = json_vpack_ex(&je, 0, fmt, ap);
+	va_end(ap);
+	if (o == NULL) {
+		fg_seterr(err, errlen, "cannot build the %s audit record: %s", kind, je.text);
+		goto out;
+	}
+	detail = json_dumps(o, JSON_COMPACT);
+	if (detail == NULL) {
+		fg_seterr(err, errlen, "cannot build the %s audit record: out of memory", kind);
+		goto out;
+	}
+	rc = audit_in_tx(st, kind, dev, rid, detail, now, err, errlen);
+out:
+	free(detail);
+	json_decref(o);
 	return rc;
 }
 
@@ -321,13 +434,8 @@ int store_audit_verify(struct store *st, long *records, char *err, size_t errlen
 			goto out;
 		}
 		long long seq = sqlite3_column_int64(s, 0);
-		char kind[128], dev[64], rid[80], ph[65], h[65], calc[65];
-		col_text(s, 2, kind, sizeof kind);
-		col_text(s, 3, dev, sizeof dev);
-		col_text(s, 4, rid, sizeof rid);
-		col_text(s, 6, ph, sizeof ph);
-		col_text(s, 7, h, sizeof h);
-		const unsigned char *detail = sqlite3_column_text(s, 5);
+		const char *ph = col_str(s, 6), *h = col_str(s, 7);
+		char calc[65];
 		if (seq != expect) {
 			fg_seterr(err, errlen, "audit record %lld is missing (sequence jumps from %lld to %lld)",
 				  expect, expect - 1, seq);
@@ -338,20 +446,23 @@ int store_audit_verify(struct store *st, long *records, char *err, size_t errlen
 				  seq, seq - 1);
 			goto out;
 		}
-		audit_hash(ph, seq, sqlite3_column_int64(s, 1), kind, dev, rid,
-			   detail ? (const char *)detail : "", calc);
+		if (audit_hash(ph, seq, sqlite3_column_int64(s, 1), col_str(s, 2), col_str(s, 3),
+			       col_str(s, 4), col_str(s, 5), calc) != 0) {
+			fg_seterr(err, errlen, "cannot check audit record %lld: out of memory", seq);
+			goto out;
+		}
 		if (strcmp(calc, h) != 0) {
 			fg_seterr(err, errlen, "audit record %lld was altered (its hash does not match its content)",
 				  seq);
 			goto out;
 		}
-		memcpy(prev, h, sizeof prev);
+		fg_strlcpy(prev, h, sizeof prev);
 		expect++;
 		n++;
 	}
 	rc = 0;
 out:
-	sqlite3_finalize(s);
+	release(st, s);
 	if (records)
 		*records = n;
 	return rc;
@@ -399,7 +510,7 @@ static int device_by(struct store *st, const char *sql, const char *v, struct st
 	} else {
 		dberr(st, err, errlen, "device lookup");
 	}
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -431,7 +542,7 @@ int store_device_touch(struct store *st, const char *id, const char *hostname,
 		sqlite3_bind_null(s, 3);
 	bind_text(s, 4, id);
 	int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "device update");
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -452,7 +563,7 @@ int store_device_list(struct store *st, int (*cb)(void *arg, const struct store_
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE)
 		rc = dberr(st, err, errlen, "device list");
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -471,24 +582,43 @@ int store_device_revoke(struct store *st, const char *id, int64_t now,
 	struct revoked *list = NULL;
 	size_t n = 0, cap = 0;
 	sqlite3_stmt *s = NULL;
-	int rc = -1, r;
+	int rc = -1, r, state = -1;
 
 	if (begin(st, err, errlen) != 0)
 		return -1;
-	s = prep(st, "SELECT serial_hex, backend, der FROM certificates WHERE device_id = ? AND revoked = 0",
+	s = prep(st, "SELECT state FROM devices WHERE id = ?", err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, id);
+	r = sqlite3_step(s);
+	if (r == SQLITE_ROW)
+		state = sqlite3_column_int(s, 0);
+	release(st, s);
+	s = NULL;
+	if (r == SQLITE_DONE) {
+		fg_seterr(err, errlen, "no device %s; `fleetgate device list` shows the ids", id);
+		goto fail;
+	}
+	if (r != SQLITE_ROW) {
+		dberr(st, err, errlen, "device lookup");
+		goto fail;
+	}
+
+	s = prep(st, "SELECT serial_hex, backend, der FROM certificates WHERE device_id = ? AND revoked = 0 ORDER BY not_before, serial_hex",
 		 err, errlen);
 	if (s == NULL)
 		goto fail;
 	bind_text(s, 1, id);
 	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
 		if (n == cap) {
-			cap = cap ? cap * 2 : 8;
-			struct revoked *nl = realloc(list, cap * sizeof *list);
+			size_t ncap = cap ? cap * 2 : 8;
+			struct revoked *nl = realloc(list, ncap * sizeof *list);
 			if (nl == NULL) {
-				fg_seterr(err, errlen, "out of memory");
+				fg_seterr(err, errlen, "cannot revoke device %s: out of memory", id);
 				goto fail;
 			}
 			list = nl;
+			cap = ncap;
 		}
 		col_text(s, 0, list[n].serial, sizeof list[n].serial);
 		col_text(s, 1, list[n].backend, sizeof list[n].backend);
@@ -499,50 +629,55 @@ int store_device_revoke(struct store *st, const char *id, int64_t now,
 		dberr(st, err, errlen, "certificate lookup");
 		goto fail;
 	}
-	sqlite3_finalize(s);
+	release(st, s);
 	s = NULL;
-	char sql[256];
-	snprintf(sql, sizeof sql, "UPDATE certificates SET revoked = 1, revoked_at = %lld WHERE device_id = ? AND revoked = 0",
-		 (long long)now);
-	s = prep(st, sql, err, errlen);
+	if (state == DEVICE_REVOKED && n == 0) {   /* nothing changes: no audit noise */
+		rollback(st);
+		rc = 0;
+		goto out;
+	}
+
+	s = prep(st, "UPDATE certificates SET revoked = 1, revoked_at = ? WHERE device_id = ? AND revoked = 0",
+		 err, errlen);
 	if (s == NULL)
 		goto fail;
-	bind_text(s, 1, id);
-	if (sqlite3_step(s) != SQLITE_DONE) {
+	sqlite3_bind_int64(s, 1, now);
+	bind_text(s, 2, id);
+	r = step_done(st, s);
+	s = NULL;
+	if (r != SQLITE_DONE) {
 		dberr(st, err, errlen, "certificate revoke");
 		goto fail;
 	}
-	sqlite3_finalize(s);
-	s = prep(st, "UPDATE devices SET state = 1 WHERE id = ?", err, errlen);
+	s = prep(st, "UPDATE devices SET state = ? WHERE id = ?", err, errlen);
 	if (s == NULL)
 		goto fail;
-	bind_text(s, 1, id);
-	if (sqlite3_step(s) != SQLITE_DONE) {
+	sqlite3_bind_int(s, 1, DEVICE_REVOKED);
+	bind_text(s, 2, id);
+	r = step_done(st, s);
+	s = NULL;
+	if (r != SQLITE_DONE) {
 		dberr(st, err, errlen, "device revoke");
 		goto fail;
 	}
-	sqlite3_finalize(s);
-	s = NULL;
-	if (audit_in_tx(st, "device.revoke", id, NULL, "{}", now, err, errlen) != 0)
+	if (state != DEVICE_REVOKED &&
+	    audit_json(st, "device.revoke", id, NULL, now, err, errlen, "{s:I}", "certificates",
+		       (json_int_t)n) != 0)
 		goto fail;
-	for (size_t i = 0; i < n; i++) {
-		char d[192];
-		snprintf(d, sizeof d, "{\"serial\":\"%s\",\"backend\":\"%s\"}", list[i].serial, list[i].backend);
-		if (audit_in_tx(st, "cert.revoke", id, NULL, d, now, err, errlen) != 0)
+	for (size_t i = 0; i < n; i++)
+		if (audit_json(st, "cert.revoke", id, NULL, now, err, errlen, "{s:s, s:s}", "serial",
+			       list[i].serial, "backend", list[i].backend) != 0)
 			goto fail;
-	}
 	if (commit(st, err, errlen) != 0)
 		goto out;
-	for (size_t i = 0; cb && i < n; i++)
+	for (size_t i = 0; cb != NULL && i < n; i++)
 		cb(arg, list[i].serial, list[i].backend, list[i].der, list[i].der_len);
 	rc = (int)n;
 	goto out;
 fail:
-	sqlite3_finalize(s);
-	s = NULL;
+	release(st, s);
 	rollback(st);
 out:
-	sqlite3_finalize(s);
 	for (size_t i = 0; i < n; i++)
 		free(list[i].der);
 	free(list);
@@ -569,7 +704,7 @@ int store_token_add(struct store *st, const char *hash_hex, const char *group, i
 	sqlite3_bind_int64(s, 5, expires_at);
 	sqlite3_bind_int64(s, 6, now);
 	int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "token insert");
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -597,7 +732,7 @@ int store_token_lookup(struct store *st, const char *hash_hex, struct store_toke
 	} else {
 		dberr(st, err, errlen, "token lookup");
 	}
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -649,57 +784,56 @@ int store_job_get(struct store *st, const char *curve_key, const char *request_i
 	} else {
 		dberr(st, err, errlen, "job lookup");
 	}
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
-}
-
-/* Run one statement that was prepared and bound; returns the sqlite code. */
-static int step_done(sqlite3_stmt *s)
-{
-	int r = sqlite3_step(s);
-	sqlite3_finalize(s);
-	return r;
 }
 
 int store_job_admit(struct store *st, const struct store_admit *a, char *err, size_t errlen)
 {
 	sqlite3_stmt *s;
-	int r;
+	int r, rc = -1;
 
 	if (begin(st, err, errlen) != 0)
 		return -1;
 	if (a->token_hash != NULL) {
+		char tid[24] = "";
+		/* The guarded decrement is the whole race: of N writers queued on
+		 * the write lock, only those that still see uses_left > 0 change
+		 * a row. */
 		s = prep(st, "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND uses_left > 0 AND revoked = 0 AND expires_at > ?",
 			 err, errlen);
 		if (s == NULL)
 			goto fail;
 		bind_text(s, 1, a->token_hash);
 		sqlite3_bind_int64(s, 2, a->now);
-		r = step_done(s);
+		r = step_done(st, s);
 		if (r != SQLITE_DONE) {
 			dberr(st, err, errlen, "token use");
 			goto fail;
 		}
 		if (sqlite3_changes(st->db) != 1) {
-			rollback(st);
-			fg_seterr(err, errlen, "the enrollment token is used up, expired, revoked or unknown");
-			return STORE_E_TOKEN;
+			fg_seterr(err, errlen, "the enrollment token is used up, expired, revoked or unknown; ask the operator for a new one");
+			rc = STORE_E_TOKEN;
+			goto fail;
 		}
-		char tid[24] = "";
 		s = prep(st, "SELECT id FROM tokens WHERE hash = ?", err, errlen);
 		if (s == NULL)
 			goto fail;
 		bind_text(s, 1, a->token_hash);
-		if (sqlite3_step(s) == SQLITE_ROW)
+		r = sqlite3_step(s);
+		if (r == SQLITE_ROW)
 			col_text(s, 0, tid, sizeof tid);
-		sqlite3_finalize(s);
-		char d[96];
-		snprintf(d, sizeof d, "{\"token\":\"%s\"}", tid);
-		if (audit_in_tx(st, "token.use", a->device_id, a->request_id, d, a->now, err, errlen) != 0)
+		release(st, s);
+		if (r != SQLITE_ROW) {
+			dberr(st, err, errlen, "token lookup");
+			goto fail;
+		}
+		if (audit_json(st, "token.use", a->device_id, a->request_id, a->now, err, errlen,
+			       "{s:s}", "token", tid) != 0)
 			goto fail;
 	}
 	if (a->create_device) {
-		s = prep(st, "INSERT INTO devices (id, curve_key, grp, hostname, state, created_at, last_seen, facts_json) VALUES (?,?,?,?,0,?,?,?)",
+		s = prep(st, "INSERT INTO devices (id, curve_key, grp, hostname, state, created_at, last_seen, facts_json) VALUES (?,?,?,?,?,?,?,?)",
 			 err, errlen);
 		if (s == NULL)
 			goto fail;
@@ -707,28 +841,33 @@ int store_job_admit(struct store *st, const struct store_admit *a, char *err, si
 		bind_text(s, 2, a->curve_key);
 		bind_text(s, 3, a->group);
 		bind_text(s, 4, a->hostname);
-		sqlite3_bind_int64(s, 5, a->now);
+		sqlite3_bind_int(s, 5, DEVICE_ACTIVE);
 		sqlite3_bind_int64(s, 6, a->now);
+		sqlite3_bind_int64(s, 7, a->now);
 		if (a->facts_json)
-			bind_text(s, 7, a->facts_json);
+			bind_text(s, 8, a->facts_json);
 		else
-			sqlite3_bind_null(s, 7);
-		r = step_done(s);
-		if (r == SQLITE_CONSTRAINT) {
-			rollback(st);
-			fg_seterr(err, errlen, "this CURVE key is already bound to a device");
-			return STORE_E_KEY_TAKEN;
+			sqlite3_bind_null(s, 8);
+		r = step_done(st, s);
+		if (r == SQLITE_CONSTRAINT_UNIQUE) {   /* devices.curve_key */
+			fg_seterr(err, errlen, "CURVE key %.40s is already bound to another device", nz(a->curve_key));
+			rc = STORE_E_KEY_TAKEN;
+			goto fail;
+		}
+		if (r == SQLITE_CONSTRAINT_PRIMARYKEY) {
+			fg_seterr(err, errlen, "device id %s exists already; retry the request to draw a new one",
+				  nz(a->device_id));
+			goto fail;
 		}
 		if (r != SQLITE_DONE) {
 			dberr(st, err, errlen, "device insert");
 			goto fail;
 		}
-		char d[128];
-		snprintf(d, sizeof d, "{\"group\":\"%.60s\"}", a->group ? a->group : "");
-		if (audit_in_tx(st, "device.create", a->device_id, a->request_id, d, a->now, err, errlen) != 0)
+		if (audit_json(st, "device.create", a->device_id, a->request_id, a->now, err, errlen,
+			       "{s:s, s:s}", "group", nz(a->group), "curve_key", nz(a->curve_key)) != 0)
 			goto fail;
 	}
-	s = prep(st, "INSERT INTO jobs (curve_key, request_id, device_id, kind, slot, backend, state, created_at, updated_at, params_json) VALUES (?,?,?,?,?,?,0,?,?,?)",
+	s = prep(st, "INSERT INTO jobs (curve_key, request_id, device_id, kind, slot, backend, state, created_at, updated_at, params_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
 		 err, errlen);
 	if (s == NULL)
 		goto fail;
@@ -738,23 +877,29 @@ int store_job_admit(struct store *st, const struct store_admit *a, char *err, si
 	bind_text(s, 4, a->kind);
 	bind_text(s, 5, a->slot);
 	bind_text(s, 6, a->backend);
-	sqlite3_bind_int64(s, 7, a->now);
+	sqlite3_bind_int(s, 7, JOB_ADMITTED);
 	sqlite3_bind_int64(s, 8, a->now);
-	bind_text(s, 9, a->params_json);
-	r = step_done(s);
-	if (r == SQLITE_CONSTRAINT) {
-		rollback(st);
-		fg_seterr(err, errlen, "request id %s exists already", a->request_id);
-		return STORE_E_DUPLICATE;
+	sqlite3_bind_int64(s, 9, a->now);
+	bind_text(s, 10, a->params_json);
+	r = step_done(st, s);
+	if (r == SQLITE_CONSTRAINT_PRIMARYKEY) {
+		fg_seterr(err, errlen, "request id %s from this key exists already; read that job instead",
+			  nz(a->request_id));
+		rc = STORE_E_DUPLICATE;
+		goto fail;
 	}
 	if (r != SQLITE_DONE) {
 		dberr(st, err, errlen, "job insert");
 		goto fail;
 	}
+	if (audit_json(st, "job.admit", a->device_id, a->request_id, a->now, err, errlen,
+		       "{s:s, s:s, s:s}", "kind", nz(a->kind), "slot", nz(a->slot), "backend",
+		       nz(a->backend)) != 0)
+		goto fail;
 	return commit(st, err, errlen);
 fail:
 	rollback(st);
-	return -1;
+	return rc;
 }
 
 void store_cert_clear(struct store_cert *c)
@@ -774,6 +919,11 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 	int64_t now = fg_now();
 	char dev[40] = "";
 
+	if (state != JOB_DONE && state != JOB_FAILED) {
+		fg_seterr(err, errlen, "cannot finish job %s in state %d: only done or failed is final",
+			  nz(request_id), state);
+		return -1;
+	}
 	if (begin(st, err, errlen) != 0)
 		return -1;
 	if (cert != NULL) {
@@ -789,7 +939,7 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 		char have[65] = "";
 		if (r == SQLITE_ROW)
 			col_text(s, 0, have, sizeof have);
-		sqlite3_finalize(s);
+		release(st, s);
 		if (r != SQLITE_ROW && r != SQLITE_DONE) {
 			dberr(st, err, errlen, "certificate lookup");
 			goto fail;
@@ -812,8 +962,8 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 			bind_text(s, 6, cert->subject);
 			sqlite3_bind_int64(s, 7, cert->not_before);
 			sqlite3_bind_int64(s, 8, cert->not_after);
-			sqlite3_bind_blob(s, 9, cert->der, (int)cert->der_len, SQLITE_TRANSIENT);
-			if (step_done(s) != SQLITE_DONE) {
+			sqlite3_bind_blob64(s, 9, cert->der, cert->der_len, SQLITE_TRANSIENT);
+			if (step_done(st, s) != SQLITE_DONE) {
 				dberr(st, err, errlen, "certificate insert");
 				goto fail;
 			}
@@ -825,13 +975,33 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 	if (s == NULL)
 		goto fail;
 	sqlite3_bind_int(s, 1, state);
-	sqlite3_bind_blob(s, 2, reply, (int)reply_len, SQLITE_TRANSIENT);
+	sqlite3_bind_blob64(s, 2, reply, reply_len, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(s, 3, now);
 	bind_text(s, 4, curve_key);
 	bind_text(s, 5, request_id);
-	if (step_done(s) != SQLITE_DONE) {
+	if (step_done(st, s) != SQLITE_DONE) {
 		dberr(st, err, errlen, "job update");
 		goto fail;
+	}
+	if (sqlite3_changes(st->db) != 1) {
+		fg_seterr(err, errlen, "no job %s from this key to finish; it was never admitted",
+			  nz(request_id));
+		goto fail;
+	}
+	if (dev[0] == '\0' && audit_kind != NULL) {   /* no certificate: name the job's device */
+		s = prep(st, "SELECT device_id FROM jobs WHERE curve_key = ? AND request_id = ?", err, errlen);
+		if (s == NULL)
+			goto fail;
+		bind_text(s, 1, curve_key);
+		bind_text(s, 2, request_id);
+		int r = sqlite3_step(s);
+		if (r == SQLITE_ROW)
+			col_text(s, 0, dev, sizeof dev);
+		release(st, s);
+		if (r != SQLITE_ROW) {
+			dberr(st, err, errlen, "job lookup");
+			goto fail;
+		}
 	}
 	if (audit_kind != NULL &&
 	    audit_in_tx(st, audit_kind, dev, request_id, audit_detail, now, err, errlen) != 0)
@@ -845,15 +1015,23 @@ fail:
 int store_job_set_pending(struct store *st, const char *curve_key, const char *request_id,
 			  int64_t next_attempt, char *err, size_t errlen)
 {
-	sqlite3_stmt *s = prep(st, "UPDATE jobs SET state = 1, next_attempt = ?, updated_at = ? WHERE curve_key = ? AND request_id = ?",
+	sqlite3_stmt *s = prep(st, "UPDATE jobs SET state = ?, next_attempt = ?, updated_at = ? WHERE curve_key = ? AND request_id = ?",
 			       err, errlen);
 	if (s == NULL)
 		return -1;
-	sqlite3_bind_int64(s, 1, next_attempt);
-	sqlite3_bind_int64(s, 2, fg_now());
-	bind_text(s, 3, curve_key);
-	bind_text(s, 4, request_id);
-	return step_done(s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "job update");
+	sqlite3_bind_int(s, 1, JOB_PENDING);
+	sqlite3_bind_int64(s, 2, next_attempt);
+	sqlite3_bind_int64(s, 3, fg_now());
+	bind_text(s, 4, curve_key);
+	bind_text(s, 5, request_id);
+	if (step_done(st, s) != SQLITE_DONE)
+		return dberr(st, err, errlen, "job update");
+	if (sqlite3_changes(st->db) != 1) {
+		fg_seterr(err, errlen, "no job %s from this key to mark pending; it was never admitted",
+			  nz(request_id));
+		return -1;
+	}
+	return 0;
 }
 
 int store_job_list_open(struct store *st, int (*cb)(void *arg, const struct store_job *j),
@@ -873,7 +1051,7 @@ int store_job_list_open(struct store *st, int (*cb)(void *arg, const struct stor
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE)
 		rc = dberr(st, err, errlen, "job list");
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -909,7 +1087,7 @@ static int blob_get(struct store *st, const char *sql, const char *a, const char
 	} else {
 		dberr(st, err, errlen, "state read");
 	}
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -924,8 +1102,8 @@ static int blob_put(struct store *st, const char *sql, const char *a, const char
 	bind_text(s, i++, b);
 	if (c)
 		bind_text(s, i++, c);
-	sqlite3_bind_blob(s, i, val, (int)len, SQLITE_TRANSIENT);
-	return step_done(s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "state write");
+	sqlite3_bind_blob64(s, i, val, len, SQLITE_TRANSIENT);
+	return step_done(st, s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "state write");
 }
 
 int store_job_state_get(struct store *st, const char *curve_key, const char *request_id,
@@ -966,10 +1144,10 @@ int store_serial_reserve(struct store *st, const char *backend, const char *seri
 	bind_text(s, 1, backend);
 	bind_text(s, 2, serial_hex);
 	sqlite3_bind_int64(s, 3, now);
-	int r = step_done(s);
+	int r = step_done(st, s);
 	if (r == SQLITE_DONE)
 		return 0;
-	if (r == SQLITE_CONSTRAINT)
+	if (r == SQLITE_CONSTRAINT_PRIMARYKEY)
 		return 1;
 	return dberr(st, err, errlen, "serial reservation");
 }
@@ -1012,7 +1190,7 @@ int store_cert_get(struct store *st, const char *serial_hex, struct store_cert *
 	} else {
 		dberr(st, err, errlen, "certificate lookup");
 	}
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }
 
@@ -1039,6 +1217,6 @@ int store_cert_list(struct store *st, const char *device_id,
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE)
 		rc = dberr(st, err, errlen, "certificate list");
-	sqlite3_finalize(s);
+	release(st, s);
 	return rc;
 }

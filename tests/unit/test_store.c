@@ -1,7 +1,9 @@
 /*
  * Unit tests for the SQLite store: migrations, tokens consumed atomically
- * (twenty threads racing for one use), jobs, certificates, revocation and
- * the audit hash chain (altered and removed records are found).
+ * (twenty threads racing for one use), admission refusals that write
+ * nothing, jobs, certificates, revocation and the audit hash chain (altered,
+ * relinked and removed records are found). Each test gets a fresh store in
+ * its own temporary directory.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,49 +16,116 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fg_util.h"
 #include "store.h"
 
-static char dir[64], dbpath[128];
+#define KEY1 "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+#define KEY2 "KEY2xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+#define NRACERS 20
+
+struct fixture {
+	char dir[64];
+	char path[128];
+	struct store *st;
+};
 
 static int setup(void **state)
 {
-	(void)state;
-	strcpy(dir, "/tmp/fg-store.XXXXXX");
-	if (mkdtemp(dir) == NULL)
+	char err[512];
+	struct fixture *f = calloc(1, sizeof *f);
+	if (f == NULL)
 		return -1;
-	snprintf(dbpath, sizeof dbpath, "%s/t.db", dir);
+	strcpy(f->dir, "/tmp/fg-store.XXXXXX");
+	if (mkdtemp(f->dir) == NULL) {
+		free(f);
+		return -1;
+	}
+	snprintf(f->path, sizeof f->path, "%s/state.db", f->dir);
+	f->st = store_open(f->path, 1, err, sizeof err);
+	if (f->st == NULL) {
+		fprintf(stderr, "%s\n", err);
+		free(f);
+		return -1;
+	}
+	*state = f;
 	return 0;
 }
 
 static int teardown(void **state)
 {
+	struct fixture *f = *state;
 	char cmd[128];
-	(void)state;
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	return system(cmd) == 0 ? 0 : -1;
+	store_free(f->st);
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+	int rc = system(cmd) == 0 ? 0 : -1;
+	free(f);
+	return rc;
 }
 
-static int count(const char *sql)
+/* One integer from a query on a separate raw connection (what another
+ * process would see). */
+static long long q(const struct fixture *f, const char *sql)
 {
-	sqlite3 *db;
-	sqlite3_stmt *s;
-	int n = -1;
-	sqlite3_open(dbpath, &db);
-	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-		n = sqlite3_column_int(s, 0);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	long long n = -1;
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		n = sqlite3_column_int64(s, 0);
 	sqlite3_finalize(s);
 	sqlite3_close(db);
 	return n;
 }
 
-static void raw(const char *sql)
+/* One text value (copied into buf) from a raw query. */
+static const char *qs(const struct fixture *f, const char *sql, char *buf, size_t n)
 {
-	sqlite3 *db;
-	sqlite3_open(dbpath, &db);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	buf[0] = '\0';
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+	if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0) != NULL)
+		fg_strlcpy(buf, (const char *)sqlite3_column_text(s, 0), n);
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	return buf;
+}
+
+static void raw(const struct fixture *f, const char *sql)
+{
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
 	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
+}
+
+/* Everything an admission may write, to prove a refusal wrote nothing. */
+struct snap {
+	long long devices, jobs, audit, uses;
+};
+
+static struct snap snap(const struct fixture *f)
+{
+	struct snap s = {
+		q(f, "SELECT count(*) FROM devices"),
+		q(f, "SELECT count(*) FROM jobs"),
+		q(f, "SELECT count(*) FROM audit"),
+		q(f, "SELECT coalesce(sum(uses_left), 0) FROM tokens"),
+	};
+	return s;
+}
+
+static void assert_unchanged(const struct fixture *f, struct snap before)
+{
+	struct snap now = snap(f);
+	assert_int_equal(now.devices, before.devices);
+	assert_int_equal(now.jobs, before.jobs);
+	assert_int_equal(now.audit, before.audit);
+	assert_int_equal(now.uses, before.uses);
 }
 
 static void admit(struct store_admit *a, const char *rid, const char *key, const char *hash,
@@ -68,97 +137,220 @@ static void admit(struct store_admit *a, const char *rid, const char *key, const
 	a->kind = "enroll";
 	a->slot = "default";
 	a->backend = "local";
-	a->params_json = "{}";
+	a->params_json = "{\"csr\":\"x\"}";
 	a->token_hash = hash;
 	a->device_id = dev;
 	a->create_device = create;
-	a->group = "g";
-	a->hostname = "h";
+	a->group = "laptops";
+	a->hostname = "host1";
+	a->facts_json = "{\"os\":\"linux\"}";
 	a->now = fg_now();
 }
 
-static void test_open_and_tokens(void **state)
-{
-	char err[512], id[24];
-	struct store_token t;
-	(void)state;
-	assert_null(store_open(dbpath, 0, err, sizeof err));
-	assert_non_null(strstr(err, "fleetgate init"));
-	struct store *st = store_open(dbpath, 1, err, sizeof err);
-	assert_non_null(st);
-	assert_true(store_schema_version(st) >= 1);
-	int64_t now = fg_now();
-	assert_int_equal(store_token_add(st, "h-live", "laptops", 1, now + 3600, now, id, err, sizeof err), 0);
-	assert_int_equal(store_token_add(st, "h-expired", "laptops", 1, now - 1, now, id, err, sizeof err), 0);
-	assert_int_equal(store_token_lookup(st, "h-live", &t, err, sizeof err), 1);
-	assert_string_equal(t.group, "laptops");
-	assert_int_equal(t.uses_left, 1);
-	assert_int_equal(store_token_lookup(st, "h-none", &t, err, sizeof err), 0);
-	store_free(st);
-
-	/* reopen without create: migrations are not re-applied */
-	st = store_open(dbpath, 0, err, sizeof err);
-	assert_non_null(st);
-	store_free(st);
-	assert_int_equal(count("SELECT count(*) FROM schema_migrations"), 1);
-
-	/* a store from a newer fleetgate is refused */
-	raw("INSERT INTO schema_migrations VALUES (999, 0)");
-	assert_null(store_open(dbpath, 0, err, sizeof err));
-	assert_non_null(strstr(err, "newer"));
-	raw("DELETE FROM schema_migrations WHERE version = 999");
-}
-
-static void test_admit_rules(void **state)
+static void add_token(struct fixture *f, const char *hash, int uses, int64_t expires_at,
+		      char id[24])
 {
 	char err[512];
+	assert_int_equal(store_token_add(f->st, hash, "laptops", uses, expires_at, fg_now(), id, err,
+					 sizeof err), 0);
+}
+
+/* Enroll dev_1 on KEY1 with a fresh one-use token. */
+static void enroll_one(struct fixture *f)
+{
+	char err[512], id[24];
 	struct store_admit a;
-	(void)state;
-	struct store *st = store_open(dbpath, 0, err, sizeof err);
-	assert_non_null(st);
-	int devices = count("SELECT count(*) FROM devices");
+	add_token(f, "h-enroll", 1, fg_now() + 3600, id);
+	admit(&a, "rid-good0001", KEY1, "h-enroll", "dev_1", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+}
 
-	admit(&a, "rid-expired1", "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "h-expired", "dev_1", 1);
-	assert_int_equal(store_job_admit(st, &a, err, sizeof err), STORE_E_TOKEN);
-	assert_int_equal(count("SELECT count(*) FROM devices"), devices);
-	assert_int_equal(count("SELECT count(*) FROM jobs"), 0);
+static void test_open_migrate_reopen(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], want[256], path[160];
 
-	admit(&a, "rid-good0001", "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "h-live", "dev_1", 1);
-	assert_int_equal(store_job_admit(st, &a, err, sizeof err), 0);
-	assert_int_equal(count("SELECT uses_left FROM tokens WHERE hash = 'h-live'"), 0);
-	struct store_device d;
-	assert_int_equal(store_device_by_key(st, "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", &d, err, sizeof err), 1);
-	assert_string_equal(d.id, "dev_1");
-	assert_int_equal(d.state, DEVICE_ACTIVE);
-	store_device_clear(&d);
+	assert_int_equal(store_schema_version(f->st), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 1);
+	char mode[16];
+	assert_string_equal(qs(f, "PRAGMA journal_mode", mode, sizeof mode), "wal");
+	store_free(f->st);
 
-	/* used up */
-	admit(&a, "rid-again001", "KEY2xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "h-live", "dev_2", 1);
-	assert_int_equal(store_job_admit(st, &a, err, sizeof err), STORE_E_TOKEN);
-	/* same request id from the same key */
-	admit(&a, "rid-good0001", "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", NULL, "dev_1", 0);
-	assert_int_equal(store_job_admit(st, &a, err, sizeof err), STORE_E_DUPLICATE);
-	/* a key already bound */
-	char id[24];
+	/* reopening applies nothing again */
+	f->st = store_open(f->path, 0, err, sizeof err);
+	assert_non_null(f->st);
+	assert_int_equal(store_schema_version(f->st), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 1);
+	store_free(f->st);
+	f->st = NULL;
+
+	/* a store from a newer fleetgate is refused, saying so */
+	raw(f, "INSERT INTO schema_migrations VALUES (999, 0)");
+	assert_null(store_open(f->path, 0, err, sizeof err));
+	assert_non_null(strstr(err, "schema version 999, newer than this fleetgate knows"));
+	raw(f, "DELETE FROM schema_migrations WHERE version = 999");
+
+	/* no store without create */
+	snprintf(path, sizeof path, "%s/missing.db", f->dir);
+	assert_null(store_open(path, 0, err, sizeof err));
+	snprintf(want, sizeof want, "no store at %s; run `fleetgate init --state DIR` first", path);
+	assert_string_equal(err, want);
+	/* and a directory that does not exist is named */
+	snprintf(path, sizeof path, "%s/no/such/dir.db", f->dir);
+	assert_null(store_open(path, 1, err, sizeof err));
+	assert_non_null(strstr(err, path));
+
+	f->st = store_open(f->path, 0, err, sizeof err);
+	assert_non_null(f->st);
+}
+
+static void test_tokens(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], id[24];
+	struct store_token t;
 	int64_t now = fg_now();
-	assert_int_equal(store_token_add(st, "h-two", "g", 5, now + 60, now, id, err, sizeof err), 0);
-	admit(&a, "rid-other001", "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "h-two", "dev_9", 1);
-	assert_int_equal(store_job_admit(st, &a, err, sizeof err), STORE_E_KEY_TAKEN);
-	assert_int_equal(count("SELECT uses_left FROM tokens WHERE hash = 'h-two'"), 5);
-	store_free(st);
+
+	assert_int_equal(store_token_add(f->st, "h-live", "laptops", 3, now + 3600, now, id, err,
+					 sizeof err), 0);
+	assert_int_equal(strncmp(id, "tok_", 4), 0);
+	assert_int_equal(strlen(id), 20);
+	assert_int_equal(store_token_lookup(f->st, "h-live", &t, err, sizeof err), 1);
+	assert_string_equal(t.id, id);
+	assert_string_equal(t.group, "laptops");
+	assert_int_equal(t.uses_left, 3);
+	assert_int_equal(t.expires_at, now + 3600);
+	assert_int_equal(t.created_at, now);
+	assert_int_equal(t.revoked, 0);
+	assert_int_equal(store_token_lookup(f->st, "h-none", &t, err, sizeof err), 0);
+	/* the hash is unique */
+	assert_int_equal(store_token_add(f->st, "h-live", "x", 1, now + 1, now, id, err, sizeof err), -1);
+	assert_non_null(strstr(err, "token insert"));
+}
+
+static void test_admit_creates(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], tid[24], buf[256];
+	struct store_admit a;
+	struct store_device d;
+	struct store_job j;
+
+	add_token(f, "h-two", 2, fg_now() + 3600, tid);
+	admit(&a, "rid-good0001", KEY1, "h-two", "dev_1", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	assert_int_equal(q(f, "SELECT uses_left FROM tokens WHERE hash = 'h-two'"), 1);
+
+	assert_int_equal(store_device_by_key(f->st, KEY1, &d, err, sizeof err), 1);
+	assert_string_equal(d.id, "dev_1");
+	assert_string_equal(d.group, "laptops");
+	assert_string_equal(d.hostname, "host1");
+	assert_int_equal(d.state, DEVICE_ACTIVE);
+	assert_int_equal(d.created_at, a.now);
+	assert_string_equal(d.facts_json, "{\"os\":\"linux\"}");
+	store_device_clear(&d);
+	store_device_clear(&d);   /* a cleared struct clears again */
+
+	assert_int_equal(store_job_get(f->st, KEY1, "rid-good0001", &j, err, sizeof err), 1);
+	assert_int_equal(j.state, JOB_ADMITTED);
+	assert_string_equal(j.device_id, "dev_1");
+	assert_string_equal(j.kind, "enroll");
+	assert_string_equal(j.slot, "default");
+	assert_string_equal(j.backend, "local");
+	assert_string_equal(j.params_json, "{\"csr\":\"x\"}");
+	assert_null(j.reply);
+	store_job_clear(&j);
+	/* request ids are scoped per key */
+	assert_int_equal(store_job_get(f->st, KEY2, "rid-good0001", &j, err, sizeof err), 0);
+
+	/* the audit trail, in order, naming the token by id (never its hash) */
+	assert_int_equal(q(f, "SELECT count(*) FROM audit"), 3);
+	assert_string_equal(qs(f, "SELECT group_concat(kind, ',') FROM (SELECT kind FROM audit ORDER BY seq)",
+			       buf, sizeof buf), "token.use,device.create,job.admit");
+	snprintf(err, sizeof err, "{\"token\":\"%s\"}", tid);
+	assert_string_equal(qs(f, "SELECT detail FROM audit WHERE kind = 'token.use'", buf, sizeof buf), err);
+	assert_string_equal(qs(f, "SELECT request_id FROM audit WHERE kind = 'job.admit'", buf, sizeof buf),
+			    "rid-good0001");
+
+	/* a renewal: existing device, no token, no device created */
+	admit(&a, "rid-renew001", KEY1, NULL, "dev_1", 0);
+	a.kind = "renew";
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices"), 1);
+	assert_int_equal(q(f, "SELECT uses_left FROM tokens WHERE hash = 'h-two'"), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'job.admit'"), 2);
+}
+
+static void test_admit_refusals(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], id[24];
+	struct store_admit a;
+	struct snap before;
+	int64_t now = fg_now();
+
+	add_token(f, "h-expired", 5, now - 1, id);
+	add_token(f, "h-revoked", 5, now + 3600, id);
+	raw(f, "UPDATE tokens SET revoked = 1 WHERE hash = 'h-revoked'");
+	add_token(f, "h-used", 1, now + 3600, id);
+	add_token(f, "h-many", 10, now + 3600, id);
+
+	admit(&a, "rid-first001", KEY1, "h-used", "dev_1", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+
+	const char *bad[] = { "h-expired", "h-revoked", "h-used", "h-unknown" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		before = snap(f);
+		admit(&a, "rid-refused1", KEY2, bad[i], "dev_2", 1);
+		err[0] = '\0';
+		assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), STORE_E_TOKEN);
+		assert_non_null(strstr(err, "used up, expired, revoked or unknown"));
+		assert_unchanged(f, before);
+	}
+	assert_int_equal(q(f, "SELECT count(*) FROM devices WHERE id = 'dev_2'"), 0);
+
+	/* the same request id from the same key: duplicate, and the token use
+	 * taken earlier in the transaction is given back */
+	before = snap(f);
+	admit(&a, "rid-first001", KEY1, "h-many", "dev_1", 0);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), STORE_E_DUPLICATE);
+	assert_unchanged(f, before);
+
+	/* a key bound to another device */
+	before = snap(f);
+	admit(&a, "rid-other001", KEY1, "h-many", "dev_9", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), STORE_E_KEY_TAKEN);
+	assert_non_null(strstr(err, "already bound"));
+	assert_unchanged(f, before);
+
+	/* a device id clash with a new key is an error, not a key conflict */
+	before = snap(f);
+	admit(&a, "rid-clash001", KEY2, "h-many", "dev_1", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), -1);
+	assert_non_null(strstr(err, "device id dev_1 exists already"));
+	assert_unchanged(f, before);
+
+	/* the store is still usable after all those rollbacks */
+	admit(&a, "rid-ok000001", KEY2, "h-many", "dev_2", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	assert_int_equal(q(f, "SELECT uses_left FROM tokens WHERE hash = 'h-many'"), 9);
 }
 
 struct racer {
+	const char *path;
 	int index;
+	pthread_barrier_t *go;
 	int rc;
+	char err[512];
 };
 
 static void *race(void *arg)
 {
 	struct racer *r = arg;
-	char err[512], rid[32], key[48], dev[32];
+	char rid[32], key[48], dev[32];
 	struct store_admit a;
-	struct store *st = store_open(dbpath, 0, err, sizeof err);
+	struct store *st = store_open(r->path, 0, r->err, sizeof r->err);
+	pthread_barrier_wait(r->go);
 	if (st == NULL) {
 		r->rc = -1;
 		return NULL;
@@ -167,169 +359,452 @@ static void *race(void *arg)
 	snprintf(key, sizeof key, "RACE%036d", r->index);
 	snprintf(dev, sizeof dev, "dev_race%d", r->index);
 	admit(&a, rid, key, "h-race", dev, 1);
-	r->rc = store_job_admit(st, &a, err, sizeof err);
+	r->rc = store_job_admit(st, &a, r->err, sizeof r->err);
 	store_free(st);
 	return NULL;
 }
 
 static void test_token_race(void **state)
 {
-	char err[512], id[24];
-	pthread_t th[20];
-	struct racer r[20];
-	(void)state;
-	struct store *st = store_open(dbpath, 0, err, sizeof err);
-	int64_t now = fg_now();
-	assert_int_equal(store_token_add(st, "h-race", "g", 1, now + 60, now, id, err, sizeof err), 0);
-	store_free(st);
-	for (int i = 0; i < 20; i++) {
+	struct fixture *f = *state;
+	char id[24];
+	pthread_t th[NRACERS];
+	struct racer r[NRACERS];
+	pthread_barrier_t go;
+
+	add_token(f, "h-race", 1, fg_now() + 60, id);
+	assert_int_equal(pthread_barrier_init(&go, NULL, NRACERS), 0);
+	for (int i = 0; i < NRACERS; i++) {
+		memset(&r[i], 0, sizeof r[i]);
+		r[i].path = f->path;
 		r[i].index = i;
-		pthread_create(&th[i], NULL, race, &r[i]);
+		r[i].go = &go;
+		assert_int_equal(pthread_create(&th[i], NULL, race, &r[i]), 0);
 	}
-	int wins = 0, token_refusals = 0;
-	for (int i = 0; i < 20; i++) {
+	int wins = 0, refused = 0;
+	for (int i = 0; i < NRACERS; i++) {
 		pthread_join(th[i], NULL);
+		if (r[i].rc != 0 && r[i].rc != STORE_E_TOKEN)
+			fprintf(stderr, "racer %d: %d %s\n", i, r[i].rc, r[i].err);
 		wins += r[i].rc == 0;
-		token_refusals += r[i].rc == STORE_E_TOKEN;
+		refused += r[i].rc == STORE_E_TOKEN;
 	}
+	pthread_barrier_destroy(&go);
 	assert_int_equal(wins, 1);
-	assert_int_equal(token_refusals, 19);
-	assert_int_equal(count("SELECT count(*) FROM devices WHERE id LIKE 'dev_race%'"), 1);
+	assert_int_equal(refused, NRACERS - 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices WHERE id LIKE 'dev_race%'"), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM jobs"), 1);
+	assert_int_equal(q(f, "SELECT uses_left FROM tokens WHERE hash = 'h-race'"), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'token.use'"), 1);
 }
 
-static int count_cb(void *arg, const struct store_cert *c)
+static void fill_cert(struct store_cert *c, const char *serial, const char *rid, int64_t nb)
 {
-	(void)c;
-	(*(int *)arg)++;
+	memset(c, 0, sizeof *c);
+	fg_strlcpy(c->serial_hex, serial, sizeof c->serial_hex);
+	strcpy(c->device_id, "dev_1");
+	strcpy(c->slot, "default");
+	strcpy(c->backend, "local");
+	fg_strlcpy(c->request_id, rid, sizeof c->request_id);
+	strcpy(c->subject, "CN=host1");
+	c->not_before = nb;
+	c->not_after = nb + 86400;
+	c->der = (unsigned char *)"DER\0!";
+	c->der_len = 5;
+}
+
+struct collected {
+	int n;
+	char serials[4][41];
+};
+
+static int collect_cert(void *arg, const struct store_cert *c)
+{
+	struct collected *col = arg;
+	if (col->n < 4)
+		fg_strlcpy(col->serials[col->n], c->serial_hex, sizeof col->serials[0]);
+	col->n++;
 	return 0;
 }
 
-static int revoked_cb(void *arg, const char *serial, const char *backend, const unsigned char *der,
-		      size_t len)
+static void test_job_finish_and_certs(void **state)
 {
-	(void)backend;
-	(void)der;
-	(void)len;
-	assert_string_equal(serial, "0A0B");
-	(*(int *)arg)++;
-	return 0;
-}
-
-static void test_jobs_certs_revoke(void **state)
-{
-	char err[512];
+	struct fixture *f = *state;
+	char err[512], buf[256];
 	struct store_job j;
-	(void)state;
-	struct store *st = store_open(dbpath, 0, err, sizeof err);
-	const char *key = "KEY1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-	assert_int_equal(store_job_get(st, key, "rid-good0001", &j, err, sizeof err), 1);
-	assert_int_equal(j.state, JOB_ADMITTED);
-	store_job_clear(&j);
-	/* another key cannot see this request id */
-	assert_int_equal(store_job_get(st, "KEYZxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "rid-good0001", &j, err, sizeof err), 0);
+	struct store_cert c, got;
+	const unsigned char reply[] = { 'r', 0, 'e', 0xff, 'p' };
 
-	unsigned char *v;
-	size_t vl;
-	assert_int_equal(store_job_state_get(st, key, "rid-good0001", "tbs", &v, &vl, err, sizeof err), 0);
-	assert_int_equal(store_job_state_put(st, key, "rid-good0001", "tbs", (const unsigned char *)"abc", 3, err, sizeof err), 0);
-	assert_int_equal(store_job_state_get(st, key, "rid-good0001", "tbs", &v, &vl, err, sizeof err), 1);
-	assert_memory_equal(v, "abc", 3);
-	free(v);
-	assert_int_equal(store_plugin_state_put(st, "local", "k", (const unsigned char *)"v", 1, err, sizeof err), 0);
-	assert_int_equal(store_plugin_state_get(st, "local", "k", &v, &vl, err, sizeof err), 1);
-	free(v);
-	assert_int_equal(store_serial_reserve(st, "local", "0A0B", fg_now(), err, sizeof err), 0);
-	assert_int_equal(store_serial_reserve(st, "local", "0A0B", fg_now(), err, sizeof err), 1);
-
-	int open = 0;
-	struct store_cert c;
-	memset(&c, 0, sizeof c);
-	strcpy(c.serial_hex, "0A0B");
-	strcpy(c.device_id, "dev_1");
-	strcpy(c.slot, "default");
-	strcpy(c.backend, "local");
-	strcpy(c.request_id, "rid-good0001");
-	strcpy(c.subject, "CN=h");
-	c.not_before = 1;
-	c.not_after = fg_now() + 100;
-	c.der = (unsigned char *)"DER!";
-	c.der_len = 4;
-	assert_int_equal(store_job_finish(st, key, "rid-good0001", JOB_DONE, (const unsigned char *)"reply", 5,
-					  &c, "cert.issue", "{}", err, sizeof err), 0);
-	/* finishing the same job again is idempotent; the same serial for another request is refused */
-	assert_int_equal(store_job_finish(st, key, "rid-good0001", JOB_DONE, (const unsigned char *)"reply", 5,
-					  &c, "cert.issue", "{}", err, sizeof err), 0);
-	strcpy(c.request_id, "rid-other999");
-	assert_int_equal(store_job_finish(st, key, "rid-other999", JOB_DONE, (const unsigned char *)"r", 1,
-					  &c, "cert.issue", "{}", err, sizeof err), -1);
-	assert_non_null(strstr(err, "duplicate serial"));
-	assert_int_equal(count("SELECT count(*) FROM certificates WHERE serial_hex = '0A0B'"), 1);
-	strcpy(c.request_id, "rid-good0001");
-	assert_int_equal(store_job_get(st, key, "rid-good0001", &j, err, sizeof err), 1);
+	enroll_one(f);
+	fill_cert(&c, "0A0B", "rid-good0001", 1000);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-good0001", JOB_DONE, reply, sizeof reply, &c,
+					  "cert.issue", "{\"serial\":\"0A0B\"}", err, sizeof err), 0);
+	assert_int_equal(store_job_get(f->st, KEY1, "rid-good0001", &j, err, sizeof err), 1);
 	assert_int_equal(j.state, JOB_DONE);
-	assert_int_equal(j.reply_len, 5);
-	assert_memory_equal(j.reply, "reply", 5);
+	assert_int_equal(j.reply_len, sizeof reply);
+	assert_memory_equal(j.reply, reply, sizeof reply);
 	store_job_clear(&j);
-	struct store_cert got;
-	assert_int_equal(store_cert_get(st, "0A0B", &got, err, sizeof err), 1);
-	assert_int_equal(got.der_len, 4);
-	assert_string_equal(got.device_id, "dev_1");
-	store_cert_clear(&got);
-	assert_int_equal(store_cert_list(st, "dev_1", count_cb, &open, err, sizeof err), 0);
-	assert_int_equal(open, 1);
+	assert_string_equal(qs(f, "SELECT device_id FROM audit WHERE kind = 'cert.issue'", buf, sizeof buf),
+			    "dev_1");
 
-	int called = 0;
-	assert_int_equal(store_device_revoke(st, "dev_1", fg_now(), revoked_cb, &called, err, sizeof err), 1);
-	assert_int_equal(called, 1);
-	assert_int_equal(store_cert_get(st, "0A0B", &got, err, sizeof err), 1);
-	assert_int_equal(got.revoked, 1);
+	assert_int_equal(store_cert_get(f->st, "0A0B", &got, err, sizeof err), 1);
+	assert_string_equal(got.device_id, "dev_1");
+	assert_string_equal(got.slot, "default");
+	assert_string_equal(got.backend, "local");
+	assert_string_equal(got.request_id, "rid-good0001");
+	assert_string_equal(got.subject, "CN=host1");
+	assert_int_equal(got.not_before, 1000);
+	assert_int_equal(got.not_after, 1000 + 86400);
+	assert_int_equal(got.revoked, 0);
+	assert_int_equal(got.der_len, 5);
+	assert_memory_equal(got.der, "DER\0!", 5);
 	store_cert_clear(&got);
+	assert_int_equal(store_cert_get(f->st, "FFFF", &got, err, sizeof err), 0);
+
+	/* a finish retried after a crash is idempotent */
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-good0001", JOB_DONE, reply, sizeof reply, &c,
+					  "cert.issue", "{}", err, sizeof err), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM certificates"), 1);
+	/* the same serial for another request is refused and nothing changes */
+	long long audits = q(f, "SELECT count(*) FROM audit");
+	fill_cert(&c, "0A0B", "rid-other999", 1000);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-other999", JOB_DONE, reply, 1, &c,
+					  "cert.issue", "{}", err, sizeof err), -1);
+	assert_non_null(strstr(err, "duplicate serial"));
+	assert_int_equal(q(f, "SELECT count(*) FROM certificates"), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit"), audits);
+	/* finishing a job that was never admitted is refused and rolls back the certificate */
+	fill_cert(&c, "0C0D", "rid-ghost001", 1000);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-ghost001", JOB_DONE, reply, 1, &c,
+					  "cert.issue", "{}", err, sizeof err), -1);
+	assert_non_null(strstr(err, "never admitted"));
+	assert_int_equal(q(f, "SELECT count(*) FROM certificates"), 1);
+	/* only done and failed are final */
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-good0001", JOB_PENDING, NULL, 0, NULL,
+					  NULL, NULL, err, sizeof err), -1);
+
+	/* a second certificate (a renewal), listed in not_before order */
+	struct store_admit a;
+	admit(&a, "rid-renew001", KEY1, NULL, "dev_1", 0);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	fill_cert(&c, "0E0F", "rid-renew001", 500);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-renew001", JOB_DONE, reply, 2, &c,
+					  "cert.renew", "{}", err, sizeof err), 0);
+	struct collected col = { 0 };
+	assert_int_equal(store_cert_list(f->st, "dev_1", collect_cert, &col, err, sizeof err), 0);
+	assert_int_equal(col.n, 2);
+	assert_string_equal(col.serials[0], "0E0F");
+	assert_string_equal(col.serials[1], "0A0B");
+	memset(&col, 0, sizeof col);
+	assert_int_equal(store_cert_list(f->st, "dev_other", collect_cert, &col, err, sizeof err), 0);
+	assert_int_equal(col.n, 0);
+	assert_int_equal(store_cert_list(f->st, NULL, collect_cert, &col, err, sizeof err), 0);
+	assert_int_equal(col.n, 2);
+
+	/* a failed job stores its reply without a certificate; the audit names the device */
+	admit(&a, "rid-fail0001", KEY1, NULL, "dev_1", 0);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-fail0001", JOB_FAILED, reply, 3, NULL,
+					  "cert.reject", "CA said no", err, sizeof err), 0);
+	assert_int_equal(store_job_get(f->st, KEY1, "rid-fail0001", &j, err, sizeof err), 1);
+	assert_int_equal(j.state, JOB_FAILED);
+	assert_int_equal(j.reply_len, 3);
+	store_job_clear(&j);
+	assert_string_equal(qs(f, "SELECT device_id FROM audit WHERE kind = 'cert.reject'", buf, sizeof buf),
+			    "dev_1");
+}
+
+static int collect_job(void *arg, const struct store_job *j)
+{
+	struct collected *col = arg;
+	if (col->n < 4)
+		fg_strlcpy(col->serials[col->n], j->request_id, sizeof col->serials[0]);
+	col->n++;
+	return 0;
+}
+
+static void test_open_jobs(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	struct store_admit a;
+	struct store_job j;
+	struct collected col = { 0 };
+
+	enroll_one(f);   /* rid-good0001, admitted */
+	const char *rids[] = { "rid-pend0001", "rid-done0001", "rid-fail0001" };
+	for (int i = 0; i < 3; i++) {
+		admit(&a, rids[i], KEY1, NULL, "dev_1", 0);
+		a.now += i + 1;   /* created_at orders the listing */
+		assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	}
+	int64_t next = fg_now() + 300;
+	assert_int_equal(store_job_set_pending(f->st, KEY1, "rid-pend0001", next, err, sizeof err), 0);
+	assert_int_equal(store_job_get(f->st, KEY1, "rid-pend0001", &j, err, sizeof err), 1);
+	assert_int_equal(j.state, JOB_PENDING);
+	assert_int_equal(j.next_attempt, next);
+	store_job_clear(&j);
+	assert_int_equal(store_job_set_pending(f->st, KEY2, "rid-pend0001", next, err, sizeof err), -1);
+	assert_non_null(strstr(err, "never admitted"));
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-done0001", JOB_DONE, (const unsigned char *)"x",
+					  1, NULL, NULL, NULL, err, sizeof err), 0);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-fail0001", JOB_FAILED, (const unsigned char *)"x",
+					  1, NULL, NULL, NULL, err, sizeof err), 0);
+
+	assert_int_equal(store_job_list_open(f->st, collect_job, &col, err, sizeof err), 0);
+	assert_int_equal(col.n, 2);
+	assert_string_equal(col.serials[0], "rid-good0001");
+	assert_string_equal(col.serials[1], "rid-pend0001");
+}
+
+static void test_state_and_serials(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	unsigned char *v = NULL;
+	size_t vl = 99;
+	const unsigned char bin[] = { 0, 1, 2, 0xfe, 0 };
+
+	enroll_one(f);
+	assert_int_equal(store_job_state_get(f->st, KEY1, "rid-good0001", "tbs", &v, &vl, err, sizeof err), 0);
+	assert_null(v);
+	assert_int_equal(vl, 0);
+	assert_int_equal(store_job_state_put(f->st, KEY1, "rid-good0001", "tbs", bin, sizeof bin, err, sizeof err), 0);
+	assert_int_equal(store_job_state_get(f->st, KEY1, "rid-good0001", "tbs", &v, &vl, err, sizeof err), 1);
+	assert_int_equal(vl, sizeof bin);
+	assert_memory_equal(v, bin, sizeof bin);
+	free(v);
+	/* overwrite; other keys and other jobs do not see it */
+	assert_int_equal(store_job_state_put(f->st, KEY1, "rid-good0001", "tbs", (const unsigned char *)"new", 3, err, sizeof err), 0);
+	assert_int_equal(store_job_state_get(f->st, KEY1, "rid-good0001", "tbs", &v, &vl, err, sizeof err), 1);
+	assert_int_equal(vl, 3);
+	assert_memory_equal(v, "new", 3);
+	free(v);
+	assert_int_equal(store_job_state_get(f->st, KEY2, "rid-good0001", "tbs", &v, &vl, err, sizeof err), 0);
+	/* an empty value is present, with length 0 */
+	assert_int_equal(store_job_state_put(f->st, KEY1, "rid-good0001", "empty", NULL, 0, err, sizeof err), 0);
+	assert_int_equal(store_job_state_get(f->st, KEY1, "rid-good0001", "empty", &v, &vl, err, sizeof err), 1);
+	assert_int_equal(vl, 0);
+	free(v);
+
+	assert_int_equal(store_plugin_state_get(f->st, "local", "next", &v, &vl, err, sizeof err), 0);
+	assert_int_equal(store_plugin_state_put(f->st, "local", "next", bin, sizeof bin, err, sizeof err), 0);
+	assert_int_equal(store_plugin_state_get(f->st, "local", "next", &v, &vl, err, sizeof err), 1);
+	assert_int_equal(vl, sizeof bin);
+	assert_memory_equal(v, bin, sizeof bin);
+	free(v);
+	assert_int_equal(store_plugin_state_get(f->st, "other", "next", &v, &vl, err, sizeof err), 0);
+
+	int64_t now = fg_now();
+	assert_int_equal(store_serial_reserve(f->st, "local", "0A0B", now, err, sizeof err), 0);
+	assert_int_equal(store_serial_reserve(f->st, "local", "0A0B", now, err, sizeof err), 1);
+	assert_int_equal(store_serial_reserve(f->st, "other", "0A0B", now, err, sizeof err), 0);
+}
+
+struct revoked_seen {
+	int n;
+	char serials[4][41];
+	size_t der_len;
+};
+
+static int on_revoked(void *arg, const char *serial, const char *backend,
+		      const unsigned char *der, size_t len)
+{
+	struct revoked_seen *rs = arg;
+	assert_string_equal(backend, "local");
+	assert_memory_equal(der, "DER\0!", 5);
+	if (rs->n < 4)
+		fg_strlcpy(rs->serials[rs->n], serial, sizeof rs->serials[0]);
+	rs->der_len = len;
+	rs->n++;
+	return 0;
+}
+
+static void test_device_revoke(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	struct store_cert c;
+	struct store_admit a;
 	struct store_device d;
-	assert_int_equal(store_device_get(st, "dev_1", &d, err, sizeof err), 1);
+	struct revoked_seen rs = { 0 };
+
+	enroll_one(f);
+	fill_cert(&c, "0A0B", "rid-good0001", 1000);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-good0001", JOB_DONE, (const unsigned char *)"r",
+					  1, &c, "cert.issue", "{}", err, sizeof err), 0);
+	admit(&a, "rid-renew001", KEY1, NULL, "dev_1", 0);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	fill_cert(&c, "0C0D", "rid-renew001", 2000);
+	assert_int_equal(store_job_finish(f->st, KEY1, "rid-renew001", JOB_DONE, (const unsigned char *)"r",
+					  1, &c, "cert.renew", "{}", err, sizeof err), 0);
+
+	int64_t now = fg_now();
+	assert_int_equal(store_device_revoke(f->st, "dev_1", now, on_revoked, &rs, err, sizeof err), 2);
+	assert_int_equal(rs.n, 2);
+	assert_string_equal(rs.serials[0], "0A0B");
+	assert_string_equal(rs.serials[1], "0C0D");
+	assert_int_equal(rs.der_len, 5);
+	assert_int_equal(q(f, "SELECT count(*) FROM certificates WHERE revoked = 1"), 2);
+	char sql[128];
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM certificates WHERE revoked_at = %lld", (long long)now);
+	assert_int_equal(q(f, sql), 2);
+	assert_int_equal(store_device_get(f->st, "dev_1", &d, err, sizeof err), 1);
 	assert_int_equal(d.state, DEVICE_REVOKED);
+	assert_string_equal(store_device_state_name(d.state), "revoked");
 	store_device_clear(&d);
-	store_free(st);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'device.revoke' AND device_id = 'dev_1'"), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'cert.revoke' AND detail LIKE '%0A0B%'"), 1);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'cert.revoke' AND detail LIKE '%0C0D%'"), 1);
+
+	/* again: not an error, nothing to revoke, no callback, no audit noise */
+	long long audits = q(f, "SELECT count(*) FROM audit");
+	memset(&rs, 0, sizeof rs);
+	assert_int_equal(store_device_revoke(f->st, "dev_1", now, on_revoked, &rs, err, sizeof err), 0);
+	assert_int_equal(rs.n, 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit"), audits);
+
+	/* an unknown device is named */
+	assert_int_equal(store_device_revoke(f->st, "dev_nope", now, on_revoked, &rs, err, sizeof err), -1);
+	assert_non_null(strstr(err, "no device dev_nope"));
+	assert_int_equal(rs.n, 0);
+}
+
+static int collect_device(void *arg, const struct store_device *d)
+{
+	struct collected *col = arg;
+	if (col->n < 4)
+		fg_strlcpy(col->serials[col->n], d->id, sizeof col->serials[0]);
+	col->n++;
+	return col->n >= 2;   /* stop after two */
+}
+
+static void test_devices(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], id[24];
+	struct store_admit a;
+	struct store_device d;
+	struct collected col = { 0 };
+
+	add_token(f, "h-three", 3, fg_now() + 3600, id);
+	const char *keys[] = { KEY1, KEY2, "KEY3xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" };
+	const char *devs[] = { "dev_c", "dev_a", "dev_b" };
+	for (int i = 0; i < 3; i++) {
+		char rid[32];
+		snprintf(rid, sizeof rid, "rid-dev-%04d", i);
+		admit(&a, rid, keys[i], "h-three", devs[i], 1);
+		a.now = 1000 + i;
+		a.facts_json = NULL;
+		assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	}
+	assert_int_equal(store_device_list(f->st, collect_device, &col, err, sizeof err), 0);
+	assert_int_equal(col.n, 2);   /* the callback stopped the walk */
+	assert_string_equal(col.serials[0], "dev_c");
+	assert_string_equal(col.serials[1], "dev_a");
+
+	assert_int_equal(store_device_get(f->st, "dev_a", &d, err, sizeof err), 1);
+	assert_null(d.facts_json);
+	store_device_clear(&d);
+	assert_int_equal(store_device_touch(f->st, "dev_a", "renamed", "{\"k\":1}", 5000, err, sizeof err), 0);
+	assert_int_equal(store_device_get(f->st, "dev_a", &d, err, sizeof err), 1);
+	assert_string_equal(d.hostname, "renamed");
+	assert_string_equal(d.facts_json, "{\"k\":1}");
+	assert_int_equal(d.last_seen, 5000);
+	store_device_clear(&d);
+	/* no new facts keeps the old ones */
+	assert_int_equal(store_device_touch(f->st, "dev_a", "renamed", NULL, 6000, err, sizeof err), 0);
+	assert_int_equal(store_device_get(f->st, "dev_a", &d, err, sizeof err), 1);
+	assert_string_equal(d.facts_json, "{\"k\":1}");
+	assert_int_equal(d.last_seen, 6000);
+	store_device_clear(&d);
+	assert_int_equal(store_device_get(f->st, "dev_zz", &d, err, sizeof err), 0);
+	assert_int_equal(store_device_by_key(f->st, "NOPE", &d, err, sizeof err), 0);
 }
 
 static void test_audit_chain(void **state)
 {
-	char err[512];
+	struct fixture *f = *state;
+	char err[512], want[128], sql[256], buf[128];
 	long n = 0;
-	(void)state;
-	struct store *st = store_open(dbpath, 0, err, sizeof err);
-	for (int i = 0; i < 5; i++)
-		assert_int_equal(store_audit(st, "test.event", "dev_x", NULL, "{\"i\":1}", fg_now(), err, sizeof err), 0);
-	assert_int_equal(store_audit_verify(st, &n, err, sizeof err), 0);
-	assert_true(n >= 5);
 
-	/* the last five records are the test's own */
-	int last = count("SELECT max(seq) FROM audit");
-	char sql[160], want[64];
-	snprintf(sql, sizeof sql, "UPDATE audit SET detail = '{\"i\":2}' WHERE seq = %d", last - 2);
-	raw(sql);
-	assert_int_equal(store_audit_verify(st, &n, err, sizeof err), -1);
-	snprintf(want, sizeof want, "record %d was altered", last - 2);
-	assert_non_null(strstr(err, want));
-	snprintf(sql, sizeof sql, "UPDATE audit SET detail = '{\"i\":1}' WHERE seq = %d", last - 2);
-	raw(sql);
-	assert_int_equal(store_audit_verify(st, &n, err, sizeof err), 0);
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), 0);
+	assert_int_equal(n, 0);
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(store_audit(f->st, "test.event", "dev_x", i % 2 ? "rid-1" : NULL,
+					     "{\"i\":1}", 1000 + i, err, sizeof err), 0);
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), 0);
+	assert_int_equal(n, 20);
+	assert_string_equal(qs(f, "SELECT prev_hash FROM audit WHERE seq = 1", buf, sizeof buf),
+			    "0000000000000000000000000000000000000000000000000000000000000000");
 
-	snprintf(sql, sizeof sql, "DELETE FROM audit WHERE seq = %d", last - 1);
-	raw(sql);
-	assert_int_equal(store_audit_verify(st, &n, err, sizeof err), -1);
-	snprintf(want, sizeof want, "record %d is missing", last - 1);
+	/* the hash is the documented one, so other tools can check it */
+	char line[256], h[65];
+	int len = snprintf(line, sizeof line, "%s\x1f%d\x1f%d\x1f%s\x1f%s\x1f%s\x1f%s",
+			   "0000000000000000000000000000000000000000000000000000000000000000", 1, 1000,
+			   "test.event", "dev_x", "", "{\"i\":1}");
+	fg_sha256_hex(line, (size_t)len, h);
+	assert_string_equal(qs(f, "SELECT hash FROM audit WHERE seq = 1", buf, sizeof buf), h);
+
+	/* an altered detail */
+	raw(f, "UPDATE audit SET detail = '{\"i\":2}' WHERE seq = 17");
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), -1);
+	assert_non_null(strstr(err, "audit record 17 was altered"));
+	raw(f, "UPDATE audit SET detail = '{\"i\":1}' WHERE seq = 17");
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), 0);
+
+	/* a relinked record */
+	qs(f, "SELECT prev_hash FROM audit WHERE seq = 9", buf, sizeof buf);
+	raw(f, "UPDATE audit SET prev_hash = (SELECT hash FROM audit WHERE seq = 3) WHERE seq = 9");
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), -1);
+	assert_non_null(strstr(err, "chain broken at audit record 9: prev_hash does not match record 8"));
+	snprintf(sql, sizeof sql, "UPDATE audit SET prev_hash = '%s' WHERE seq = 9", buf);
+	raw(f, sql);
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), 0);
+
+	/* a removed record */
+	raw(f, "DELETE FROM audit WHERE seq = 17");
+	assert_int_equal(store_audit_verify(f->st, &n, err, sizeof err), -1);
+	snprintf(want, sizeof want, "audit record 17 is missing (sequence jumps from 16 to 18)");
 	assert_non_null(strstr(err, want));
-	store_free(st);
+	assert_int_equal(n, 16);
+}
+
+static void test_busy_message(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	sqlite3 *db = NULL;
+
+	/* another process holds the write lock for longer than the timeout */
+	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	time_t t0 = time(NULL);
+	assert_int_equal(store_audit(f->st, "test.event", NULL, NULL, NULL, fg_now(), err, sizeof err), -1);
+	assert_true(time(NULL) - t0 >= 9);
+	assert_non_null(strstr(err, "busy for 10 s: another process holds a write lock"));
+	assert_int_equal(q(f, "SELECT count(*) FROM audit"), 0);
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_close(db);
+	/* and works once the lock is gone */
+	assert_int_equal(store_audit(f->st, "test.event", NULL, NULL, NULL, fg_now(), err, sizeof err), 0);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_open_and_tokens),
-		cmocka_unit_test(test_admit_rules),
-		cmocka_unit_test(test_token_race),
-		cmocka_unit_test(test_jobs_certs_revoke),
-		cmocka_unit_test(test_audit_chain),
+		cmocka_unit_test_setup_teardown(test_open_migrate_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_admit_creates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_admit_refusals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_token_race, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_job_finish_and_certs, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_jobs, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_state_and_serials, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_device_revoke, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_audit_chain, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_busy_message, setup, teardown),
 	};
-	return cmocka_run_group_tests(tests, setup, teardown);
+	return cmocka_run_group_tests(tests, NULL, NULL);
 }
