@@ -1,27 +1,33 @@
 /*
  * fleetgate-agent: the endpoint daemon.
  *
- *   fleetgate-agent --config FILE [--once] [--renew-now] [--log-level L]
+ *   fleetgate-agent --config FILE [--once] [--renew-now] [--foreground]
+ *                   [--log-level L] [--help] [--version]
  *
  * --once enrolls each slot that has no certificate, renews each one that is
  * due (or all with --renew-now), prints what it did and exits:
  *   0 every slot is fine, 1 the gateway refused or the install failed,
  *   2 configuration or bundle error, 3 gateway unreachable (or its CURVE key
- *   does not match the bundle, or it failed and asked to retry),
- *   4 the CA has the request pending (run again later).
- * Without --once it runs as a daemon in the foreground: one epoll loop over
- * the ZeroMQ socket, a timerfd and a signalfd; periodic check-ins; renewal
- * when due; exponential backoff with full jitter while the gateway is away.
+ *   does not match the bundle, or it failed and asked to retry later),
+ *   4 the CA still has the request pending (run again later; the same
+ *   request is resumed).
+ * Without --once it runs as a daemon in the foreground (logs on stderr, for
+ * systemd): one epoll loop over the ZeroMQ socket, a timerfd and a
+ * signalfd; periodic check-ins; renewal when due; exponential backoff with
+ * full jitter while the gateway is away; SIGHUP reloads the configuration.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -39,8 +45,11 @@
 
 enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_CONFIG = 2, EXIT_UNREACHABLE = 3, EXIT_PENDING = 4 };
 
-#define BACKOFF_BASE 5
-#define BACKOFF_CAP 900
+#define BACKOFF_BASE 5          /* seconds */
+#define BACKOFF_CAP 900         /* seconds: 15 minutes */
+#define ONCE_PENDING_STEP 30    /* --once waits for PENDING answers this long at a time... */
+#define ONCE_PENDING_TOTAL 120  /* ...and this long in all, then exits 4 */
+#define UNSENT_POLL_MS 500      /* while waiting for a connection */
 
 struct agent {
 	struct agent_config cfg;
@@ -48,26 +57,73 @@ struct agent {
 	struct agent_facts facts;
 	struct client *client;
 	char pub[41], sec[41];
-	int renew_now;
+	int once;                          /* print results on stdout */
+	int force[AGENT_MAX_SLOTS];        /* renew this slot even if not due */
+};
+
+/* What became of one request. */
+enum outcome {
+	OUT_DONE,          /* installed */
+	OUT_REFUSED,       /* final refusal; the request is dropped */
+	OUT_INSTALL,       /* issued but not installed (check or hook failed) */
+	OUT_PENDING,       /* the CA is still working: same request later */
+	OUT_RETRY,         /* gateway-side failure: same request later */
+	OUT_MAX
 };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: fleetgate-agent --config FILE [--once] [--renew-now] [--log-level L]\n"
+	fprintf(f, "usage: fleetgate-agent --config FILE [--once] [--renew-now] [--foreground]\n"
+		   "                       [--log-level error|warn|info|debug] [--help] [--version]\n"
 		   "\n"
-		   "  --once       enroll or renew what is due, print the result, exit\n"
-		   "  --renew-now  renew every slot now (new key, new certificate)\n"
-		   "Without --once: run as a daemon in the foreground.\n");
+		   "  --config FILE  the agent configuration (see fleetgate-agent.conf.example)\n"
+		   "  --once         enroll or renew what is due, print the result, exit:\n"
+		   "                 0 all fine, 1 refused or not installed, 2 config or bundle error,\n"
+		   "                 3 gateway unreachable or CURVE key mismatch, 4 still pending\n"
+		   "  --renew-now    renew every slot now (new key, new certificate)\n"
+		   "  --foreground   run the daemon in the foreground (the default; logs on stderr)\n"
+		   "  --log-level L  overrides log_level from the configuration\n"
+		   "Without --once the agent runs as a daemon: it checks in, renews when due,\n"
+		   "and reloads its configuration on SIGHUP.\n");
 }
 
-/* Load config, bundle, CURVE keys and facts, and connect. */
-static int agent_setup(struct agent *a, const char *config, char *err, size_t errlen)
+/* An outcome line: stdout (or stderr for problems) with --once, the log
+ * in the daemon. */
+static void say(const struct agent *a, enum fg_log_level lv, const char *rid, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void say(const struct agent *a, enum fg_log_level lv, const char *rid, const char *fmt, ...)
 {
-	char path[4200];
+	char buf[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (a->once) {
+		FILE *f = lv <= FG_LOG_WARN ? stderr : stdout;
+		fprintf(f, "%s\n", buf);
+		fflush(f);
+		if (lv == FG_LOG_ERROR || lv == FG_LOG_WARN)
+			fg_debug("agent", rid, "%s", buf);
+	} else {
+		fg_log(lv, "agent", rid, "%s", buf);
+	}
+}
+
+/* Load config, bundle and CURVE keys, read the facts and connect. Returns
+ * an exit code; on failure err says why and a holds whatever was loaded
+ * (agent_unload frees it). */
+static int agent_load(struct agent *a, const char *config, char *err, size_t errlen)
+{
+	char path[PATH_MAX + 16];
 	if (agent_config_load(config, &a->cfg, err, errlen) != 0)
 		return EXIT_CONFIG;
-	if (fg_bundle_read(a->cfg.bundle, &a->bundle, err, errlen) != 0)
+	if (fg_bundle_read(a->cfg.bundle, &a->bundle, err, errlen) != 0) {
+		char tmp[1200];
+		snprintf(tmp, sizeof tmp, "bootstrap bundle: %s (the operator makes one with 'fleetgate token create --bundle')",
+			 err);
+		fg_strlcpy(err, tmp, errlen);
 		return EXIT_CONFIG;
+	}
 	if (fg_mkdirs(a->cfg.state_dir, 0700, err, errlen) != 0)
 		return EXIT_CONFIG;
 	snprintf(path, sizeof path, "%s/curve.key", a->cfg.state_dir);
@@ -80,143 +136,159 @@ static int agent_setup(struct agent *a, const char *config, char *err, size_t er
 	return EXIT_DONE;
 }
 
-static void agent_teardown(struct agent *a)
+static void agent_unload(struct agent *a)
 {
 	client_free(a->client);
+	a->client = NULL;
 	fg_bundle_clear(&a->bundle);
 	agent_config_clear(&a->cfg);
 	OPENSSL_cleanse(a->sec, sizeof a->sec);
 }
 
-static void save_device_id(struct agent *a, const char *id)
+static void save_device_id(const struct agent *a, const char *id)
 {
-	char path[4200];
+	char path[PATH_MAX + 16], line[128];
 	if (id == NULL || *id == '\0')
 		return;
 	snprintf(path, sizeof path, "%s/device.id", a->cfg.state_dir);
-	char line[64];
 	int n = snprintf(line, sizeof line, "%s\n", id);
-	fg_write_file_atomic(path, line, (size_t)n, 0644, (uid_t)-1, (gid_t)-1, NULL, 0);
+	if (n > 0 && (size_t)n < sizeof line)
+		fg_write_file_atomic(path, line, (size_t)n, 0644, (uid_t)-1, (gid_t)-1, NULL, 0);
 }
 
-static void print_cert(const struct agent_slot *s, const char *what)
+/* Report the certificate just installed in slot s. */
+static void report_issued(const struct agent *a, const struct agent_slot *s, const char *what,
+			  const char *rid)
 {
 	X509 *c = NULL;
 	struct fg_cert_info ci;
 	char na[32];
 	if (!slot_installed(s, &c, NULL) || fg_cert_info(c, &ci, NULL, 0) != 0) {
 		X509_free(c);
+		say(a, FG_LOG_INFO, rid, "slot %s: %s", s->name, what);
 		return;
 	}
-	printf("slot %s: %s\n  subject: %s\n  issuer:  %s\n  serial:  %s\n  expires: %s\n", s->name, what,
-	       ci.subject, ci.issuer, ci.serial_hex, fg_time_iso(ci.not_after, na, sizeof na));
+	fg_time_iso(ci.not_after, na, sizeof na);
+	if (a->once)
+		printf("slot %s: %s\n  subject:   %s\n  issuer:    %s\n  serial:    %s\n  not after: %s\n",
+		       s->name, what, ci.subject, ci.issuer, ci.serial_hex, na);
+	else
+		fg_info("agent", rid, "slot %s: %s: subject %s, issuer %s, serial %s, not after %s", s->name,
+			what, ci.subject, ci.issuer, ci.serial_hex, na);
 	X509_free(c);
 }
 
-/* What a slot needs now: 0 nothing, 1 enroll, 2 renew; *due gets the
- * renewal time of an installed certificate. */
-static int slot_need(struct agent *a, const struct agent_slot *s, int64_t *due)
-{
-	X509 *c = NULL;
-	*due = 0;
-	if (slot_has_pending(&a->cfg, s))
-		return 1;
-	if (!slot_installed(s, &c, NULL))
-		return 1;
-	*due = slot_renew_due(s, c);
-	X509_free(c);
-	return a->renew_now || fg_now() >= *due ? 2 : 0;
-}
-
-/* Handle a CertReply for slot s; returns an exit code. */
-static int handle_cert_reply(struct agent *a, const struct agent_slot *s, struct slot_request *r,
-			     const Fleetgate__CertReply *cr, uint32_t *retry_after)
+/* Act on a CertReply for the request r of slot s. */
+static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, struct slot_request *r,
+				  const Fleetgate__CertReply *cr)
 {
 	char err[1024] = "";
-	*retry_after = cr->retry_after;
 	switch (cr->status) {
 	case FLEETGATE__STATUS__STATUS_OK:
 		if (slot_install(&a->cfg, s, r, cr, a->bundle.anchors_pem, err, sizeof err) != 0) {
-			fprintf(stderr, "slot %s: not installed: %s\n", s->name, err);
-			fg_err("agent", r->rid, "slot %s: not installed: %s", s->name, err);
-			return EXIT_REFUSED;
+			say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: %s", s->name, err);
+			return OUT_INSTALL;
 		}
 		save_device_id(a, cr->device_id);
-		print_cert(s, r->renew ? "renewed" : "enrolled");
-		fg_info("agent", r->rid, "slot %s: %s, %s", s->name, r->renew ? "renewed" : "enrolled", cr->message);
-		return EXIT_DONE;
+		report_issued(a, s, r->renew ? "renewed" : "enrolled", r->rid);
+		return OUT_DONE;
 	case FLEETGATE__STATUS__STATUS_PENDING:
-		printf("slot %s: pending at the CA (%s); run again in %u s\n", s->name, cr->message,
-		       cr->retry_after);
-		return EXIT_PENDING;
+		return OUT_PENDING;
 	case FLEETGATE__STATUS__STATUS_INTERNAL:
-		fprintf(stderr, "slot %s: the gateway failed (%s); retry later\n", s->name, cr->message);
-		return EXIT_UNREACHABLE;
+		say(a, FG_LOG_WARN, r->rid, "slot %s: the gateway failed (%s); retrying later", s->name,
+		    cr->message);
+		return OUT_RETRY;
 	default:
 		slot_request_forget(&a->cfg, s);
-		fprintf(stderr, "slot %s: refused by the gateway (%s): %s\n", s->name,
-			fg_status_name(cr->status), cr->message);
-		fg_warn("agent", r->rid, "slot %s: refused (%s): %s", s->name, fg_status_name(cr->status),
-			cr->message);
-		return EXIT_REFUSED;
+		say(a, FG_LOG_ERROR, r->rid, "slot %s: refused by the gateway (%s): %s", s->name,
+		    fg_status_name(cr->status), cr->message);
+		return OUT_REFUSED;
 	}
 }
 
-/* Turn any reply into an exit code for slot s. */
-static int handle_reply(struct agent *a, const struct agent_slot *s, struct slot_request *r,
-			Fleetgate__Envelope *env, uint32_t *retry_after)
+/* Act on any reply to a slot's request; *retry_after gets the gateway's hint. */
+static enum outcome on_slot_reply(struct agent *a, const struct agent_slot *s, struct slot_request *r,
+				  const Fleetgate__Envelope *env, uint32_t *retry_after)
 {
 	*retry_after = 0;
-	if (env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY)
-		return handle_cert_reply(a, s, r, env->cert_reply, retry_after);
-	if (env->body_case == FLEETGATE__ENVELOPE__BODY_ERROR) {
-		slot_request_forget(&a->cfg, s);
-		fprintf(stderr, "slot %s: the gateway could not read the request: %s\n", s->name,
-			env->error->message);
-		return EXIT_REFUSED;
+	if (env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY) {
+		*retry_after = env->cert_reply->retry_after;
+		return on_cert_reply(a, s, r, env->cert_reply);
 	}
-	fprintf(stderr, "slot %s: unexpected reply type %d from the gateway\n", s->name, (int)env->body_case);
-	return EXIT_UNREACHABLE;
+	if (env->body_case == FLEETGATE__ENVELOPE__BODY_ERROR) {
+		/* the gateway could not tell what was asked: the same bytes
+		 * would fare no better */
+		slot_request_forget(&a->cfg, s);
+		say(a, FG_LOG_ERROR, r->rid, "slot %s: the gateway could not read the request (%s): %s", s->name,
+		    fg_status_name(env->error->status), env->error->message);
+		return OUT_REFUSED;
+	}
+	say(a, FG_LOG_WARN, r->rid, "slot %s: unexpected reply (body %d) from the gateway; retrying later",
+	    s->name, (int)env->body_case);
+	return OUT_RETRY;
 }
 
+/* ---- --once ---- */
+
+/* One slot in --once mode; returns its exit code. */
+static int once_slot(struct agent *a, size_t i)
+{
+	const struct agent_slot *s = &a->cfg.slots[i];
+	struct slot_request r;
+	int64_t due, na;
+	char err[1024], t1[32], t2[32];
+	int code = EXIT_DONE, waited = 0;
+
+	enum slot_action act = slot_decide(&a->cfg, s, fg_now(), a->force[i], &due, &na);
+	if (act == SLOT_VALID) {
+		printf("slot %s: certificate valid until %s, renewal due at %s\n", s->name,
+		       fg_time_iso(na, t1, sizeof t1), fg_time_iso(due, t2, sizeof t2));
+		return EXIT_DONE;
+	}
+	if (slot_request_build(&a->cfg, s, act == SLOT_RENEW, &a->bundle, &a->facts, &r, err, sizeof err) != 0) {
+		say(a, FG_LOG_ERROR, NULL, "slot %s: %s", s->name, err);
+		return EXIT_REFUSED;
+	}
+	for (;;) {
+		Fleetgate__Envelope *env = NULL;
+		uint32_t ra = 0;
+		int rc = client_call(a->client, r.buf, r.len, r.rid, (int)a->cfg.request_timeout * 1000, &env,
+				     err, sizeof err);
+		if (rc != CLIENT_OK) {
+			say(a, FG_LOG_ERROR, r.rid, "slot %s: %s", s->name, err);
+			code = rc == CLIENT_TIMEOUT ? EXIT_UNREACHABLE : EXIT_REFUSED;
+			break;
+		}
+		enum outcome o = on_slot_reply(a, s, &r, env, &ra);
+		const char *msg = env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY ? env->cert_reply->message : "";
+		if (o == OUT_PENDING) {
+			if (ra == 0)
+				ra = 5;
+			if (ra <= ONCE_PENDING_STEP && waited + (int)ra <= ONCE_PENDING_TOTAL) {
+				fprintf(stderr, "slot %s: pending at the CA (%s); asking again in %u s\n", s->name, msg, ra);
+				fg_wire_free(env);
+				sleep(ra);
+				waited += (int)ra;
+				continue;
+			}
+			printf("slot %s: pending at the CA (%s); run again in %u s to collect it\n", s->name, msg, ra);
+			code = EXIT_PENDING;
+		} else {
+			code = o == OUT_DONE ? EXIT_DONE : o == OUT_RETRY ? EXIT_UNREACHABLE : EXIT_REFUSED;
+		}
+		fg_wire_free(env);
+		break;
+	}
+	slot_request_clear(&r);
+	return code;
+}
+
+/* Every slot once; the worst exit code wins (3 and 4 outrank 1). */
 static int run_once(struct agent *a)
 {
 	int worst = EXIT_DONE;
-	char err[1024];
 	for (size_t i = 0; i < a->cfg.nslots; i++) {
-		const struct agent_slot *s = &a->cfg.slots[i];
-		int64_t due;
-		int need = slot_need(a, s, &due);
-		if (need == 0) {
-			X509 *c = NULL;
-			struct fg_cert_info ci;
-			char na[32], dd[32];
-			if (slot_installed(s, &c, NULL) && fg_cert_info(c, &ci, NULL, 0) == 0)
-				printf("slot %s: certificate %s valid until %s, renewal due at %s\n", s->name,
-				       ci.serial_hex, fg_time_iso(ci.not_after, na, sizeof na),
-				       fg_time_iso(due, dd, sizeof dd));
-			X509_free(c);
-			continue;
-		}
-		struct slot_request r;
-		if (slot_request_build(&a->cfg, s, need == 2, &a->bundle, &a->facts, &r, err, sizeof err) != 0) {
-			fprintf(stderr, "slot %s: %s\n", s->name, err);
-			worst = worst > EXIT_REFUSED ? worst : EXIT_REFUSED;
-			continue;
-		}
-		Fleetgate__Envelope *env = NULL;
-		int rc = client_call(a->client, r.buf, r.len, r.rid, (int)a->cfg.request_timeout * 1000,
-				     &env, err, sizeof err);
-		int code;
-		if (rc != CLIENT_OK) {
-			fprintf(stderr, "slot %s: %s\n", s->name, err);
-			code = rc == CLIENT_TIMEOUT ? EXIT_UNREACHABLE : EXIT_REFUSED;
-		} else {
-			uint32_t ra;
-			code = handle_reply(a, s, &r, env, &ra);
-			fg_wire_free(env);
-		}
-		slot_request_clear(&r);
+		int code = once_slot(a, i);
 		if (code > worst)
 			worst = code;
 		if (code == EXIT_UNREACHABLE)
@@ -227,29 +299,25 @@ static int run_once(struct agent *a)
 
 /* ---- daemon ---- */
 
+enum busy { IDLE, WAIT_SLOT, WAIT_CHECKIN };
+
 struct daemon {
 	struct agent *a;
+	const char *config;         /* path, for SIGHUP */
+	const char *cli_level;      /* --log-level, which a reload keeps */
 	int efd, tfd, sfd, zfd;
-	int waiting;                /* a request is in flight */
-	int checkin;                /* ...and it is a check-in */
-	size_t slot;                /* ...for this slot */
-	struct slot_request req;
+	enum busy busy;
+	size_t slot;                /* WAIT_SLOT: which slot */
+	struct slot_request req;    /* WAIT_SLOT: its request */
 	char checkin_rid[33];
-	int64_t next_checkin;
-	int64_t retry_at;           /* backoff: nothing before this */
-	int failures;
-	int64_t slot_wait_until[64];/* per slot: pending/refused, wait until */
+	uint64_t deadline_ns;       /* monotonic: the outstanding request times out */
+	int64_t next_checkin;       /* Unix seconds */
+	int64_t retry_at;           /* backoff: no request before this */
+	int failures;               /* consecutive unanswered requests */
+	int64_t slot_wait[AGENT_MAX_SLOTS];  /* per slot: nothing before this */
 };
 
-static void arm(struct daemon *d, int64_t seconds_from_now)
-{
-	struct itimerspec its;
-	memset(&its, 0, sizeof its);
-	its.it_value.tv_sec = seconds_from_now > 0 ? seconds_from_now : 0;
-	its.it_value.tv_nsec = seconds_from_now > 0 ? 0 : 1000000;   /* soon */
-	timerfd_settime(d->tfd, 0, &its, NULL);
-}
-
+/* Full jitter: uniform in [1, min(cap, base * 2^failures)] seconds. */
 static int64_t backoff(struct daemon *d)
 {
 	int64_t cap = BACKOFF_BASE;
@@ -259,217 +327,381 @@ static int64_t backoff(struct daemon *d)
 		cap = BACKOFF_CAP;
 	uint32_t r = 0;
 	fg_random(&r, sizeof r);
-	d->failures++;
-	return 1 + (int64_t)(r % (uint32_t)cap);   /* full jitter */
+	if (d->failures < 64)
+		d->failures++;
+	return 1 + (int64_t)(r % (uint32_t)cap);
 }
 
-/* Start the next piece of work, or arm the timer for when it is due. */
-static void schedule(struct daemon *d)
+/* Wake up in ms milliseconds (CLOCK_BOOTTIME: time asleep counts, so a
+ * laptop that resumes catches up at once). */
+static void arm_ms(struct daemon *d, int64_t ms)
+{
+	struct itimerspec its;
+	memset(&its, 0, sizeof its);
+	if (ms < 1)
+		ms = 1;
+	its.it_value.tv_sec = ms / 1000;
+	its.it_value.tv_nsec = (ms % 1000) * 1000000L;
+	timerfd_settime(d->tfd, 0, &its, NULL);
+}
+
+static int64_t min64(int64_t x, int64_t y)
+{
+	return x < y ? x : y;
+}
+
+/* Send a check-in: facts and the installed certificates. */
+static void send_checkin(struct daemon *d)
+{
+	struct agent *a = d->a;
+	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__CheckIn ci = FLEETGATE__CHECK_IN__INIT;
+	Fleetgate__Facts pf = FLEETGATE__FACTS__INIT;
+	Fleetgate__CertInfo inv[AGENT_MAX_SLOTS], *invp[AGENT_MAX_SLOTS];
+	char serials[AGENT_MAX_SLOTS][41], err[512];
+	uint8_t *buf = NULL;
+	size_t len = 0, n = 0;
+
+	for (size_t i = 0; i < a->cfg.nslots; i++) {
+		X509 *c = NULL;
+		struct fg_cert_info info;
+		if (!slot_installed(&a->cfg.slots[i], &c, NULL) || fg_cert_info(c, &info, NULL, 0) != 0) {
+			X509_free(c);
+			continue;
+		}
+		X509_free(c);
+		fleetgate__cert_info__init(&inv[n]);
+		fg_strlcpy(serials[n], info.serial_hex, sizeof serials[n]);
+		inv[n].slot = a->cfg.slots[i].name;
+		inv[n].serial_hex = serials[n];
+		inv[n].not_after = info.not_after;
+		invp[n] = &inv[n];
+		n++;
+	}
+	facts_read(NULL, &a->facts);
+	facts_to_proto(&a->facts, &pf);
+	ci.facts = &pf;
+	ci.n_inventory = n;
+	ci.inventory = invp;
+	if (fg_request_id_new(d->checkin_rid) != 0)
+		goto fail;
+	env.version = FG_PROTOCOL_VERSION;
+	env.request_id = d->checkin_rid;
+	env.body_case = FLEETGATE__ENVELOPE__BODY_CHECKIN;
+	env.checkin = &ci;
+	if (fg_wire_pack(&env, &buf, &len) != 0 ||
+	    client_send(a->client, buf, len, d->checkin_rid, err, sizeof err) != CLIENT_OK)
+		goto fail;
+	free(buf);
+	fg_debug("agent", d->checkin_rid, "check-in sent (%zu certificate(s))", n);
+	d->busy = WAIT_CHECKIN;
+	d->deadline_ns = fg_mono_ns() + (uint64_t)a->cfg.request_timeout * 1000000000u;
+	return;
+fail:
+	free(buf);
+	fg_err("agent", NULL, "cannot send a check-in: %s", err);
+	d->retry_at = fg_now() + backoff(d);
+}
+
+/*
+ * Start the next piece of work: a slot that needs a certificate (in
+ * config order), else a check-in when due. Returns 0 when a request went
+ * out (or failed to), else the Unix time of the next thing to do.
+ */
+static int64_t schedule(struct daemon *d)
 {
 	struct agent *a = d->a;
 	int64_t now = fg_now(), next = d->next_checkin;
 	char err[1024];
 
-	if (d->waiting)
-		return;
-	if (now < d->retry_at) {
-		arm(d, d->retry_at - now);
-		return;
-	}
-	for (size_t i = 0; i < a->cfg.nslots && i < 64; i++) {
+	if (now < d->retry_at)
+		return d->retry_at;
+	for (size_t i = 0; i < a->cfg.nslots; i++) {
 		const struct agent_slot *s = &a->cfg.slots[i];
 		int64_t due;
-		if (now < d->slot_wait_until[i]) {
-			if (d->slot_wait_until[i] < next)
-				next = d->slot_wait_until[i];
+		if (now < d->slot_wait[i]) {
+			next = min64(next, d->slot_wait[i]);
 			continue;
 		}
-		int need = slot_need(a, s, &due);
-		if (need == 0) {
-			if (due < next)
-				next = due;
+		enum slot_action act = slot_decide(&a->cfg, s, now, a->force[i], &due, NULL);
+		if (act == SLOT_VALID) {
+			next = min64(next, due);
 			continue;
 		}
-		if (slot_request_build(&a->cfg, s, need == 2, &a->bundle, &a->facts, &d->req, err, sizeof err) != 0) {
+		if (slot_request_build(&a->cfg, s, act == SLOT_RENEW, &a->bundle, &a->facts, &d->req, err,
+				       sizeof err) != 0) {
 			fg_err("agent", NULL, "slot %s: %s", s->name, err);
-			d->slot_wait_until[i] = now + backoff(d);
+			d->slot_wait[i] = now + min64(300, a->cfg.checkin_interval);
+			next = min64(next, d->slot_wait[i]);
 			continue;
 		}
-		if (client_send(a->client, d->req.buf, d->req.len, d->req.rid, err, sizeof err) != 0) {
-			fg_err("agent", d->req.rid, "%s", err);
+		a->force[i] = 0;   /* the request is on disk now; it is resumed until it completes */
+		if (client_send(a->client, d->req.buf, d->req.len, d->req.rid, err, sizeof err) != CLIENT_OK) {
+			fg_err("agent", d->req.rid, "slot %s: %s", s->name, err);
 			slot_request_clear(&d->req);
 			d->retry_at = now + backoff(d);
-			arm(d, d->retry_at - now);
-			return;
+			return d->retry_at;
 		}
-		fg_info("agent", d->req.rid, "slot %s: %s request sent", s->name, d->req.renew ? "renewal" : "enrollment");
-		d->waiting = 1;
-		d->checkin = 0;
+		fg_info("agent", d->req.rid, "slot %s: %s request sent", s->name,
+			d->req.renew ? "renewal" : "enrollment");
+		d->busy = WAIT_SLOT;
 		d->slot = i;
-		arm(d, a->cfg.request_timeout);
-		return;
+		d->deadline_ns = fg_mono_ns() + (uint64_t)a->cfg.request_timeout * 1000000000u;
+		return 0;
 	}
 	if (now >= d->next_checkin) {
-		Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
-		Fleetgate__CheckIn ci = FLEETGATE__CHECK_IN__INIT;
-		Fleetgate__Facts pf = FLEETGATE__FACTS__INIT;
-		Fleetgate__CertInfo inv[64], *invp[64];
-		char serials[64][41];
-		size_t n = 0;
-		for (size_t i = 0; i < a->cfg.nslots && i < 64; i++) {
-			X509 *c = NULL;
-			struct fg_cert_info info;
-			if (!slot_installed(&a->cfg.slots[i], &c, NULL) || fg_cert_info(c, &info, NULL, 0) != 0) {
-				X509_free(c);
-				continue;
-			}
-			X509_free(c);
-			fleetgate__cert_info__init(&inv[n]);
-			fg_strlcpy(serials[n], info.serial_hex, sizeof serials[n]);
-			inv[n].slot = (char *)a->cfg.slots[i].name;
-			inv[n].serial_hex = serials[n];
-			inv[n].not_after = info.not_after;
-			invp[n] = &inv[n];
-			n++;
-		}
-		facts_read(NULL, &a->facts);
-		facts_to_proto(&a->facts, &pf);
-		ci.facts = &pf;
-		ci.n_inventory = n;
-		ci.inventory = invp;
-		fg_request_id_new(d->checkin_rid);
-		env.version = FG_PROTOCOL_VERSION;
-		env.request_id = d->checkin_rid;
-		env.body_case = FLEETGATE__ENVELOPE__BODY_CHECKIN;
-		env.checkin = &ci;
-		uint8_t *buf;
-		size_t len;
-		if (fg_wire_pack(&env, &buf, &len) == 0 &&
-		    client_send(a->client, buf, len, d->checkin_rid, err, sizeof err) == 0) {
-			d->waiting = 1;
-			d->checkin = 1;
-			arm(d, a->cfg.request_timeout);
-			free(buf);
-			return;
-		}
-		free(buf);
-		d->retry_at = now + backoff(d);
-		arm(d, d->retry_at - now);
-		return;
+		send_checkin(d);
+		return d->busy ? 0 : d->retry_at;
 	}
-	arm(d, next - now);
+	return next;
 }
 
-static void on_reply(struct daemon *d, Fleetgate__Envelope *env)
+/* Commands from a check-in reply: renew/rekey one slot or all. */
+static void run_commands(struct daemon *d, const Fleetgate__CheckInReply *r)
+{
+	struct agent *a = d->a;
+	for (size_t i = 0; i < r->n_commands; i++) {
+		const Fleetgate__Command *c = r->commands[i];
+		if (strcmp(c->kind, "renew") != 0 && strcmp(c->kind, "rekey") != 0) {
+			fg_info("agent", d->checkin_rid, "ignoring command %s '%s', which this agent does not know",
+				c->id, c->kind);
+			continue;
+		}
+		int hit = 0;
+		for (size_t j = 0; j < a->cfg.nslots; j++)
+			if (c->slot[0] == '\0' || strcmp(c->slot, a->cfg.slots[j].name) == 0) {
+				a->force[j] = 1;
+				d->slot_wait[j] = 0;
+				hit = 1;
+			}
+		if (hit)
+			fg_info("agent", d->checkin_rid, "command %s: %s %s", c->id, c->kind,
+				c->slot[0] ? c->slot : "every slot");
+		else
+			fg_warn("agent", d->checkin_rid, "command %s: %s slot '%s', which this agent does not have",
+				c->id, c->kind, c->slot);
+	}
+}
+
+static void on_checkin_reply(struct daemon *d, const Fleetgate__Envelope *env)
 {
 	struct agent *a = d->a;
 	int64_t now = fg_now();
-	d->waiting = 0;
+	d->next_checkin = now + a->cfg.checkin_interval;
+	if (env->body_case == FLEETGATE__ENVELOPE__BODY_CHECKIN_REPLY &&
+	    env->checkin_reply->status == FLEETGATE__STATUS__STATUS_OK) {
+		const Fleetgate__CheckInReply *r = env->checkin_reply;
+		if (r->next_checkin > 0)
+			d->next_checkin = now + r->next_checkin;
+		save_device_id(a, r->device_id);
+		fg_debug("agent", d->checkin_rid, "checked in; next in %" PRId64 " s, %zu command(s)",
+			 d->next_checkin - now, r->n_commands);
+		run_commands(d, r);
+	} else if (env->body_case == FLEETGATE__ENVELOPE__BODY_CHECKIN_REPLY) {
+		fg_warn("agent", d->checkin_rid, "check-in refused (%s): %s",
+			fg_status_name(env->checkin_reply->status), env->checkin_reply->message);
+	} else if (env->body_case == FLEETGATE__ENVELOPE__BODY_ERROR) {
+		fg_warn("agent", d->checkin_rid, "check-in refused (%s): %s",
+			fg_status_name(env->error->status), env->error->message);
+	} else {
+		fg_warn("agent", d->checkin_rid, "unexpected reply (body %d) to a check-in", (int)env->body_case);
+	}
+}
+
+static void on_reply(struct daemon *d, const Fleetgate__Envelope *env)
+{
+	struct agent *a = d->a;
+	enum busy was = d->busy;
+	d->busy = IDLE;
 	d->failures = 0;
-	if (d->checkin) {
-		if (env->body_case == FLEETGATE__ENVELOPE__BODY_CHECKIN_REPLY &&
-		    env->checkin_reply->status == FLEETGATE__STATUS__STATUS_OK) {
-			const Fleetgate__CheckInReply *r = env->checkin_reply;
-			int64_t iv = r->next_checkin ? r->next_checkin : a->cfg.checkin_interval;
-			d->next_checkin = now + iv;
-			for (size_t i = 0; i < r->n_commands; i++) {
-				const Fleetgate__Command *c = r->commands[i];
-				if (strcmp(c->kind, "renew") == 0 || strcmp(c->kind, "rekey") == 0) {
-					fg_info("agent", NULL, "gateway asks to %s %s", c->kind,
-						c->slot[0] ? c->slot : "every slot");
-					a->renew_now = 1;
-				} else {
-					fg_info("agent", NULL, "ignoring command '%s' this agent does not know", c->kind);
-				}
-			}
-		} else {
-			const char *msg = env->body_case == FLEETGATE__ENVELOPE__BODY_CHECKIN_REPLY
-				? env->checkin_reply->message : "unexpected reply";
-			fg_warn("agent", NULL, "check-in refused: %s", msg);
-			d->next_checkin = now + a->cfg.checkin_interval;
-		}
+	d->retry_at = 0;
+	if (was == WAIT_CHECKIN) {
+		on_checkin_reply(d, env);
 		return;
 	}
 	const struct agent_slot *s = &a->cfg.slots[d->slot];
 	uint32_t ra = 0;
-	int code = handle_reply(a, s, &d->req, env, &ra);
+	int64_t now = fg_now();
+	enum outcome o = on_slot_reply(a, s, &d->req, env, &ra);
+	if (o == OUT_PENDING)
+		fg_info("agent", d->req.rid, "slot %s: pending at the CA (%s); asking again in %u s", s->name,
+			env->cert_reply->message, ra ? ra : 5);
 	slot_request_clear(&d->req);
-	if (code == EXIT_DONE) {
-		a->renew_now = 0;
-	} else if (code == EXIT_PENDING || code == EXIT_UNREACHABLE) {
-		d->slot_wait_until[d->slot] = now + (ra ? ra : backoff(d));
-	} else {
-		/* Refused: try again much later (the operator must act). */
-		d->slot_wait_until[d->slot] = now + a->cfg.checkin_interval;
+	switch (o) {
+	case OUT_DONE:
+		d->slot_wait[d->slot] = 0;
+		break;
+	case OUT_PENDING:
+		d->slot_wait[d->slot] = now + (ra ? ra : 5);
+		break;
+	case OUT_RETRY:
+		d->slot_wait[d->slot] = now + (ra ? ra : backoff(d));
+		break;
+	default:
+		/* refused or not installable: the operator must act; a later
+		 * check-in may bring a command */
+		d->slot_wait[d->slot] = now + a->cfg.checkin_interval;
+		break;
 	}
 }
 
-/* Handle every reply that is there, start new work, and leave ZMQ_FD armed:
- * it is edge-triggered, so it must be drained after each wake-up and
- * checked after each send. */
+/* The outstanding request got no answer (or the handshake failed). */
+static void on_silence(struct daemon *d)
+{
+	struct agent *a = d->a;
+	char err[512];
+	const char *rid = d->busy == WAIT_CHECKIN ? d->checkin_rid : d->req.rid;
+	client_explain_silence(a->client, (int)a->cfg.request_timeout, err, sizeof err);
+	int64_t wait = backoff(d);
+	fg_warn("agent", rid, "%s; next attempt in %" PRId64 " s", err, wait);
+	client_cancel(a->client);
+	/* a slot's request stays on disk and is resumed with the same id */
+	slot_request_clear(&d->req);
+	d->busy = IDLE;
+	d->retry_at = fg_now() + wait;
+}
+
+/*
+ * Handle every reply that is there, start new work, and leave ZMQ_FD
+ * armed: it is edge-triggered, so after each wake-up (and each send) the
+ * socket is drained until nothing is left and ZMQ_EVENTS says no input.
+ * Then set the timer for the next thing to do.
+ */
 static void pump(struct daemon *d)
 {
+	struct agent *a = d->a;
 	char err[512];
-	for (int round = 0; round < 64; round++) {
+	int64_t next = 0;
+
+	for (int round = 0; round < 1000; round++) {
 		Fleetgate__Envelope *env = NULL;
-		while (d->waiting && client_recv(d->a->client, &env, err, sizeof err) == CLIENT_OK) {
-			on_reply(d, env);
+		/* replies to anything but the outstanding request are dropped
+		 * inside client_recv, so this also empties the queue when idle */
+		while (client_recv(a->client, &env, err, sizeof err) == CLIENT_OK) {
+			if (d->busy != IDLE)
+				on_reply(d, env);
 			fg_wire_free(env);
 			env = NULL;
 		}
-		if (!d->waiting)
-			schedule(d);
-		if (!d->waiting || !client_pending_input(d->a->client))
-			return;
+		if (d->busy != IDLE && client_flush(a->client, err, sizeof err) < 0) {
+			fg_err("agent", NULL, "%s", err);
+			on_silence(d);
+		}
+		if (d->busy != IDLE && client_handshake_failed(a->client))
+			on_silence(d);
+		if (d->busy == IDLE)
+			next = schedule(d);
+		if (!client_pending_input(a->client))
+			break;
+	}
+	uint64_t mono = fg_mono_ns();
+	if (d->busy != IDLE) {
+		int64_t ms = mono >= d->deadline_ns ? 0 : (int64_t)((d->deadline_ns - mono) / 1000000u);
+		/* not on the wire yet: look again soon (the connection may come up) */
+		if (client_flush(a->client, err, sizeof err) == 0)
+			ms = min64(ms, UNSENT_POLL_MS);
+		arm_ms(d, ms);
+	} else {
+		int64_t now = fg_now();
+		arm_ms(d, next > now ? (next - now) * 1000 : 1);
 	}
 }
 
-static int run_daemon(struct agent *a)
+static int watch(struct daemon *d, int fd)
+{
+	struct epoll_event ev;
+	memset(&ev, 0, sizeof ev);
+	ev.events = EPOLLIN;
+	ev.data.fd = fd;
+	return epoll_ctl(d->efd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* SIGHUP: load the configuration and bundle again. On any error the
+ * running configuration stays. The request in flight is dropped from
+ * memory (it stays on disk and resumes); every slot is looked at afresh and
+ * the agent checks in. */
+static void reload(struct daemon *d)
+{
+	struct agent *a = d->a, n;
+	char err[1024];
+
+	memset(&n, 0, sizeof n);
+	if (agent_load(&n, d->config, err, sizeof err) != EXIT_DONE) {
+		fg_err("agent", NULL, "reload failed, keeping the running configuration: %s", err);
+		agent_unload(&n);
+		return;
+	}
+	int zfd = client_fd(n.client);
+	if (zfd < 0 || watch(d, zfd) != 0) {
+		fg_err("agent", NULL, "reload failed, keeping the running configuration: cannot watch the new connection");
+		agent_unload(&n);
+		return;
+	}
+	epoll_ctl(d->efd, EPOLL_CTL_DEL, d->zfd, NULL);
+	slot_request_clear(&d->req);
+	agent_unload(a);
+	n.once = a->once;
+	*a = n;
+	d->zfd = zfd;
+	d->busy = IDLE;
+	d->failures = 0;
+	d->retry_at = 0;
+	d->next_checkin = 0;
+	memset(d->slot_wait, 0, sizeof d->slot_wait);
+	if (d->cli_level == NULL)
+		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(a->cfg.log_level), FG_LOG_TEXT);
+	fg_info("agent", NULL, "configuration reloaded from %s: %zu slot(s), gateway %s", d->config,
+		a->cfg.nslots, a->bundle.endpoint);
+}
+
+static int run_daemon(struct agent *a, const char *config, const char *cli_level)
 {
 	struct daemon d;
 	sigset_t set;
-	struct epoll_event ev;
 	int rc = EXIT_DONE;
 
 	memset(&d, 0, sizeof d);
 	d.a = a;
+	d.config = config;
+	d.cli_level = cli_level;
+	d.efd = d.tfd = d.sfd = -1;
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
 	d.sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-	d.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	d.tfd = timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
 	d.efd = epoll_create1(EPOLL_CLOEXEC);
 	d.zfd = client_fd(a->client);
-	if (d.sfd < 0 || d.tfd < 0 || d.efd < 0 || d.zfd < 0) {
+	if (d.sfd < 0 || d.tfd < 0 || d.efd < 0 || d.zfd < 0 || watch(&d, d.sfd) || watch(&d, d.tfd) ||
+	    watch(&d, d.zfd)) {
 		fprintf(stderr, "fleetgate-agent: cannot set up the event loop: %s\n", strerror(errno));
-		return EXIT_CONFIG;
+		rc = EXIT_CONFIG;
+		goto out;
 	}
-	int fds[3] = { d.sfd, d.tfd, d.zfd };
-	for (int i = 0; i < 3; i++) {
-		ev.events = EPOLLIN;
-		ev.data.fd = fds[i];
-		epoll_ctl(d.efd, EPOLL_CTL_ADD, fds[i], &ev);
-	}
-	fg_info("agent", NULL, "fleetgate-agent %s running: %zu slot(s), gateway %s", FG_VERSION,
-		a->cfg.nslots, a->bundle.endpoint);
+	fg_info("agent", NULL, "fleetgate-agent %s running: %zu slot(s), gateway %s, state in %s", FG_VERSION,
+		a->cfg.nslots, a->bundle.endpoint, a->cfg.state_dir);
 	pump(&d);
 	for (;;) {
 		struct epoll_event evs[4];
 		int n = epoll_wait(d.efd, evs, 4, -1);
-		if (n < 0 && errno == EINTR)
-			continue;
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			fg_err("agent", NULL, "epoll_wait: %s", strerror(errno));
+			rc = EXIT_CONFIG;
+			goto out;
+		}
 		for (int i = 0; i < n; i++) {
 			int fd = evs[i].data.fd;
 			if (fd == d.sfd) {
 				struct signalfd_siginfo si;
-				while (read(d.sfd, &si, sizeof si) == sizeof si) {
+				while (read(d.sfd, &si, sizeof si) == (ssize_t)sizeof si) {
 					if (si.ssi_signo == SIGHUP) {
-						fg_info("agent", NULL, "SIGHUP: checking every slot now");
-						d.next_checkin = 0;
-						memset(d.slot_wait_until, 0, sizeof d.slot_wait_until);
-						d.retry_at = 0;
+						fg_info("agent", NULL, "SIGHUP: reloading %s", config);
+						reload(&d);
 					} else {
 						fg_info("agent", NULL, "signal %u: stopping", si.ssi_signo);
 						goto out;
@@ -477,26 +709,23 @@ static int run_daemon(struct agent *a)
 				}
 			} else if (fd == d.tfd) {
 				uint64_t exp;
-				if (read(d.tfd, &exp, sizeof exp) < 0 && errno == EAGAIN)
+				if (read(d.tfd, &exp, sizeof exp) < 0)
 					continue;
-				if (d.waiting) {
-					char err[512];
-					client_explain_silence(a->client, (int)a->cfg.request_timeout, err, sizeof err);
-					fg_warn("agent", d.checkin ? d.checkin_rid : d.req.rid, "%s", err);
-					d.waiting = 0;
-					/* the slot's request stays on disk and is resumed */
-					slot_request_clear(&d.req);
-					d.retry_at = fg_now() + backoff(&d);
-				}
+				if (d.busy != IDLE && fg_mono_ns() >= d.deadline_ns)
+					on_silence(&d);
 			}
+			/* the ZeroMQ fd needs nothing here: pump drains it */
 		}
 		pump(&d);
 	}
 out:
 	slot_request_clear(&d.req);
-	close(d.efd);
-	close(d.tfd);
-	close(d.sfd);
+	if (d.efd >= 0)
+		close(d.efd);
+	if (d.tfd >= 0)
+		close(d.tfd);
+	if (d.sfd >= 0)
+		close(d.sfd);
 	return rc;
 }
 
@@ -513,17 +742,17 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *config = NULL, *level = NULL;
-	int once = 0, c;
+	int once = 0, renew_now = 0, c, rc;
 	struct agent a;
 	char err[1024] = "";
 
 	memset(&a, 0, sizeof a);
-	while ((c = getopt_long(argc, argv, "c:orfl:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:orfl:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': config = optarg; break;
 		case 'o': once = 1; break;
-		case 'r': a.renew_now = 1; break;
-		case 'f': break;
+		case 'r': renew_now = 1; break;
+		case 'f': break;   /* the daemon always stays in the foreground */
 		case 'l': level = optarg; break;
 		case 'h': usage(stdout); return EXIT_DONE;
 		case 'V': printf("fleetgate-agent %s\n", FG_VERSION); return EXIT_DONE;
@@ -531,26 +760,30 @@ int main(int argc, char **argv)
 		}
 	}
 	if (config == NULL || optind != argc) {
+		fprintf(stderr, "fleetgate-agent: %s\n", config == NULL ? "--config FILE is required"
+									: "unexpected argument");
 		usage(stderr);
 		return EXIT_CONFIG;
 	}
-	fg_log_init("fleetgate-agent", once ? FG_LOG_WARN : FG_LOG_INFO, FG_LOG_TEXT);
-	int rc = agent_setup(&a, config, err, sizeof err);
-	if (rc != EXIT_DONE) {
-		fprintf(stderr, "fleetgate-agent: %s\n", err);
-		agent_teardown(&a);
-		return rc;
-	}
-	int lv = fg_log_level_parse(level ? level : a.cfg.log_level);
-	if (lv < 0) {
-		fprintf(stderr, "fleetgate-agent: unknown log level '%s'; use error, warn, info or debug\n",
-			level ? level : a.cfg.log_level);
-		agent_teardown(&a);
+	if (level && fg_log_level_parse(level) < 0) {
+		fprintf(stderr, "fleetgate-agent: unknown log level '%s'; use error, warn, info or debug\n", level);
 		return EXIT_CONFIG;
 	}
-	if (!once || level)
-		fg_log_init("fleetgate-agent", (enum fg_log_level)lv, FG_LOG_TEXT);
-	rc = once ? run_once(&a) : run_daemon(&a);
-	agent_teardown(&a);
+	/* --once keeps stderr for results unless a level is asked for */
+	fg_log_init("fleetgate-agent", once ? FG_LOG_WARN : FG_LOG_INFO, FG_LOG_TEXT);
+	a.once = once;
+	rc = agent_load(&a, config, err, sizeof err);
+	if (rc != EXIT_DONE) {
+		fprintf(stderr, "fleetgate-agent: %s\n", err);
+		agent_unload(&a);
+		return rc;
+	}
+	if (level || !once)
+		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(level ? level : a.cfg.log_level),
+			    FG_LOG_TEXT);
+	for (size_t i = 0; i < a.cfg.nslots; i++)
+		a.force[i] = renew_now;
+	rc = once ? run_once(&a) : run_daemon(&a, config, level);
+	agent_unload(&a);
 	return rc;
 }

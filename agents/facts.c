@@ -58,6 +58,11 @@ static void os_release_value(const char *text, const char *key, char *out, size_
 	}
 }
 
+/*
+ * Read every fact; none is required (a container has no DMI, efivars or
+ * TPM). Secure boot: the efivar holds 4 attribute bytes and the value byte;
+ * no variable on an EFI system means disabled, no EFI at all means unknown.
+ */
 void facts_read(const char *root, struct agent_facts *f)
 {
 	char path[4096], *text = NULL;
@@ -87,12 +92,13 @@ void facts_read(const char *root, struct agent_facts *f)
 		os_release_value(text, "PRETTY_NAME", f->os_pretty_name, sizeof f->os_pretty_name);
 		free(text);
 	}
-	if (*root) {
-		read_line(root, "/proc/sys/kernel/osrelease", f->kernel_release, sizeof f->kernel_release);
-	} else if (uname(&u) == 0) {
+	/* The machine type is the running kernel's even under a fake root. */
+	if (uname(&u) == 0) {
 		fg_strlcpy(f->kernel_release, u.release, sizeof f->kernel_release);
 		fg_strlcpy(f->arch, u.machine, sizeof f->arch);
 	}
+	if (*root)
+		read_line(root, "/proc/sys/kernel/osrelease", f->kernel_release, sizeof f->kernel_release);
 	read_line(root, "/sys/class/dmi/id/product_uuid", f->dmi_product_uuid, sizeof f->dmi_product_uuid);
 	read_line(root, "/sys/class/dmi/id/product_serial", f->dmi_product_serial,
 		  sizeof f->dmi_product_serial);

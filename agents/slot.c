@@ -2,11 +2,14 @@
  * slot.c: per-slot state, requests and atomic installs (see slot.h).
  */
 #include <errno.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -18,18 +21,24 @@
 #include "fg_x509.h"
 #include "slot.h"
 
+extern char **environ;
+
+#define STATE_PATH_MAX (PATH_MAX + 96)
+#define INSTALLED_MAX (1024 * 1024)
+
 static void state_path(const struct agent_config *cfg, const struct agent_slot *s,
 		       const char *suffix, char *out, size_t n)
 {
 	snprintf(out, n, "%s/%s%s", cfg->state_dir, s->name, suffix);
 }
 
+/* The first certificate of a PEM file (the leaf), or NULL. */
 static X509 *first_cert_of(const char *path)
 {
 	char *pem = NULL;
 	size_t len = 0;
 	X509 *x = NULL;
-	if (fg_read_file(path, 1024 * 1024, &pem, &len, NULL, 0) != 0)
+	if (fg_read_file(path, INSTALLED_MAX, &pem, &len, NULL, 0) != 0)
 		return NULL;
 	STACK_OF(X509) *sk = fg_certs_from_pem(pem, len, NULL, 0);
 	if (sk != NULL) {
@@ -63,15 +72,19 @@ int slot_installed(const struct agent_slot *s, X509 **cert, EVP_PKEY **key)
 int64_t slot_renew_due(const struct agent_slot *s, X509 *cert)
 {
 	struct fg_cert_info ci;
+	char h[65];
+	uint32_t r = 0;
+
 	if (fg_cert_info(cert, &ci, NULL, 0) != 0)
 		return 0;
 	int64_t life = ci.not_after - ci.not_before;
 	if (life <= 0)
-		return 0;
-	/* Jitter from the serial: stable for this certificate, spread across the fleet. */
-	char h[65];
+		return ci.not_after;
+	/* Jitter from the serial: stable for this certificate, spread across
+	 * the fleet, so that a mass enrollment does not renew all at once. */
 	fg_sha256_hex(ci.serial_hex, strlen(ci.serial_hex), h);
-	unsigned long r = strtoul((char[9]){ h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], 0 }, NULL, 16);
+	for (int i = 0; i < 8; i++)
+		r = r << 4 | (uint32_t)(h[i] <= '9' ? h[i] - '0' : h[i] - 'a' + 10);
 	int64_t jitter = (int64_t)((double)life * 0.05 * ((double)r / 4294967296.0));
 	int64_t due = ci.not_before + (int64_t)((double)life * s->renew_at) - jitter;
 	int64_t margin = life / 10 < 3600 ? life / 10 : 3600;
@@ -80,9 +93,45 @@ int64_t slot_renew_due(const struct agent_slot *s, X509 *cert)
 	return due;
 }
 
+enum slot_action slot_decide(const struct agent_config *cfg, const struct agent_slot *s,
+			     int64_t now, int force, int64_t *due, int64_t *not_after)
+{
+	X509 *c = NULL;
+	struct fg_cert_info ci;
+	enum slot_action a;
+
+	if (due)
+		*due = 0;
+	if (not_after)
+		*not_after = 0;
+	if (slot_has_pending(cfg, s))
+		return SLOT_RESUME;
+	if (!slot_installed(s, &c, NULL))
+		return SLOT_ENROLL;
+	if (fg_cert_info(c, &ci, NULL, 0) != 0) {
+		X509_free(c);
+		return SLOT_ENROLL;
+	}
+	int64_t d = slot_renew_due(s, c);
+	X509_free(c);
+	if (due)
+		*due = d;
+	if (not_after)
+		*not_after = ci.not_after;
+	/* An expired certificate cannot prove anything: enroll again (the
+	 * agent's CURVE key is bound to its device, so no token is needed). */
+	if (now >= ci.not_after)
+		a = SLOT_ENROLL;
+	else if (force || now >= d)
+		a = SLOT_RENEW;
+	else
+		a = SLOT_VALID;
+	return a;
+}
+
 int slot_has_pending(const struct agent_config *cfg, const struct agent_slot *s)
 {
-	char p[4200];
+	char p[STATE_PATH_MAX];
 	state_path(cfg, s, ".pending", p, sizeof p);
 	return access(p, F_OK) == 0;
 }
@@ -96,18 +145,80 @@ void slot_request_clear(struct slot_request *r)
 
 void slot_request_forget(const struct agent_config *cfg, const struct agent_slot *s)
 {
-	char p[4200];
+	char p[STATE_PATH_MAX];
 	state_path(cfg, s, ".pending", p, sizeof p);
 	unlink(p);
 	state_path(cfg, s, ".key.new", p, sizeof p);
 	unlink(p);
 }
 
+/* Resume the request in flight from the pending files: 1 when r now holds
+ * its request id, kind and key, 0 when there is none (or it is unusable). */
+static int request_resume(const struct agent_config *cfg, const struct agent_slot *s,
+			  struct slot_request *r)
+{
+	char pend[STATE_PATH_MAX], keynew[STATE_PATH_MAX], *text = NULL, kind[16] = "";
+	char rid[65] = "";
+
+	state_path(cfg, s, ".pending", pend, sizeof pend);
+	state_path(cfg, s, ".key.new", keynew, sizeof keynew);
+	if (fg_read_file(pend, 4096, &text, NULL, NULL, 0) != 0)
+		return 0;
+	int ok = sscanf(text, "%64s %15s", rid, kind) == 2 && fg_request_id_valid(rid) &&
+		 (strcmp(kind, "enroll") == 0 || strcmp(kind, "renew") == 0);
+	free(text);
+	if (!ok) {
+		fg_warn("agent", NULL, "slot %s: %s is unreadable; starting a new request", s->name, pend);
+		return 0;
+	}
+	if ((r->key = fg_key_load(keynew, NULL, 0)) == NULL) {
+		fg_warn("agent", rid, "slot %s: the key of the request in flight (%s) is missing; starting a new request",
+			s->name, keynew);
+		return 0;
+	}
+	fg_strlcpy(r->rid, rid, sizeof r->rid);
+	r->renew = strcmp(kind, "renew") == 0;
+	fg_info("agent", r->rid, "slot %s: resuming the %s request in flight", s->name, kind);
+	return 1;
+}
+
+/* The pair a renewal proves possession of: the installed one, or, when an
+ * install was cut short after the key was replaced, the .prev copies. */
+static int current_pair(const struct agent_slot *s, X509 **cert, EVP_PKEY **key)
+{
+	char kp[PATH_MAX + 8], cp[PATH_MAX + 8];
+	if (slot_installed(s, cert, key))
+		return 1;
+	snprintf(kp, sizeof kp, "%s.prev", s->key);
+	snprintf(cp, sizeof cp, "%s.prev", s->cert);
+	EVP_PKEY *k = fg_key_load(kp, NULL, 0);
+	X509 *c = k ? first_cert_of(s->cert) : NULL;
+	if (c && !fg_cert_matches_key(c, k)) {
+		X509_free(c);
+		c = first_cert_of(cp);
+	}
+	if (c == NULL || !fg_cert_matches_key(c, k)) {
+		X509_free(c);
+		EVP_PKEY_free(k);
+		return 0;
+	}
+	*cert = c;
+	*key = k;
+	return 1;
+}
+
+/*
+ * A fresh request writes the new key and the pending record durably before
+ * anything can be sent, so whatever happens next (timeout, crash, PENDING)
+ * the same request id and key are used again. The CSR is rebuilt on each
+ * attempt: its signature may differ, but the gateway answers a request id
+ * it has seen with the stored result.
+ */
 int slot_request_build(const struct agent_config *cfg, const struct agent_slot *s, int renew,
 		       const struct fg_bundle *b, const struct agent_facts *f,
 		       struct slot_request *r, char *err, size_t errlen)
 {
-	char pend[4200], keynew[4200], *text = NULL;
+	char pend[STATE_PATH_MAX], keynew[STATE_PATH_MAX];
 	unsigned char *csr = NULL, *cur_der = NULL, *sig = NULL;
 	size_t csr_len = 0, cur_len = 0, sig_len = 0;
 	X509 *cur = NULL;
@@ -117,21 +228,14 @@ int slot_request_build(const struct agent_config *cfg, const struct agent_slot *
 	memset(r, 0, sizeof *r);
 	state_path(cfg, s, ".pending", pend, sizeof pend);
 	state_path(cfg, s, ".key.new", keynew, sizeof keynew);
-	if (fg_read_file(pend, 4096, &text, NULL, NULL, 0) == 0 && access(keynew, R_OK) == 0) {
-		char kind[16] = "";
-		if (sscanf(text, "%64s %15s", r->rid, kind) == 2 && fg_request_id_valid(r->rid) &&
-		    (r->key = fg_key_load(keynew, NULL, 0)) != NULL) {
-			r->renew = strcmp(kind, "renew") == 0;
-			fg_info("agent", r->rid, "slot %s: resuming the %s request in flight", s->name, kind);
-		}
-	}
-	free(text);
-	if (r->key == NULL) {
-		/* A fresh request: the key is on disk before anything is sent. */
+	if (!request_resume(cfg, s, r)) {
 		char line[128];
 		r->renew = renew && slot_installed(s, NULL, NULL);
-		if (fg_request_id_new(r->rid) != 0 ||
-		    (r->key = fg_key_generate((enum fg_key_type)s->key_type, err, errlen)) == NULL ||
+		if (fg_request_id_new(r->rid) != 0) {
+			fg_seterr(err, errlen, "slot %s: cannot make a request id (no randomness)", s->name);
+			goto out;
+		}
+		if ((r->key = fg_key_generate((enum fg_key_type)s->key_type, err, errlen)) == NULL ||
 		    fg_key_save(keynew, r->key, 0600, (uid_t)-1, (gid_t)-1, err, errlen) != 0)
 			goto out;
 		int n = snprintf(line, sizeof line, "%s %s\n", r->rid, r->renew ? "renew" : "enroll");
@@ -150,14 +254,18 @@ int slot_request_build(const struct agent_config *cfg, const struct agent_slot *
 	env.version = FG_PROTOCOL_VERSION;
 	env.request_id = r->rid;
 	if (r->renew) {
-		if (!slot_installed(s, &cur, &cur_key)) {
-			fg_seterr(err, errlen, "slot %s: the certificate to renew is gone; run again to enroll",
+		if (!current_pair(s, &cur, &cur_key)) {
+			fg_seterr(err, errlen, "slot %s: the certificate to renew is gone; the next run enrolls",
 				  s->name);
 			slot_request_forget(cfg, s);
 			goto out;
 		}
-		if (fg_cert_to_der(cur, &cur_der, &cur_len) != 0 ||
-		    fg_pop_sign(cur_key, r->rid, csr, csr_len, &sig, &sig_len, err, errlen) != 0)
+		if (fg_cert_to_der(cur, &cur_der, &cur_len) != 0) {
+			fg_seterr(err, errlen, "slot %s: cannot encode the installed certificate", s->name);
+			goto out;
+		}
+		/* proof of possession: the CURRENT installed key signs */
+		if (fg_pop_sign(cur_key, r->rid, csr, csr_len, &sig, &sig_len, err, errlen) != 0)
 			goto out;
 		rr.slot = (char *)s->name;
 		rr.csr_der = (ProtobufCBinaryData){ csr_len, csr };
@@ -175,7 +283,7 @@ int slot_request_build(const struct agent_config *cfg, const struct agent_slot *
 		env.enroll = &er;
 	}
 	if (fg_wire_pack(&env, &r->buf, &r->len) != 0) {
-		fg_seterr(err, errlen, "cannot encode the request");
+		fg_seterr(err, errlen, "slot %s: cannot encode the request", s->name);
 		goto out;
 	}
 	rc = 0;
@@ -185,78 +293,185 @@ out:
 	free(sig);
 	X509_free(cur);
 	EVP_PKEY_free(cur_key);
-	if (rc != 0) {
-		EVP_PKEY_free(r->key);
-		r->key = NULL;
-	}
+	if (rc != 0)
+		slot_request_clear(r);
 	return rc;
 }
 
-int slot_run_hook(const struct agent_slot *s, char *err, size_t errlen)
+/* environ plus the FLEETGATE_* variables (replacing any inherited ones);
+ * the strings are malloc'd, free with env_free. NULL when out of memory. */
+static char **hook_env(const struct agent_slot *s)
 {
+	const char *names[4] = { "FLEETGATE_SLOT", "FLEETGATE_CERT", "FLEETGATE_KEY", "FLEETGATE_CHAIN" };
+	const char *vals[4] = { s->name, s->cert, s->key, s->chain };
+	size_t n = 0, j = 0;
+	while (environ && environ[n])
+		n++;
+	char **env = calloc(n + 5, sizeof *env);
+	if (env == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(environ[i], "FLEETGATE_", 10) != 0 && (env[j++] = strdup(environ[i])) == NULL)
+			goto fail;
+	for (int i = 0; i < 4; i++) {
+		size_t l = strlen(names[i]) + strlen(vals[i]) + 2;
+		if ((env[j] = malloc(l)) == NULL)
+			goto fail;
+		snprintf(env[j++], l, "%s=%s", names[i], vals[i]);
+	}
+	return env;
+fail:
+	for (size_t i = 0; i < j; i++)
+		free(env[i]);
+	free(env);
+	return NULL;
+}
+
+static void env_free(char **env)
+{
+	for (size_t i = 0; env && env[i]; i++)
+		free(env[i]);
+	free(env);
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Reap pid, waiting at most ms: 1 reaped (*status set), 0 still running. */
+static int reap(pid_t pid, int *status, long ms)
+{
+	for (long waited = 0;; waited += 10) {
+		pid_t w = waitpid(pid, status, WNOHANG);
+		if (w == pid || (w < 0 && errno != EINTR))
+			return 1;
+		if (waited >= ms)
+			return 0;
+		sleep_ms(10);
+	}
+}
+
+/*
+ * posix_spawn rather than fork+setenv: the agent has ZeroMQ threads, and
+ * only async-signal-safe calls are allowed between fork and exec. The hook
+ * gets default signal dispositions and an empty mask (the daemon blocks
+ * SIGTERM, SIGINT and SIGHUP for its signalfd), and its own process group so
+ * that a hung hook and its children can be killed together.
+ */
+int slot_run_hook(const struct agent_slot *s, int timeout_s, char *err, size_t errlen)
+{
+	posix_spawnattr_t attr;
+	sigset_t none, dfl;
+	char **env = NULL;
+	pid_t pid;
+	int status = 0, rc = -1;
+
 	if (s->reload[0] == '\0')
 		return 0;
-	pid_t pid = fork();
-	if (pid < 0) {
-		fg_seterr(err, errlen, "cannot run the reload command: %s", strerror(errno));
+	if ((env = hook_env(s)) == NULL) {
+		fg_seterr(err, errlen, "cannot run the reload command: out of memory");
 		return -1;
 	}
-	if (pid == 0) {
-		setenv("FLEETGATE_SLOT", s->name, 1);
-		setenv("FLEETGATE_CERT", s->cert, 1);
-		setenv("FLEETGATE_KEY", s->key, 1);
-		setenv("FLEETGATE_CHAIN", s->chain, 1);
-		execl("/bin/sh", "sh", "-c", s->reload, (char *)NULL);
-		_exit(127);
+	sigemptyset(&none);
+	sigemptyset(&dfl);
+	sigaddset(&dfl, SIGTERM);
+	sigaddset(&dfl, SIGINT);
+	sigaddset(&dfl, SIGHUP);
+	sigaddset(&dfl, SIGPIPE);
+	sigaddset(&dfl, SIGCHLD);
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &dfl);
+	posix_spawnattr_setpgroup(&attr, 0);
+	char *argv[] = { "sh", "-c", (char *)s->reload, NULL };
+	int e = posix_spawn(&pid, "/bin/sh", NULL, &attr, argv, env);
+	posix_spawnattr_destroy(&attr);
+	if (e != 0) {
+		fg_seterr(err, errlen, "cannot run the reload command '%s': %s", s->reload, strerror(e));
+		goto out;
 	}
-	int status;
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR) {
-			fg_seterr(err, errlen, "cannot wait for the reload command: %s", strerror(errno));
-			return -1;
+	if (!reap(pid, &status, (long)timeout_s * 1000)) {
+		kill(-pid, SIGTERM);
+		if (!reap(pid, &status, 2000)) {
+			kill(-pid, SIGKILL);
+			reap(pid, &status, 5000);
 		}
+		fg_seterr(err, errlen, "reload command '%s' did not finish within %d s and was killed",
+			  s->reload, timeout_s);
+		goto out;
 	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		return 0;
-	if (WIFEXITED(status))
-		fg_seterr(err, errlen, "reload command '%s' exited with status %d", s->reload, WEXITSTATUS(status));
+		rc = 0;
+	else if (WIFEXITED(status))
+		fg_seterr(err, errlen, "reload command '%s' exited with status %d", s->reload,
+			  WEXITSTATUS(status));
 	else
 		fg_seterr(err, errlen, "reload command '%s' was killed by signal %d", s->reload,
 			  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+out:
+	env_free(env);
+	return rc;
 }
 
-/* The previous content of one installed file, kept in memory for rollback. */
+/* The previous content of one installed file, kept for rollback. */
 struct saved {
-	const char *path;
+	const char *path;       /* "" for an unconfigured chain */
 	char *data;
 	size_t len;
 	int existed;
 	mode_t mode;
+	uid_t uid;
+	gid_t gid;
 };
 
-static void save(struct saved *sv, const char *path)
+/* Read what is installed at sv->path and keep a copy as <path>.prev (same
+ * mode and owner). 0, or -1 with err (then nothing was changed). */
+static int save(struct saved *sv, const char *path, char *err, size_t errlen)
 {
 	struct stat sb;
+	char prev[PATH_MAX + 8];
+
 	memset(sv, 0, sizeof *sv);
 	sv->path = path;
-	if (path[0] && stat(path, &sb) == 0 &&
-	    fg_read_file(path, 1024 * 1024, &sv->data, &sv->len, NULL, 0) == 0) {
-		sv->existed = 1;
-		sv->mode = sb.st_mode & 07777;
+	sv->uid = (uid_t)-1;
+	sv->gid = (gid_t)-1;
+	if (path[0] == '\0' || stat(path, &sb) != 0)
+		return 0;
+	if (fg_read_file(path, INSTALLED_MAX, &sv->data, &sv->len, err, errlen) != 0)
+		return -1;
+	sv->existed = 1;
+	sv->mode = sb.st_mode & 07777;
+	if (geteuid() == 0) {
+		sv->uid = sb.st_uid;
+		sv->gid = sb.st_gid;
 	}
+	if ((size_t)snprintf(prev, sizeof prev, "%s.prev", path) >= sizeof prev) {
+		fg_seterr(err, errlen, "path too long: %s", path);
+		return -1;
+	}
+	if (fg_write_file_atomic(prev, sv->data, sv->len, sv->mode, sv->uid, sv->gid, err, errlen) != 0)
+		return -1;
+	return 0;
 }
 
-static void restore(struct saved *sv, uid_t uid, gid_t gid)
+/* Put the saved file back (atomically), or remove a file that was not
+ * there before. */
+static void restore(const struct saved *sv, const char *rid)
 {
-	char err[256];
+	char err[512];
 	if (sv->path[0] == '\0')
 		return;
 	if (sv->existed) {
-		if (fg_write_file_atomic(sv->path, sv->data, sv->len, sv->mode, uid, gid, err, sizeof err) != 0)
-			fg_err("agent", NULL, "rollback of %s failed: %s", sv->path, err);
-	} else {
-		unlink(sv->path);
+		if (fg_write_file_atomic(sv->path, sv->data, sv->len, sv->mode, sv->uid, sv->gid, err,
+					 sizeof err) != 0)
+			fg_err("agent", rid, "rollback of %s failed: %s; the previous version is in %s.prev",
+			       sv->path, err, sv->path);
+	} else if (unlink(sv->path) != 0 && errno != ENOENT) {
+		fg_err("agent", rid, "rollback: cannot remove %s: %s", sv->path, strerror(errno));
 	}
 }
 
@@ -269,6 +484,37 @@ static void saved_free(struct saved *sv)
 	memset(sv, 0, sizeof *sv);
 }
 
+/* The reply's chain as X509s and as one PEM text (issuer first). */
+static int chain_of(const Fleetgate__CertReply *cr, STACK_OF(X509) *chain, char **pem,
+		    size_t *pem_len, char *err, size_t errlen)
+{
+	*pem = NULL;
+	*pem_len = 0;
+	for (size_t i = 0; i < cr->n_chain_der; i++) {
+		X509 *x = fg_cert_from_der(cr->chain_der[i].data, cr->chain_der[i].len, err, errlen);
+		if (x == NULL)
+			return -1;
+		if (!sk_X509_push(chain, x)) {
+			X509_free(x);
+			fg_seterr(err, errlen, "out of memory");
+			return -1;
+		}
+		char *one = fg_cert_to_pem(x);
+		size_t ol = one ? strlen(one) : 0;
+		char *n = one ? realloc(*pem, *pem_len + ol + 1) : NULL;
+		if (n == NULL) {
+			free(one);
+			fg_seterr(err, errlen, "out of memory");
+			return -1;
+		}
+		memcpy(n + *pem_len, one, ol + 1);
+		*pem = n;
+		*pem_len += ol;
+		free(one);
+	}
+	return 0;
+}
+
 int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		 const struct slot_request *r, const Fleetgate__CertReply *cr,
 		 const char *anchors_pem, char *err, size_t errlen)
@@ -278,81 +524,83 @@ int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 	char *leaf_pem = NULL, *key_pem = NULL, *chain_pem = NULL;
 	size_t key_len = 0, chain_len = 0;
 	struct saved sv[3];
-	int rc = -1, written = 0;
+	char local[512];
+	int rc = -1;
 
+	if (err == NULL || errlen == 0) {
+		err = local;
+		errlen = sizeof local;
+	}
 	memset(sv, 0, sizeof sv);
+	if (chain == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		goto out;
+	}
 	leaf = fg_cert_from_der(cr->cert_der.data, cr->cert_der.len, err, errlen);
-	if (leaf == NULL || chain == NULL)
+	if (leaf == NULL)
 		goto out;
 	if (!fg_cert_matches_key(leaf, r->key)) {
-		fg_seterr(err, errlen, "the issued certificate does not match this slot's new key; not installed");
+		fg_seterr(err, errlen, "the issued certificate does not match this slot's new key; not installed, the current files are unchanged");
 		goto out;
 	}
-	for (size_t i = 0; i < cr->n_chain_der; i++) {
-		X509 *x = fg_cert_from_der(cr->chain_der[i].data, cr->chain_der[i].len, err, errlen);
-		if (x == NULL)
-			goto out;
-		sk_X509_push(chain, x);
-	}
+	if (chain_of(cr, chain, &chain_pem, &chain_len, err, errlen) != 0)
+		goto out;
 	anchors = fg_certs_from_pem(anchors_pem, strlen(anchors_pem), err, errlen);
 	if (anchors == NULL)
 		goto out;
-	if (fg_cert_verify(leaf, chain, anchors, err, errlen) != 0)
+	if (fg_cert_verify(leaf, chain, anchors, err, errlen) != 0) {
+		char tmp[1200];
+		snprintf(tmp, sizeof tmp, "the issued certificate was refused: %s (check the bundle's anchors); not installed, the current files are unchanged",
+			 err);
+		fg_strlcpy(err, tmp, errlen);
 		goto out;
-
+	}
 	leaf_pem = fg_cert_to_pem(leaf);
 	key_pem = fg_key_to_pem(r->key, &key_len, err, errlen);
-	if (leaf_pem == NULL || key_pem == NULL)
+	if (leaf_pem == NULL || key_pem == NULL) {
+		if (leaf_pem == NULL)
+			fg_seterr(err, errlen, "cannot encode the issued certificate");
 		goto out;
-	for (int i = 0; i < sk_X509_num(chain); i++) {
-		char *one = fg_cert_to_pem(sk_X509_value(chain, i));
-		if (one == NULL)
-			goto out;
-		size_t ol = strlen(one);
-		char *n = realloc(chain_pem, chain_len + ol + 1);
-		if (n == NULL) {
-			free(one);
-			goto out;
-		}
-		memcpy(n + chain_len, one, ol + 1);
-		chain_pem = n;
-		chain_len += ol;
-		free(one);
 	}
 
-	/* Keep what is installed now, then replace file by file. */
-	save(&sv[0], s->key);
-	save(&sv[1], s->cert);
-	save(&sv[2], s->chain);
-	written = 1;
+	/* Keep what is installed now (in memory and as .prev), then replace
+	 * file by file: the key first, so that a crash in between leaves a
+	 * key/cert mismatch that slot_installed reports as "not installed" and
+	 * the pending request (same id, same key) completes the install. */
+	for (int i = 0; i < 3; i++)
+		if (save(&sv[i], i == 0 ? s->key : i == 1 ? s->cert : s->chain, err, errlen) != 0) {
+			char tmp[1200];
+			snprintf(tmp, sizeof tmp, "cannot back up the installed files (%s); nothing was changed", err);
+			fg_strlcpy(err, tmp, errlen);
+			goto out;
+		}
 	if (fg_write_file_atomic(s->key, key_pem, key_len, s->mode, s->uid, s->gid, err, errlen) != 0 ||
 	    fg_write_file_atomic(s->cert, leaf_pem, strlen(leaf_pem), 0644, s->uid, s->gid, err, errlen) != 0 ||
 	    (s->chain[0] && fg_write_file_atomic(s->chain, chain_pem ? chain_pem : "", chain_len, 0644,
 						 s->uid, s->gid, err, errlen) != 0))
 		goto rollback;
-	if (slot_run_hook(s, err, errlen) != 0)
+	if (slot_run_hook(s, SLOT_HOOK_TIMEOUT, err, errlen) != 0)
 		goto rollback;
 	slot_request_forget(cfg, s);
 	rc = 0;
 	goto out;
 rollback:
 	for (int i = 0; i < 3; i++)
-		restore(&sv[i], s->uid, s->gid);
+		restore(&sv[i], r->rid);
 	if (sv[1].existed && s->reload[0]) {
-		char e2[256];
-		if (slot_run_hook(s, e2, sizeof e2) != 0)
+		char e2[512];
+		if (slot_run_hook(s, SLOT_HOOK_TIMEOUT, e2, sizeof e2) != 0)
 			fg_err("agent", r->rid, "slot %s: reload after rollback failed too: %s", s->name, e2);
 	}
 	{
-		char tmp[600];
+		char tmp[1200];
 		snprintf(tmp, sizeof tmp, "%s; the previous %s was put back", err,
 			 sv[1].existed ? "key and certificate" : "state (no certificate)");
 		fg_strlcpy(err, tmp, errlen);
 	}
 out:
-	if (written)
-		for (int i = 0; i < 3; i++)
-			saved_free(&sv[i]);
+	for (int i = 0; i < 3; i++)
+		saved_free(&sv[i]);
 	if (key_pem) {
 		OPENSSL_cleanse(key_pem, key_len);
 		free(key_pem);

@@ -24,30 +24,53 @@
 #include "fg_bundle.h"
 #include "fleetgate.pb-c.h"
 
+/* How long a reload hook may run before it is killed (and counts as failed). */
+#define SLOT_HOOK_TIMEOUT 120
+
 /* The installed certificate and key of a slot: 1 when both are there, read
- * and match, 0 when not (nothing installed, or a half-finished install). */
+ * and match, 0 when not (nothing installed, or a half-finished install).
+ * When 1, *cert and *key (if non-NULL) get new references the caller frees. */
 int slot_installed(const struct agent_slot *s, X509 **cert, EVP_PKEY **key);
 
-/* When the certificate is due for renewal: at renew_at of its lifetime,
- * minus a jitter of up to 5% of the lifetime that is fixed per certificate
- * (so repeated runs agree), never later than an hour (or a tenth of the
- * lifetime, if less) before expiry. */
+/* When the certificate is due for renewal (Unix seconds): at renew_at of
+ * its lifetime, minus a jitter of up to 5% of the lifetime that is fixed per
+ * certificate (derived from its serial, so repeated runs agree and a fleet
+ * spreads out), never later than an hour (or a tenth of the lifetime, if
+ * less) before expiry. 0 when the certificate cannot be read. */
 int64_t slot_renew_due(const struct agent_slot *s, X509 *cert);
+
+/* What a slot needs now. */
+enum slot_action {
+	SLOT_VALID,      /* certificate installed and not yet due */
+	SLOT_ENROLL,     /* nothing usable installed, or expired: enroll */
+	SLOT_RENEW,      /* due (or forced): renew with proof of possession */
+	SLOT_RESUME,     /* a request is in flight on disk: send it again */
+	SLOT_ACTION_MAX
+};
+
+/* Decide for slot s at time now (force: renew even if not due). *due and
+ * *not_after (may be NULL) get the installed certificate's renewal time and
+ * expiry, or 0 when none is installed. */
+enum slot_action slot_decide(const struct agent_config *cfg, const struct agent_slot *s,
+			     int64_t now, int force, int64_t *due, int64_t *not_after);
 
 /* 1 when a request of this slot is in flight (pending files exist). */
 int slot_has_pending(const struct agent_config *cfg, const struct agent_slot *s);
 
 struct slot_request {
-	char rid[65];
-	int renew;
-	EVP_PKEY *key;          /* the new key */
-	uint8_t *buf;           /* packed Envelope */
+	char rid[65];           /* request id, reused on every retry */
+	int renew;              /* 1 renewal, 0 enrollment */
+	EVP_PKEY *key;          /* the new key (owned) */
+	uint8_t *buf;           /* packed Envelope (owned) */
 	size_t len;
 };
+/* Free what r owns and zero it; safe on a zeroed or cleared r. */
 void slot_request_clear(struct slot_request *r);
 
-/* Build (or resume) the request for the slot: enroll, or renew when renew
- * is set and a certificate is installed. */
+/* Build (or resume, when pending files exist) the request for slot s: an
+ * enrollment, or a renewal when renew is set and a certificate is installed.
+ * A fresh request generates the key and writes the pending files before it
+ * returns. 0, or -1 with err (r is then empty). */
 int slot_request_build(const struct agent_config *cfg, const struct agent_slot *s, int renew,
 		       const struct fg_bundle *b, const struct agent_facts *f,
 		       struct slot_request *r, char *err, size_t errlen);
@@ -55,16 +78,23 @@ int slot_request_build(const struct agent_config *cfg, const struct agent_slot *
 /* Drop the in-flight request (after a final refusal). */
 void slot_request_forget(const struct agent_config *cfg, const struct agent_slot *s);
 
-/* Check the reply's certificate (matches the new key, chains to the
- * anchors) and install key, certificate and chain atomically; run the
- * reload hook; on any failure put the previous files back (and run the hook
- * again). 0, or -1 with err; nothing broken is ever left in place. */
+/*
+ * Check the reply's certificate (it matches the new key and chains to the
+ * anchors; else nothing is touched), keep the installed files as
+ * <path>.prev, install key (slot mode and owner), certificate and chain
+ * (0644) atomically, and run the reload hook. When a write or the hook
+ * fails, the previous files are put back atomically and the hook runs again.
+ * On success the pending files go. 0, or -1 with err.
+ */
 int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		 const struct slot_request *r, const Fleetgate__CertReply *cr,
 		 const char *anchors_pem, char *err, size_t errlen);
 
-/* Run a reload command with /bin/sh -c and FLEETGATE_* in the environment;
- * returns its exit status (0 = success) or -1. */
-int slot_run_hook(const struct agent_slot *s, char *err, size_t errlen);
+/* Run the slot's reload command (if any) with /bin/sh -c, FLEETGATE_SLOT,
+ * FLEETGATE_CERT, FLEETGATE_KEY and FLEETGATE_CHAIN in its environment and
+ * default signal handling, in its own process group; killed after
+ * timeout_s seconds. 0 when it exits 0, else -1 with err saying how it
+ * ended. */
+int slot_run_hook(const struct agent_slot *s, int timeout_s, char *err, size_t errlen);
 
 #endif
