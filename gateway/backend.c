@@ -1,9 +1,17 @@
 /*
- * backend.c: plugin loading and host services (see backend.h).
+ * backend.c: loading backend plugins and lending them host services (see
+ * backend.h).
+ *
+ * Each configured backend gets its own dlopen handle (the loader shares one
+ * copy of a module opened twice), its own host table and a host context
+ * naming it, so that a plugin's state and serials are kept under its
+ * backend name. Plugin-wide state and serial reservations go through one
+ * store connection owned by the backend set, used under a mutex because
+ * plugins call in from several worker threads; per-job state goes through
+ * the calling worker's own connection, carried in struct fg_job.
  */
 #include <dlfcn.h>
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,23 +23,23 @@
 #include "fg_log.h"
 #include "fg_util.h"
 
-/* What a host context knows: which backend it serves, and the set's own
- * store connection for plugin-wide state. */
+/* Who a host table serves: the backend set and the backend's name. */
 struct host_ctx {
 	struct backends *bs;
 	char name[64];
+	char component[80];        /* "backend:<name>", for log lines */
 };
 
 struct loaded {
 	struct backend b;
-	void *dl;
-	struct fg_host host;
+	void *dl;                  /* dlopen handle */
+	struct fg_host host;       /* lent to the plugin until close */
 	struct host_ctx hctx;
 };
 
 struct backends {
 	struct loaded *v;
-	size_t n;
+	size_t n;                  /* entries of v in use (opened or half-opened) */
 	struct store *st;          /* plugin-wide state and serials */
 	pthread_mutex_t lock;      /* guards st */
 };
@@ -39,9 +47,10 @@ struct backends {
 static void h_log(void *ctx, enum fg_level level, const char *request_id, const char *msg)
 {
 	struct host_ctx *h = ctx;
-	char comp[80];
-	snprintf(comp, sizeof comp, "backend:%s", h->name);
-	fg_log(level < FG_LEVEL_MAX ? (enum fg_log_level)level : FG_LOG_INFO, comp, request_id, "%s", msg);
+	/* enum fg_level and enum fg_log_level have the same values. */
+	enum fg_log_level lvl = level < FG_LEVEL_MAX ? (enum fg_log_level)level : FG_LOG_INFO;
+
+	fg_log(lvl, h->component, request_id, "%s", msg ? msg : "");
 }
 
 static int64_t h_now(void *ctx)
@@ -60,11 +69,12 @@ static int h_state_get(void *ctx, const char *key, unsigned char **val, size_t *
 {
 	struct host_ctx *h = ctx;
 	char err[512];
+
 	pthread_mutex_lock(&h->bs->lock);
 	int r = store_plugin_state_get(h->bs->st, h->name, key, val, len, err, sizeof err);
 	pthread_mutex_unlock(&h->bs->lock);
 	if (r < 0)
-		fg_err("backend", NULL, "%s", err);
+		fg_err(h->component, NULL, "reading plugin state '%s': %s", key, err);
 	return r;
 }
 
@@ -72,31 +82,42 @@ static int h_state_put(void *ctx, const char *key, const unsigned char *val, siz
 {
 	struct host_ctx *h = ctx;
 	char err[512];
+
 	pthread_mutex_lock(&h->bs->lock);
 	int r = store_plugin_state_put(h->bs->st, h->name, key, val, len, err, sizeof err);
 	pthread_mutex_unlock(&h->bs->lock);
 	if (r < 0)
-		fg_err("backend", NULL, "%s", err);
+		fg_err(h->component, NULL, "writing plugin state '%s': %s", key, err);
 	return r;
 }
 
 static int h_job_get(struct fg_job *job, const char *key, unsigned char **val, size_t *len)
 {
 	char err[512];
+
+	if (job == NULL || job->st == NULL) {
+		fg_err("backend", NULL, "a plugin asked for job state '%s' without a job", key);
+		return -1;
+	}
 	int r = store_job_state_get(job->st, job->curve_key, job->request_id, key, val, len, err,
 				    sizeof err);
 	if (r < 0)
-		fg_err("backend", job->request_id, "%s", err);
+		fg_err("backend", job->request_id, "reading job state '%s': %s", key, err);
 	return r;
 }
 
 static int h_job_put(struct fg_job *job, const char *key, const unsigned char *val, size_t len)
 {
 	char err[512];
+
+	if (job == NULL || job->st == NULL) {
+		fg_err("backend", NULL, "a plugin wrote job state '%s' without a job", key);
+		return -1;
+	}
 	int r = store_job_state_put(job->st, job->curve_key, job->request_id, key, val, len, err,
 				    sizeof err);
 	if (r < 0)
-		fg_err("backend", job->request_id, "%s", err);
+		fg_err("backend", job->request_id, "writing job state '%s': %s", key, err);
 	return r;
 }
 
@@ -104,19 +125,21 @@ static int h_serial_reserve(void *ctx, const char *serial_hex)
 {
 	struct host_ctx *h = ctx;
 	char err[512];
+
 	pthread_mutex_lock(&h->bs->lock);
 	int r = store_serial_reserve(h->bs->st, h->name, serial_hex, fg_now(), err, sizeof err);
 	pthread_mutex_unlock(&h->bs->lock);
 	if (r < 0)
-		fg_err("backend", NULL, "%s", err);
+		fg_err(h->component, NULL, "reserving serial %s: %s", serial_hex, err);
 	return r;
 }
 
-/* Add one tried path to a comma-separated list, truncating quietly. */
+/* Append path to the comma-separated list of places tried. */
 static void tried_add(char *list, size_t size, const char *path)
 {
 	size_t used = strlen(list);
-	if (used && used + 2 < size) {
+
+	if (used > 0 && used + 2 < size) {
 		memcpy(list + used, ", ", 3);
 		used += 2;
 	}
@@ -124,65 +147,132 @@ static void tried_add(char *list, size_t size, const char *path)
 		fg_strlcpy(list + used, path, size - used);
 }
 
-static int readable(const char *p)
+/* Is the candidate path readable? Records it in tried when not (or when
+ * snprintf truncated it, n being snprintf's return). */
+static int try_path(const char *cand, int n, size_t candlen, char *tried, size_t triedlen)
 {
-	return access(p, R_OK) == 0;
+	if (n > 0 && (size_t)n < candlen && access(cand, R_OK) == 0)
+		return 1;
+	tried_add(tried, triedlen, cand);
+	return 0;
 }
 
+/* See backend.h. A directory the operator named (plugin_dir in the config,
+ * else $FLEETGATE_PLUGIN_DIR) is the only place looked at: a plugin missing
+ * there is an error, never silently replaced by another copy. Without one,
+ * the build tree next to the running executable comes first (so a build
+ * runs its own plugins), then the installed FG_PLUGIN_DIR. */
 int backend_plugin_path(const char *plugin_dir, const char *name, char *out, size_t outlen,
 			char *err, size_t errlen)
 {
 	char tried[2048] = "", exe[PATH_MAX], cand[PATH_MAX];
 	const char *env = getenv("FLEETGATE_PLUGIN_DIR");
-	const char *dirs[3] = { plugin_dir && *plugin_dir ? plugin_dir : NULL, env && *env ? env : NULL,
-				NULL };
+	const char *named = NULL, *how = NULL;
+	int n;
 
-	for (int i = 0; i < 2; i++) {
-		if (dirs[i] == NULL)
-			continue;
-		snprintf(cand, sizeof cand, "%s/fleetgate-%s.so", dirs[i], name);
-		if (readable(cand))
-			goto found;
-		tried_add(tried, sizeof tried, cand);
+	if (name == NULL || name[0] == '\0' || strchr(name, '/') != NULL || strcmp(name, "..") == 0) {
+		fg_seterr(err, errlen, "plugin name '%s' is not a plain name; use e.g. \"local\"",
+			  name ? name : "");
+		return -1;
 	}
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	if (n > 0) {
-		exe[n] = '\0';
-		snprintf(cand, sizeof cand, "%s/../plugins/%s/fleetgate-%s.so", dirname(exe), name, name);
-		if (readable(cand))
-			goto found;
-		tried_add(tried, sizeof tried, cand);
+	if (plugin_dir != NULL && plugin_dir[0] != '\0') {
+		named = plugin_dir;
+		how = "plugin_dir in fleetgated.conf";
+	} else if (env != NULL && env[0] != '\0') {
+		named = env;
+		how = "FLEETGATE_PLUGIN_DIR";
 	}
-	snprintf(cand, sizeof cand, "%s/fleetgate-%s.so", FG_PLUGIN_DIR, name);
-	if (readable(cand))
+	if (named != NULL) {
+		n = snprintf(cand, sizeof cand, "%s/fleetgate-%s.so", named, name);
+		if (try_path(cand, n, sizeof cand, tried, sizeof tried))
+			goto found;
+		fg_seterr(err, errlen, "plugin '%s' not found: %s is not readable (set by %s); install the plugin there or change %s",
+			  name, tried, how, how);
+		return -1;
+	}
+	ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	char *slash = NULL;
+	if (len > 0) {
+		exe[len] = '\0';
+		slash = strrchr(exe, '/');
+	}
+	if (slash != NULL) {
+		*slash = '\0';
+		n = snprintf(cand, sizeof cand, "%s/../plugins/%s/fleetgate-%s.so", exe, name, name);
+		if (try_path(cand, n, sizeof cand, tried, sizeof tried))
+			goto found;
+	}
+	n = snprintf(cand, sizeof cand, "%s/fleetgate-%s.so", FG_PLUGIN_DIR, name);
+	if (try_path(cand, n, sizeof cand, tried, sizeof tried))
 		goto found;
-	tried_add(tried, sizeof tried, cand);
 	fg_seterr(err, errlen, "plugin '%s' not found (tried %s); set plugin_dir in fleetgated.conf or FLEETGATE_PLUGIN_DIR",
 		  name, tried);
 	return -1;
 found:
-	if (realpath(cand, out) == NULL || strlen(out) >= outlen)
+	if (realpath(cand, exe) != NULL && strlen(exe) < outlen)
+		fg_strlcpy(out, exe, outlen);
+	else if (strlen(cand) < outlen)
 		fg_strlcpy(out, cand, outlen);
+	else {
+		fg_seterr(err, errlen, "plugin path %s is too long", cand);
+		return -1;
+	}
 	return 0;
 }
 
-/* Load one backend's plugin and open it. */
+/* See backend.h: the checks every ops table passes before use. */
+int backend_check_ops(const struct fg_backend_ops *ops, const char *name, const char *path,
+		      char *err, size_t errlen)
+{
+	if (ops == NULL) {
+		fg_seterr(err, errlen, "plugin %s at %s returned no ops table; it is broken: rebuild or reinstall it",
+			  name, path);
+		return -1;
+	}
+	if (ops->abi_version != FG_PLUGIN_ABI_VERSION) {
+		fg_seterr(err, errlen, "plugin %s at %s was built for plugin ABI %u; this %s speaks ABI %d: rebuild or update %s",
+			  name, path, ops->abi_version, program_invocation_short_name,
+			  FG_PLUGIN_ABI_VERSION,
+			  ops->abi_version > FG_PLUGIN_ABI_VERSION ? "fleetgate" : "the plugin");
+		return -1;
+	}
+	if (ops->struct_size < sizeof(struct fg_backend_ops)) {
+		fg_seterr(err, errlen, "plugin %s at %s has an ops table of %u bytes, less than the %zu of ABI %d: rebuild it against this fleetgate's plugin.h",
+			  name, path, ops->struct_size, sizeof(struct fg_backend_ops),
+			  FG_PLUGIN_ABI_VERSION);
+		return -1;
+	}
+	if (ops->open == NULL || ops->issue == NULL || ops->close == NULL) {
+		fg_seterr(err, errlen, "plugin %s at %s lacks open, issue or close; it cannot serve as a backend",
+			  name, path);
+		return -1;
+	}
+	return 0;
+}
+
+/* Load one backend's plugin, check it, lend it a host table and open it
+ * with the backend's settings (plus create = "yes" when asked). On failure
+ * l may hold a dlopen handle, which backends_free releases. */
 static int load_one(struct backends *bs, struct loaded *l, const struct gw_config *cfg,
 		    const struct config_backend *cb, int create, char *err, size_t errlen)
 {
 	char path[PATH_MAX], perr[1024] = "";
 	struct fg_kv *kv = NULL;
+	fg_backend_entry_fn entry = NULL;
 	int rc = -1;
 
 	fg_strlcpy(l->b.name, cb->name, sizeof l->b.name);
-	if (backend_plugin_path(cfg->plugin_dir, cb->plugin, path, sizeof path, err, errlen) != 0)
+	if (backend_plugin_path(cfg->plugin_dir, cb->plugin, path, sizeof path, perr, sizeof perr) != 0) {
+		fg_seterr(err, errlen, "backend %s: %s", cb->name, perr);
 		return -1;
+	}
+	dlerror();
 	l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (l->dl == NULL) {
 		fg_seterr(err, errlen, "backend %s: cannot load plugin %s: %s", cb->name, path, dlerror());
 		return -1;
 	}
-	fg_backend_entry_fn entry;
+	/* POSIX: a function pointer is read through its object representation. */
 	*(void **)&entry = dlsym(l->dl, FG_BACKEND_SYMBOL);
 	if (entry == NULL) {
 		fg_seterr(err, errlen, "backend %s: %s is not a fleetgate backend plugin (no %s symbol)",
@@ -190,20 +280,13 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		return -1;
 	}
 	const struct fg_backend_ops *ops = entry();
-	if (ops == NULL || ops->abi_version != FG_PLUGIN_ABI_VERSION) {
-		fg_seterr(err, errlen, "backend %s: plugin %s was built for plugin ABI %u; this fleetgate speaks ABI %d: rebuild or update the plugin",
-			  cb->name, path, ops ? ops->abi_version : 0, FG_PLUGIN_ABI_VERSION);
+	if (backend_check_ops(ops, cb->plugin, path, perr, sizeof perr) != 0) {
+		fg_seterr(err, errlen, "backend %s: %s", cb->name, perr);
 		return -1;
 	}
-	if (ops->struct_size < offsetof(struct fg_backend_ops, close) + sizeof ops->close ||
-	    ops->open == NULL || ops->issue == NULL) {
-		fg_seterr(err, errlen, "backend %s: plugin %s has an incomplete ops table (struct_size %u)",
-			  cb->name, path, ops->struct_size);
-		return -1;
-	}
-	l->b.ops = ops;
 	l->hctx.bs = bs;
 	fg_strlcpy(l->hctx.name, cb->name, sizeof l->hctx.name);
+	snprintf(l->hctx.component, sizeof l->hctx.component, "backend:%s", cb->name);
 	l->host = (struct fg_host){
 		.abi_version = FG_PLUGIN_ABI_VERSION,
 		.struct_size = sizeof(struct fg_host),
@@ -223,28 +306,49 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		fg_seterr(err, errlen, "out of memory");
 		return -1;
 	}
-	memcpy(kv, cb->settings, n * sizeof *kv);
+	if (n > 0)
+		memcpy(kv, cb->settings, n * sizeof *kv);
+	/* create replaces any create the config may carry: only init creates. */
+	for (size_t i = 0; i < n;) {
+		if (strcmp(kv[i].key, "create") == 0)
+			kv[i] = kv[--n];
+		else
+			i++;
+	}
 	if (create)
 		kv[n++] = (struct fg_kv){ "create", "yes" };
-	if (ops->open(&l->host, kv, n, &l->b.state, perr, sizeof perr) != 0) {
-		fg_seterr(err, errlen, "backend %s (plugin %s): %s", cb->name, ops->name, perr);
+	void *state = NULL;
+	if (ops->open(&l->host, kv, n, &state, perr, sizeof perr) != 0) {
+		fg_seterr(err, errlen, "backend %s (plugin %s): %s", cb->name, cb->plugin,
+			  perr[0] ? perr : "open failed without a message");
 		goto out;
 	}
+	l->b.ops = ops;
+	l->b.state = state;
+	fg_debug("backend", NULL, "backend %s: plugin %s (%s) from %s", cb->name, ops->name ? ops->name : "?",
+		 ops->description ? ops->description : "", path);
 	rc = 0;
 out:
 	free(kv);
 	return rc;
 }
 
+/* See backend.h. The set's own store connection opens an existing store
+ * (create 0): `fleetgate init` creates the store before its backends. */
 struct backends *backends_open(const struct gw_config *cfg, int create, char *err, size_t errlen)
 {
 	struct backends *bs = calloc(1, sizeof *bs);
+
 	if (bs == NULL) {
 		fg_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
-	pthread_mutex_init(&bs->lock, NULL);
-	bs->st = store_open(cfg->store_path, create, err, errlen);
+	if (pthread_mutex_init(&bs->lock, NULL) != 0) {
+		free(bs);
+		fg_seterr(err, errlen, "cannot create a mutex");
+		return NULL;
+	}
+	bs->st = store_open(cfg->store_path, 0, err, errlen);
 	if (bs->st == NULL)
 		goto fail;
 	bs->v = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *bs->v);
@@ -263,17 +367,21 @@ fail:
 	return NULL;
 }
 
+/* Close every plugin instance first (they may still use the store), then
+ * unload the modules, then the store. */
 void backends_free(struct backends *bs)
 {
 	if (bs == NULL)
 		return;
 	for (size_t i = 0; i < bs->n; i++) {
 		struct loaded *l = &bs->v[i];
-		if (l->b.ops && l->b.ops->close && l->b.state)
+		if (l->b.ops != NULL && l->b.state != NULL)
 			l->b.ops->close(l->b.state);
-		if (l->dl)
-			dlclose(l->dl);
+		l->b.state = NULL;
 	}
+	for (size_t i = 0; i < bs->n; i++)
+		if (bs->v[i].dl != NULL)
+			dlclose(bs->v[i].dl);
 	free(bs->v);
 	store_free(bs->st);
 	pthread_mutex_destroy(&bs->lock);
@@ -282,8 +390,8 @@ void backends_free(struct backends *bs)
 
 struct backend *backends_find(struct backends *bs, const char *name)
 {
-	for (size_t i = 0; bs && name && i < bs->n; i++)
-		if (bs->v[i].b.ops && strcmp(bs->v[i].b.name, name) == 0)
+	for (size_t i = 0; bs != NULL && name != NULL && i < bs->n; i++)
+		if (bs->v[i].b.ops != NULL && strcmp(bs->v[i].b.name, name) == 0)
 			return &bs->v[i].b;
 	return NULL;
 }

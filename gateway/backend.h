@@ -48,4 +48,11 @@ struct backend *backends_find(struct backends *bs, const char *name);
 int backend_plugin_path(const char *plugin_dir, const char *name, char *out, size_t outlen,
 			char *err, size_t errlen);
 
+/* The checks a plugin's ops table must pass before use: the ABI version,
+ * a struct_size covering this ABI's fields, open/issue/close present.
+ * name and path only go into the message. 0, or -1 with err saying which
+ * side to rebuild. */
+int backend_check_ops(const struct fg_backend_ops *ops, const char *name, const char *path,
+		      char *err, size_t errlen);
+
 #endif

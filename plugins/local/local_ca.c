@@ -1,24 +1,32 @@
 /*
  * local_ca.c: the built-in CA, a backend plugin like any other.
  *
- * It includes nothing from fleetgate but fleetgate/plugin.h. The CA key
- * and certificate live in <state_dir>/<ca_dir>/ca.key (0600) and ca.crt.
+ * It includes nothing from fleetgate but fleetgate/plugin.h. The CA key and
+ * certificate live in <state_dir>/<ca_dir>/ca.key (PKCS#8 PEM, 0600) and
+ * ca.crt (PEM, 0644); `fleetgate init` opens the plugin with create = "yes"
+ * to make them.
  *
- * Write-ahead issuance: before a signature exists, the job's state gets a
- * "tbs" record holding the reserved serial and the validity window. With the
- * job's own durable parameters (names, usages, CSR), which the host stored
- * when it admitted the job, that determines the to-be-signed certificate
- * exactly. A job resumed after a crash finds the record and signs the same
- * certificate again: never a second serial for one job, and never a
- * signature whose serial is not on disk first.
+ * Write-ahead issuance: issue() builds the whole certificate except its
+ * signature, reserves its serial with the host, and stores that unsigned
+ * certificate (DER, with the signature algorithm filled in and an empty
+ * signature) in the job's durable state under "tbs" before it signs. A job
+ * resumed after a crash finds the record and signs exactly those bytes
+ * again: one job never gets a second serial, and no signature exists whose
+ * serial and contents were not on disk first.
  *
- * Revocation is recorded in plugin state ("revoked:<serial>"); CRL and OCSP
- * serving build on that record.
+ * Threads: after open, the instance is read-only (key, certificate, names,
+ * key identifier, algorithm), so issue, revoke and cacerts run concurrently
+ * without a lock. OpenSSL 3 allows signing with one EVP_PKEY from several
+ * threads.
+ *
+ * Revocation is only recorded for now, in plugin state ("revoked:<serial>" =
+ * "<reason> <unix time>"); CRL generation will read those records (XXX: a
+ * later issue, together with a way to list plugin state).
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
-#include <pthread.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -35,279 +43,514 @@
 
 #include "fleetgate/plugin.h"
 
-#define SERIAL_BYTES 16   /* 127 random bits: positive, 16 octets */
+#define SERIAL_BYTES 16           /* 121 to 127 random bits, positive: 16 DER octets */
+#define SERIAL_RESERVE_TRIES 5    /* draws before giving up on a free serial */
+#define MAX_VALIDITY (100LL * 365 * 86400)
+#define RETRY_SECONDS 10          /* suggested retry for transient errors */
 
 struct local_ca {
 	const struct fg_host *host;
-	char name[64];
-	char dir[4096];
-	EVP_PKEY *key;
-	X509 *cert;
-	unsigned char *cert_der;
+	char name[64];                /* backend name, for messages */
+	char dir[PATH_MAX];           /* where ca.key and ca.crt live */
+	EVP_PKEY *key;                /* CA private key */
+	X509 *cert;                   /* CA certificate */
+	X509_NAME *subject;           /* CA subject, pre-encoded: leaves' issuer */
+	ASN1_OCTET_STRING *ski;       /* CA subject key id: leaves' AKI */
+	X509_ALGOR *sigalg;           /* what X509_sign writes, for the unsigned record */
+	const EVP_MD *md;             /* SHA-256, or SHA-384/512 for P-384/P-521 */
+	int64_t not_after;            /* CA notAfter, Unix seconds */
+	unsigned char *cert_der;      /* CA certificate DER, for chains */
 	size_t cert_len;
-	const EVP_MD *md;
 };
 
-static void errq(char *err, size_t errlen, const char *what)
+/* Format a message and append the oldest OpenSSL error, then empty the
+ * OpenSSL error queue so that a stale error is never blamed on a later call. */
+static void ssl_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void ssl_err(char *err, size_t errlen, const char *fmt, ...)
 {
-	unsigned long e = ERR_get_error();
-	char buf[256] = "";
-	if (e)
+	char what[384], buf[256] = "";
+	unsigned long e = ERR_peek_error();
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	if (e != 0)
 		ERR_error_string_n(e, buf, sizeof buf);
 	ERR_clear_error();
 	snprintf(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
 }
 
-static void logf_(const struct local_ca *ca, enum fg_level lvl, const char *rid, const char *fmt, ...)
+static void ca_log(const struct local_ca *ca, enum fg_level lvl, const char *rid, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
-static void logf_(const struct local_ca *ca, enum fg_level lvl, const char *rid, const char *fmt, ...)
+static void ca_log(const struct local_ca *ca, enum fg_level lvl, const char *rid, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
+
+	if (ca->host->log == NULL)
+		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	ca->host->log(ca->host->ctx, lvl, rid, msg);
 }
 
-/* "10y", "3650d", "12h", "60s", "3600" -> seconds, or -1. */
+/* A duration: decimal seconds, or a number with suffix s, h, d or y (365
+ * days). Returns the seconds, or -1 when s is not such a duration, is zero,
+ * or exceeds 100 years. */
 static long long parse_span(const char *s)
 {
-	char *end;
+	long long v = 0, mul = 1;
+	const char *p = s;
+
 	if (s == NULL || *s < '0' || *s > '9')
 		return -1;
-	errno = 0;
-	long long v = strtoll(s, &end, 10);
-	if (errno)
-		return -1;
-	long long mul = 1;
-	switch (*end) {
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (v > MAX_VALIDITY)
+			return -1;
+		v = v * 10 + (*p - '0');
+	}
+	switch (*p) {
 	case '\0': break;
-	case 's': end++; break;
-	case 'm': mul = 60; end++; break;
-	case 'h': mul = 3600; end++; break;
-	case 'd': mul = 86400; end++; break;
-	case 'y': mul = 365LL * 86400; end++; break;
+	case 's': p++; break;
+	case 'h': mul = 3600; p++; break;
+	case 'd': mul = 86400; p++; break;
+	case 'y': mul = 365LL * 86400; p++; break;
 	default: return -1;
 	}
-	return *end == '\0' && v <= (1LL << 40) / mul ? v * mul : -1;
+	if (*p != '\0' || v == 0 || v > MAX_VALIDITY / mul)
+		return -1;
+	return v * mul;
 }
 
-/* Durable file write: temp file, fsync, rename, directory fsync. */
+/* Write data to dir/name durably and atomically: a temporary file in the
+ * same directory created with mode, written, fsync'ed, renamed over name,
+ * then the directory fsync'ed so the rename itself survives a crash. A
+ * reader sees the old file or the new one, never a part. 0 or -1 with err. */
 static int write_durable(const char *dir, const char *name, const void *data, size_t len,
 			 mode_t mode, char *err, size_t errlen)
 {
-	char path[4200], tmp[4300];
+	char path[PATH_MAX + 64], tmp[PATH_MAX + 64];
+	const unsigned char *p = data;
+	int fd = -1, dfd = -1, rc = -1;
+
 	snprintf(path, sizeof path, "%s/%s", dir, name);
-	snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name);
+	fd = mkostemp(tmp, O_CLOEXEC);     /* created 0600 */
 	if (fd < 0) {
-		snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+		snprintf(err, errlen, "cannot create a file in %s: %s; check that it exists and is writable",
+			 dir, strerror(errno));
 		return -1;
 	}
-	const unsigned char *p = data;
-	size_t left = len;
-	int ok = fchmod(fd, mode) == 0;
-	while (ok && left > 0) {
-		ssize_t w = write(fd, p, left);
+	if (fchmod(fd, mode) != 0)
+		goto fail;
+	while (len > 0) {
+		ssize_t w = write(fd, p, len);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
-			ok = 0;
-		else {
-			p += w;
-			left -= (size_t)w;
-		}
+			goto fail;
+		p += w;
+		len -= (size_t)w;
 	}
-	ok = ok && fsync(fd) == 0;
-	ok = close(fd) == 0 && ok;
-	if (!ok || rename(tmp, path) != 0) {
-		snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-		unlink(tmp);
-		return -1;
+	if (fsync(fd) != 0)
+		goto fail;
+	int cr = close(fd);
+	fd = -1;
+	if (cr != 0 || rename(tmp, path) != 0)
+		goto fail;
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || fsync(dfd) != 0) {
+		snprintf(err, errlen, "cannot sync directory %s: %s", dir, strerror(errno));
+		goto out;
 	}
-	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		fsync(dfd);
+	rc = 0;
+	goto out;
+fail:
+	snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+	unlink(tmp);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (dfd >= 0)
 		close(dfd);
-	}
-	return 0;
-}
-
-static int add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
-{
-	X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, ctx, nid, value);
-	if (e == NULL)
-		return -1;
-	int rc = X509_add_ext(x, e, -1) == 1 ? 0 : -1;
-	X509_EXTENSION_free(e);
 	return rc;
 }
 
-/* A random positive serial of SERIAL_BYTES octets (top bit clear, first
- * octet non-zero, so it encodes in exactly that many octets). */
-static int draw_serial(struct local_ca *ca, unsigned char s[SERIAL_BYTES], char hex[2 * SERIAL_BYTES + 1])
+/* Open a file for PEM reading. NULL with err when it cannot be read. */
+static BIO *read_bio(const char *path, char *err, size_t errlen)
 {
-	static const char digits[] = "0123456789ABCDEF";
-	do {
-		if (ca->host->random(ca->host->ctx, s, SERIAL_BYTES) != 0)
-			return -1;
-		s[0] &= 0x7f;
-	} while (s[0] == 0);
-	for (int i = 0; i < SERIAL_BYTES; i++) {
-		hex[2 * i] = digits[s[i] >> 4];
-		hex[2 * i + 1] = digits[s[i] & 15];
-	}
-	hex[2 * SERIAL_BYTES] = '\0';
-	return 0;
+	BIO *b = BIO_new_file(path, "r");
+	if (b == NULL)
+		ssl_err(err, errlen, "cannot read %s (%s)", path, strerror(errno));
+	return b;
 }
 
-static int set_serial(X509 *x, const unsigned char *s, size_t n)
+/* Upper-case hex of a positive serial, an even number of digits (as
+ * `openssl x509 -serial` prints it and the gateway stores it). 0 or -1. */
+static int serial_hex(const ASN1_INTEGER *ai, char *out, size_t outlen)
 {
-	BIGNUM *bn = BN_bin2bn(s, (int)n, NULL);
-	ASN1_INTEGER *ai = bn ? BN_to_ASN1_INTEGER(bn, NULL) : NULL;
-	int rc = ai && X509_set_serialNumber(x, ai) == 1 ? 0 : -1;
-	ASN1_INTEGER_free(ai);
+	BIGNUM *bn = ASN1_INTEGER_to_BN(ai, NULL);
+	char *hex = bn ? BN_bn2hex(bn) : NULL;
+	int rc = -1;
+
+	if (hex != NULL && hex[0] != '-') {
+		size_t n = strlen(hex);
+		if (n + 2 <= outlen) {
+			snprintf(out, outlen, "%s%s", n % 2 ? "0" : "", hex);
+			rc = 0;
+		}
+	}
+	OPENSSL_free(hex);
 	BN_free(bn);
 	return rc;
 }
 
-static int set_time(X509 *x, long long nb, long long na)
+/* Draw a fresh serial: SERIAL_BYTES random octets with the top bit clear
+ * (positive) and the first octet non-zero, so it is exactly SERIAL_BYTES
+ * DER octets with at least 121 random bits (RFC 5280 4.1.2.2 and the CA/B
+ * Forum's 64 bits). Returns a new ASN1_INTEGER, or NULL. */
+static ASN1_INTEGER *draw_serial(struct local_ca *ca)
 {
-	return X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, (time_t *)&(time_t){ (time_t)nb }) &&
-	       X509_time_adj_ex(X509_getm_notAfter(x), 0, 0, (time_t *)&(time_t){ (time_t)na }) ? 0 : -1;
+	unsigned char s[SERIAL_BYTES];
+	ASN1_INTEGER *ai = NULL;
+	BIGNUM *bn = NULL;
+
+	for (int i = 0; i < 16; i++) {
+		if (ca->host->random(ca->host->ctx, s, sizeof s) != 0)
+			return NULL;
+		s[0] &= 0x7f;
+		if (s[0] != 0)
+			break;
+	}
+	if (s[0] != 0 && (bn = BN_bin2bn(s, (int)sizeof s, NULL)) != NULL)
+		ai = BN_to_ASN1_INTEGER(bn, NULL);
+	BN_free(bn);
+	OPENSSL_cleanse(s, sizeof s);
+	return ai;
 }
 
-/* Make the CA key and self-signed certificate. */
-static int ca_create(struct local_ca *ca, const char *key_type, const char *cn, long long validity,
-		     char *err, size_t errlen)
+/* Extensions shared by the CA and leaf certificates. Each adds one
+ * extension to x and returns 0, or -1 with the OpenSSL error queued. */
+
+static int add_basic_constraints(X509 *x, int is_ca, long pathlen)
+{
+	BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
+	int rc = -1;
+
+	if (bc == NULL)
+		return -1;
+	bc->ca = is_ca ? 0xff : 0;
+	if (is_ca && pathlen >= 0 && ((bc->pathlen = ASN1_INTEGER_new()) == NULL ||
+				      ASN1_INTEGER_set(bc->pathlen, pathlen) != 1))
+		goto out;
+	rc = X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_DEFAULT) == 1 ? 0 : -1;
+out:
+	BASIC_CONSTRAINTS_free(bc);
+	return rc;
+}
+
+/* keyUsage from RFC 5280 4.2.1.3 bit numbers (bit 0 = digitalSignature). */
+static int add_key_usage(X509 *x, unsigned bits)
+{
+	ASN1_BIT_STRING *bs = ASN1_BIT_STRING_new();
+	int rc = -1;
+
+	if (bs == NULL)
+		return -1;
+	for (int i = 0; i < 9; i++)
+		if ((bits & (1u << i)) && ASN1_BIT_STRING_set_bit(bs, i, 1) != 1)
+			goto out;
+	rc = X509_add1_ext_i2d(x, NID_key_usage, bs, 1, X509V3_ADD_DEFAULT) == 1 ? 0 : -1;
+out:
+	ASN1_BIT_STRING_free(bs);
+	return rc;
+}
+
+/* The key identifier of x's public key: SHA-1 of the subjectPublicKey bits
+ * (RFC 5280 4.2.1.2, method 1). A new octet string, or NULL. */
+static ASN1_OCTET_STRING *key_id(const X509 *x)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	ASN1_OCTET_STRING *os = NULL;
+
+	if (X509_pubkey_digest(x, EVP_sha1(), md, &mdlen) != 1 || (os = ASN1_OCTET_STRING_new()) == NULL ||
+	    ASN1_OCTET_STRING_set(os, md, (int)mdlen) != 1) {
+		ASN1_OCTET_STRING_free(os);
+		return NULL;
+	}
+	return os;
+}
+
+/* subjectKeyIdentifier of x's own key; the id also goes to *out when out is
+ * not NULL (the caller frees it). */
+static int add_ski(X509 *x, ASN1_OCTET_STRING **out)
+{
+	ASN1_OCTET_STRING *os = key_id(x);
+	int rc = -1;
+
+	if (os != NULL && X509_add1_ext_i2d(x, NID_subject_key_identifier, os, 0, X509V3_ADD_DEFAULT) == 1)
+		rc = 0;
+	if (rc == 0 && out != NULL)
+		*out = os;
+	else
+		ASN1_OCTET_STRING_free(os);
+	return rc;
+}
+
+/* authorityKeyIdentifier with keyIdentifier only (RFC 5280 4.2.1.1). */
+static int add_aki(X509 *x, const ASN1_OCTET_STRING *keyid)
+{
+	AUTHORITY_KEYID *akid = AUTHORITY_KEYID_new();
+	int rc = -1;
+
+	if (akid == NULL || (akid->keyid = ASN1_OCTET_STRING_dup(keyid)) == NULL)
+		goto out;
+	rc = X509_add1_ext_i2d(x, NID_authority_key_identifier, akid, 0, X509V3_ADD_DEFAULT) == 1 ? 0 : -1;
+out:
+	AUTHORITY_KEYID_free(akid);
+	return rc;
+}
+
+/* Make a CA key of key_type. NULL with err for an unknown type. */
+static EVP_PKEY *ca_keygen(const char *key_type, char *err, size_t errlen)
 {
 	EVP_PKEY *k = NULL;
-	X509 *x = NULL;
-	BIO *b = NULL;
-	int rc = -1;
 
 	if (strcmp(key_type, "p256") == 0)
 		k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 	else if (strcmp(key_type, "p384") == 0)
 		k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+	else if (strcmp(key_type, "p521") == 0)
+		k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-521");
 	else if (strcmp(key_type, "rsa3072") == 0)
 		k = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)3072);
 	else if (strcmp(key_type, "rsa4096") == 0)
 		k = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)4096);
 	else {
-		snprintf(err, errlen, "key_type '%s' is not a CA key type; use p256, p384, rsa3072 or rsa4096",
+		snprintf(err, errlen, "key_type '%s' is not a CA key type; use p256, p384, p521, rsa3072 or rsa4096",
 			 key_type);
+		return NULL;
+	}
+	if (k == NULL)
+		ssl_err(err, errlen, "cannot generate a %s CA key", key_type);
+	return k;
+}
+
+/* The digest a CA key signs with: SHA-384 for P-384, SHA-512 for P-521,
+ * SHA-256 for P-256 and RSA. */
+static const EVP_MD *ca_digest(const EVP_PKEY *k)
+{
+	if (EVP_PKEY_is_a(k, "EC")) {
+		int bits = EVP_PKEY_get_bits(k);
+		if (bits > 384)
+			return EVP_sha512();
+		if (bits > 256)
+			return EVP_sha384();
+	}
+	return EVP_sha256();
+}
+
+/* Make the CA: a key of key_type and a self-signed certificate (subject
+ * O=fleetgate, CN=cn; valid from a minute ago, for clock slack, for
+ * validity seconds; CA:TRUE pathlen 0; keyCertSign and cRLSign), then write
+ * ca.crt and ca.key durably. ca.crt goes first: a crash in between leaves
+ * no key, so the next `fleetgate init` simply makes a new CA. 0 or -1. */
+static int ca_create(struct local_ca *ca, const char *key_type, const char *cn, long long validity,
+		     char *err, size_t errlen)
+{
+	EVP_PKEY *k = NULL;
+	X509 *x = NULL;
+	ASN1_INTEGER *serial = NULL;
+	ASN1_OCTET_STRING *ski = NULL;
+	BIO *b = NULL;
+	char *data, hex[48] = "";
+	long n;
+	int rc = -1;
+
+	if (mkdir(ca->dir, 0700) != 0 && errno != EEXIST) {
+		snprintf(err, errlen, "cannot create CA directory %s: %s", ca->dir, strerror(errno));
 		return -1;
 	}
-	if (k == NULL) {
-		errq(err, errlen, "CA key generation failed");
+	if ((k = ca_keygen(key_type, err, errlen)) == NULL)
 		return -1;
-	}
-	const EVP_MD *md = strcmp(key_type, "p384") == 0 ? EVP_sha384() : EVP_sha256();
-	unsigned char s[SERIAL_BYTES];
-	char hex[2 * SERIAL_BYTES + 1];
-	long long now = ca->host->now(ca->host->ctx);
+	time_t now = (time_t)ca->host->now(ca->host->ctx);
 	x = X509_new();
+	serial = draw_serial(ca);
 	X509_NAME *nm = x ? X509_get_subject_name(x) : NULL;
-	if (x == NULL || draw_serial(ca, s, hex) != 0 || X509_set_version(x, 2) != 1 ||
-	    set_serial(x, s, sizeof s) != 0 || set_time(x, now - 300, now + validity) != 0 ||
+	if (x == NULL || serial == NULL || X509_set_version(x, X509_VERSION_3) != 1 ||
+	    X509_set_serialNumber(x, serial) != 1 ||
+	    ASN1_TIME_set(X509_getm_notBefore(x), now - 60) == NULL ||
+	    ASN1_TIME_set(X509_getm_notAfter(x), now + (time_t)validity) == NULL ||
 	    X509_NAME_add_entry_by_txt(nm, "O", MBSTRING_UTF8, (const unsigned char *)"fleetgate", -1, -1, 0) != 1 ||
 	    X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) != 1 ||
 	    X509_set_issuer_name(x, nm) != 1 || X509_set_pubkey(x, k) != 1) {
-		errq(err, errlen, "cannot build the CA certificate");
+		ssl_err(err, errlen, "cannot build the CA certificate (ca_name '%s')", cn);
 		goto out;
 	}
-	X509V3_CTX ctx;
-	X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-	if (add_ext(x, &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
-	    add_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign") ||
-	    add_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
-	    add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always") ||
-	    X509_sign(x, k, md) <= 0) {
-		errq(err, errlen, "cannot sign the CA certificate");
+	if (add_basic_constraints(x, 1, 0) != 0 || add_key_usage(x, (1u << 5) | (1u << 6)) != 0 ||
+	    add_ski(x, &ski) != 0 || add_aki(x, ski) != 0) {
+		ssl_err(err, errlen, "cannot add the CA certificate's extensions");
 		goto out;
 	}
-	b = BIO_new(BIO_s_secmem());
-	char *data;
-	if (b == NULL || PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1) {
-		errq(err, errlen, "cannot encode the CA key");
+	if (X509_sign(x, k, ca_digest(k)) <= 0) {
+		ssl_err(err, errlen, "cannot sign the CA certificate");
 		goto out;
 	}
-	long n = BIO_get_mem_data(b, &data);
-	if (write_durable(ca->dir, "ca.key", data, (size_t)n, 0600, err, errlen) != 0)
-		goto out;
-	BIO_free(b);
-	b = BIO_new(BIO_s_mem());
-	if (b == NULL || PEM_write_bio_X509(b, x) != 1) {
-		errq(err, errlen, "cannot encode the CA certificate");
+	serial_hex(serial, hex, sizeof hex);
+	if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_X509(b, x) != 1) {
+		ssl_err(err, errlen, "cannot encode the CA certificate");
 		goto out;
 	}
 	n = BIO_get_mem_data(b, &data);
 	if (write_durable(ca->dir, "ca.crt", data, (size_t)n, 0644, err, errlen) != 0)
 		goto out;
-	logf_(ca, FG_LEVEL_INFO, NULL, "created CA '%s' (%s, serial %s) in %s", cn, key_type, hex, ca->dir);
+	BIO_free(b);
+	/* PKCS#8, unencrypted: the file mode and the directory protect it. */
+	if ((b = BIO_new(BIO_s_secmem())) == NULL ||
+	    PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1) {
+		ssl_err(err, errlen, "cannot encode the CA key");
+		goto out;
+	}
+	n = BIO_get_mem_data(b, &data);
+	if (write_durable(ca->dir, "ca.key", data, (size_t)n, 0600, err, errlen) != 0)
+		goto out;
+	ca_log(ca, FG_LEVEL_INFO, NULL, "created CA \"%s\" (%s, serial %s) in %s", cn, key_type, hex,
+	       ca->dir);
 	rc = 0;
 out:
-	BIO_free(b);
+	BIO_free(b);   /* a secmem BIO wipes its buffer */
+	ASN1_OCTET_STRING_free(ski);
+	ASN1_INTEGER_free(serial);
 	X509_free(x);
 	EVP_PKEY_free(k);
 	return rc;
 }
 
+/* The AlgorithmIdentifier X509_sign will write for key and md, asked from
+ * the signature provider so that the unsigned record carries the same bytes
+ * the signed certificate will. NULL on failure. */
+static X509_ALGOR *sign_algor(EVP_PKEY *key, const EVP_MD *md)
+{
+	EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pctx = NULL;
+	unsigned char aid[256];
+	OSSL_PARAM params[2] = {
+		OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, aid, sizeof aid),
+		OSSL_PARAM_END
+	};
+	X509_ALGOR *alg = NULL;
+
+	if (mctx != NULL && EVP_DigestSignInit(mctx, &pctx, md, NULL, key) == 1 &&
+	    EVP_PKEY_CTX_get_params(pctx, params) == 1 && OSSL_PARAM_modified(&params[0])) {
+		const unsigned char *p = aid;
+		alg = d2i_X509_ALGOR(NULL, &p, (long)params[0].return_size);
+	}
+	EVP_MD_CTX_free(mctx);
+	return alg;
+}
+
+/* Load ca.key and ca.crt from ca->dir and derive what issue needs: the
+ * encoded subject, the key identifier, the signature algorithm and the
+ * expiry. Checks that the certificate is a CA certificate for that key. */
 static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 {
-	char path[4200];
-	FILE *f;
+	char keypath[PATH_MAX + 16], crtpath[PATH_MAX + 16];
+	struct stat sb;
+	struct tm tm;
+	BIO *b = NULL;
+	unsigned char *der = NULL;
+	int rc = -1;
 
-	snprintf(path, sizeof path, "%s/ca.key", ca->dir);
-	f = fopen(path, "re");
-	if (f == NULL) {
-		snprintf(err, errlen, "no CA in %s (%s); run `fleetgate init`", ca->dir, strerror(errno));
+	snprintf(keypath, sizeof keypath, "%s/ca.key", ca->dir);
+	snprintf(crtpath, sizeof crtpath, "%s/ca.crt", ca->dir);
+	if (stat(keypath, &sb) != 0) {
+		if (errno == ENOENT)
+			snprintf(err, errlen, "no CA in %s; run `fleetgate init`", ca->dir);
+		else
+			snprintf(err, errlen, "cannot read %s: %s", keypath, strerror(errno));
 		return -1;
 	}
-	ca->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	snprintf(path, sizeof path, "%s/ca.crt", ca->dir);
-	f = fopen(path, "re");
-	if (f != NULL) {
-		ca->cert = PEM_read_X509(f, NULL, NULL, NULL);
-		fclose(f);
+	if (sb.st_mode & 077)
+		ca_log(ca, FG_LEVEL_WARN, NULL, "%s is readable by group or others (mode %03o); chmod 600 it",
+		       keypath, (unsigned)(sb.st_mode & 0777));
+	if ((b = read_bio(keypath, err, errlen)) == NULL)
+		goto out;
+	ca->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+	BIO_free(b);
+	if (ca->key == NULL) {
+		ssl_err(err, errlen, "%s is not a PEM private key (an encrypted key is not supported)", keypath);
+		goto out;
 	}
-	if (ca->key == NULL || ca->cert == NULL) {
-		errq(err, errlen, "cannot read the CA key and certificate");
-		return -1;
+	if ((b = read_bio(crtpath, err, errlen)) == NULL)
+		goto out;
+	ca->cert = PEM_read_bio_X509(b, NULL, NULL, NULL);
+	BIO_free(b);
+	if (ca->cert == NULL) {
+		ssl_err(err, errlen, "%s is not a PEM certificate", crtpath);
+		goto out;
 	}
 	if (X509_check_private_key(ca->cert, ca->key) != 1) {
-		errq(err, errlen, "ca.key does not match ca.crt");
-		return -1;
+		ssl_err(err, errlen, "%s does not belong to the key in %s; restore the matching pair", crtpath,
+			keypath);
+		goto out;
 	}
-	unsigned char *der = NULL;
+	/* X509_check_ca also fills the certificate's extension cache, so that
+	 * later concurrent readers never write to it. */
+	if (X509_check_ca(ca->cert) != 1) {
+		snprintf(err, errlen, "%s is not a CA certificate (no basicConstraints CA:TRUE)", crtpath);
+		goto out;
+	}
+	/* Leaves' AKI must equal the CA's SKI; a CA without one gets the
+	 * RFC 5280 method 1 id. */
+	const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(ca->cert);
+	ca->ski = ski != NULL ? ASN1_OCTET_STRING_dup(ski) : key_id(ca->cert);
+	ca->subject = X509_NAME_dup(X509_get_subject_name(ca->cert));
+	ca->md = ca_digest(ca->key);
+	ca->sigalg = sign_algor(ca->key, ca->md);
 	int n = i2d_X509(ca->cert, &der);
-	if (n <= 0 || (ca->cert_der = malloc((size_t)n)) == NULL) {
-		OPENSSL_free(der);
-		snprintf(err, errlen, "cannot encode the CA certificate");
-		return -1;
+	/* Encoding the name now clears its "modified" flag: copies made
+	 * concurrently by issue then only read it. */
+	if (ca->ski == NULL || ca->subject == NULL || i2d_X509_NAME(ca->subject, NULL) <= 0 ||
+	    ca->sigalg == NULL || n <= 0 || (ca->cert_der = malloc((size_t)n)) == NULL) {
+		ssl_err(err, errlen, "cannot prepare the CA in %s for signing", ca->dir);
+		goto out;
 	}
 	memcpy(ca->cert_der, der, (size_t)n);
 	ca->cert_len = (size_t)n;
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(ca->cert), &tm) != 1) {
+		ssl_err(err, errlen, "%s has an unreadable notAfter", crtpath);
+		goto out;
+	}
+	ca->not_after = (int64_t)timegm(&tm);
+	if (ca->not_after <= ca->host->now(ca->host->ctx))
+		ca_log(ca, FG_LEVEL_ERROR, NULL, "CA certificate %s has expired; issuance will fail until it is replaced",
+		       crtpath);
+	rc = 0;
+out:
 	OPENSSL_free(der);
-	ca->md = EVP_PKEY_is_a(ca->key, "EC") && EVP_PKEY_get_bits(ca->key) > 256 ? EVP_sha384()
-										       : EVP_sha256();
-	return 0;
+	return rc;
 }
 
 static void ca_close(void *state)
 {
 	struct local_ca *ca = state;
+
 	if (ca == NULL)
 		return;
 	EVP_PKEY_free(ca->key);
 	X509_free(ca->cert);
+	X509_NAME_free(ca->subject);
+	ASN1_OCTET_STRING_free(ca->ski);
+	X509_ALGOR_free(ca->sigalg);
 	free(ca->cert_der);
 	free(ca);
 }
 
+/* Open the CA from settings (see the file comment); with create = "yes",
+ * make it first when ca_dir holds no ca.key. */
 static int ca_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
 		   char *err, size_t errlen)
 {
@@ -316,42 +559,47 @@ static int ca_open(const struct fg_host *host, const struct fg_kv *kv, size_t n,
 	const char *kt = fg_kv_get(kv, n, "key_type"), *cn = fg_kv_get(kv, n, "ca_name");
 	const char *cv = fg_kv_get(kv, n, "ca_validity"), *create = fg_kv_get(kv, n, "create");
 	const char *nm = fg_kv_get(kv, n, "name");
+	char keypath[PATH_MAX + 16];
 
 	*state = NULL;
 	if (host == NULL || host->abi_version != FG_PLUGIN_ABI_VERSION ||
-	    host->struct_size < sizeof(struct fg_host)) {
-		snprintf(err, errlen, "host speaks plugin ABI %u, this local CA plugin needs %d",
-			 host ? host->abi_version : 0, FG_PLUGIN_ABI_VERSION);
+	    host->struct_size < sizeof(struct fg_host) || host->random == NULL || host->now == NULL ||
+	    host->job_get == NULL || host->job_put == NULL || host->serial_reserve == NULL ||
+	    host->state_put == NULL) {
+		snprintf(err, errlen, "the host speaks plugin ABI %u (host table of %u bytes); this local CA plugin needs ABI %d: rebuild the plugin",
+			 host ? host->abi_version : 0, host ? host->struct_size : 0, FG_PLUGIN_ABI_VERSION);
 		return -1;
 	}
-	ca = calloc(1, sizeof *ca);
-	if (ca == NULL) {
+	if (sd == NULL || sd[0] != '/') {
+		snprintf(err, errlen, "setting state_dir must be an absolute path (got '%s')", sd ? sd : "");
+		return -1;
+	}
+	cd = cd && cd[0] ? cd : "ca";
+	kt = kt && kt[0] ? kt : "p256";
+	cn = cn && cn[0] ? cn : "fleetgate local CA";
+	long long validity = parse_span(cv && cv[0] ? cv : "10y");
+	if (validity <= 0) {
+		snprintf(err, errlen, "ca_validity '%s' is not a duration like 10y, 3650d, 12h or 86400 (at most 100y)",
+			 cv);
+		return -1;
+	}
+	if ((ca = calloc(1, sizeof *ca)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
 	ca->host = host;
 	snprintf(ca->name, sizeof ca->name, "%s", nm ? nm : "local");
-	cd = cd ? cd : "ca";
-	if (cd[0] == '/' || sd == NULL)
-		snprintf(ca->dir, sizeof ca->dir, "%s", cd);
-	else
-		snprintf(ca->dir, sizeof ca->dir, "%s/%s", sd, cd);
-	long long validity = parse_span(cv ? cv : "10y");
-	if (validity <= 0) {
-		snprintf(err, errlen, "ca_validity '%s' is not a duration like 10y or 3650d", cv);
+	/* ca_dir is relative to state_dir; an absolute one is taken as is. */
+	int w = cd[0] == '/' ? snprintf(ca->dir, sizeof ca->dir, "%s", cd)
+			     : snprintf(ca->dir, sizeof ca->dir, "%s/%s", sd, cd);
+	if (w < 0 || (size_t)w >= sizeof ca->dir) {
+		snprintf(err, errlen, "ca_dir path is too long");
 		goto fail;
 	}
-	char keypath[4200];
 	snprintf(keypath, sizeof keypath, "%s/ca.key", ca->dir);
-	if (access(keypath, F_OK) != 0 && create && strcmp(create, "yes") == 0) {
-		if (mkdir(ca->dir, 0700) != 0 && errno != EEXIST) {
-			snprintf(err, errlen, "cannot create %s: %s", ca->dir, strerror(errno));
-			goto fail;
-		}
-		if (ca_create(ca, kt ? kt : "p256", cn ? cn : "fleetgate local CA", validity, err,
-			      errlen) != 0)
-			goto fail;
-	}
+	if (create && strcmp(create, "yes") == 0 && access(keypath, F_OK) != 0 &&
+	    ca_create(ca, kt, cn, validity, err, errlen) != 0)
+		goto fail;
 	if (ca_load(ca, err, errlen) != 0)
 		goto fail;
 	*state = ca;
@@ -361,124 +609,207 @@ fail:
 	return -1;
 }
 
-/* Build the key-usage extension value from FG_KU_* bits. */
-static void ku_text(uint32_t ku, char *out, size_t outlen)
+/* OpenSSL short names accepted in ext_key_usage, besides dotted OIDs. */
+static ASN1_OBJECT *eku_object(const char *s)
 {
-	static const struct { uint32_t bit; const char *name; } t[] = {
-		{ FG_KU_DIGITAL_SIGNATURE, "digitalSignature" },
-		{ FG_KU_NON_REPUDIATION, "nonRepudiation" },
-		{ FG_KU_KEY_ENCIPHERMENT, "keyEncipherment" },
-		{ FG_KU_DATA_ENCIPHERMENT, "dataEncipherment" },
-		{ FG_KU_KEY_AGREEMENT, "keyAgreement" },
+	static const char *const names[] = {
+		"clientAuth", "serverAuth", "codeSigning", "emailProtection", "timeStamping", "OCSPSigning",
 	};
-	snprintf(out, outlen, "critical");
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-		if (ku & t[i].bit)
-			snprintf(out + strlen(out), outlen - strlen(out), ",%s", t[i].name);
+
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strcmp(s, names[i]) == 0)
+			return OBJ_txt2obj(s, 0);
+	if (s[0] >= '0' && s[0] <= '2' && s[1] == '.')
+		return OBJ_txt2obj(s, 1);
+	return NULL;
 }
 
-static int eku_name_ok(const char *s)
+/* extendedKeyUsage from names or OIDs; -1 with a message for the device
+ * on a bad one (a request error), -2 on an OpenSSL failure. */
+static int add_eku(X509 *x, const struct fg_issue_request *req, char *msg, size_t msglen)
 {
-	if (*s == '\0')
+	EXTENDED_KEY_USAGE *eku = sk_ASN1_OBJECT_new_null();
+	int rc = -2;
+
+	if (eku == NULL)
+		return -2;
+	for (size_t i = 0; i < req->n_eku; i++) {
+		ASN1_OBJECT *o = eku_object(req->ext_key_usage[i]);
+		if (o == NULL) {
+			snprintf(msg, msglen, "extended key usage '%s' is neither a known name (clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning) nor a dotted OID",
+				 req->ext_key_usage[i]);
+			ERR_clear_error();
+			rc = -1;
+			goto out;
+		}
+		if (sk_ASN1_OBJECT_push(eku, o) <= 0) {
+			ASN1_OBJECT_free(o);
+			goto out;
+		}
+	}
+	rc = X509_add1_ext_i2d(x, NID_ext_key_usage, eku, 0, X509V3_ADD_DEFAULT) == 1 ? 0 : -2;
+out:
+	sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+	return rc;
+}
+
+/* One IA5String general name (dNSName or rfc822Name) onto gens. */
+static int push_ia5(GENERAL_NAMES *gens, int type, const char *v)
+{
+	GENERAL_NAME *g = GENERAL_NAME_new();
+	ASN1_IA5STRING *s = ASN1_IA5STRING_new();
+
+	if (g == NULL || s == NULL || ASN1_STRING_set(s, v, -1) != 1) {
+		GENERAL_NAME_free(g);
+		ASN1_IA5STRING_free(s);
+		return -2;
+	}
+	GENERAL_NAME_set0_value(g, type, s);
+	if (sk_GENERAL_NAME_push(gens, g) <= 0) {
+		GENERAL_NAME_free(g);
+		return -2;
+	}
+	return 0;
+}
+
+/* A SAN string must be non-empty printable ASCII (IA5, no controls). */
+static int ia5_ok(const char *s)
+{
+	if (s == NULL || *s == '\0')
 		return 0;
 	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.'))
+		if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e)
 			return 0;
 	return 1;
 }
 
-static int add_san(X509 *x, const struct fg_issue_request *req, int critical)
+/* subjectAltName from the request's DNS names, IP addresses and emails;
+ * critical when the subject is empty (RFC 5280 4.2.1.6). Returns 0 (also
+ * when there are no names), -1 with a message for a bad name, -2 on an
+ * OpenSSL failure. */
+static int add_san(X509 *x, const struct fg_issue_request *req, int critical, char *msg, size_t msglen)
 {
 	GENERAL_NAMES *gens = GENERAL_NAMES_new();
-	int rc = -1;
+	int rc = -2;
+
 	if (gens == NULL)
-		return -1;
-	for (size_t i = 0; i < req->n_dns + req->n_email; i++) {
-		int is_dns = i < req->n_dns;
-		const char *v = is_dns ? req->dns_names[i] : req->emails[i - req->n_dns];
-		GENERAL_NAME *g = GENERAL_NAME_new();
-		ASN1_IA5STRING *s = ASN1_IA5STRING_new();
-		if (g == NULL || s == NULL || ASN1_STRING_set(s, v, -1) != 1) {
-			GENERAL_NAME_free(g);
-			ASN1_IA5STRING_free(s);
+		return -2;
+	for (size_t i = 0; i < req->n_dns; i++) {
+		if (!ia5_ok(req->dns_names[i])) {
+			snprintf(msg, msglen, "DNS name '%s' is empty or not ASCII", req->dns_names[i]);
+			rc = -1;
 			goto out;
 		}
-		GENERAL_NAME_set0_value(g, is_dns ? GEN_DNS : GEN_EMAIL, s);
-		sk_GENERAL_NAME_push(gens, g);
+		if (push_ia5(gens, GEN_DNS, req->dns_names[i]) != 0)
+			goto out;
 	}
 	for (size_t i = 0; i < req->n_ip; i++) {
 		ASN1_OCTET_STRING *ip = a2i_IPADDRESS(req->ip_names[i]);
-		GENERAL_NAME *g = ip ? GENERAL_NAME_new() : NULL;
-		if (g == NULL) {
+		GENERAL_NAME *g = NULL;
+		if (ip == NULL) {
+			snprintf(msg, msglen, "IP address '%s' is not an IPv4 or IPv6 address", req->ip_names[i]);
+			ERR_clear_error();
+			rc = -1;
+			goto out;
+		}
+		if ((g = GENERAL_NAME_new()) == NULL) {
 			ASN1_OCTET_STRING_free(ip);
 			goto out;
 		}
 		GENERAL_NAME_set0_value(g, GEN_IPADD, ip);
-		sk_GENERAL_NAME_push(gens, g);
+		if (sk_GENERAL_NAME_push(gens, g) <= 0) {
+			GENERAL_NAME_free(g);
+			goto out;
+		}
 	}
-	if (sk_GENERAL_NAME_num(gens) == 0) {
-		rc = 0;
-		goto out;
+	for (size_t i = 0; i < req->n_email; i++) {
+		if (!ia5_ok(req->emails[i]) || strchr(req->emails[i], '@') == NULL) {
+			snprintf(msg, msglen, "email '%s' is not an ASCII address", req->emails[i]);
+			rc = -1;
+			goto out;
+		}
+		if (push_ia5(gens, GEN_EMAIL, req->emails[i]) != 0)
+			goto out;
 	}
-	rc = X509_add1_ext_i2d(x, NID_subject_alt_name, gens, critical, X509V3_ADD_DEFAULT) == 1 ? 0 : -1;
+	rc = 0;
+	if (sk_GENERAL_NAME_num(gens) > 0 &&
+	    X509_add1_ext_i2d(x, NID_subject_alt_name, gens, critical, X509V3_ADD_DEFAULT) != 1)
+		rc = -2;
 out:
 	GENERAL_NAMES_free(gens);
 	return rc;
 }
 
-/* Build the leaf for req with the given serial and validity, unsigned. */
-static X509 *build_leaf(struct local_ca *ca, const struct fg_issue_request *req,
-			const unsigned char *serial, long long nb, long long na, char *err, size_t errlen)
+/* Build the unsigned leaf for req: everything but the serial (set by the
+ * caller after reservation) and the signature. Request errors set
+ * *rejected; NULL with msg on any failure. */
+static X509 *build_leaf(struct local_ca *ca, const struct fg_issue_request *req, int *rejected,
+			char *msg, size_t msglen)
 {
 	const unsigned char *p = req->csr_der;
-	X509_REQ *csr = d2i_X509_REQ(NULL, &p, (long)req->csr_len);
-	X509 *x = X509_new();
-	char ku[160];
+	X509_REQ *csr = NULL;
+	X509 *x = NULL;
+	int has_cn = req->subject_cn != NULL && req->subject_cn[0] != '\0';
+	int64_t nb = req->not_before, na = req->not_after;
+	int r;
 
-	if (csr == NULL || x == NULL) {
-		errq(err, errlen, "the CSR cannot be read");
+	*rejected = 1;
+	if (!has_cn && req->n_dns + req->n_ip + req->n_email == 0) {
+		snprintf(msg, msglen, "the request names nothing: no subject CN and no alternative names");
+		return NULL;
+	}
+	if (req->key_usage & ~(uint32_t)(FG_KU_MAX - 1)) {
+		snprintf(msg, msglen, "key usage bits 0x%x are not known to this CA", (unsigned)req->key_usage);
+		return NULL;
+	}
+	if (na > ca->not_after)
+		na = ca->not_after;
+	if (nb >= na) {
+		snprintf(msg, msglen, "empty validity window: notBefore %lld is not before notAfter %lld (the CA expires at %lld)",
+			 (long long)nb, (long long)na, (long long)ca->not_after);
+		return NULL;
+	}
+	if (req->csr_der == NULL || req->csr_len == 0 || req->csr_len > LONG_MAX ||
+	    (csr = d2i_X509_REQ(NULL, &p, (long)req->csr_len)) == NULL ||
+	    p != req->csr_der + req->csr_len || X509_REQ_get0_pubkey(csr) == NULL) {
+		ssl_err(msg, msglen, "the CSR cannot be parsed");
 		goto fail;
 	}
-	X509_NAME *subj = X509_get_subject_name(x);
-	int has_cn = req->subject_cn && req->subject_cn[0];
-	if (X509_set_version(x, 2) != 1 || set_serial(x, serial, SERIAL_BYTES) != 0 ||
-	    set_time(x, nb, na) != 0 ||
-	    X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) != 1 ||
-	    X509_set_pubkey(x, X509_REQ_get0_pubkey(csr)) != 1 ||
-	    (has_cn && X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8,
-						  (const unsigned char *)req->subject_cn, -1, -1, 0) != 1)) {
-		errq(err, errlen, "cannot build the certificate");
+	*rejected = 0;
+	if ((x = X509_new()) == NULL || X509_set_version(x, X509_VERSION_3) != 1 ||
+	    ASN1_TIME_set(X509_getm_notBefore(x), (time_t)nb) == NULL ||
+	    ASN1_TIME_set(X509_getm_notAfter(x), (time_t)na) == NULL ||
+	    X509_set_issuer_name(x, ca->subject) != 1 ||
+	    X509_set_pubkey(x, X509_REQ_get0_pubkey(csr)) != 1) {
+		ssl_err(msg, msglen, "cannot build the certificate");
 		goto fail;
 	}
-	X509V3_CTX ctx;
-	X509V3_set_ctx(&ctx, ca->cert, x, NULL, NULL, 0);
-	ku_text(req->key_usage, ku, sizeof ku);
-	if (add_ext(x, &ctx, NID_basic_constraints, "critical,CA:FALSE") ||
-	    (req->key_usage && add_ext(x, &ctx, NID_key_usage, ku)) ||
-	    add_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
-	    add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always")) {
-		errq(err, errlen, "cannot add extensions");
+	if (has_cn && X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+						 (const unsigned char *)req->subject_cn, -1, -1, 0) != 1) {
+		ssl_err(msg, msglen, "subject CN '%s' is not valid (UTF-8, at most 64 characters)",
+			req->subject_cn);
+		*rejected = 1;
 		goto fail;
 	}
-	if (req->n_eku > 0) {
-		char eku[512] = "";
-		for (size_t i = 0; i < req->n_eku; i++) {
-			if (!eku_name_ok(req->ext_key_usage[i])) {
-				snprintf(err, errlen, "extended key usage '%s' is not a name or OID",
-					 req->ext_key_usage[i]);
-				goto fail;
-			}
-			snprintf(eku + strlen(eku), sizeof eku - strlen(eku), "%s%s", i ? "," : "",
-				 req->ext_key_usage[i]);
-		}
-		if (add_ext(x, &ctx, NID_ext_key_usage, eku)) {
-			errq(err, errlen, "cannot add the extended key usage");
-			goto fail;
-		}
+	if (add_basic_constraints(x, 0, -1) != 0 ||
+	    (req->key_usage != 0 && add_key_usage(x, req->key_usage) != 0)) {
+		ssl_err(msg, msglen, "cannot add the certificate's constraints");
+		goto fail;
 	}
-	/* RFC 5280 4.2.1.6: with an empty subject the SAN is critical. */
-	if (add_san(x, req, !has_cn) != 0) {
-		errq(err, errlen, "cannot add the subject alternative names");
+	if (req->n_eku > 0 && (r = add_eku(x, req, msg, msglen)) != 0) {
+		if (r == -2)
+			ssl_err(msg, msglen, "cannot add the extended key usage");
+		*rejected = r == -1;
+		goto fail;
+	}
+	if ((r = add_san(x, req, !has_cn, msg, msglen)) != 0) {
+		if (r == -2)
+			ssl_err(msg, msglen, "cannot add the subject alternative names");
+		*rejected = r == -1;
+		goto fail;
+	}
+	if (add_ski(x, NULL) != 0 || add_aki(x, ca->ski) != 0) {
+		ssl_err(msg, msglen, "cannot add the key identifiers");
 		goto fail;
 	}
 	X509_REQ_free(csr);
@@ -489,156 +820,233 @@ fail:
 	return NULL;
 }
 
+/* Reserve a fresh serial with the host (redrawing when one is taken) and
+ * set it on x. 0, or -1 with msg. */
+static int reserve_serial(struct local_ca *ca, X509 *x, char *msg, size_t msglen)
+{
+	char hex[48];
+
+	for (int attempt = 0; attempt < SERIAL_RESERVE_TRIES; attempt++) {
+		ASN1_INTEGER *serial = draw_serial(ca);
+		if (serial == NULL || serial_hex(serial, hex, sizeof hex) != 0) {
+			ASN1_INTEGER_free(serial);
+			snprintf(msg, msglen, "cannot draw a random serial");
+			return -1;
+		}
+		int r = ca->host->serial_reserve(ca->host->ctx, hex);
+		if (r == 0) {
+			r = X509_set_serialNumber(x, serial);
+			ASN1_INTEGER_free(serial);
+			if (r != 1) {
+				ssl_err(msg, msglen, "cannot set the serial");
+				return -1;
+			}
+			return 0;
+		}
+		ASN1_INTEGER_free(serial);
+		if (r < 0) {
+			snprintf(msg, msglen, "cannot reserve serial %s in the store", hex);
+			return -1;
+		}
+		ca_log(ca, FG_LEVEL_WARN, NULL, "serial %s is taken; drawing another", hex);
+	}
+	snprintf(msg, msglen, "no free serial after %d draws", SERIAL_RESERVE_TRIES);
+	return -1;
+}
+
+/* Encode x unsigned for the write-ahead record. OpenSSL offers no setter
+ * for an unsigned certificate's two AlgorithmIdentifiers, and an empty one
+ * cannot be encoded, so both are filled here with exactly what X509_sign
+ * will write (the objects are x's own, never const: the cast only undoes
+ * the getters' const). Returns the DER length and *der (OPENSSL_free), or
+ * -1. */
+static int encode_unsigned(const struct local_ca *ca, X509 *x, unsigned char **der)
+{
+	const X509_ALGOR *outer = NULL;
+
+	X509_get0_signature(NULL, &outer, x);
+	if (X509_ALGOR_copy((X509_ALGOR *)X509_get0_tbs_sigalg(x), ca->sigalg) != 1 ||
+	    X509_ALGOR_copy((X509_ALGOR *)outer, ca->sigalg) != 1)
+		return -1;
+	*der = NULL;
+	return i2d_X509(x, der);
+}
+
+/* Parse a write-ahead record back and check that it was made by this CA
+ * (its AKI is this CA's key id). NULL with msg otherwise. */
+static X509 *decode_unsigned(const struct local_ca *ca, const unsigned char *der, size_t len,
+			     char *msg, size_t msglen)
+{
+	const unsigned char *p = der;
+	X509 *x = len <= LONG_MAX ? d2i_X509(NULL, &p, (long)len) : NULL;
+
+	if (x == NULL || p != der + len) {
+		ssl_err(msg, msglen, "the job's write-ahead record is not a certificate");
+		X509_free(x);
+		return NULL;
+	}
+	const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(x);
+	if (akid == NULL || ASN1_OCTET_STRING_cmp(akid, ca->ski) != 0 ||
+	    X509_NAME_cmp(X509_get_issuer_name(x), ca->subject) != 0) {
+		snprintf(msg, msglen, "the job's write-ahead record names another CA (was backend %s's CA replaced?); the job cannot be resumed",
+			 ca->name);
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+/* Copy a DER blob into malloc'd memory for the host. */
+static unsigned char *dup_der(const unsigned char *der, size_t len)
+{
+	unsigned char *p = malloc(len ? len : 1);
+	if (p != NULL)
+		memcpy(p, der, len);
+	return p;
+}
+
+/* Issue (or resume issuing) the job's certificate; see the file comment for
+ * the write-ahead record. Always returns 0: the outcome is in res->status,
+ * REJECTED for a request the CA will never sign, ERROR (retried) for
+ * anything that may pass later. */
 static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_issue_result *res)
 {
 	struct local_ca *ca = state;
-	unsigned char serial[SERIAL_BYTES], *val = NULL, *der = NULL;
-	char hex[2 * SERIAL_BYTES + 1], rec[128];
-	size_t vlen = 0;
-	long long nb, na;
+	unsigned char *rec = NULL, *der = NULL;
+	size_t reclen = 0;
 	X509 *x = NULL;
+	char hex[48] = "";
+	int n, rejected = 0;
 
 	memset(res, 0, sizeof *res);
 	res->status = FG_ISSUE_ERROR;
-	res->retry_after = 10;
-	if (req->n_dns + req->n_ip + req->n_email == 0 && !(req->subject_cn && req->subject_cn[0])) {
+	res->retry_after = RETRY_SECONDS;
+	if (req == NULL || req->struct_size < sizeof(struct fg_issue_request)) {
+		snprintf(res->message, sizeof res->message, "the host's issue request is from another plugin ABI; rebuild the plugin");
 		res->status = FG_ISSUE_REJECTED;
-		snprintf(res->message, sizeof res->message, "the request names no subject");
 		return 0;
 	}
-	int r = ca->host->job_get(req->job, "tbs", &val, &vlen);
+	int r = ca->host->job_get(req->job, "tbs", &rec, &reclen);
 	if (r < 0) {
-		snprintf(res->message, sizeof res->message, "cannot read the job's state");
+		snprintf(res->message, sizeof res->message, "cannot read the job's write-ahead record from the store");
 		return 0;
 	}
 	if (r == 1) {
-		/* Resume: the serial and window were recorded before a crash. */
-		char buf[128];
-		snprintf(buf, sizeof buf, "%.*s", (int)(vlen < sizeof buf ? vlen : sizeof buf - 1), val);
-		free(val);
-		if (sscanf(buf, "%32s %lld %lld", hex, &nb, &na) != 3 || strlen(hex) != 2 * SERIAL_BYTES) {
-			snprintf(res->message, sizeof res->message, "the job's recorded serial is unreadable");
-			return 0;
+		x = decode_unsigned(ca, rec, reclen, res->message, sizeof res->message);
+		free(rec);
+		if (x == NULL) {
+			res->status = FG_ISSUE_REJECTED;
+			goto out;
 		}
-		for (int i = 0; i < SERIAL_BYTES; i++) {
-			unsigned v;
-			sscanf(hex + 2 * i, "%2x", &v);
-			serial[i] = (unsigned char)v;
-		}
-		logf_(ca, FG_LEVEL_INFO, req->request_id, "resuming issuance of serial %s", hex);
+		serial_hex(X509_get0_serialNumber(x), hex, sizeof hex);
+		ca_log(ca, FG_LEVEL_INFO, req->request_id, "resuming issuance of serial %s from its write-ahead record",
+		       hex);
 	} else {
-		int ok = 0;
-		for (int attempt = 0; attempt < 5 && !ok; attempt++) {
-			if (draw_serial(ca, serial, hex) != 0) {
-				snprintf(res->message, sizeof res->message, "no randomness for a serial");
-				return 0;
-			}
-			int sr = ca->host->serial_reserve(ca->host->ctx, hex);
-			if (sr < 0) {
-				snprintf(res->message, sizeof res->message, "cannot reserve a serial");
-				return 0;
-			}
-			ok = sr == 0;
+		x = build_leaf(ca, req, &rejected, res->message, sizeof res->message);
+		if (x == NULL) {
+			if (rejected)
+				res->status = FG_ISSUE_REJECTED;
+			goto out;
 		}
-		if (!ok) {
-			snprintf(res->message, sizeof res->message, "no free serial after 5 draws");
-			return 0;
+		if (reserve_serial(ca, x, res->message, sizeof res->message) != 0)
+			goto out;
+		serial_hex(X509_get0_serialNumber(x), hex, sizeof hex);
+		n = encode_unsigned(ca, x, &der);
+		if (n <= 0) {
+			ssl_err(res->message, sizeof res->message, "cannot encode the certificate of serial %s", hex);
+			goto out;
 		}
-		nb = req->not_before;
-		na = req->not_after;
-		long long ca_na = 0;
-		struct tm tm;
-		if (ASN1_TIME_to_tm(X509_get0_notAfter(ca->cert), &tm) == 1)
-			ca_na = (long long)timegm(&tm);
-		if (ca_na && na > ca_na)
-			na = ca_na;
-		int n = snprintf(rec, sizeof rec, "%s %lld %lld", hex, nb, na);
-		if (ca->host->job_put(req->job, "tbs", (const unsigned char *)rec, (size_t)n) != 0) {
-			snprintf(res->message, sizeof res->message, "cannot record the serial before signing");
-			return 0;
+		if (ca->host->job_put(req->job, "tbs", der, (size_t)n) != 0) {
+			snprintf(res->message, sizeof res->message,
+				 "cannot record serial %s in the store before signing; nothing was signed", hex);
+			goto out;
 		}
-	}
-
-	x = build_leaf(ca, req, serial, nb, na, res->message, sizeof res->message);
-	if (x == NULL) {
-		res->status = FG_ISSUE_REJECTED;
-		return 0;
+		OPENSSL_free(der);
+		der = NULL;
 	}
 	if (X509_sign(x, ca->key, ca->md) <= 0) {
-		errq(res->message, sizeof res->message, "signing failed");
-		X509_free(x);
-		return 0;
+		ssl_err(res->message, sizeof res->message, "cannot sign serial %s", hex);
+		goto out;
 	}
-	int n = i2d_X509(x, &der);
-	X509_free(x);
-	if (n <= 0)
-		goto oom;
-	res->cert_der = malloc((size_t)n);
+	n = i2d_X509(x, &der);
+	if (n <= 0) {
+		ssl_err(res->message, sizeof res->message, "cannot encode the signed certificate");
+		goto out;
+	}
+	res->cert_der = dup_der(der, (size_t)n);
 	res->chain_der = calloc(1, sizeof *res->chain_der);
 	res->chain_len = calloc(1, sizeof *res->chain_len);
 	if (res->cert_der == NULL || res->chain_der == NULL || res->chain_len == NULL ||
-	    (res->chain_der[0] = malloc(ca->cert_len)) == NULL)
-		goto oom;
-	memcpy(res->cert_der, der, (size_t)n);
+	    (res->chain_der[0] = dup_der(ca->cert_der, ca->cert_len)) == NULL) {
+		fg_issue_result_clear(res);
+		res->status = FG_ISSUE_ERROR;
+		res->retry_after = RETRY_SECONDS;
+		snprintf(res->message, sizeof res->message, "out of memory");
+		goto out;
+	}
 	res->cert_len = (size_t)n;
-	memcpy(res->chain_der[0], ca->cert_der, ca->cert_len);
 	res->chain_len[0] = ca->cert_len;
 	res->n_chain = 1;
 	res->status = FG_ISSUE_OK;
 	res->retry_after = 0;
+	ca_log(ca, FG_LEVEL_DEBUG, req->request_id, "signed serial %s", hex);
+out:
 	OPENSSL_free(der);
-	return 0;
-oom:
-	OPENSSL_free(der);
-	fg_issue_result_clear(res);
-	res->status = FG_ISSUE_ERROR;
-	res->retry_after = 10;
-	snprintf(res->message, sizeof res->message, "out of memory");
+	X509_free(x);
 	return 0;
 }
 
+/* Record the revocation of a certificate this CA issued (checked by its
+ * signature) as plugin state "revoked:<serial>" = "<reason> <unix time>".
+ * Revoking again overwrites the record. The CRL is a later addition. */
 static int ca_revoke(void *state, const unsigned char *cert_der, size_t cert_len,
 		     enum fg_revoke_reason reason, char *err, size_t errlen)
 {
 	struct local_ca *ca = state;
 	const unsigned char *p = cert_der;
-	X509 *x = d2i_X509(NULL, &p, (long)cert_len);
+	X509 *x = cert_len <= LONG_MAX ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+	char hex[48], key[96], val[64];
+	int rc = -1;
+
 	if (x == NULL) {
-		errq(err, errlen, "not a certificate");
+		ssl_err(err, errlen, "cannot revoke: not a DER certificate");
 		return -1;
 	}
-	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
-	char *hex = bn ? BN_bn2hex(bn) : NULL;
-	char key[96], val[64];
-	int rc = -1;
-	if (hex != NULL) {
-		snprintf(key, sizeof key, "revoked:%s", hex);
-		int n = snprintf(val, sizeof val, "%d %lld", (int)reason,
-				 (long long)ca->host->now(ca->host->ctx));
-		rc = ca->host->state_put(ca->host->ctx, key, (const unsigned char *)val, (size_t)n) == 0 ? 0 : -1;
-		if (rc != 0)
-			snprintf(err, errlen, "cannot record the revocation of %s", hex);
+	if (serial_hex(X509_get0_serialNumber(x), hex, sizeof hex) != 0) {
+		snprintf(err, errlen, "cannot revoke: the certificate's serial is unreadable");
+		goto out;
 	}
-	OPENSSL_free(hex);
-	BN_free(bn);
+	if (X509_verify(x, ca->key) != 1) {
+		ERR_clear_error();
+		snprintf(err, errlen, "cannot revoke serial %s: it was not issued by the CA in %s", hex, ca->dir);
+		goto out;
+	}
+	snprintf(key, sizeof key, "revoked:%s", hex);
+	int n = snprintf(val, sizeof val, "%d %lld", (int)reason, (long long)ca->host->now(ca->host->ctx));
+	if (ca->host->state_put(ca->host->ctx, key, (const unsigned char *)val, (size_t)n) != 0) {
+		snprintf(err, errlen, "cannot record the revocation of serial %s in the store", hex);
+		goto out;
+	}
+	ca_log(ca, FG_LEVEL_INFO, NULL, "revoked serial %s (reason %d)", hex, (int)reason);
+	rc = 0;
+out:
 	X509_free(x);
 	return rc;
 }
 
+/* The chain leaves are issued under: the CA certificate alone. */
 static int ca_cacerts(void *state, struct fg_cert_list *out, char *err, size_t errlen)
 {
 	struct local_ca *ca = state;
+
 	memset(out, 0, sizeof *out);
 	out->der = calloc(1, sizeof *out->der);
 	out->len = calloc(1, sizeof *out->len);
-	if (out->der == NULL || out->len == NULL || (out->der[0] = malloc(ca->cert_len)) == NULL) {
-		free(out->der);
-		free(out->len);
-		memset(out, 0, sizeof *out);
+	if (out->der == NULL || out->len == NULL || (out->der[0] = dup_der(ca->cert_der, ca->cert_len)) == NULL) {
+		fg_cert_list_clear(out);
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	memcpy(out->der[0], ca->cert_der, ca->cert_len);
 	out->len[0] = ca->cert_len;
 	out->n = 1;
 	return 0;
@@ -651,7 +1059,7 @@ static const struct fg_backend_ops local_ops = {
 	.description = "built-in OpenSSL CA",
 	.open = ca_open,
 	.issue = ca_issue,
-	.poll = NULL,
+	.poll = NULL,           /* never pends */
 	.revoke = ca_revoke,
 	.cacerts = ca_cacerts,
 	.close = ca_close,
