@@ -68,6 +68,7 @@ enum outcome {
 	OUT_INSTALL,       /* issued but not installed (check or hook failed) */
 	OUT_PENDING,       /* the CA is still working: same request later */
 	OUT_RETRY,         /* gateway-side failure: same request later */
+	OUT_RESUBMIT,      /* CSR rebuilt from the gateway's template: send again now */
 	OUT_MAX
 };
 
@@ -194,6 +195,23 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 		return OUT_DONE;
 	case FLEETGATE__STATUS__STATUS_PENDING:
 		return OUT_PENDING;
+	case FLEETGATE__STATUS__STATUS_RESUBMIT:
+		if (cr->csr_template == NULL || r->resubmits > 0) {
+			slot_request_forget(&a->cfg, s);
+			say(a, FG_LOG_ERROR, r->rid, "slot %s: the gateway wants a CSR this agent cannot make: %s",
+			    s->name, cr->message);
+			return OUT_REFUSED;
+		}
+		if (slot_request_resubmit(&a->cfg, s, &a->bundle, &a->facts, r, cr->csr_template, err,
+					  sizeof err) != 0) {
+			slot_request_forget(&a->cfg, s);
+			say(a, FG_LOG_ERROR, r->rid, "slot %s: cannot rebuild the CSR as the gateway asks: %s",
+			    s->name, err);
+			return OUT_REFUSED;
+		}
+		r->resubmits++;
+		say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided", s->name);
+		return OUT_RESUBMIT;
 	case FLEETGATE__STATUS__STATUS_INTERNAL:
 		say(a, FG_LOG_WARN, r->rid, "slot %s: the gateway failed (%s); retrying later", s->name,
 		    cr->message);
@@ -261,6 +279,10 @@ static int once_slot(struct agent *a, size_t i)
 		}
 		enum outcome o = on_slot_reply(a, s, &r, env, &ra);
 		const char *msg = env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY ? env->cert_reply->message : "";
+		if (o == OUT_RESUBMIT) {
+			fg_wire_free(env);
+			continue;
+		}
 		if (o == OUT_PENDING) {
 			if (ra == 0)
 				ra = 5;
@@ -523,6 +545,18 @@ static void on_reply(struct daemon *d, const Fleetgate__Envelope *env)
 	uint32_t ra = 0;
 	int64_t now = fg_now();
 	enum outcome o = on_slot_reply(a, s, &d->req, env, &ra);
+	if (o == OUT_RESUBMIT) {
+		char err[512];
+		if (client_send(a->client, d->req.buf, d->req.len, d->req.rid, err, sizeof err) == CLIENT_OK) {
+			d->busy = WAIT_SLOT;
+			d->deadline_ns = fg_mono_ns() + (uint64_t)a->cfg.request_timeout * 1000000000u;
+			return;
+		}
+		fg_err("agent", d->req.rid, "slot %s: %s", s->name, err);
+		slot_request_clear(&d->req);
+		d->retry_at = now + backoff(d);
+		return;
+	}
 	if (o == OUT_PENDING)
 		fg_info("agent", d->req.rid, "slot %s: pending at the CA (%s); asking again in %u s", s->name,
 			env->cert_reply->message, ra ? ra : 5);

@@ -207,6 +207,10 @@ static int current_pair(const struct agent_slot *s, X509 **cert, EVP_PKEY **key)
 	return 1;
 }
 
+static int request_pack(const struct agent_config *cfg, const struct agent_slot *s,
+			const struct fg_bundle *b, const struct agent_facts *f,
+			struct slot_request *r, const struct fg_csr_names *nm, char *err, size_t errlen);
+
 /*
  * A fresh request writes the new key and the pending record durably before
  * anything can be sent, so whatever happens next (timeout, crash, PENDING)
@@ -219,10 +223,6 @@ int slot_request_build(const struct agent_config *cfg, const struct agent_slot *
 		       struct slot_request *r, char *err, size_t errlen)
 {
 	char pend[STATE_PATH_MAX], keynew[STATE_PATH_MAX];
-	unsigned char *csr = NULL, *cur_der = NULL, *sig = NULL;
-	size_t csr_len = 0, cur_len = 0, sig_len = 0;
-	X509 *cur = NULL;
-	EVP_PKEY *cur_key = NULL;
 	int rc = -1;
 
 	memset(r, 0, sizeof *r);
@@ -243,7 +243,30 @@ int slot_request_build(const struct agent_config *cfg, const struct agent_slot *
 			goto out;
 	}
 	const char *dns[1] = { f->hostname };
-	if (fg_csr_build(r->key, f->hostname, dns, f->hostname[0] ? 1 : 0, &csr, &csr_len, err, errlen) != 0)
+	struct fg_csr_names nm = { .cn = f->hostname, .dns = dns, .ndns = f->hostname[0] ? 1 : 0 };
+	rc = request_pack(cfg, s, b, f, r, &nm, err, errlen);
+out:
+	if (rc != 0)
+		slot_request_clear(r);
+	return rc;
+}
+
+/* The CSR for r's key with nm's names, and the envelope around it (a
+ * renewal with its proof of possession) into r->buf. 0, or -1 with err. */
+static int request_pack(const struct agent_config *cfg, const struct agent_slot *s,
+			const struct fg_bundle *b, const struct agent_facts *f,
+			struct slot_request *r, const struct fg_csr_names *nm, char *err, size_t errlen)
+{
+	unsigned char *csr = NULL, *cur_der = NULL, *sig = NULL;
+	size_t csr_len = 0, cur_len = 0, sig_len = 0;
+	X509 *cur = NULL;
+	EVP_PKEY *cur_key = NULL;
+	int rc = -1;
+
+	free(r->buf);
+	r->buf = NULL;
+	r->len = 0;
+	if (fg_csr_build_names(r->key, nm, &csr, &csr_len, err, errlen) != 0)
 		goto out;
 
 	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
@@ -293,9 +316,25 @@ out:
 	free(sig);
 	X509_free(cur);
 	EVP_PKEY_free(cur_key);
-	if (rc != 0)
-		slot_request_clear(r);
 	return rc;
+}
+
+int slot_request_resubmit(const struct agent_config *cfg, const struct agent_slot *s,
+			  const struct fg_bundle *b, const struct agent_facts *f,
+			  struct slot_request *r, const Fleetgate__CsrTemplate *tpl, char *err,
+			  size_t errlen)
+{
+	struct fg_csr_names nm = {
+		.cn = tpl->subject_cn,
+		.dns = (const char *const *)tpl->dns,
+		.ndns = tpl->n_dns,
+		.ip = (const char *const *)tpl->ip,
+		.nip = tpl->n_ip,
+		.email = (const char *const *)tpl->email,
+		.nemail = tpl->n_email,
+		.challenge = tpl->challenge_password,
+	};
+	return request_pack(cfg, s, b, f, r, &nm, err, errlen);
 }
 
 /* environ plus the FLEETGATE_* variables (replacing any inherited ones);

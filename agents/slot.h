@@ -61,6 +61,7 @@ struct slot_request {
 	char rid[65];           /* request id, reused on every retry */
 	int renew;              /* 1 renewal, 0 enrollment */
 	EVP_PKEY *key;          /* the new key (owned) */
+	int resubmits;          /* CSRs rebuilt from a gateway template */
 	uint8_t *buf;           /* packed Envelope (owned) */
 	size_t len;
 };
@@ -74,6 +75,13 @@ void slot_request_clear(struct slot_request *r);
 int slot_request_build(const struct agent_config *cfg, const struct agent_slot *s, int renew,
 		       const struct fg_bundle *b, const struct agent_facts *f,
 		       struct slot_request *r, char *err, size_t errlen);
+
+/* Rebuild r's CSR (same key, same request id) from the template the
+ * gateway sent with STATUS_RESUBMIT, and re-pack the request. 0, or -1. */
+int slot_request_resubmit(const struct agent_config *cfg, const struct agent_slot *s,
+			  const struct fg_bundle *b, const struct agent_facts *f,
+			  struct slot_request *r, const Fleetgate__CsrTemplate *tpl, char *err,
+			  size_t errlen);
 
 /* Drop the in-flight request (after a final refusal). */
 void slot_request_forget(const struct agent_config *cfg, const struct agent_slot *s);

@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
+
 #include "backend.h"
 #include "config.h"
 #include "fg_bundle.h"
@@ -63,6 +65,10 @@ static void usage(FILE *f)
 		"  device revoke --state DIR DEVICE\n"
 		"        revoke a device and all its certificates; it can no longer enroll or renew\n"
 		"  cert list --state DIR [--device DEVICE] [--json]\n"
+		"  backend cacerts|crl --state DIR NAME\n"
+		"  backend cert --state DIR NAME SERIAL\n"
+		"        ask backend NAME's CA for its certificates, its CRL, or a certificate it\n"
+		"        issued (SCEP GetCert/GetCRL); PEM on stdout\n"
 		"  audit verify --state DIR\n"
 		"        check the audit log's hash chain\n"
 		"  version\n");
@@ -623,6 +629,97 @@ static int cmd_audit(const struct opts *o)
 	return rc;
 }
 
+static int cmd_backend(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	struct backends *bs = NULL;
+	char err[1024] = "";
+	const char *sub = o->argc > 0 ? o->argv[0] : "";
+	int rc;
+
+	int want = strcmp(sub, "cert") == 0 ? 3 : 2;
+	if ((strcmp(sub, "cacerts") != 0 && strcmp(sub, "crl") != 0 && strcmp(sub, "cert") != 0) ||
+	    o->argc != want) {
+		fprintf(stderr, "fleetgate: usage: fleetgate backend cacerts|crl --state DIR NAME, or backend cert --state DIR NAME SERIAL\n");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	rc = EXIT_FAIL;
+	if (config_backend(cfg, o->argv[1]) == NULL) {
+		fprintf(stderr, "fleetgate backend: no backend named '%s' in the gateway config\n", o->argv[1]);
+		goto out;
+	}
+	bs = backends_open(cfg, 0, err, sizeof err);
+	struct backend *b = bs ? backends_find(bs, o->argv[1]) : NULL;
+	if (b == NULL) {
+		fprintf(stderr, "fleetgate backend: %s\n", err);
+		goto out;
+	}
+	unsigned char *der = NULL;
+	size_t len = 0;
+	const unsigned char *p;
+	if (strcmp(sub, "cacerts") == 0) {
+		struct fg_cert_list l;
+		memset(&l, 0, sizeof l);
+		if (b->ops->cacerts == NULL || b->ops->cacerts(b->state, &l, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate backend cacerts: %s\n", err[0] ? err : "the backend offers none");
+			goto out;
+		}
+		for (size_t i = 0; i < l.n; i++) {
+			p = l.der[i];
+			X509 *x = d2i_X509(NULL, &p, (long)l.len[i]);
+			if (x != NULL)
+				PEM_write_X509(stdout, x);
+			X509_free(x);
+		}
+		fg_cert_list_clear(&l);
+		rc = EXIT_OK;
+		goto out;
+	}
+	if (strcmp(sub, "crl") == 0) {
+		if (b->ops->fetch_crl == NULL) {
+			fprintf(stderr, "fleetgate backend crl: backend %s (plugin %s) cannot fetch a CRL\n", b->name, b->ops->name);
+			goto out;
+		}
+		if (b->ops->fetch_crl(b->state, &der, &len, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate backend crl: %s\n", err);
+			goto out;
+		}
+		p = der;
+		X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)len);
+		if (crl != NULL && PEM_write_X509_CRL(stdout, crl) == 1)
+			rc = EXIT_OK;
+		else
+			fprintf(stderr, "fleetgate backend crl: the CA's CRL cannot be read\n");
+		X509_CRL_free(crl);
+	} else {
+		if (b->ops->fetch_cert == NULL) {
+			fprintf(stderr, "fleetgate backend cert: backend %s (plugin %s) cannot fetch certificates\n", b->name, b->ops->name);
+			goto out;
+		}
+		if (b->ops->fetch_cert(b->state, o->argv[2], &der, &len, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate backend cert: %s\n", err);
+			goto out;
+		}
+		p = der;
+		X509 *x = d2i_X509(NULL, &p, (long)len);
+		if (x != NULL && PEM_write_X509(stdout, x) == 1)
+			rc = EXIT_OK;
+		else
+			fprintf(stderr, "fleetgate backend cert: the CA's answer cannot be read\n");
+		X509_free(x);
+	}
+	free(der);
+out:
+	backends_free(bs);
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -653,6 +750,8 @@ int main(int argc, char **argv)
 		return cmd_cert(&o);
 	if (strcmp(cmd, "audit") == 0)
 		return cmd_audit(&o);
+	if (strcmp(cmd, "backend") == 0)
+		return cmd_backend(&o);
 	fprintf(stderr, "fleetgate: unknown command '%s'; run `fleetgate help`\n", cmd);
 	return EXIT_USAGE;
 }

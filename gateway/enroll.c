@@ -757,6 +757,88 @@ static void fill_policy_facts(struct policy_facts *pf, const Fleetgate__Facts *f
 	pf->tpm_present = f->tpm_present;
 }
 
+/*
+ * A CA that takes the CSR as it is (SCEP, most EST servers) must get one
+ * naming exactly what the policy decided, with its challengePassword: the
+ * backend says so through csr_needs. When the device's CSR differs, it is
+ * told to rebuild it (STATUS_RESUBMIT with the template, same request id)
+ * before anything is admitted or consumed. 1 when the CSR will do, else 0
+ * with the reply made.
+ */
+static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t *csr,
+			 size_t csr_len, const char *rid, uint8_t **out, size_t *len)
+{
+	struct backend *b = backends_find(w->bs, p->backend);
+	struct fg_csr_needs needs;
+	char err[512] = "", why[256] = "";
+
+	if (b == NULL || b->ops->csr_needs == NULL)
+		return 1;
+	struct fg_issue_request ir = {
+		.struct_size = sizeof ir,
+		.request_id = rid,
+		.device_id = p->device_id,
+		.slot = p->slot,
+		.renewal = strcmp(p->kind, "renew") == 0,
+		.subject_cn = p->cn,
+		.dns_names = (const char *const *)p->dns,
+		.n_dns = p->ndns,
+		.ip_names = (const char *const *)p->ip,
+		.n_ip = p->nip,
+		.emails = (const char *const *)p->email,
+		.n_email = p->nemail,
+		.profile = p->profile,
+		.challenge = p->challenge[0] ? p->challenge : NULL,
+	};
+	memset(&needs, 0, sizeof needs);
+	if (b->ops->csr_needs(b->state, &ir, &needs, err, sizeof err) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "backend %s cannot take requests now: %s", p->backend, err);
+		return 0;
+	}
+	needs.challenge[sizeof needs.challenge - 1] = '\0';
+	if (!needs.names_from_csr && needs.challenge[0] == '\0')
+		return 1;
+	/* the template always names what the policy decided */
+	struct fg_csr_names want = {
+		.cn = p->cn,
+		.dns = (const char *const *)p->dns,
+		.ndns = p->ndns,
+		.ip = (const char *const *)p->ip,
+		.nip = p->nip,
+		.email = (const char *const *)p->email,
+		.nemail = p->nemail,
+		.challenge = needs.challenge,
+	};
+	if (fg_csr_matches(csr, csr_len, &want, why, sizeof why))
+		return 1;
+
+	char msg[512];
+	snprintf(msg, sizeof msg,
+		 "the CA behind backend %s takes the CSR as it is, and this one does not fit (%s): rebuild it from the template with the same key and request id",
+		 p->backend, why);
+	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
+	Fleetgate__CsrTemplate tpl = FLEETGATE__CSR_TEMPLATE__INIT;
+	tpl.subject_cn = (char *)p->cn;
+	tpl.dns = (char **)p->dns;
+	tpl.n_dns = p->ndns;
+	tpl.ip = (char **)p->ip;
+	tpl.n_ip = p->nip;
+	tpl.email = (char **)p->email;
+	tpl.n_email = p->nemail;
+	tpl.challenge_password = needs.challenge;
+	cr.status = FLEETGATE__STATUS__STATUS_RESUBMIT;
+	cr.message = msg;
+	cr.csr_template = &tpl;
+	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
+	env.cert_reply = &cr;
+	pack_env(&env, rid, out, len);
+	fg_info("enroll", rid, "resubmit: %s", msg);
+	explicit_bzero(needs.challenge, sizeof needs.challenge);
+	return 0;
+}
+
 /* Enrollment (renew == 0) or renewal of one slot. */
 static void handle_cert(struct worker *w, const char *key, const Fleetgate__Envelope *env, int renew,
 			uint8_t **out, size_t *len)
@@ -906,6 +988,8 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 			     err);
 		goto out;
 	}
+	if (csr_needs_met(w, &p, csr->data, csr->len, rid, out, len) != 1)
+		goto out;
 	p.csr = malloc(csr->len);
 	if (p.csr == NULL)
 		goto oom;

@@ -43,6 +43,28 @@ EVP_PKEY *fg_key_load(const char *path, char *err, size_t errlen);
 int fg_csr_build(EVP_PKEY *key, const char *cn, const char *const *dns, size_t ndns,
 		 unsigned char **der, size_t *derlen, char *err, size_t errlen);
 
+/* Names (and the SCEP challengePassword) a CSR carries. */
+struct fg_csr_names {
+	const char *cn;                      /* "" or NULL: no CN */
+	const char *const *dns;
+	size_t ndns;
+	const char *const *ip;               /* textual IPv4/IPv6 */
+	size_t nip;
+	const char *const *email;
+	size_t nemail;
+	const char *challenge;               /* PKCS#9 challengePassword, NULL or "" for none */
+};
+
+/* fg_csr_build with every name type and an optional challengePassword. */
+int fg_csr_build_names(EVP_PKEY *key, const struct fg_csr_names *nm, unsigned char **der,
+		       size_t *derlen, char *err, size_t errlen);
+
+/* 1 when the CSR carries exactly want: the CN (case-insensitive), the same
+ * sets of DNS names, IP addresses and e-mail names, and the challenge
+ * (none when want->challenge is empty); else 0 with why saying what differs. */
+int fg_csr_matches(const unsigned char *der, size_t len, const struct fg_csr_names *want,
+		   char *why, size_t whylen);
+
 /* What the gateway learns from a CSR after checking it. */
 #define FG_CSR_MAX_DNS 32
 struct fg_csr_info {

@@ -94,6 +94,7 @@ const char *fg_status_name(Fleetgate__Status s)
 	case FLEETGATE__STATUS__STATUS_BAD_REQUEST: return "bad_request";
 	case FLEETGATE__STATUS__STATUS_UNAUTHORIZED: return "unauthorized";
 	case FLEETGATE__STATUS__STATUS_INTERNAL: return "internal";
+	case FLEETGATE__STATUS__STATUS_RESUBMIT: return "resubmit";
 	default: return "unspecified";
 	}
 }

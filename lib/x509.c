@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
@@ -123,8 +125,39 @@ static const EVP_MD *sign_md(EVP_PKEY *key)
 	return EVP_sha256();
 }
 
-int fg_csr_build(EVP_PKEY *key, const char *cn, const char *const *dns, size_t ndns,
-		 unsigned char **der, size_t *derlen, char *err, size_t errlen)
+static int push_name(GENERAL_NAMES *gens, int type, const char *v)
+{
+	GENERAL_NAME *g = GENERAL_NAME_new();
+	ASN1_STRING *s = NULL;
+	unsigned char ip[16];
+	int l = 0;
+
+	if (g == NULL)
+		return -1;
+	if (type == GEN_IPADD) {
+		l = inet_pton(AF_INET, v, ip) == 1 ? 4 : inet_pton(AF_INET6, v, ip) == 1 ? 16 : 0;
+		s = l ? ASN1_OCTET_STRING_new() : NULL;
+		if (s == NULL || ASN1_OCTET_STRING_set(s, ip, l) != 1)
+			goto fail;
+	} else {
+		s = ASN1_IA5STRING_new();
+		if (s == NULL || ASN1_STRING_set(s, v, -1) != 1)
+			goto fail;
+	}
+	GENERAL_NAME_set0_value(g, type, s);
+	if (sk_GENERAL_NAME_push(gens, g) <= 0) {
+		GENERAL_NAME_free(g);
+		return -1;
+	}
+	return 0;
+fail:
+	ASN1_STRING_free(s);
+	GENERAL_NAME_free(g);
+	return -1;
+}
+
+int fg_csr_build_names(EVP_PKEY *key, const struct fg_csr_names *nm, unsigned char **der,
+		       size_t *derlen, char *err, size_t errlen)
 {
 	X509_REQ *req = X509_REQ_new();
 	X509_NAME *name = NULL;
@@ -139,26 +172,26 @@ int fg_csr_build(EVP_PKEY *key, const char *cn, const char *const *dns, size_t n
 	name = X509_NAME_new();
 	if (name == NULL)
 		goto ssl;
-	if (cn && *cn &&
-	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) != 1)
+	if (nm->cn && *nm->cn &&
+	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)nm->cn, -1, -1, 0) != 1)
 		goto ssl;
 	if (X509_REQ_set_subject_name(req, name) != 1)
 		goto ssl;
-	if (ndns > 0) {
+	if (nm->ndns + nm->nip + nm->nemail > 0) {
 		gens = GENERAL_NAMES_new();
 		if (gens == NULL)
 			goto ssl;
-		for (size_t i = 0; i < ndns; i++) {
-			GENERAL_NAME *g = GENERAL_NAME_new();
-			ASN1_IA5STRING *s = ASN1_IA5STRING_new();
-			if (g == NULL || s == NULL || ASN1_STRING_set(s, dns[i], -1) != 1) {
-				GENERAL_NAME_free(g);
-				ASN1_IA5STRING_free(s);
+		for (size_t i = 0; i < nm->ndns; i++)
+			if (push_name(gens, GEN_DNS, nm->dns[i]) != 0)
 				goto ssl;
+		for (size_t i = 0; i < nm->nip; i++)
+			if (push_name(gens, GEN_IPADD, nm->ip[i]) != 0) {
+				fg_seterr(err, errlen, "'%s' is not an IP address", nm->ip[i]);
+				goto out;
 			}
-			GENERAL_NAME_set0_value(g, GEN_DNS, s);
-			sk_GENERAL_NAME_push(gens, g);
-		}
+		for (size_t i = 0; i < nm->nemail; i++)
+			if (push_name(gens, GEN_EMAIL, nm->email[i]) != 0)
+				goto ssl;
 		exts = sk_X509_EXTENSION_new_null();
 		X509_EXTENSION *ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, gens);
 		if (exts == NULL || ext == NULL) {
@@ -169,6 +202,10 @@ int fg_csr_build(EVP_PKEY *key, const char *cn, const char *const *dns, size_t n
 		if (X509_REQ_add_extensions(req, exts) != 1)
 			goto ssl;
 	}
+	if (nm->challenge && *nm->challenge &&
+	    X509_REQ_add1_attr_by_NID(req, NID_pkcs9_challengePassword, MBSTRING_UTF8,
+				      (const unsigned char *)nm->challenge, -1) != 1)
+		goto ssl;
 	if (X509_REQ_sign(req, key, sign_md(key)) <= 0)
 		goto ssl;
 	n = i2d_X509_REQ(req, &buf);
@@ -190,6 +227,110 @@ out:
 	GENERAL_NAMES_free(gens);
 	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
 	X509_NAME_free(name);
+	X509_REQ_free(req);
+	return rc;
+}
+
+int fg_csr_build(EVP_PKEY *key, const char *cn, const char *const *dns, size_t ndns,
+		 unsigned char **der, size_t *derlen, char *err, size_t errlen)
+{
+	struct fg_csr_names nm = { .cn = cn, .dns = dns, .ndns = ndns };
+	return fg_csr_build_names(key, &nm, der, derlen, err, errlen);
+}
+
+/* Is every entry of want in have, and the other way round (case-insensitive)? */
+static int same_set(const char *const *a, size_t na, char **b, size_t nb)
+{
+	if (na != nb)
+		return 0;
+	for (size_t i = 0; i < na; i++) {
+		size_t j = 0;
+		while (j < nb && strcasecmp(a[i], b[j]) != 0)
+			j++;
+		if (j == nb)
+			return 0;
+	}
+	return 1;
+}
+
+int fg_csr_matches(const unsigned char *der, size_t len, const struct fg_csr_names *want,
+		   char *why, size_t whylen)
+{
+	const unsigned char *p = der;
+	X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
+	char *dns[64], *ip[64], *email[64], cn[256] = "", chal[256] = "";
+	size_t ndns = 0, nip = 0, nemail = 0;
+	int rc = 0;
+
+	if (req == NULL) {
+		ERR_clear_error();
+		fg_seterr(why, whylen, "the CSR cannot be parsed");
+		return 0;
+	}
+	X509_NAME_get_text_by_NID(X509_REQ_get_subject_name(req), NID_commonName, cn, sizeof cn);
+	STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+	GENERAL_NAMES *gens = exts ? X509V3_get_d2i(exts, NID_subject_alt_name, NULL, NULL) : NULL;
+	for (int i = 0; gens && i < sk_GENERAL_NAME_num(gens); i++) {
+		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		char buf[INET6_ADDRSTRLEN + 1];
+		if ((g->type == GEN_DNS || g->type == GEN_EMAIL) && (g->type == GEN_DNS ? ndns : nemail) < 64) {
+			char *v = strndup((const char *)ASN1_STRING_get0_data(g->d.ia5), (size_t)ASN1_STRING_length(g->d.ia5));
+			if (g->type == GEN_DNS)
+				dns[ndns++] = v;
+			else
+				email[nemail++] = v;
+		} else if (g->type == GEN_IPADD && nip < 64) {
+			int l = ASN1_STRING_length(g->d.ip);
+			if ((l == 4 || l == 16) && inet_ntop(l == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(g->d.ip), buf, sizeof buf))
+				ip[nip++] = strdup(buf);
+		} else {
+			fg_seterr(why, whylen, "the CSR carries a subjectAltName of an unexpected type");
+			goto out;
+		}
+	}
+	int ai = X509_REQ_get_attr_by_NID(req, NID_pkcs9_challengePassword, -1);
+	if (ai >= 0) {
+		ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(X509_REQ_get_attr(req, ai), 0);
+		if (t && (t->type == V_ASN1_PRINTABLESTRING || t->type == V_ASN1_UTF8STRING || t->type == V_ASN1_IA5STRING)) {
+			int l = ASN1_STRING_length(t->value.asn1_string);
+			if (l >= 0 && (size_t)l < sizeof chal)
+				memcpy(chal, ASN1_STRING_get0_data(t->value.asn1_string), (size_t)l);
+		}
+	}
+	/* an IP text may have several spellings: compare the canonical form */
+	char *wip[64];
+	size_t nwip = 0;
+	for (size_t i = 0; i < want->nip && i < 64; i++) {
+		unsigned char b[16];
+		char buf[INET6_ADDRSTRLEN + 1];
+		int v6 = strchr(want->ip[i], ':') != NULL;
+		if (inet_pton(v6 ? AF_INET6 : AF_INET, want->ip[i], b) == 1 &&
+		    inet_ntop(v6 ? AF_INET6 : AF_INET, b, buf, sizeof buf))
+			wip[nwip++] = strdup(buf);
+	}
+	if (strcasecmp(cn, want->cn ? want->cn : "") != 0)
+		fg_seterr(why, whylen, "its subject CN is '%s', not '%s'", cn, want->cn ? want->cn : "");
+	else if (!same_set(want->dns, want->ndns, dns, ndns))
+		fg_seterr(why, whylen, "its DNS names differ from those decided");
+	else if (!same_set((const char *const *)wip, nwip, ip, nip))
+		fg_seterr(why, whylen, "its IP addresses differ from those decided");
+	else if (!same_set(want->email, want->nemail, email, nemail))
+		fg_seterr(why, whylen, "its e-mail names differ from those decided");
+	else if (strcmp(chal, want->challenge ? want->challenge : "") != 0)
+		fg_seterr(why, whylen, ai >= 0 ? "its challengePassword is not the one required" : "it carries no challengePassword");
+	else
+		rc = 1;
+	for (size_t i = 0; i < nwip; i++)
+		free(wip[i]);
+out:
+	for (size_t i = 0; i < ndns; i++)
+		free(dns[i]);
+	for (size_t i = 0; i < nip; i++)
+		free(ip[i]);
+	for (size_t i = 0; i < nemail; i++)
+		free(email[i]);
+	GENERAL_NAMES_free(gens);
+	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
 	X509_REQ_free(req);
 	return rc;
 }

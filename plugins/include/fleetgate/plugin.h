@@ -174,6 +174,17 @@ static inline void fg_cert_list_clear(struct fg_cert_list *l)
 	memset(l, 0, sizeof *l);
 }
 
+/* What a backend needs in the device's CSR (see csr_needs below). */
+struct fg_csr_needs {
+	/* 1 when the CA takes subject and names from the CSR rather than
+	 * from the request (SCEP, most EST servers): the host then makes the
+	 * device send a CSR naming exactly what the policy decided. */
+	int names_from_csr;
+	/* The challengePassword (PKCS#9, RFC 2985 5.4.1) the CSR must carry,
+	 * "" for none. */
+	char challenge[256];
+};
+
 /* CRL reason codes (RFC 5280 5.3.1) used by revoke. */
 enum fg_revoke_reason {
 	FG_REVOKE_UNSPECIFIED = 0,
@@ -211,6 +222,22 @@ struct fg_backend_ops {
 
 	/* Release the instance; state may be NULL. */
 	void (*close)(void *state);
+
+	/* The fields below were appended during ABI 1 (before its first
+	 * release); the host reads them only when struct_size covers them. */
+
+	/* What the device's CSR must carry for this backend, asked before the
+	 * job is admitted (nothing durable exists yet). 0 with needs filled,
+	 * or -1 with err. May be NULL: the backend takes names from req. */
+	int (*csr_needs)(void *state, const struct fg_issue_request *req, struct fg_csr_needs *needs,
+			 char *err, size_t errlen);
+
+	/* Operator inspection (fleetgate backend cert|crl): fetch a
+	 * certificate the CA issued, by serial (upper-case hex), or the CA's
+	 * current CRL, as malloc'd DER. 0, or -1 with err. May be NULL. */
+	int (*fetch_cert)(void *state, const char *serial_hex, unsigned char **der, size_t *len,
+			  char *err, size_t errlen);
+	int (*fetch_crl)(void *state, unsigned char **der, size_t *len, char *err, size_t errlen);
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
