@@ -267,9 +267,13 @@ static char *anchors_pem(const struct gw_config *cfg, char *err, size_t errlen)
 		struct backend *b = backends_find(bs, cfg->backends[i].name);
 		struct fg_cert_list cl;
 		memset(&cl, 0, sizeof cl);
-		if (b == NULL || b->ops->cacerts == NULL ||
-		    b->ops->cacerts(b->state, &cl, err, errlen) != 0)
+		if (b == NULL || b->ops->cacerts == NULL)
 			continue;
+		if (b->ops->cacerts(b->state, &cl, err, errlen) != 0) {
+			fprintf(stderr, "fleetgate: warning: backend %s gave no CA certificates (%s); devices with this bundle will not trust certificates it issues\n",
+				cfg->backends[i].name, err);
+			continue;
+		}
 		for (size_t j = 0; j < cl.n; j++) {
 			X509 *x = fg_cert_from_der(cl.der[j], cl.len[j], NULL, 0);
 			char *one = x ? fg_cert_to_pem(x) : NULL;

@@ -472,6 +472,8 @@ static STACK_OF(X509) *certs_from_cacert(const unsigned char *p, size_t n, const
 	return out;
 }
 
+static unsigned char *to_der(X509 *x, size_t *len);
+
 static struct ca_view *view_fetch(struct scep *s, char *err, size_t errlen)
 {
 	struct ca_view *v = calloc(1, sizeof *v);
@@ -527,6 +529,11 @@ static struct ca_view *view_fetch(struct scep *s, char *err, size_t errlen)
 		     s->name);
 	}
 	v->fetched = s->host->now(s->host->ctx);
+	size_t dl = 0;
+	unsigned char *dd = to_der(v->ca, &dl);
+	if (dd == NULL || s->host->state_put(s->host->ctx, "ca_cert", dd, dl) != 0)
+		slog(s, FG_LEVEL_WARN, NULL, "backend %s: cannot keep the CA certificate in the store", s->name);
+	free(dd);
 	sk_X509_pop_free(certs, X509_free);
 	free(b.p);
 	free(url);
@@ -1227,24 +1234,51 @@ static int scep_csr_needs(void *state, const struct fg_issue_request *req,
 	return 0;
 }
 
+/* The CA certificate last fetched, kept in plugin state so that bundles
+ * can be made while the SCEP server is away; checked against the pin. */
+static X509 *stored_ca(struct scep *s)
+{
+	unsigned char *der = NULL, d[32];
+	size_t len = 0;
+	X509 *x = NULL;
+	if (s->host->state_get(s->host->ctx, "ca_cert", &der, &len) == 1) {
+		const unsigned char *q = der;
+		x = d2i_X509(NULL, &q, (long)len);
+		if (x != NULL && (cert_sha256(x, d) != 0 || memcmp(d, s->pin, 32) != 0)) {
+			X509_free(x);
+			x = NULL;
+		}
+	}
+	ERR_clear_error();
+	free(der);
+	return x;
+}
+
 static int scep_cacerts(void *state, struct fg_cert_list *out, char *err, size_t errlen)
 {
 	struct scep *s = state;
 	struct ca_view *v = view_get(s, 0, err, errlen);
+	X509 *ca = v ? v->ca : stored_ca(s);
 	memset(out, 0, sizeof *out);
-	if (v == NULL)
+	if (ca == NULL)
 		return -1;
+	if (v == NULL)
+		slog(s, FG_LEVEL_WARN, NULL, "backend %s: %s; using the CA certificate fetched before", s->name, err);
 	out->der = calloc(1, sizeof *out->der);
 	out->len = calloc(1, sizeof *out->len);
-	if (out->der == NULL || out->len == NULL || (out->der[0] = to_der(v->ca, &out->len[0])) == NULL) {
+	int rc = 0;
+	if (out->der == NULL || out->len == NULL || (out->der[0] = to_der(ca, &out->len[0])) == NULL) {
 		fg_cert_list_clear(out);
-		view_put(s, v);
 		seterr(err, errlen, "out of memory");
-		return -1;
+		rc = -1;
+	} else {
+		out->n = 1;
 	}
-	out->n = 1;
-	view_put(s, v);
-	return 0;
+	if (v != NULL)
+		view_put(s, v);
+	else
+		X509_free(ca);
+	return rc;
 }
 
 static int scep_revoke(void *state, const unsigned char *cert_der, size_t cert_len,
