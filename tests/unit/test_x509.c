@@ -115,6 +115,72 @@ static X509 *make_cert(EVP_PKEY *subject_key, EVP_PKEY *issuer_key, X509 *issuer
 	return x;
 }
 
+/* CSRs built from a template carry exactly its names and challenge, and
+ * fg_csr_matches tells any difference. */
+static void test_csr_template(void **state)
+{
+	char err[256], why[256];
+	(void)state;
+	EVP_PKEY *k = fg_key_generate(FG_KEY_P256, err, sizeof err);
+	assert_non_null(k);
+	const char *dns[] = { "a.example.com", "b.example.com" };
+	const char *ip[] = { "192.0.2.7", "2001:db8::1" };
+	const char *email[] = { "ops@example.com" };
+	struct fg_csr_names nm = { "a.example.com", dns, 2, ip, 2, email, 1, "s3cret" };
+	unsigned char *der = NULL;
+	size_t len = 0;
+	assert_int_equal(fg_csr_build_names(k, &nm, &der, &len, err, sizeof err), 0);
+	struct fg_csr_info ci;
+	assert_int_equal(fg_csr_check(der, len, &ci, NULL, err, sizeof err), 0);
+	fg_csr_info_clear(&ci);
+
+	assert_int_equal(fg_csr_matches(der, len, &nm, why, sizeof why), 1);
+	/* order and case of names do not matter; the IPv6 spelling does not either */
+	const char *dns2[] = { "B.example.com", "a.example.com" };
+	const char *ip2[] = { "2001:0db8:0::1", "192.0.2.7" };
+	struct fg_csr_names same = { "A.example.com", dns2, 2, ip2, 2, email, 1, "s3cret" };
+	assert_int_equal(fg_csr_matches(der, len, &same, why, sizeof why), 1);
+
+	struct fg_csr_names w = nm;
+	w.challenge = "other";
+	assert_int_equal(fg_csr_matches(der, len, &w, why, sizeof why), 0);
+	assert_non_null(strstr(why, "challengePassword"));
+	w = nm;
+	w.cn = "c.example.com";
+	assert_int_equal(fg_csr_matches(der, len, &w, why, sizeof why), 0);
+	assert_non_null(strstr(why, "CN"));
+	w = nm;
+	w.ndns = 1;
+	assert_int_equal(fg_csr_matches(der, len, &w, why, sizeof why), 0);
+	assert_non_null(strstr(why, "DNS"));
+	w = nm;
+	w.nip = 1;
+	assert_int_equal(fg_csr_matches(der, len, &w, why, sizeof why), 0);
+	assert_non_null(strstr(why, "IP"));
+	w = nm;
+	w.nemail = 0;
+	assert_int_equal(fg_csr_matches(der, len, &w, why, sizeof why), 0);
+	free(der);
+
+	/* no challenge in the CSR, one wanted: told so */
+	nm.challenge = NULL;
+	assert_int_equal(fg_csr_build_names(k, &nm, &der, &len, err, sizeof err), 0);
+	w = nm;
+	w.challenge = "s3cret";
+	assert_int_equal(fg_csr_matches(der, len, &w, why, sizeof why), 0);
+	assert_non_null(strstr(why, "no challengePassword"));
+	assert_int_equal(fg_csr_matches(der, len, &nm, why, sizeof why), 1);
+	free(der);
+
+	/* a bad IP in the template is an error, not a CSR */
+	const char *badip[] = { "300.1.1.1" };
+	struct fg_csr_names bad = { "x", NULL, 0, badip, 1, NULL, 0, NULL };
+	assert_int_equal(fg_csr_build_names(k, &bad, &der, &len, err, sizeof err), -1);
+	assert_non_null(strstr(err, "300.1.1.1"));
+	assert_int_equal(fg_csr_matches((const unsigned char *)"junk", 4, &nm, why, sizeof why), 0);
+	EVP_PKEY_free(k);
+}
+
 static void test_chain_and_pop(void **state)
 {
 	char err[256];
@@ -194,6 +260,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_key_types_and_csr),
 		cmocka_unit_test(test_csr_refusals),
+		cmocka_unit_test(test_csr_template),
 		cmocka_unit_test(test_chain_and_pop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
