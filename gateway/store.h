@@ -28,6 +28,8 @@ int store_schema_version(struct store *st);
 enum store_device_state {
 	DEVICE_ACTIVE,
 	DEVICE_REVOKED,
+	DEVICE_RETIRED,           /* taken out of service: everything denied, history kept */
+	DEVICE_REGISTERED,        /* pre-registered (import), not enrolled yet */
 	DEVICE_STATE_MAX
 };
 const char *store_device_state_name(int state);

@@ -71,10 +71,25 @@ static const char *const migrations[] = {
 	"  seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,"
 	"  device_id TEXT NOT NULL DEFAULT '', request_id TEXT NOT NULL DEFAULT '',"
 	"  detail TEXT NOT NULL DEFAULT '', prev_hash TEXT NOT NULL, hash TEXT NOT NULL);",
+	/* 2: running a fleet: pre-registered devices (serial, free attributes;
+	 * until enrollment their curve_key is "pre:" + id), tokens bound to a
+	 * device or to attributes, and the per-device command queue */
+	"ALTER TABLE devices ADD COLUMN serial TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE devices ADD COLUMN attrs_json TEXT;"
+	"CREATE UNIQUE INDEX devices_serial ON devices(serial) WHERE serial <> '';"
+	"ALTER TABLE tokens ADD COLUMN device_id TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE tokens ADD COLUMN bound_json TEXT;"
+	"CREATE TABLE commands ("
+	"  id TEXT PRIMARY KEY, device_id TEXT NOT NULL, kind TEXT NOT NULL,"
+	"  slot TEXT NOT NULL DEFAULT '', state INTEGER NOT NULL DEFAULT 0,"
+	"  created_at INTEGER NOT NULL, delivered_at INTEGER NOT NULL DEFAULT 0,"
+	"  done_at INTEGER NOT NULL DEFAULT 0, result TEXT NOT NULL DEFAULT '');"
+	"CREATE INDEX commands_device ON commands(device_id, state);",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
-static const char *const device_state_names[DEVICE_STATE_MAX] = { "active", "revoked" };
+static const char *const device_state_names[DEVICE_STATE_MAX] = { "active", "revoked", "retired",
+	"registered" };
 
 const char *store_device_state_name(int state)
 {

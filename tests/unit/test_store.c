@@ -170,8 +170,10 @@ static void test_open_migrate_reopen(void **state)
 	struct fixture *f = *state;
 	char err[512], want[256], path[160];
 
-	assert_int_equal(store_schema_version(f->st), 1);
-	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 1);
+	assert_int_equal(store_schema_version(f->st), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM commands"), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices WHERE serial = ''"), 0);
 	char mode[16];
 	assert_string_equal(qs(f, "PRAGMA journal_mode", mode, sizeof mode), "wal");
 	store_free(f->st);
@@ -179,8 +181,8 @@ static void test_open_migrate_reopen(void **state)
 	/* reopening applies nothing again */
 	f->st = store_open(f->path, 0, err, sizeof err);
 	assert_non_null(f->st);
-	assert_int_equal(store_schema_version(f->st), 1);
-	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 1);
+	assert_int_equal(store_schema_version(f->st), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 2);
 	store_free(f->st);
 	f->st = NULL;
 
