@@ -323,6 +323,15 @@ static int run_once(struct agent *a)
 
 enum busy { IDLE, WAIT_SLOT, WAIT_CHECKIN };
 
+#define MAX_RESULTS 32
+#define MAX_SEEN 64
+
+struct cmd_result {
+	char id[24];
+	int ok;
+	char message[256];
+};
+
 struct daemon {
 	struct agent *a;
 	const char *config;         /* path, for SIGHUP */
@@ -337,7 +346,35 @@ struct daemon {
 	int64_t retry_at;           /* backoff: no request before this */
 	int failures;               /* consecutive unanswered requests */
 	int64_t slot_wait[AGENT_MAX_SLOTS];  /* per slot: nothing before this */
+	char slot_cmd[AGENT_MAX_SLOTS][24];  /* per slot: the command its request carries out */
+	int rebootstrap[AGENT_MAX_SLOTS];    /* per slot: enroll afresh, not renew */
+	struct cmd_result results[MAX_RESULTS]; /* answers for the next check-in */
+	size_t nresults, nsent;              /* nsent: in the check-in in flight */
+	char seen[MAX_SEEN][24];             /* commands already carried out */
+	size_t nseen;
 };
+
+/* Queue the answer to command id for the next check-in, which comes soon. */
+static void command_done(struct daemon *d, const char *id, int ok, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void command_done(struct daemon *d, const char *id, int ok, const char *fmt, ...)
+{
+	va_list ap;
+	if (d->nresults == MAX_RESULTS) {
+		fg_warn("agent", NULL, "too many unsent command results; dropping the answer to %s", id);
+		return;
+	}
+	struct cmd_result *r = &d->results[d->nresults++];
+	fg_strlcpy(r->id, id, sizeof r->id);
+	r->ok = ok;
+	va_start(ap, fmt);
+	vsnprintf(r->message, sizeof r->message, fmt, ap);
+	va_end(ap);
+	fg_info("agent", NULL, "command %s %s: %s", id, ok ? "done" : "failed", r->message);
+	int64_t soon = fg_now() + 1;
+	if (d->next_checkin > soon)
+		d->next_checkin = soon;
+}
 
 /* Full jitter: uniform in [1, min(cap, base * 2^failures)] seconds. */
 static int64_t backoff(struct daemon *d)
@@ -405,6 +442,17 @@ static void send_checkin(struct daemon *d)
 	ci.facts = &pf;
 	ci.n_inventory = n;
 	ci.inventory = invp;
+	Fleetgate__CommandResult res[MAX_RESULTS], *resp[MAX_RESULTS];
+	for (size_t i = 0; i < d->nresults; i++) {
+		fleetgate__command_result__init(&res[i]);
+		res[i].id = d->results[i].id;
+		res[i].ok = d->results[i].ok;
+		res[i].message = d->results[i].message;
+		resp[i] = &res[i];
+	}
+	ci.n_results = d->nresults;
+	ci.results = resp;
+	d->nsent = d->nresults;
 	if (fg_request_id_new(d->checkin_rid) != 0)
 		goto fail;
 	env.version = FG_PROTOCOL_VERSION;
@@ -450,8 +498,8 @@ static int64_t schedule(struct daemon *d)
 			next = min64(next, due);
 			continue;
 		}
-		if (slot_request_build(&a->cfg, s, act == SLOT_RENEW, &a->bundle, &a->facts, &d->req, err,
-				       sizeof err) != 0) {
+		if (slot_request_build(&a->cfg, s, act == SLOT_RENEW && !d->rebootstrap[i], &a->bundle,
+				       &a->facts, &d->req, err, sizeof err) != 0) {
 			fg_err("agent", NULL, "slot %s: %s", s->name, err);
 			d->slot_wait[i] = now + min64(300, a->cfg.checkin_interval);
 			next = min64(next, d->slot_wait[i]);
@@ -479,29 +527,87 @@ static int64_t schedule(struct daemon *d)
 }
 
 /* Commands from a check-in reply: renew/rekey one slot or all. */
+static int command_seen(struct daemon *d, const char *id)
+{
+	for (size_t i = 0; i < d->nseen; i++)
+		if (strcmp(d->seen[i], id) == 0)
+			return 1;
+	fg_strlcpy(d->seen[d->nseen % MAX_SEEN], id, sizeof d->seen[0]);
+	if (d->nseen < MAX_SEEN)
+		d->nseen++;
+	return 0;
+}
+
+/* update-trust: the new anchors replace the bundle's, on disk and in use. */
+static void update_trust(struct daemon *d, const Fleetgate__Command *c)
+{
+	struct agent *a = d->a;
+	char err[512] = "";
+	char *pem = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&pem, &len);
+	size_t n = 0;
+	for (size_t i = 0; f != NULL && i < c->n_trust_anchors_der; i++) {
+		X509 *x = fg_cert_from_der(c->trust_anchors_der[i].data, c->trust_anchors_der[i].len, NULL, 0);
+		char *one = x ? fg_cert_to_pem(x) : NULL;
+		if (one != NULL) {
+			fputs(one, f);
+			n++;
+		}
+		free(one);
+		X509_free(x);
+	}
+	if (f == NULL || fclose(f) != 0 || n == 0) {
+		free(pem);
+		command_done(d, c->id, 0, "no readable trust anchors in the command; the old ones stay");
+		return;
+	}
+	struct fg_bundle nb = a->bundle;
+	nb.anchors_pem = pem;
+	if (fg_bundle_write(a->cfg.bundle, &nb, err, sizeof err) != 0) {
+		free(pem);
+		command_done(d, c->id, 0, "cannot write the bundle %s: %s", a->cfg.bundle, err);
+		return;
+	}
+	free(a->bundle.anchors_pem);
+	a->bundle.anchors_pem = pem;
+	command_done(d, c->id, 1, "%zu trust anchor(s) installed in %s", n, a->cfg.bundle);
+}
+
+/* Commands from a check-in reply. renew/rekey/rebootstrap start a slot
+ * request and are answered when it ends; update-trust at once. */
 static void run_commands(struct daemon *d, const Fleetgate__CheckInReply *r)
 {
 	struct agent *a = d->a;
 	for (size_t i = 0; i < r->n_commands; i++) {
 		const Fleetgate__Command *c = r->commands[i];
-		if (strcmp(c->kind, "renew") != 0 && strcmp(c->kind, "rekey") != 0) {
-			fg_info("agent", d->checkin_rid, "ignoring command %s '%s', which this agent does not know",
-				c->id, c->kind);
+		if (command_seen(d, c->id))
+			continue;   /* resent before our answer arrived */
+		if (strcmp(c->kind, "update-trust") == 0) {
+			update_trust(d, c);
+			continue;
+		}
+		int reboot = strcmp(c->kind, "rebootstrap") == 0;
+		if (strcmp(c->kind, "renew") != 0 && strcmp(c->kind, "rekey") != 0 && !reboot) {
+			command_done(d, c->id, 0, "this agent does not know the command '%s'", c->kind);
 			continue;
 		}
 		int hit = 0;
 		for (size_t j = 0; j < a->cfg.nslots; j++)
 			if (c->slot[0] == '\0' || strcmp(c->slot, a->cfg.slots[j].name) == 0) {
+				if (d->slot_cmd[j][0] && strcmp(d->slot_cmd[j], c->id) != 0)
+					command_done(d, d->slot_cmd[j], 1, "superseded by command %s", c->id);
 				a->force[j] = 1;
+				d->rebootstrap[j] = reboot;
 				d->slot_wait[j] = 0;
+				fg_strlcpy(d->slot_cmd[j], c->id, sizeof d->slot_cmd[j]);
 				hit = 1;
 			}
 		if (hit)
 			fg_info("agent", d->checkin_rid, "command %s: %s %s", c->id, c->kind,
 				c->slot[0] ? c->slot : "every slot");
 		else
-			fg_warn("agent", d->checkin_rid, "command %s: %s slot '%s', which this agent does not have",
-				c->id, c->kind, c->slot);
+			command_done(d, c->id, 0, "this agent has no slot '%s'", c->slot);
 	}
 }
 
@@ -516,6 +622,10 @@ static void on_checkin_reply(struct daemon *d, const Fleetgate__Envelope *env)
 		if (r->next_checkin > 0)
 			d->next_checkin = now + r->next_checkin;
 		save_device_id(a, r->device_id);
+		/* the answers sent are recorded: drop them */
+		memmove(d->results, d->results + d->nsent, (d->nresults - d->nsent) * sizeof d->results[0]);
+		d->nresults -= d->nsent;
+		d->nsent = 0;
 		fg_debug("agent", d->checkin_rid, "checked in; next in %" PRId64 " s, %zu command(s)",
 			 d->next_checkin - now, r->n_commands);
 		run_commands(d, r);
@@ -561,6 +671,18 @@ static void on_reply(struct daemon *d, const Fleetgate__Envelope *env)
 		fg_info("agent", d->req.rid, "slot %s: pending at the CA (%s); asking again in %u s", s->name,
 			env->cert_reply->message, ra ? ra : 5);
 	slot_request_clear(&d->req);
+	char *cmd = d->slot_cmd[d->slot];
+	if (cmd[0] && (o == OUT_DONE || o == OUT_REFUSED || o == OUT_INSTALL)) {
+		const char *why = env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY ? env->cert_reply->message
+			: env->body_case == FLEETGATE__ENVELOPE__BODY_ERROR ? env->error->message : "";
+		if (o == OUT_DONE)
+			command_done(d, cmd, 1, "slot %s: new certificate installed (%s)", s->name, why);
+		else
+			command_done(d, cmd, 0, "slot %s: %s: %s", s->name,
+				     o == OUT_INSTALL ? "issued but not installed" : "refused", why);
+		cmd[0] = '\0';
+		d->rebootstrap[d->slot] = 0;
+	}
 	switch (o) {
 	case OUT_DONE:
 		d->slot_wait[d->slot] = 0;

@@ -14,6 +14,10 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/inotify.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +51,9 @@ struct opts {
 	const char *ttl;
 	int uses;
 	int json;
+	int follow;         /* audit tail --follow */
+	long lines;         /* audit tail -n */
+	const char *slot;   /* device command --slot */
 	int argc;       /* positional arguments left */
 	char **argv;
 };
@@ -64,6 +71,14 @@ static void usage(FILE *f)
 		"  device list --state DIR [--json]\n"
 		"  device revoke --state DIR DEVICE\n"
 		"        revoke a device and all its certificates; it can no longer enroll or renew\n"
+		"  device show --state DIR DEVICE [--json]\n"
+		"        facts, certificates, last check-in, commands and history of a device\n"
+		"  device retire --state DIR DEVICE\n"
+		"        take a device out of service: every certificate revoked, everything denied,\n"
+		"        history kept\n"
+		"  device command --state DIR (DEVICE | --group G) renew|rekey|update-trust|rebootstrap\n"
+		"        [--slot S]\n"
+		"        queue a command, delivered at the device's next check-in\n"
 		"  cert list --state DIR [--device DEVICE] [--json]\n"
 		"  backend cacerts|crl --state DIR NAME\n"
 		"  backend cert --state DIR NAME SERIAL\n"
@@ -71,6 +86,8 @@ static void usage(FILE *f)
 		"        issued (SCEP GetCert/GetCRL); PEM on stdout\n"
 		"  audit verify --state DIR\n"
 		"        check the audit log's hash chain\n"
+		"  audit tail --state DIR [-n N] [--device DEVICE] [--follow] [--json]\n"
+		"        the last N audit records (20); --follow prints new ones as they come\n"
 		"  version\n");
 }
 
@@ -87,6 +104,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "endpoint", required_argument, NULL, 'e' },
 		{ "device", required_argument, NULL, 'd' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "follow", no_argument, NULL, 'f' },
+		{ "lines", required_argument, NULL, 'n' },
+		{ "slot", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -97,7 +117,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	o->uses = 1;
 	o->ttl = "24h";
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "s:jh", lo, NULL)) != -1) {
+	o->lines = 20;
+	while ((c = getopt_long(argc, argv, "s:jhfn:", lo, NULL)) != -1) {
 		switch (c) {
 		case 's': o->state = optarg; break;
 		case 'l': o->listen = optarg; break;
@@ -107,6 +128,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'e': o->endpoint = optarg; break;
 		case 'd': o->device = optarg; break;
 		case 'j': o->json = 1; break;
+		case 'f': o->follow = 1; break;
+		case 'S': o->slot = optarg; break;
+		case 'n':
+			errno = 0;
+			o->lines = strtol(optarg, &end, 10);
+			if (errno || *end || o->lines < 0) {
+				fprintf(stderr, "fleetgate: -n/--lines must be a whole number, not '%s'\n", optarg);
+				return -1;
+			}
+			break;
 		case 'u':
 			errno = 0;
 			long v = strtol(optarg, &end, 10);
@@ -508,6 +539,340 @@ static int revoke_upstream(void *arg, const char *serial, const char *backend,
 	return 0;
 }
 
+/* ---- device show / retire / command ---- */
+
+static int collect_cert_json(void *arg, const struct store_cert *c)
+{
+	json_t *arr = arg;
+	char nb[32], na[32];
+	const char *status = c->revoked ? "revoked" : c->not_after <= fg_now() ? "expired" : "valid";
+	json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "serial", c->serial_hex,
+					     "slot", c->slot, "backend", c->backend, "subject", c->subject,
+					     "not_before", fg_time_iso(c->not_before, nb, sizeof nb),
+					     "not_after", fg_time_iso(c->not_after, na, sizeof na),
+					     "status", status));
+	return 0;
+}
+
+static int collect_command_json(void *arg, const struct store_command *c)
+{
+	json_t *arr = arg;
+	char t[32];
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", c->id, "kind", c->kind, "slot",
+			      c->slot, "state", store_command_state_name(c->state), "created",
+			      fg_time_iso(c->created_at, t, sizeof t), "result", c->result);
+	json_array_append_new(arr, o);
+	return 0;
+}
+
+static int collect_audit_json(void *arg, const struct store_audit_rec *a)
+{
+	json_t *arr = arg;
+	char t[32];
+	json_error_t je;
+	json_t *detail = a->detail && *a->detail ? json_loads(a->detail, 0, &je) : NULL;
+	json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:s, s:o}", "seq", (json_int_t)a->seq,
+					     "time", fg_time_iso(a->ts, t, sizeof t), "kind", a->kind,
+					     "request_id", a->request_id,
+					     "detail", detail ? detail : json_object()));
+	return 0;
+}
+
+static int device_show(const struct opts *o, struct store *st)
+{
+	struct store_device d;
+	char err[1024] = "", t1[32], t2[32];
+	memset(&d, 0, sizeof d);
+	int r = store_device_get(st, o->argv[1], &d, err, sizeof err);
+	if (r <= 0) {
+		fprintf(stderr, "fleetgate device show: %s\n",
+			r < 0 ? err : "no such device; `fleetgate device list` shows the ids");
+		return EXIT_FAIL;
+	}
+	json_t *certs = json_array(), *cmds = json_array(), *hist = json_array();
+	json_error_t je;
+	json_t *facts = d.facts_json ? json_loads(d.facts_json, 0, &je) : NULL;
+	int rc = EXIT_FAIL;
+	if (store_cert_list(st, d.id, collect_cert_json, certs, err, sizeof err) != 0 ||
+	    store_command_list(st, d.id, 0, collect_command_json, cmds, err, sizeof err) != 0 ||
+	    store_audit_list(st, d.id, 0, 50, 1, collect_audit_json, hist, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate device show: %s\n", err);
+		goto out;
+	}
+	if (o->json) {
+		json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:O, s:O}", "id", d.id,
+					"state", store_device_state_name(d.state), "group", d.group,
+					"hostname", d.hostname,
+					"created", fg_time_iso(d.created_at, t1, sizeof t1),
+					"last_seen", d.last_seen ? fg_time_iso(d.last_seen, t2, sizeof t2) : "",
+					"facts", facts ? facts : json_null(), "certificates", certs,
+					"commands", cmds, "history", hist);
+		json_dumpf(out, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(out);
+		rc = EXIT_OK;
+		goto out;
+	}
+	printf("device     %s\nstate      %s\ngroup      %s\nhostname   %s\ncreated    %s\nlast seen  %s\n",
+	       d.id, store_device_state_name(d.state), d.group, d.hostname,
+	       fg_time_iso(d.created_at, t1, sizeof t1),
+	       d.last_seen ? fg_time_iso(d.last_seen, t2, sizeof t2) : "never");
+	if (facts) {
+		const char *k;
+		json_t *v;
+		printf("facts\n");
+		json_object_foreach(facts, k, v) {
+			char *txt = json_dumps(v, JSON_ENCODE_ANY);
+			printf("  %-20s %s\n", k, txt ? txt : "?");
+			free(txt);
+		}
+	}
+	size_t i;
+	json_t *v;
+	printf("certificates (%zu)\n", json_array_size(certs));
+	json_array_foreach(certs, i, v)
+		printf("  %-34s %-10s %-8s until %s  %s  %s\n", json_string_value(json_object_get(v, "serial")),
+		       json_string_value(json_object_get(v, "slot")), json_string_value(json_object_get(v, "status")),
+		       json_string_value(json_object_get(v, "not_after")), json_string_value(json_object_get(v, "backend")),
+		       json_string_value(json_object_get(v, "subject")));
+	printf("commands (%zu)\n", json_array_size(cmds));
+	json_array_foreach(cmds, i, v)
+		printf("  %-20s %-12s %-10s %-9s %s %s\n", json_string_value(json_object_get(v, "id")),
+		       json_string_value(json_object_get(v, "kind")),
+		       *json_string_value(json_object_get(v, "slot")) ? json_string_value(json_object_get(v, "slot")) : "(all)",
+		       json_string_value(json_object_get(v, "state")), json_string_value(json_object_get(v, "created")),
+		       json_string_value(json_object_get(v, "result")));
+	printf("history (last %zu)\n", json_array_size(hist));
+	json_array_foreach(hist, i, v) {
+		char *dt = json_dumps(json_object_get(v, "detail"), JSON_COMPACT);
+		printf("  %6lld %s %-16s %s\n", (long long)json_integer_value(json_object_get(v, "seq")),
+		       json_string_value(json_object_get(v, "time")), json_string_value(json_object_get(v, "kind")),
+		       dt ? dt : "");
+		free(dt);
+	}
+	rc = EXIT_OK;
+out:
+	json_decref(facts);
+	json_decref(certs);
+	json_decref(cmds);
+	json_decref(hist);
+	store_device_clear(&d);
+	return rc;
+}
+
+struct group_ctx {
+	const char *group;
+	char (*ids)[40];
+	size_t n, cap;
+};
+
+static int collect_group(void *arg, const struct store_device *d)
+{
+	struct group_ctx *g = arg;
+	if (strcmp(d->group, g->group) != 0 || (d->state != DEVICE_ACTIVE && d->state != DEVICE_REGISTERED))
+		return 0;
+	if (g->n == g->cap) {
+		size_t nc = g->cap ? g->cap * 2 : 64;
+		char (*ni)[40] = realloc(g->ids, nc * sizeof *ni);
+		if (ni == NULL)
+			return 1;
+		g->ids = ni;
+		g->cap = nc;
+	}
+	fg_strlcpy(g->ids[g->n++], d->id, sizeof g->ids[0]);
+	return 0;
+}
+
+static int device_command(const struct opts *o, struct store *st)
+{
+	static const char *const kinds[] = { "renew", "rekey", "update-trust", "rebootstrap", NULL };
+	char err[1024] = "", id[24];
+	const char *kind = o->argv[o->argc - 1];
+	size_t k = 0;
+	while (kinds[k] && strcmp(kinds[k], kind) != 0)
+		k++;
+	if ((o->group == NULL) != (o->argc == 3) || o->argc < 2 || kinds[k] == NULL) {
+		fprintf(stderr, "fleetgate: usage: fleetgate device command --state DIR (DEVICE | --group G) renew|rekey|update-trust|rebootstrap [--slot S]\n");
+		return EXIT_USAGE;
+	}
+	if (o->slot && strcmp(kind, "update-trust") == 0) {
+		fprintf(stderr, "fleetgate device command: update-trust applies to the whole device; drop --slot\n");
+		return EXIT_USAGE;
+	}
+	if (o->group == NULL) {
+		if (store_command_add(st, o->argv[1], kind, o->slot, fg_now(), id, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate device command: %s\n", err);
+			return EXIT_FAIL;
+		}
+		printf("command %s queued: %s %s for device %s; it is delivered at the next check-in\n", id, kind,
+		       o->slot ? o->slot : "(every slot)", o->argv[1]);
+		return EXIT_OK;
+	}
+	struct group_ctx g = { o->group, NULL, 0, 0 };
+	if (store_device_list(st, collect_group, &g, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate device command: %s\n", err);
+		free(g.ids);
+		return EXIT_FAIL;
+	}
+	if (g.n == 0) {
+		fprintf(stderr, "fleetgate device command: no active device in group '%s'\n", o->group);
+		free(g.ids);
+		return EXIT_FAIL;
+	}
+	size_t done = 0;
+	for (size_t i = 0; i < g.n; i++) {
+		if (store_command_add(st, g.ids[i], kind, o->slot, fg_now(), id, err, sizeof err) != 0)
+			fprintf(stderr, "fleetgate device command: device %s: %s\n", g.ids[i], err);
+		else
+			done++;
+	}
+	printf("command %s queued for %zu of %zu device(s) in group %s\n", kind, done, g.n, o->group);
+	free(g.ids);
+	return done == g.n ? EXIT_OK : EXIT_FAIL;
+}
+
+static int cmd_device_ops(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "";
+	const char *sub = o->argv[0];
+	int rc;
+
+	if (strcmp(sub, "command") != 0 && o->argc != 2) {
+		fprintf(stderr, "fleetgate: usage: fleetgate device %s --state DIR DEVICE%s\n", sub,
+			strcmp(sub, "show") == 0 ? " [--json]" : "");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	if (strcmp(sub, "show") == 0) {
+		rc = device_show(o, st);
+	} else if (strcmp(sub, "command") == 0) {
+		rc = device_command(o, st);
+	} else {
+		struct store_device d;
+		memset(&d, 0, sizeof d);
+		int r = store_device_get(st, o->argv[1], &d, err, sizeof err);
+		store_device_clear(&d);
+		if (r <= 0) {
+			fprintf(stderr, "fleetgate device retire: %s\n",
+				r < 0 ? err : "no such device; `fleetgate device list` shows the ids");
+			rc = EXIT_FAIL;
+			goto out;
+		}
+		struct revoke_ctx rctx = { backends_open(cfg, 0, err, sizeof err), 0 };
+		if (rctx.bs == NULL)
+			fprintf(stderr, "warning: backends not loaded (%s)\n", err);
+		int n = store_device_retire(st, o->argv[1], fg_now(), revoke_upstream, &rctx, err, sizeof err);
+		backends_free(rctx.bs);
+		if (n < 0) {
+			fprintf(stderr, "fleetgate device retire: %s\n", err);
+			rc = EXIT_FAIL;
+		} else {
+			printf("device %s retired (%d certificate%s revoked); its history is kept\n", o->argv[1], n,
+			       n == 1 ? "" : "s");
+			rc = rctx.failures ? EXIT_FAIL : EXIT_OK;
+		}
+	}
+out:
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+/* ---- audit tail ---- */
+
+struct tail_ctx {
+	int json;
+	long long last;
+};
+
+static int print_audit(void *arg, const struct store_audit_rec *a)
+{
+	struct tail_ctx *t = arg;
+	char ts[32];
+	fg_time_iso(a->ts, ts, sizeof ts);
+	if (t->json) {
+		json_error_t je;
+		json_t *detail = a->detail && *a->detail ? json_loads(a->detail, 0, &je) : NULL;
+		json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o}", "seq", (json_int_t)a->seq, "time", ts,
+				      "kind", a->kind, "device_id", a->device_id, "request_id", a->request_id,
+				      "detail", detail ? detail : json_object());
+		json_dumpf(o, stdout, JSON_COMPACT);
+		putchar('\n');
+		json_decref(o);
+	} else {
+		printf("%6lld %s %-16s %-20s %s\n", a->seq, ts, a->kind, a->device_id[0] ? a->device_id : "-",
+		       a->detail ? a->detail : "");
+	}
+	t->last = a->seq;
+	return 0;
+}
+
+static volatile sig_atomic_t tail_stop;
+
+static void on_tail_signal(int sig)
+{
+	(void)sig;
+	tail_stop = 1;
+}
+
+static int cmd_audit_tail(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "";
+	struct tail_ctx t = { o->json, 0 };
+	int rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	rc = EXIT_FAIL;
+	if (store_audit_list(st, o->device, 0, o->lines, 1, print_audit, &t, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate audit tail: %s\n", err);
+		goto out;
+	}
+	fflush(stdout);
+	if (!o->follow) {
+		rc = EXIT_OK;
+		goto out;
+	}
+	/* --follow: wake on writes to the store's WAL (inotify), and at least
+	 * once a second in case the writer is on another file system view */
+	char wal[PATH_MAX + 8];
+	snprintf(wal, sizeof wal, "%s-wal", cfg->store_path);
+	int in = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+	int wd = in >= 0 ? inotify_add_watch(in, wal, IN_MODIFY) : -1;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_tail_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	while (!tail_stop) {
+		struct pollfd p = { in, POLLIN, 0 };
+		if (wd >= 0 && poll(&p, 1, 1000) > 0) {
+			char buf[4096];
+			while (read(in, buf, sizeof buf) > 0)
+				;   /* drained: the events only say "look again" */
+		} else if (wd < 0) {
+			sleep(1);
+		}
+		if (store_audit_list(st, o->device, t.last, 0, 0, print_audit, &t, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate audit tail: %s\n", err);
+			break;
+		}
+		fflush(stdout);
+	}
+	if (in >= 0)
+		close(in);
+	rc = EXIT_OK;
+out:
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
 static int cmd_device(const struct opts *o)
 {
 	struct gw_config *cfg = NULL;
@@ -519,6 +884,9 @@ static int cmd_device(const struct opts *o)
 		fprintf(stderr, "fleetgate: usage: fleetgate device list|revoke --state DIR ...\n");
 		return EXIT_USAGE;
 	}
+	if (strcmp(o->argv[0], "show") == 0 || strcmp(o->argv[0], "retire") == 0 ||
+	    strcmp(o->argv[0], "command") == 0)
+		return cmd_device_ops(o);
 	if (strcmp(o->argv[0], "list") == 0) {
 		rc = open_state(o, &cfg, &st);
 		if (rc != EXIT_OK)
@@ -567,7 +935,8 @@ static int cmd_device(const struct opts *o)
 			rc = rctx.failures ? EXIT_FAIL : EXIT_OK;
 		}
 	} else {
-		fprintf(stderr, "fleetgate: unknown device command '%s'; use list or revoke\n", o->argv[0]);
+		fprintf(stderr, "fleetgate: unknown device command '%s'; use list, show, revoke, retire or command\n",
+			o->argv[0]);
 		return EXIT_USAGE;
 	}
 out:
@@ -614,8 +983,10 @@ static int cmd_audit(const struct opts *o)
 	long n = 0;
 	int rc;
 
+	if (o->argc == 1 && strcmp(o->argv[0], "tail") == 0)
+		return cmd_audit_tail(o);
 	if (o->argc != 1 || strcmp(o->argv[0], "verify") != 0) {
-		fprintf(stderr, "fleetgate: usage: fleetgate audit verify --state DIR\n");
+		fprintf(stderr, "fleetgate: usage: fleetgate audit verify|tail --state DIR\n");
 		return EXIT_USAGE;
 	}
 	rc = open_state(o, &cfg, &st);

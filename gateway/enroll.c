@@ -1050,6 +1050,45 @@ out:
 
 /* Check-in: record that the device is alive and its facts; tell it when to
  * come back. Commands arrive here in a later version of the gateway. */
+#define MAX_COMMANDS 16      /* commands handed out per check-in; the rest follow */
+#define MAX_ANCHOR_BACKENDS 16 /* backends asked for update-trust anchors */
+
+struct cmd_batch {
+	struct store_command c[MAX_COMMANDS];
+	size_t n;
+};
+
+static int collect_command(void *arg, const struct store_command *c)
+{
+	struct cmd_batch *b = arg;
+	b->c[b->n++] = *c;
+	return b->n == MAX_COMMANDS;
+}
+
+/* Every backend's CA certificates, for an update-trust command: the lists
+ * go to lists (cleared by the caller), the DER to bin. Returns the count. */
+static size_t current_anchors(struct worker *w, struct fg_cert_list *lists, size_t *nlists,
+			      ProtobufCBinaryData *bin, size_t max)
+{
+	size_t n = 0;
+	char err[512];
+	for (size_t i = 0; i < w->cfg->nbackends && i < MAX_ANCHOR_BACKENDS; i++) {
+		struct backend *b = backends_find(w->bs, w->cfg->backends[i].name);
+		struct fg_cert_list *l = &lists[(*nlists)];
+		if (b == NULL || b->ops->cacerts == NULL || b->ops->cacerts(b->state, l, err, sizeof err) != 0)
+			continue;
+		(*nlists)++;
+		for (size_t j = 0; j < l->n && n < max; j++) {
+			size_t k = 0;     /* the same CA under two backends goes once */
+			while (k < n && !(bin[k].len == l->len[j] && memcmp(bin[k].data, l->der[j], l->len[j]) == 0))
+				k++;
+			if (k == n)
+				bin[n++] = (ProtobufCBinaryData){ l->len[j], l->der[j] };
+		}
+	}
+	return n;
+}
+
 static void handle_checkin(struct worker *w, const char *key, const Fleetgate__Envelope *env,
 			   uint8_t **out, size_t *len)
 {
@@ -1066,9 +1105,11 @@ static void handle_checkin(struct worker *w, const char *key, const Fleetgate__E
 	int r = store_device_by_key(w->st, key, &dev, err, sizeof err);
 	if (r != 1 || dev.state != DEVICE_ACTIVE) {
 		cr.status = r < 0 ? FLEETGATE__STATUS__STATUS_INTERNAL : FLEETGATE__STATUS__STATUS_UNAUTHORIZED;
-		snprintf(err + strlen(err), sizeof err - strlen(err), "%s",
-			 r < 0 ? "" : r == 0 ? "this device is not enrolled; enroll with a token first"
-					     : "this device is revoked; ask the operator to re-provision it");
+		if (r == 0)
+			snprintf(err, sizeof err, "this device is not enrolled; enroll with a token first");
+		else if (r == 1)
+			snprintf(err, sizeof err, "this device is %s; ask the operator to re-provision it",
+				 store_device_state_name(dev.state));
 		cr.message = err;
 		pack_env(&renv, rid, out, len);
 		goto out;
@@ -1082,11 +1123,49 @@ static void handle_checkin(struct worker *w, const char *key, const Fleetgate__E
 		pack_env(&renv, rid, out, len);
 		goto out;
 	}
+	/* answers to earlier commands */
+	for (size_t i = 0; i < env->checkin->n_results; i++) {
+		const Fleetgate__CommandResult *res = env->checkin->results[i];
+		if (store_command_result(w->st, dev.id, res->id, res->ok, res->message, fg_now(), err,
+					 sizeof err) < 0)
+			fg_err("checkin", rid, "device %s: %s", dev.id, err);
+		else
+			fg_info("checkin", rid, "device %s: command %s %s: %s", dev.id, res->id,
+				res->ok ? "done" : "failed", res->message);
+	}
+	struct cmd_batch cb = { 0 };
+	if (store_command_list(w->st, dev.id, 1, collect_command, &cb, err, sizeof err) != 0)
+		fg_err("checkin", rid, "device %s: cannot read its commands: %s", dev.id, err);
+	Fleetgate__Command cmds[MAX_COMMANDS], *cmdp[MAX_COMMANDS];
+	struct fg_cert_list anchors[MAX_ANCHOR_BACKENDS];
+	ProtobufCBinaryData anchor_bin[64];
+	size_t nanchors = 0, nlists = 0;
+	memset(anchors, 0, sizeof anchors);
+	for (size_t i = 0; i < cb.n; i++) {
+		fleetgate__command__init(&cmds[i]);
+		cmds[i].id = cb.c[i].id;
+		cmds[i].kind = cb.c[i].kind;
+		cmds[i].slot = cb.c[i].slot;
+		if (strcmp(cb.c[i].kind, "update-trust") == 0) {
+			if (nlists == 0)
+				nanchors = current_anchors(w, anchors, &nlists, anchor_bin, 64);
+			cmds[i].n_trust_anchors_der = nanchors;
+			cmds[i].trust_anchors_der = anchor_bin;
+		}
+		cmdp[i] = &cmds[i];
+		if (cb.c[i].state == COMMAND_QUEUED &&
+		    store_command_delivered(w->st, dev.id, cb.c[i].id, fg_now(), err, sizeof err) != 0)
+			fg_err("checkin", rid, "device %s: %s", dev.id, err);
+	}
 	cr.status = FLEETGATE__STATUS__STATUS_OK;
 	cr.message = (char *)"ok";
 	cr.next_checkin = (uint32_t)w->cfg->checkin_interval;
 	cr.device_id = dev.id;
+	cr.n_commands = cb.n;
+	cr.commands = cmdp;
 	pack_env(&renv, rid, out, len);
+	for (size_t i = 0; i < nlists; i++)
+		fg_cert_list_clear(&anchors[i]);
 out:
 	free(fj);
 	store_device_clear(&dev);

@@ -193,4 +193,61 @@ int store_audit(struct store *st, const char *kind, const char *device_id,
 /* Walk the chain; 0 when intact, -1 with err naming the first bad record. */
 int store_audit_verify(struct store *st, long *records, char *err, size_t errlen);
 
+/* Retire a device: like revoke (every valid certificate revoked, cb after
+ * commit), state retired; its history stays. */
+int store_device_retire(struct store *st, const char *id, int64_t now,
+			int (*cb)(void *arg, const char *serial_hex, const char *backend,
+				  const unsigned char *der, size_t der_len),
+			void *arg, char *err, size_t errlen);
+
+/* The per-device command queue: queued -> delivered (sent at a check-in)
+ * -> done or failed (the agent's answer at a later check-in). */
+enum store_command_state {
+	COMMAND_QUEUED,
+	COMMAND_DELIVERED,
+	COMMAND_DONE,
+	COMMAND_FAILED,
+	COMMAND_STATE_MAX
+};
+const char *store_command_state_name(int state);
+
+struct store_command {
+	char id[24];              /* "cmd_" + 16 hex */
+	char device_id[40];
+	char kind[24];            /* renew, rekey, update-trust, rebootstrap */
+	char slot[64];            /* "" = every slot */
+	int state;
+	int64_t created_at, delivered_at, done_at;
+	char result[512];         /* the agent's message */
+};
+
+/* Queue a command for an active or registered device, with an audit
+ * record; -1 with err naming an unknown or retired device. */
+int store_command_add(struct store *st, const char *device_id, const char *kind, const char *slot,
+		      int64_t now, char id_out[24], char *err, size_t errlen);
+/* Commands of a device, oldest first; open_only: queued or delivered. */
+int store_command_list(struct store *st, const char *device_id, int open_only,
+		       int (*cb)(void *arg, const struct store_command *c), void *arg, char *err,
+		       size_t errlen);
+int store_command_delivered(struct store *st, const char *device_id, const char *id, int64_t now,
+			    char *err, size_t errlen);
+/* Record the agent's answer: 1 recorded (with an audit record), 0 when the
+ * command is unknown, another device's or already answered, -1 on error. */
+int store_command_result(struct store *st, const char *device_id, const char *id, int ok,
+			 const char *message, int64_t now, char *err, size_t errlen);
+
+struct store_audit_rec {
+	long long seq;
+	int64_t ts;
+	char kind[32];
+	char device_id[40];
+	char request_id[65];
+	const char *detail;       /* JSON text, valid during the callback */
+};
+/* Audit records with seq > after_seq (of one device when device_id is
+ * set), oldest first; limit <= 0 for all; newest: the last limit ones. */
+int store_audit_list(struct store *st, const char *device_id, long long after_seq, long limit,
+		     int newest, int (*cb)(void *arg, const struct store_audit_rec *a), void *arg,
+		     char *err, size_t errlen);
+
 #endif

@@ -589,10 +589,13 @@ struct revoked {
 	size_t der_len;
 };
 
-int store_device_revoke(struct store *st, const char *id, int64_t now,
-			int (*cb)(void *arg, const char *serial_hex, const char *backend,
-				  const unsigned char *der, size_t der_len),
-			void *arg, char *err, size_t errlen)
+/* Revoke a device's valid certificates and put it in state target
+ * (revoked or retired), with audit records of kind. */
+static int device_revoke_as(struct store *st, const char *id, int target, const char *kind,
+			    int64_t now,
+			    int (*cb)(void *arg, const char *serial_hex, const char *backend,
+				      const unsigned char *der, size_t der_len),
+			    void *arg, char *err, size_t errlen)
 {
 	struct revoked *list = NULL;
 	size_t n = 0, cap = 0;
@@ -646,7 +649,7 @@ int store_device_revoke(struct store *st, const char *id, int64_t now,
 	}
 	release(st, s);
 	s = NULL;
-	if (state == DEVICE_REVOKED && n == 0) {   /* nothing changes: no audit noise */
+	if (state == target && n == 0) {   /* nothing changes: no audit noise */
 		rollback(st);
 		rc = 0;
 		goto out;
@@ -667,7 +670,7 @@ int store_device_revoke(struct store *st, const char *id, int64_t now,
 	s = prep(st, "UPDATE devices SET state = ? WHERE id = ?", err, errlen);
 	if (s == NULL)
 		goto fail;
-	sqlite3_bind_int(s, 1, DEVICE_REVOKED);
+	sqlite3_bind_int(s, 1, target);
 	bind_text(s, 2, id);
 	r = step_done(st, s);
 	s = NULL;
@@ -675,8 +678,8 @@ int store_device_revoke(struct store *st, const char *id, int64_t now,
 		dberr(st, err, errlen, "device revoke");
 		goto fail;
 	}
-	if (state != DEVICE_REVOKED &&
-	    audit_json(st, "device.revoke", id, NULL, now, err, errlen, "{s:I}", "certificates",
+	if (state != target &&
+	    audit_json(st, kind, id, NULL, now, err, errlen, "{s:I}", "certificates",
 		       (json_int_t)n) != 0)
 		goto fail;
 	for (size_t i = 0; i < n; i++)
@@ -1232,6 +1235,213 @@ int store_cert_list(struct store *st, const char *device_id,
 	}
 	if (r != SQLITE_ROW && r != SQLITE_DONE)
 		rc = dberr(st, err, errlen, "certificate list");
+	release(st, s);
+	return rc;
+}
+
+int store_device_revoke(struct store *st, const char *id, int64_t now,
+			int (*cb)(void *arg, const char *serial_hex, const char *backend,
+				  const unsigned char *der, size_t der_len),
+			void *arg, char *err, size_t errlen)
+{
+	return device_revoke_as(st, id, DEVICE_REVOKED, "device.revoke", now, cb, arg, err, errlen);
+}
+
+int store_device_retire(struct store *st, const char *id, int64_t now,
+			int (*cb)(void *arg, const char *serial_hex, const char *backend,
+				  const unsigned char *der, size_t der_len),
+			void *arg, char *err, size_t errlen)
+{
+	return device_revoke_as(st, id, DEVICE_RETIRED, "device.retire", now, cb, arg, err, errlen);
+}
+
+/* ---- the command queue ---- */
+
+static const char *const command_state_names[COMMAND_STATE_MAX] = { "queued", "delivered", "done",
+	"failed" };
+
+const char *store_command_state_name(int state)
+{
+	return state >= 0 && state < COMMAND_STATE_MAX ? command_state_names[state] : "unknown";
+}
+
+int store_command_add(struct store *st, const char *device_id, const char *kind, const char *slot,
+		      int64_t now, char id_out[24], char *err, size_t errlen)
+{
+	char id[24];
+	if (fg_id_new("cmd_", 8, id, sizeof id) != 0) {
+		fg_seterr(err, errlen, "cannot draw a command id (no randomness)");
+		return -1;
+	}
+	if (begin(st, err, errlen) != 0)
+		return -1;
+	sqlite3_stmt *s = prep(st, "SELECT state FROM devices WHERE id = ?", err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, device_id);
+	int r = sqlite3_step(s), state = r == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+	release(st, s);
+	if (r == SQLITE_DONE) {
+		fg_seterr(err, errlen, "no device %s; `fleetgate device list` shows the ids", device_id);
+		goto fail;
+	}
+	if (r != SQLITE_ROW) {
+		dberr(st, err, errlen, "device lookup");
+		goto fail;
+	}
+	if (state != DEVICE_ACTIVE && state != DEVICE_REGISTERED) {
+		fg_seterr(err, errlen, "device %s is %s and takes no commands", device_id,
+			  store_device_state_name(state));
+		goto fail;
+	}
+	s = prep(st, "INSERT INTO commands (id, device_id, kind, slot, state, created_at) VALUES (?,?,?,?,0,?)",
+		 err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, id);
+	bind_text(s, 2, device_id);
+	bind_text(s, 3, kind);
+	bind_text(s, 4, slot ? slot : "");
+	sqlite3_bind_int64(s, 5, now);
+	r = step_done(st, s);
+	if (r != SQLITE_DONE) {
+		dberr(st, err, errlen, "command insert");
+		goto fail;
+	}
+	if (audit_json(st, "command.queue", device_id, NULL, now, err, errlen, "{s:s, s:s, s:s}", "id", id,
+		       "kind", kind, "slot", slot ? slot : "") != 0)
+		goto fail;
+	if (commit(st, err, errlen) != 0)
+		return -1;
+	memcpy(id_out, id, sizeof id);
+	return 0;
+fail:
+	rollback(st);
+	return -1;
+}
+
+#define COMMAND_COLS "id, device_id, kind, slot, state, created_at, delivered_at, done_at, result"
+
+static void read_command(sqlite3_stmt *s, struct store_command *c)
+{
+	memset(c, 0, sizeof *c);
+	col_text(s, 0, c->id, sizeof c->id);
+	col_text(s, 1, c->device_id, sizeof c->device_id);
+	col_text(s, 2, c->kind, sizeof c->kind);
+	col_text(s, 3, c->slot, sizeof c->slot);
+	c->state = sqlite3_column_int(s, 4);
+	c->created_at = sqlite3_column_int64(s, 5);
+	c->delivered_at = sqlite3_column_int64(s, 6);
+	c->done_at = sqlite3_column_int64(s, 7);
+	col_text(s, 8, c->result, sizeof c->result);
+}
+
+int store_command_list(struct store *st, const char *device_id, int open_only,
+		       int (*cb)(void *arg, const struct store_command *c), void *arg, char *err,
+		       size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, open_only
+			       ? "SELECT " COMMAND_COLS " FROM commands WHERE device_id = ? AND state < 2 ORDER BY created_at, id"
+			       : "SELECT " COMMAND_COLS " FROM commands WHERE device_id = ? ORDER BY created_at, id",
+			       err, errlen);
+	int r, rc = 0;
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, device_id);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		struct store_command c;
+		read_command(s, &c);
+		if (cb(arg, &c))
+			break;
+	}
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		rc = dberr(st, err, errlen, "command list");
+	release(st, s);
+	return rc;
+}
+
+int store_command_delivered(struct store *st, const char *device_id, const char *id, int64_t now,
+			    char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "UPDATE commands SET state = 1, delivered_at = ? WHERE id = ? AND device_id = ? AND state = 0",
+			       err, errlen);
+	if (s == NULL)
+		return -1;
+	sqlite3_bind_int64(s, 1, now);
+	bind_text(s, 2, id);
+	bind_text(s, 3, device_id);
+	int rc = sqlite3_step(s) == SQLITE_DONE ? 0 : dberr(st, err, errlen, "command update");
+	release(st, s);
+	return rc;
+}
+
+int store_command_result(struct store *st, const char *device_id, const char *id, int ok,
+			 const char *message, int64_t now, char *err, size_t errlen)
+{
+	if (begin(st, err, errlen) != 0)
+		return -1;
+	sqlite3_stmt *s = prep(st, "UPDATE commands SET state = ?, done_at = ?, result = ? WHERE id = ? AND device_id = ? AND state < 2",
+			       err, errlen);
+	if (s == NULL)
+		goto fail;
+	sqlite3_bind_int(s, 1, ok ? COMMAND_DONE : COMMAND_FAILED);
+	sqlite3_bind_int64(s, 2, now);
+	bind_text(s, 3, message ? message : "");
+	bind_text(s, 4, id);
+	bind_text(s, 5, device_id);
+	int r = step_done(st, s);
+	if (r != SQLITE_DONE) {
+		dberr(st, err, errlen, "command update");
+		goto fail;
+	}
+	if (sqlite3_changes(st->db) == 0) {   /* unknown, another device's, or already closed */
+		rollback(st);
+		return 0;
+	}
+	if (audit_json(st, ok ? "command.done" : "command.failed", device_id, NULL, now, err, errlen,
+		       "{s:s, s:s}", "id", id, "result", message ? message : "") != 0)
+		goto fail;
+	return commit(st, err, errlen) != 0 ? -1 : 1;
+fail:
+	rollback(st);
+	return -1;
+}
+
+/* ---- reading the audit log ---- */
+
+int store_audit_list(struct store *st, const char *device_id, long long after_seq, long limit,
+		     int newest, int (*cb)(void *arg, const struct store_audit_rec *a), void *arg,
+		     char *err, size_t errlen)
+{
+	/* newest: the last `limit` records (still handed over oldest first) */
+	sqlite3_stmt *s = prep(st, device_id
+			       ? "SELECT seq, ts, kind, device_id, request_id, detail FROM (SELECT * FROM audit WHERE seq > ? AND device_id = ? ORDER BY CASE WHEN ? THEN -seq ELSE seq END LIMIT ?) ORDER BY seq"
+			       : "SELECT seq, ts, kind, device_id, request_id, detail FROM (SELECT * FROM audit WHERE seq > ? AND ?2 IS NULL ORDER BY CASE WHEN ? THEN -seq ELSE seq END LIMIT ?) ORDER BY seq",
+			       err, errlen);
+	int r, rc = 0;
+	if (s == NULL)
+		return -1;
+	sqlite3_bind_int64(s, 1, after_seq);
+	if (device_id)
+		bind_text(s, 2, device_id);
+	else
+		sqlite3_bind_null(s, 2);
+	sqlite3_bind_int(s, 3, newest);
+	sqlite3_bind_int64(s, 4, limit > 0 ? limit : -1);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		struct store_audit_rec a;
+		memset(&a, 0, sizeof a);
+		a.seq = sqlite3_column_int64(s, 0);
+		a.ts = sqlite3_column_int64(s, 1);
+		col_text(s, 2, a.kind, sizeof a.kind);
+		col_text(s, 3, a.device_id, sizeof a.device_id);
+		col_text(s, 4, a.request_id, sizeof a.request_id);
+		a.detail = (const char *)sqlite3_column_text(s, 5);
+		if (cb(arg, &a))
+			break;
+	}
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		rc = dberr(st, err, errlen, "audit list");
 	release(st, s);
 	return rc;
 }
