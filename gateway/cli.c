@@ -1,13 +1,14 @@
 /*
  * fleetgate: the operator's command-line tool.
  *
- *   fleetgate init --state DIR [--listen ENDPOINT]
+ *   fleetgate init --state DIR [--listen ENDPOINT] [--http HOST:PORT]
  *   fleetgate token create --state DIR --group G [--uses N] [--ttl DURATION]
  *                          [--bundle FILE] [--endpoint ENDPOINT]
  *   fleetgate device list --state DIR [--json]
  *   fleetgate device revoke --state DIR DEVICE
  *   fleetgate cert list --state DIR [--device DEVICE] [--json]
  *   fleetgate audit verify --state DIR
+ *   fleetgate status --state DIR [--json]
  *
  * It works on the same store as a running fleetgated (each command is a
  * short transaction on its own connection).
@@ -29,6 +30,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "crl.h"
 #include "fg_bundle.h"
 #include "fg_curve.h"
 #include "fg_log.h"
@@ -54,6 +56,7 @@ struct opts {
 	int follow;         /* audit tail --follow */
 	long lines;         /* audit tail -n */
 	const char *slot;   /* device command --slot */
+	const char *http;   /* init --http HOST:PORT */
 	int argc;       /* positional arguments left */
 	char **argv;
 };
@@ -63,8 +66,9 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: fleetgate COMMAND [options]\n"
 		"\n"
-		"  init --state DIR [--listen tcp://127.0.0.1:7700]\n"
-		"        create a gateway: config, policy, store, local CA, CURVE keys\n"
+		"  init --state DIR [--listen tcp://127.0.0.1:7700] [--http 127.0.0.1:7780]\n"
+		"        create a gateway: config, policy, store, local CA, CURVE keys; with --http\n"
+		"        the HTTP side (metrics, CRL, OCSP) on that address (docs/http.md)\n"
 		"  token create --state DIR --group G [--uses 1] [--ttl 24h] [--bundle FILE]\n"
 		"        [--endpoint ENDPOINT]\n"
 		"        make an enrollment token; with --bundle write a bootstrap bundle for a device\n"
@@ -88,6 +92,8 @@ static void usage(FILE *f)
 		"        check the audit log's hash chain\n"
 		"  audit tail --state DIR [-n N] [--device DEVICE] [--follow] [--json]\n"
 		"        the last N audit records (20); --follow prints new ones as they come\n"
+		"  status --state DIR [--json]\n"
+		"        devices, expiring certificates, recent failures, backends' health, queue\n"
 		"  version\n");
 }
 
@@ -107,6 +113,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "follow", no_argument, NULL, 'f' },
 		{ "lines", required_argument, NULL, 'n' },
 		{ "slot", required_argument, NULL, 'S' },
+		{ "http", required_argument, NULL, 'H' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -130,6 +137,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'j': o->json = 1; break;
 		case 'f': o->follow = 1; break;
 		case 'S': o->slot = optarg; break;
+		case 'H': o->http = optarg; break;
 		case 'n':
 			errno = 0;
 			o->lines = strtol(optarg, &end, 10);
@@ -168,6 +176,20 @@ static int need_state(const struct opts *o)
 
 /* ---- init ---- */
 
+/* The config text init writes: the default text plus the http block
+ * (enabled on http_listen, or commented out). malloc'd, NULL when out of
+ * memory. */
+static char *init_config_text(const char *listen, const char *http_listen)
+{
+	char *base = config_default_text(listen), *http = config_http_text(http_listen), *out = NULL;
+
+	if (base != NULL && http != NULL && asprintf(&out, "%s%s", base, http) < 0)
+		out = NULL;
+	free(base);
+	free(http);
+	return out;
+}
+
 static int cmd_init(const struct opts *o)
 {
 	char err[1024] = "", path[PATH_MAX], conf[PATH_MAX], pub[41], sec[41];
@@ -183,6 +205,12 @@ static int cmd_init(const struct opts *o)
 	const char *listen = o->listen ? o->listen : "tcp://127.0.0.1:7700";
 	if (strncmp(listen, "tcp://", 6) != 0 && strncmp(listen, "ipc://", 6) != 0) {
 		fprintf(stderr, "fleetgate: --listen '%s' is not a ZeroMQ tcp:// or ipc:// endpoint\n", listen);
+		return EXIT_USAGE;
+	}
+	char hhost[256];
+	int hport;
+	if (o->http != NULL && config_http_split(o->http, hhost, sizeof hhost, &hport) != 0) {
+		fprintf(stderr, "fleetgate: --http '%s' is not HOST:PORT; use e.g. 127.0.0.1:7780\n", o->http);
 		return EXIT_USAGE;
 	}
 	fg_path_join(o->state, "fleetgated.conf", conf, sizeof conf);
@@ -208,7 +236,7 @@ static int cmd_init(const struct opts *o)
 	    fg_write_file_atomic(path, fg_default_policy, fg_default_policy_len, 0644,
 				 (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
 		goto fail;
-	text = config_default_text(listen);
+	text = init_config_text(listen, o->http);
 	if (text == NULL) {
 		fg_seterr(err, sizeof err, "out of memory");
 		goto fail;
@@ -227,12 +255,17 @@ static int cmd_init(const struct opts *o)
 	if (bs == NULL)
 		goto fail;
 	store_audit(st, "gateway.init", NULL, NULL, "{}", fg_now(), NULL, 0);
+	/* An empty CRL from the start, so relying parties find one. */
+	if (crl_refresh(cfg, bs, st, fg_now(), 1, err, sizeof err) < 0)
+		goto fail;
 
 	printf("initialised gateway in %s\n", cfg->state_dir);
 	printf("  config:     %s\n", conf);
 	printf("  policy:     %s\n", cfg->policy_path);
 	printf("  store:      %s\n", cfg->store_path);
 	printf("  listen:     %s\n", cfg->listen);
+	if (cfg->http_listen[0])
+		printf("  http:       http://%s/ (docs/http.md)\n", cfg->http_listen);
 	printf("  CURVE key:  %s\n", pub);
 	for (size_t i = 0; i < cfg->nbackends; i++) {
 		struct backend *b = backends_find(bs, cfg->backends[i].name);
@@ -539,6 +572,23 @@ static int revoke_upstream(void *arg, const char *serial, const char *backend,
 	return 0;
 }
 
+/* After a revocation: publish the CRLs of the backends that make them,
+ * so that the revoked certificates are listed at once. */
+static void revoke_publish_crls(const struct gw_config *cfg, struct backends *bs, struct store *st,
+				struct revoke_ctx *rctx)
+{
+	char err[1024] = "";
+	int n = crl_refresh(cfg, bs, st, fg_now(), 1, err, sizeof err);
+
+	if (n < 0) {
+		fprintf(stderr, "warning: the CRL could not be published: %s; the revocation is recorded, and a running fleetgated with http enabled publishes the CRL within a minute\n",
+			err);
+		rctx->failures++;
+	} else if (n > 0) {
+		printf("published %d CRL%s\n", n, n == 1 ? "" : "s");
+	}
+}
+
 /* ---- device show / retire / command ---- */
 
 static int collect_cert_json(void *arg, const struct store_cert *c)
@@ -766,6 +816,8 @@ static int cmd_device_ops(const struct opts *o)
 		if (rctx.bs == NULL)
 			fprintf(stderr, "warning: backends not loaded (%s)\n", err);
 		int n = store_device_retire(st, o->argv[1], fg_now(), revoke_upstream, &rctx, err, sizeof err);
+		if (n > 0 && rctx.bs != NULL)
+			revoke_publish_crls(cfg, rctx.bs, st, &rctx);
 		backends_free(rctx.bs);
 		if (n < 0) {
 			fprintf(stderr, "fleetgate device retire: %s\n", err);
@@ -925,6 +977,8 @@ static int cmd_device(const struct opts *o)
 			fprintf(stderr, "warning: backends not loaded (%s)\n", err);
 		int n = store_device_revoke(st, o->argv[1], fg_now(), revoke_upstream, &rctx, err,
 					    sizeof err);
+		if (n > 0 && rctx.bs != NULL)
+			revoke_publish_crls(cfg, rctx.bs, st, &rctx);
 		backends_free(rctx.bs);
 		if (n < 0) {
 			fprintf(stderr, "fleetgate device revoke: %s\n", err);
@@ -1095,6 +1149,194 @@ out:
 	return rc;
 }
 
+/* ---- status ---- */
+
+/* Audit kinds that count as failures in `fleetgate status`. */
+static const char *const failure_kinds[] = {
+	"policy.error",   /* the policy failed on a request */
+	"enroll.deny",    /* the policy denied an enrollment */
+	"renew.deny",     /* ... or a renewal */
+	"cert.reject",    /* the CA refused */
+	NULL,
+};
+
+struct failures {
+	long n[sizeof failure_kinds / sizeof failure_kinds[0]];
+	long total;
+};
+
+static int count_failure(void *arg, const char *kind, long count)
+{
+	struct failures *f = arg;
+	for (size_t i = 0; failure_kinds[i] != NULL; i++)
+		if (strcmp(kind, failure_kinds[i]) == 0) {
+			f->n[i] += count;
+			f->total += count;
+		}
+	return 0;
+}
+
+/* One backend's health for status: opened on its own (so one broken
+ * backend does not hide the others) and asked for its CA certificates;
+ * with its published CRL when it makes one. Returns a JSON object with
+ * "ok" and either the CA or the error. */
+static json_t *backend_health(const struct gw_config *cfg, const struct config_backend *cb)
+{
+	struct gw_config one = *cfg;
+	struct backends *bs;
+	struct backend *b;
+	struct fg_cert_list cl;
+	char err[1024] = "", when[32];
+	json_t *o = json_pack("{s:s, s:s}", "name", cb->name, "plugin", cb->plugin);
+
+	memset(&cl, 0, sizeof cl);
+	one.backends = (struct config_backend *)cb;
+	one.nbackends = 1;
+	bs = backends_open(&one, 0, err, sizeof err);
+	b = bs ? backends_find(bs, cb->name) : NULL;
+	if (b == NULL) {
+		json_object_set_new(o, "ok", json_false());
+		json_object_set_new(o, "error", json_string(err[0] ? err : "cannot be opened"));
+		goto out;
+	}
+	if (b->ops->cacerts == NULL || b->ops->cacerts(b->state, &cl, err, sizeof err) != 0 || cl.n == 0) {
+		json_object_set_new(o, "ok", json_false());
+		json_object_set_new(o, "error", json_string(err[0] ? err : "the backend offers no CA certificates"));
+		goto out;
+	}
+	X509 *x = fg_cert_from_der(cl.der[0], cl.len[0], NULL, 0);
+	struct fg_cert_info ci;
+	if (x != NULL && fg_cert_info(x, &ci, NULL, 0) == 0) {
+		json_object_set_new(o, "ca", json_string(ci.subject));
+		json_object_set_new(o, "ca_not_after", json_string(fg_time_iso(ci.not_after, when, sizeof when)));
+	}
+	X509_free(x);
+	json_object_set_new(o, "ok", json_true());
+	if (b->ops->make_crl != NULL) {
+		struct crl_info ci2;
+		int r = crl_read_info(cfg, cb->name, &ci2, err, sizeof err);
+		if (r == 1)
+			json_object_set_new(o, "crl", json_pack("{s:s, s:I, s:s, s:b}", "number", ci2.number,
+				"entries", (json_int_t)ci2.entries, "next_update",
+				fg_time_iso(ci2.next_update, when, sizeof when), "fresh",
+				ci2.next_update > fg_now()));
+		else
+			json_object_set_new(o, "crl", json_pack("{s:s}", "error",
+				r == 0 ? "not published yet; fleetgated with http publishes it" : err));
+	}
+out:
+	fg_cert_list_clear(&cl);
+	backends_free(bs);
+	return o;
+}
+
+static void print_status_text(const json_t *j)
+{
+	const json_t *d = json_object_get(j, "devices"), *c = json_object_get(j, "certificates");
+	const json_t *f = json_object_get(j, "failures_last_hour"), *q = json_object_get(j, "jobs_open");
+	const json_t *v, *bl = json_object_get(j, "backends");
+	const char *k;
+	size_t i;
+
+	printf("devices:");
+	json_object_foreach((json_t *)d, k, v)
+		printf(" %s %lld", k, (long long)json_integer_value(v));
+	printf("\ncertificates: %lld valid, %lld revoked, %lld expired; expiring within 7 days: %lld, within 30 days: %lld\n",
+	       (long long)json_integer_value(json_object_get(c, "valid")),
+	       (long long)json_integer_value(json_object_get(c, "revoked")),
+	       (long long)json_integer_value(json_object_get(c, "expired")),
+	       (long long)json_integer_value(json_object_get(c, "expiring_7d")),
+	       (long long)json_integer_value(json_object_get(c, "expiring_30d")));
+	printf("failures in the last hour: %lld", (long long)json_integer_value(json_object_get(f, "total")));
+	for (i = 0; failure_kinds[i] != NULL; i++)
+		printf("%s%s %lld", i ? ", " : " (", failure_kinds[i],
+		       (long long)json_integer_value(json_object_get(f, failure_kinds[i])));
+	printf(")\nopen jobs: %lld admitted, %lld pending\nbackends:\n",
+	       (long long)json_integer_value(json_object_get(q, "admitted")),
+	       (long long)json_integer_value(json_object_get(q, "pending")));
+	json_array_foreach((json_t *)bl, i, v) {
+		const json_t *crl = json_object_get(v, "crl");
+		if (json_is_true(json_object_get(v, "ok")))
+			printf("  %-12s ok      CA %s, until %s\n", json_string_value(json_object_get(v, "name")),
+			       json_string_value(json_object_get(v, "ca")),
+			       json_string_value(json_object_get(v, "ca_not_after")));
+		else
+			printf("  %-12s FAILED  %s\n", json_string_value(json_object_get(v, "name")),
+			       json_string_value(json_object_get(v, "error")));
+		if (crl != NULL && json_object_get(crl, "error") != NULL)
+			printf("  %-12s CRL: %s\n", "", json_string_value(json_object_get(crl, "error")));
+		else if (crl != NULL)
+			printf("  %-12s CRL number %s, %lld revoked, next update %s%s\n", "",
+			       json_string_value(json_object_get(crl, "number")),
+			       (long long)json_integer_value(json_object_get(crl, "entries")),
+			       json_string_value(json_object_get(crl, "next_update")),
+			       json_is_true(json_object_get(crl, "fresh")) ? "" : " (STALE: start fleetgated with http, or revoke to remake it)");
+	}
+}
+
+/* fleetgate status: the fleet at a glance. Exit 0 when the store and
+ * every backend answer, 1 otherwise (so a monitoring check can use it). */
+static int cmd_status(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	struct store_summary s;
+	struct failures f;
+	char err[1024] = "";
+	json_t *j = NULL, *dev, *fails, *bl;
+	int64_t now = fg_now();
+	int rc, healthy = 1;
+
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	memset(&f, 0, sizeof f);
+	if (store_fleet_summary(st, now, &s, err, sizeof err) != 0 ||
+	    store_audit_count_since(st, now - 3600, count_failure, &f, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate status: %s\n", err);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	dev = json_object();
+	for (int i = 0; i < DEVICE_STATE_MAX; i++)
+		json_object_set_new(dev, store_device_state_name(i), json_integer(s.devices[i]));
+	fails = json_pack("{s:I}", "total", (json_int_t)f.total);
+	for (size_t i = 0; failure_kinds[i] != NULL; i++)
+		json_object_set_new(fails, failure_kinds[i], json_integer(f.n[i]));
+	bl = json_array();
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		json_t *b = backend_health(cfg, &cfg->backends[i]);
+		if (!json_is_true(json_object_get(b, "ok")))
+			healthy = 0;
+		json_array_append_new(bl, b);
+	}
+	j = json_pack("{s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:o, s:o, s:{s:I, s:I}}",
+		      "devices", dev,
+		      "certificates", "valid", (json_int_t)s.certs_valid, "revoked",
+		      (json_int_t)s.certs_revoked, "expired", (json_int_t)s.certs_expired,
+		      "expiring_7d", (json_int_t)s.expiring[1], "expiring_30d", (json_int_t)s.expiring[2],
+		      "failures_last_hour", fails, "backends", bl,
+		      "jobs_open", "admitted", (json_int_t)s.jobs_admitted, "pending",
+		      (json_int_t)s.jobs_pending);
+	if (j == NULL) {
+		fprintf(stderr, "fleetgate status: out of memory\n");
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	if (o->json) {
+		json_dumpf(j, stdout, JSON_INDENT(2));
+		putchar('\n');
+	} else {
+		print_status_text(j);
+	}
+	rc = healthy ? EXIT_OK : EXIT_FAIL;
+out:
+	json_decref(j);
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -1127,6 +1369,8 @@ int main(int argc, char **argv)
 		return cmd_audit(&o);
 	if (strcmp(cmd, "backend") == 0)
 		return cmd_backend(&o);
+	if (strcmp(cmd, "status") == 0)
+		return o.argc ? (usage(stderr), EXIT_USAGE) : cmd_status(&o);
 	fprintf(stderr, "fleetgate: unknown command '%s'; run `fleetgate help`\n", cmd);
 	return EXIT_USAGE;
 }

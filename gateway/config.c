@@ -44,7 +44,7 @@ struct conf_ctx {
 
 static const char *const top_keys[] = {
 	"listen", "workers", "store", "policy", "curve_key", "plugin_dir", "log_level",
-	"checkin_interval", "limits", "backends", "profiles", NULL,
+	"checkin_interval", "limits", "backends", "profiles", "http", NULL,
 };
 static const char *const store_keys[] = { "engine", "path", NULL };
 static const char *const limits_keys[] = {
@@ -667,6 +667,30 @@ static void read_profiles(lua_State *L, struct conf_ctx *c, int g)
 		cfail(L, c, "no profile named 'default'; the gateway uses it when a policy names none");
 }
 
+static const char *const http_keys[] = { "listen", NULL };
+
+/* http = { listen = "HOST:PORT" }: the gateway's HTTP side (docs/http.md).
+ * Absent, or listen = "", turns it off. */
+static void read_http(lua_State *L, struct conf_ctx *c, int g)
+{
+	struct gw_config *cfg = c->cfg;
+	char host[256];
+	int port;
+
+	if (field(L, g, "http") != LUA_TNIL) {
+		int t = lua_gettop(L);
+		if (lua_type(L, t) != LUA_TTABLE)
+			cfail(L, c, "http must be a table, e.g. http = { listen = \"127.0.0.1:7780\" }");
+		check_keys(L, c, t, "http", http_keys);
+		get_string(L, c, t, "listen", "http.listen", cfg->http_listen, sizeof cfg->http_listen);
+		if (cfg->http_listen[0] != '\0' &&
+		    config_http_split(cfg->http_listen, host, sizeof host, &port) != 0)
+			cfail(L, c, "http.listen: '%s' is not HOST:PORT; use e.g. \"127.0.0.1:7780\" or \"[::1]:7780\"",
+			      cfg->http_listen);
+	}
+	lua_pop(L, 1);
+}
+
 /* The protected reader: globals -> struct gw_config, checking everything.
  * Argument 1 is the struct conf_ctx. */
 static int read_config(lua_State *L)
@@ -750,6 +774,7 @@ static int read_config(lua_State *L)
 
 	read_backends(L, c, g);
 	read_profiles(L, c, g);
+	read_http(L, c, g);
 	return 0;
 }
 
@@ -980,5 +1005,89 @@ char *config_default_text(const char *listen)
 	if (out == NULL)
 		return NULL;
 	snprintf(out, size, default_text, q);
+	return out;
+}
+
+/* See config.h: "127.0.0.1:7780", "[::1]:7780", "*:7780" (all addresses). */
+int config_http_split(const char *listen, char *host, size_t hostlen, int *port)
+{
+	const char *colon, *h = listen;
+	size_t hl;
+	char *end;
+	long p;
+
+	if (listen == NULL || hostlen == 0)
+		return -1;
+	colon = strrchr(listen, ':');
+	if (colon == NULL || colon == listen)
+		return -1;
+	hl = (size_t)(colon - listen);
+	if (listen[0] == '[') {
+		if (hl < 3 || listen[hl - 1] != ']')
+			return -1;
+		h = listen + 1;
+		hl -= 2;
+	} else if (memchr(listen, ':', hl) != NULL) {
+		return -1;          /* a bare IPv6 address needs brackets */
+	}
+	if (hl >= hostlen)
+		return -1;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	if (strcmp(host, "*") == 0)
+		fg_strlcpy(host, "0.0.0.0", hostlen);
+	errno = 0;
+	p = strtol(colon + 1, &end, 10);
+	if (errno != 0 || end == colon + 1 || *end != '\0' || p < 1 || p > 65535)
+		return -1;
+	*port = (int)p;
+	return 0;
+}
+
+/* See config.h. The CRL and OCSP URLs go into the local backend's table by
+ * assignment after it, so that the text `fleetgate init` writes above stays
+ * as it is. A wildcard listen address becomes 127.0.0.1 in the URLs. */
+char *config_http_text(const char *http_listen)
+{
+	char q[600], base[600], host[256];
+	char *out = NULL;
+	int port = 0;
+
+	if (http_listen == NULL || http_listen[0] == '\0') {
+		if (asprintf(&out,
+			     "\n"
+			     "-- The HTTP side (docs/http.md): /healthz, /metrics, CA certificates,\n"
+			     "-- CRLs and OCSP, in plain HTTP. Off; to turn it on, uncomment:\n"
+			     "-- http = { listen = \"127.0.0.1:7780\" }\n"
+			     "-- and say where issued certificates point relying parties to:\n"
+			     "-- backends[\"local\"].crl_url = \"http://127.0.0.1:7780/crl/local.crl\"\n"
+			     "-- backends[\"local\"].ocsp_url = \"http://127.0.0.1:7780/ocsp\"\n") < 0)
+			return NULL;
+		return out;
+	}
+	if (config_http_split(http_listen, host, sizeof host, &port) != 0)
+		return NULL;
+	lua_quote(http_listen, q, sizeof q);
+	if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
+		snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
+	else if (strchr(host, ':') != NULL)
+		snprintf(base, sizeof base, "http://[%s]:%d", host, port);
+	else
+		snprintf(base, sizeof base, "http://%s:%d", host, port);
+	lua_quote(base, host, sizeof host);
+	if (asprintf(&out,
+		     "\n"
+		     "-- The HTTP side (docs/http.md): /healthz, /metrics, CA certificates,\n"
+		     "-- CRLs and OCSP, in plain HTTP (CRLs and OCSP answers are signed).\n"
+		     "http = { listen = \"%s\" }\n"
+		     "\n"
+		     "-- Where issued certificates point relying parties to: the CRL\n"
+		     "-- distribution point and the OCSP responder. Use a name they can reach.\n"
+		     "-- crl_validity is how long each CRL is valid (it is remade at half that).\n"
+		     "backends[\"local\"].crl_url = \"%s/crl/local.crl\"\n"
+		     "backends[\"local\"].ocsp_url = \"%s/ocsp\"\n"
+		     "backends[\"local\"].crl_validity = \"7d\"\n",
+		     q, host, host) < 0)
+		return NULL;
 	return out;
 }

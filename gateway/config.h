@@ -11,6 +11,7 @@
  *   curve_key = "keys/gateway.key"
  *   log_level = "info"
  *   checkin_interval = 3600
+ *   http = { listen = "127.0.0.1:7780" }     -- optional; docs/http.md
  *   limits = { max_message = 65536, policy_memory = 4194304,
  *              policy_instructions = 1000000 }
  *   backends = {
@@ -77,6 +78,7 @@ struct gw_config {
 	size_t nprofiles;
 	struct config_backend *backends;
 	size_t nbackends;
+	char http_listen[256];              /* http.listen, "HOST:PORT"; "" = no HTTP side */
 };
 
 /* Read <state_dir>/fleetgated.conf. NULL with err ("fleetgated.conf:7: ...") on failure. */
@@ -90,5 +92,15 @@ uint32_t config_key_usage_bit(const char *name);
 
 /* The config text `fleetgate init` writes, with listen filled in. malloc'd. */
 char *config_default_text(const char *listen);
+
+/* Split an http.listen value ("127.0.0.1:7780", "[::1]:7780", "*:7780")
+ * into host ("*" becomes "0.0.0.0") and port. 0, or -1 when malformed. */
+int config_http_split(const char *listen, char *host, size_t hostlen, int *port);
+
+/* The http block `fleetgate init` appends to the config text: enabled on
+ * http_listen with the local backend's crl_url/ocsp_url, or commented out
+ * when http_listen is NULL or "". malloc'd; NULL when out of memory or
+ * http_listen is malformed. */
+char *config_http_text(const char *http_listen);
 
 #endif

@@ -30,6 +30,7 @@
 #include "fg_wire.h"
 #include "fg_x509.h"
 #include "policy.h"
+#include "stats.h"
 #include "store.h"
 
 #define SKEW_BACKDATE 60        /* seconds notBefore is backdated for clock skew */
@@ -42,6 +43,7 @@ struct worker {
 	struct store *st;
 	struct policy *pol;
 	int index;
+	char stats_backend[64];   /* backend of the request in hand, "" before one is known */
 };
 
 /* Everything needed to issue (and to resume issuing after a restart):
@@ -873,6 +875,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		goto out;
 	}
 	if (r == 1) {
+		fg_strlcpy(w->stats_backend, job.backend, sizeof w->stats_backend);
 		if (job.state == JOB_DONE || job.state == JOB_FAILED) {
 			*out = malloc(job.reply_len);
 			if (*out != NULL) {
@@ -954,6 +957,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	};
 	fill_policy_facts(&preq.facts, facts);
 	if (policy_enroll(w->pol, &preq, &dec, err, sizeof err) != 0) {
+		stats_policy_error();
 		json_t *d = json_pack("{s:s, s:s}", "slot", slot, "error", err);
 		char *ds = d ? json_dumps(d, JSON_COMPACT) : NULL;
 		store_audit(w->st, "policy.error", known ? devid : NULL, rid, ds ? ds : "{}", fg_now(),
@@ -982,7 +986,9 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	fg_strlcpy(p.kind, renew ? "renew" : "enroll", sizeof p.kind);
 	fg_strlcpy(p.slot, slot, sizeof p.slot);
 	fg_strlcpy(p.device_id, devid, sizeof p.device_id);
-	if (params_from_decision(w, &dec, &p, now, rid, err, sizeof err) != 0) {
+	int pr = params_from_decision(w, &dec, &p, now, rid, err, sizeof err);
+	fg_strlcpy(w->stats_backend, p.backend, sizeof w->stats_backend);
+	if (pr != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_DENIED, 0, out, len,
 			     "the policy's decision does not fit the gateway config: %s; the operator must fix the policy",
 			     err);
@@ -1171,6 +1177,44 @@ out:
 	store_device_clear(&dev);
 }
 
+/* The stats result of an enrollment or renewal reply frame (decoded again:
+ * it is produced in many places, and this is the one place all pass). */
+static enum stats_result reply_result(const uint8_t *reply, size_t len)
+{
+	enum stats_result r = STATS_ERROR;
+	Fleetgate__Envelope *env = reply ? fg_wire_unpack(reply, len, SIZE_MAX, NULL, 0) : NULL;
+	Fleetgate__Status st = FLEETGATE__STATUS__STATUS_INTERNAL;
+
+	if (env != NULL && env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY)
+		st = env->cert_reply->status;
+	else if (env != NULL && env->body_case == FLEETGATE__ENVELOPE__BODY_ERROR)
+		st = env->error->status;
+	switch (st) {
+	case FLEETGATE__STATUS__STATUS_OK: r = STATS_OK; break;
+	case FLEETGATE__STATUS__STATUS_DENIED: r = STATS_DENIED; break;
+	/* RESUBMIT: the request goes on with a rebuilt CSR, like a pending one */
+	case FLEETGATE__STATUS__STATUS_PENDING:
+	case FLEETGATE__STATUS__STATUS_RESUBMIT: r = STATS_PENDING; break;
+	case FLEETGATE__STATUS__STATUS_BAD_REQUEST: r = STATS_BAD_REQUEST; break;
+	case FLEETGATE__STATUS__STATUS_UNAUTHORIZED: r = STATS_UNAUTHORIZED; break;
+	default: r = STATS_ERROR; break;
+	}
+	fg_wire_free(env);
+	return r;
+}
+
+/* handle_cert, counted for /metrics: backend, result and time to answer. */
+static void handle_cert_counted(struct worker *w, const char *key, const Fleetgate__Envelope *env,
+				int renew, uint8_t **reply, size_t *reply_len)
+{
+	uint64_t t0 = fg_mono_ns();
+
+	w->stats_backend[0] = '\0';
+	handle_cert(w, key, env, renew, reply, reply_len);
+	stats_enroll(w->stats_backend, reply_result(*reply, *reply_len),
+		     (double)(fg_mono_ns() - t0) / 1e9);
+}
+
 void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, size_t len,
 		   uint8_t **reply, size_t *reply_len)
 {
@@ -1189,13 +1233,14 @@ void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, 
 	}
 	switch (env->body_case) {
 	case FLEETGATE__ENVELOPE__BODY_ENROLL:
-		handle_cert(w, curve_key, env, 0, reply, reply_len);
+		handle_cert_counted(w, curve_key, env, 0, reply, reply_len);
 		break;
 	case FLEETGATE__ENVELOPE__BODY_RENEW:
-		handle_cert(w, curve_key, env, 1, reply, reply_len);
+		handle_cert_counted(w, curve_key, env, 1, reply, reply_len);
 		break;
 	case FLEETGATE__ENVELOPE__BODY_CHECKIN:
 		handle_checkin(w, curve_key, env, reply, reply_len);
+		stats_checkin();
 		break;
 	default:
 		reply_error(env->request_id, FLEETGATE__STATUS__STATUS_BAD_REQUEST, reply, reply_len,

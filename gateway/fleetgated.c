@@ -15,7 +15,9 @@
 #include "config.h"
 #include "fg_log.h"
 #include "fg_util.h"
+#include "http.h"
 #include "server.h"
+#include "stats.h"
 #include "store.h"
 
 static void usage(FILE *f)
@@ -25,6 +27,26 @@ static void usage(FILE *f)
 		"\n"
 		"Serve device enrollments from the gateway state directory DIR,\n"
 		"made by `fleetgate init --state DIR`.\n");
+}
+
+/* Name the backends for the counters, then start the HTTP side when the
+ * config asks for it (*http stays NULL, with the reason logged, when it
+ * cannot listen). */
+static void start_http_side(const struct gw_config *cfg, struct backends *bs, struct http **http)
+{
+	const char *names[STATS_MAX_BACKENDS];
+	size_t n = cfg->nbackends < STATS_MAX_BACKENDS ? cfg->nbackends : STATS_MAX_BACKENDS;
+	char err[1024] = "";
+
+	for (size_t i = 0; i < n; i++)
+		names[i] = cfg->backends[i].name;
+	stats_init(names, n);
+	*http = NULL;
+	if (cfg->http_listen[0] == '\0')
+		return;
+	*http = http_start(cfg, bs, err, sizeof err);
+	if (*http == NULL)
+		fg_err("gateway", NULL, "%s", err);
 }
 
 int main(int argc, char **argv)
@@ -45,6 +67,7 @@ int main(int argc, char **argv)
 	struct gw_config *cfg = NULL;
 	struct backends *bs = NULL;
 	struct store *st = NULL;
+	struct http *http = NULL;
 
 	while ((c = getopt_long(argc, argv, "s:l:jSh", opts, NULL)) != -1) {
 		switch (c) {
@@ -91,12 +114,16 @@ int main(int argc, char **argv)
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
+	start_http_side(cfg, bs, &http);
+	if (cfg->http_listen[0] != '\0' && http == NULL)
+		goto out;
 	if (server_run(cfg, bs, err, sizeof err) != 0) {
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
 	rc = 0;
 out:
+	http_stop(http);
 	backends_free(bs);
 	config_free(cfg);
 	return rc;

@@ -250,4 +250,46 @@ int store_audit_list(struct store *st, const char *device_id, long long after_se
 		     int newest, int (*cb)(void *arg, const struct store_audit_rec *a), void *arg,
 		     char *err, size_t errlen);
 
+/* ---- the fleet at a glance (/healthz, /metrics, fleetgate status) ---- */
+
+/* A cheap query that proves the store answers. 0, or -1 with err. */
+int store_ping(struct store *st, char *err, size_t errlen);
+
+/* Upper bounds (seconds) of the expiry buckets of store_summary. */
+#define STORE_EXPIRY_BUCKETS 4
+extern const int64_t store_expiry_bounds[STORE_EXPIRY_BUCKETS];  /* 1d, 7d, 30d, 90d */
+
+struct store_summary {
+	long devices[DEVICE_STATE_MAX];      /* by enum store_device_state */
+	long certs_valid;                    /* not revoked, not expired */
+	long certs_revoked;
+	long certs_expired;                  /* not revoked, past not_after */
+	long expiring[STORE_EXPIRY_BUCKETS]; /* valid, not_after within bound (cumulative) */
+	long jobs_admitted;                  /* open jobs: the queue */
+	long jobs_pending;
+};
+/* Counts as of now, in one read transaction. 0, or -1 with err. */
+int store_fleet_summary(struct store *st, int64_t now, struct store_summary *out,
+			char *err, size_t errlen);
+
+/* Revoked certificates of one backend (for its CRL), ordered by serial.
+ * cb returning non-zero stops. 0 or -1. */
+int store_cert_list_revoked(struct store *st, const char *backend,
+			    int (*cb)(void *arg, const char *serial_hex, int64_t revoked_at),
+			    void *arg, char *err, size_t errlen);
+/* How many certificates of backend are revoked (to see a CRL is stale). */
+int store_cert_count_revoked(struct store *st, const char *backend, long *out,
+			     char *err, size_t errlen);
+
+/* The status of one certificate of backend, for OCSP: 1 found (revoked and
+ * revoked_at set), 0 no such certificate, -1 error. */
+int store_cert_status(struct store *st, const char *backend, const char *serial_hex,
+		      int *revoked, int64_t *revoked_at, char *err, size_t errlen);
+
+/* Audit records since a time, counted by kind: cb(kind, count) once per
+ * kind. Walks the log from its newest record back. 0 or -1. */
+int store_audit_count_since(struct store *st, int64_t since,
+			    int (*cb)(void *arg, const char *kind, long count), void *arg,
+			    char *err, size_t errlen);
+
 #endif

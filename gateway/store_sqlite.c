@@ -1445,3 +1445,198 @@ int store_audit_list(struct store *st, const char *device_id, long long after_se
 	release(st, s);
 	return rc;
 }
+
+/* ---- the fleet at a glance ---- */
+
+const int64_t store_expiry_bounds[STORE_EXPIRY_BUCKETS] = {
+	86400, 7 * 86400, 30 * 86400, 90 * 86400,
+};
+
+int store_ping(struct store *st, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT count(*) FROM schema_migrations", err, errlen);
+	if (s == NULL)
+		return -1;
+	int r = sqlite3_step(s);
+	release(st, s);
+	if (r != SQLITE_ROW)
+		return dberr(st, err, errlen, "health query");
+	return 0;
+}
+
+/* Run one grouped count query (two columns: key, count) into cb. */
+static int count_rows(struct store *st, sqlite3_stmt *s, const char *what,
+		      void (*cb)(void *arg, sqlite3_stmt *row), void *arg, char *err, size_t errlen)
+{
+	int r;
+	while ((r = sqlite3_step(s)) == SQLITE_ROW)
+		cb(arg, s);
+	release(st, s);
+	return r == SQLITE_DONE ? 0 : dberr(st, err, errlen, what);
+}
+
+static void sum_devices(void *arg, sqlite3_stmt *row)
+{
+	struct store_summary *o = arg;
+	int state = sqlite3_column_int(row, 0);
+	if (state >= 0 && state < DEVICE_STATE_MAX)
+		o->devices[state] = (long)sqlite3_column_int64(row, 1);
+}
+
+static void sum_jobs(void *arg, sqlite3_stmt *row)
+{
+	struct store_summary *o = arg;
+	int state = sqlite3_column_int(row, 0);
+	if (state == JOB_ADMITTED)
+		o->jobs_admitted = (long)sqlite3_column_int64(row, 1);
+	else if (state == JOB_PENDING)
+		o->jobs_pending = (long)sqlite3_column_int64(row, 1);
+}
+
+/* See store.h. A deferred read transaction makes the counts one snapshot. */
+int store_fleet_summary(struct store *st, int64_t now, struct store_summary *out, char *err,
+			size_t errlen)
+{
+	sqlite3_stmt *s;
+	int rc = -1;
+
+	memset(out, 0, sizeof *out);
+	if (exec(st, "BEGIN", err, errlen) != 0)
+		return -1;
+	s = prep(st, "SELECT state, count(*) FROM devices GROUP BY state", err, errlen);
+	if (s == NULL || count_rows(st, s, "device count", sum_devices, out, err, errlen) != 0)
+		goto out;
+	s = prep(st, "SELECT state, count(*) FROM jobs WHERE state < 2 GROUP BY state", err, errlen);
+	if (s == NULL || count_rows(st, s, "job count", sum_jobs, out, err, errlen) != 0)
+		goto out;
+	s = prep(st, "SELECT"
+		 " coalesce(sum(revoked = 0 AND not_after > ?1), 0),"
+		 " coalesce(sum(revoked <> 0), 0),"
+		 " coalesce(sum(revoked = 0 AND not_after <= ?1), 0),"
+		 " coalesce(sum(revoked = 0 AND not_after > ?1 AND not_after <= ?1 + ?2), 0),"
+		 " coalesce(sum(revoked = 0 AND not_after > ?1 AND not_after <= ?1 + ?3), 0),"
+		 " coalesce(sum(revoked = 0 AND not_after > ?1 AND not_after <= ?1 + ?4), 0),"
+		 " coalesce(sum(revoked = 0 AND not_after > ?1 AND not_after <= ?1 + ?5), 0)"
+		 " FROM certificates", err, errlen);
+	if (s == NULL)
+		goto out;
+	sqlite3_bind_int64(s, 1, now);
+	for (int i = 0; i < STORE_EXPIRY_BUCKETS; i++)
+		sqlite3_bind_int64(s, 2 + i, store_expiry_bounds[i]);
+	if (sqlite3_step(s) != SQLITE_ROW) {
+		dberr(st, err, errlen, "certificate count");
+		release(st, s);
+		goto out;
+	}
+	out->certs_valid = (long)sqlite3_column_int64(s, 0);
+	out->certs_revoked = (long)sqlite3_column_int64(s, 1);
+	out->certs_expired = (long)sqlite3_column_int64(s, 2);
+	for (int i = 0; i < STORE_EXPIRY_BUCKETS; i++)
+		out->expiring[i] = (long)sqlite3_column_int64(s, 3 + i);
+	release(st, s);
+	rc = 0;
+out:
+	rollback(st);     /* read-only: ends the snapshot */
+	return rc;
+}
+
+int store_cert_list_revoked(struct store *st, const char *backend,
+			    int (*cb)(void *arg, const char *serial_hex, int64_t revoked_at),
+			    void *arg, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT serial_hex, revoked_at FROM certificates WHERE backend = ? AND revoked <> 0 ORDER BY serial_hex",
+			       err, errlen);
+	int r;
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, backend);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW)
+		if (cb(arg, col_str(s, 0), sqlite3_column_int64(s, 1)) != 0)
+			break;
+	release(st, s);
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		return dberr(st, err, errlen, "revoked certificate list");
+	return 0;
+}
+
+int store_cert_count_revoked(struct store *st, const char *backend, long *out, char *err,
+			     size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT count(*) FROM certificates WHERE backend = ? AND revoked <> 0",
+			       err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, backend);
+	int r = sqlite3_step(s);
+	if (r == SQLITE_ROW)
+		*out = (long)sqlite3_column_int64(s, 0);
+	release(st, s);
+	return r == SQLITE_ROW ? 0 : dberr(st, err, errlen, "revoked certificate count");
+}
+
+int store_cert_status(struct store *st, const char *backend, const char *serial_hex, int *revoked,
+		      int64_t *revoked_at, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT revoked, revoked_at FROM certificates WHERE backend = ? AND serial_hex = ?",
+			       err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, backend);
+	bind_text(s, 2, serial_hex);
+	int r = sqlite3_step(s), rc;
+	if (r == SQLITE_ROW) {
+		*revoked = sqlite3_column_int(s, 0) != 0;
+		*revoked_at = sqlite3_column_int64(s, 1);
+		rc = 1;
+	} else if (r == SQLITE_DONE) {
+		rc = 0;
+	} else {
+		rc = dberr(st, err, errlen, "certificate status");
+	}
+	release(st, s);
+	return rc;
+}
+
+/* See store.h. Records are appended in time order, so the walk stops at the
+ * first one older than since (minus a minute of slack for clocks stepping
+ * back); kinds are few, so a small array counts them. */
+int store_audit_count_since(struct store *st, int64_t since,
+			    int (*cb)(void *arg, const char *kind, long count), void *arg,
+			    char *err, size_t errlen)
+{
+	struct {
+		char kind[64];
+		long n;
+	} k[64];
+	size_t nk = 0;
+	int r;
+	sqlite3_stmt *s = prep(st, "SELECT ts, kind FROM audit ORDER BY seq DESC", err, errlen);
+
+	if (s == NULL)
+		return -1;
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		int64_t ts = sqlite3_column_int64(s, 0);
+		const char *kind = col_str(s, 1);
+		size_t i;
+		if (ts < since - 60)
+			break;
+		if (ts < since)
+			continue;
+		for (i = 0; i < nk && strcmp(k[i].kind, kind) != 0; i++)
+			;
+		if (i == nk) {
+			if (nk == sizeof k / sizeof k[0])
+				continue;      /* more kinds than anyone defines: ignore the rest */
+			fg_strlcpy(k[nk].kind, kind, sizeof k[nk].kind);
+			k[nk++].n = 0;
+		}
+		k[i].n++;
+	}
+	release(st, s);
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		return dberr(st, err, errlen, "audit count");
+	for (size_t i = 0; i < nk; i++)
+		if (cb(arg, k[i].kind, k[i].n) != 0)
+			break;
+	return 0;
+}

@@ -19,9 +19,16 @@
  * without a lock. OpenSSL 3 allows signing with one EVP_PKEY from several
  * threads.
  *
- * Revocation is only recorded for now, in plugin state ("revoked:<serial>" =
- * "<reason> <unix time>"); CRL generation will read those records (XXX: a
- * later issue, together with a way to list plugin state).
+ * Revocation is recorded in plugin state ("revoked:<serial>" = "<reason>
+ * <unix time>"). The host's store is the authority on which certificates are
+ * revoked and when: make_crl and ocsp_respond get that from the host and
+ * only add the reason codes from these records (see crl.c below the issue
+ * code). The CRL number lives in plugin state "crl_number" (decimal).
+ *
+ * Settings for the gateway's HTTP side: crl_url and ocsp_url (http:// URIs
+ * put in every issued certificate as its CRL distribution point and its
+ * authorityInfoAccess OCSP responder), crl_validity (nextUpdate - thisUpdate
+ * of a CRL, default 7d) and ocsp_validity (of an OCSP answer, default 1h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +45,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -61,6 +69,10 @@ struct local_ca {
 	int64_t not_after;            /* CA notAfter, Unix seconds */
 	unsigned char *cert_der;      /* CA certificate DER, for chains */
 	size_t cert_len;
+	char crl_url[1024];           /* CRL distribution point of leaves, "" = none */
+	char ocsp_url[1024];          /* authorityInfoAccess OCSP of leaves, "" = none */
+	long long crl_validity;       /* seconds from thisUpdate to nextUpdate */
+	long long ocsp_validity;      /* seconds, of an OCSP answer */
 };
 
 /* Format a message and append the oldest OpenSSL error, then empty the
@@ -549,6 +561,22 @@ static void ca_close(void *state)
 	free(ca);
 }
 
+/* 1 when a crl_url/ocsp_url setting is set but unusable: not http(s),
+ * too long, or with characters an IA5String URI cannot carry. */
+static int url_bad(const char *u)
+{
+	if (u == NULL || u[0] == '\0')
+		return 0;
+	if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+		return 1;
+	if (strlen(u) > 1000)
+		return 1;
+	for (const char *p = u; *p; p++)
+		if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e)
+			return 1;
+	return 0;
+}
+
 /* Open the CA from settings (see the file comment); with create = "yes",
  * make it first when ca_dir holds no ca.key. */
 static int ca_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
@@ -559,6 +587,8 @@ static int ca_open(const struct fg_host *host, const struct fg_kv *kv, size_t n,
 	const char *kt = fg_kv_get(kv, n, "key_type"), *cn = fg_kv_get(kv, n, "ca_name");
 	const char *cv = fg_kv_get(kv, n, "ca_validity"), *create = fg_kv_get(kv, n, "create");
 	const char *nm = fg_kv_get(kv, n, "name");
+	const char *cu = fg_kv_get(kv, n, "crl_url"), *ou = fg_kv_get(kv, n, "ocsp_url");
+	const char *crv = fg_kv_get(kv, n, "crl_validity"), *ocv = fg_kv_get(kv, n, "ocsp_validity");
 	char keypath[PATH_MAX + 16];
 
 	*state = NULL;
@@ -583,11 +613,27 @@ static int ca_open(const struct fg_host *host, const struct fg_kv *kv, size_t n,
 			 cv);
 		return -1;
 	}
+	long long crl_validity = parse_span(crv && crv[0] ? crv : "7d");
+	long long ocsp_validity = parse_span(ocv && ocv[0] ? ocv : "1h");
+	if (crl_validity <= 0 || ocsp_validity <= 0) {
+		snprintf(err, errlen, "%s '%s' is not a duration like 7d, 12h or 600 (seconds)",
+			 crl_validity <= 0 ? "crl_validity" : "ocsp_validity", crl_validity <= 0 ? crv : ocv);
+		return -1;
+	}
+	if (url_bad(cu) || url_bad(ou)) {
+		snprintf(err, errlen, "%s '%s' is not an http:// or https:// URL of printable ASCII (at most 1000 bytes), e.g. \"http://pki.example.com:7780/crl/local.crl\"",
+			 url_bad(cu) ? "crl_url" : "ocsp_url", url_bad(cu) ? cu : ou);
+		return -1;
+	}
 	if ((ca = calloc(1, sizeof *ca)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
 	ca->host = host;
+	ca->crl_validity = crl_validity;
+	ca->ocsp_validity = ocsp_validity;
+	snprintf(ca->crl_url, sizeof ca->crl_url, "%s", cu ? cu : "");
+	snprintf(ca->ocsp_url, sizeof ca->ocsp_url, "%s", ou ? ou : "");
 	snprintf(ca->name, sizeof ca->name, "%s", nm ? nm : "local");
 	/* ca_dir is relative to state_dir; an absolute one is taken as is. */
 	int w = cd[0] == '/' ? snprintf(ca->dir, sizeof ca->dir, "%s", cd)
@@ -740,6 +786,69 @@ out:
 	return rc;
 }
 
+/* A uniformResourceIdentifier general name, or NULL. */
+static GENERAL_NAME *uri_name(const char *uri)
+{
+	GENERAL_NAME *g = GENERAL_NAME_new();
+	ASN1_IA5STRING *s = ASN1_IA5STRING_new();
+
+	if (g == NULL || s == NULL || ASN1_STRING_set(s, uri, -1) != 1) {
+		GENERAL_NAME_free(g);
+		ASN1_IA5STRING_free(s);
+		return NULL;
+	}
+	GENERAL_NAME_set0_value(g, GEN_URI, s);
+	return g;
+}
+
+/* cRLDistributionPoints with one full-name URI (RFC 5280 4.2.1.13). */
+static int add_crl_dp(X509 *x, const char *uri)
+{
+	CRL_DIST_POINTS *cdp = sk_DIST_POINT_new_null();
+	DIST_POINT *dp = DIST_POINT_new();
+	GENERAL_NAME *g = uri_name(uri);
+	int rc = -1;
+
+	if (cdp == NULL || dp == NULL || g == NULL || (dp->distpoint = DIST_POINT_NAME_new()) == NULL ||
+	    (dp->distpoint->name.fullname = GENERAL_NAMES_new()) == NULL)
+		goto out;
+	dp->distpoint->type = 0;           /* fullName */
+	if (sk_GENERAL_NAME_push(dp->distpoint->name.fullname, g) <= 0)
+		goto out;
+	g = NULL;
+	if (sk_DIST_POINT_push(cdp, dp) <= 0)
+		goto out;
+	dp = NULL;
+	rc = X509_add1_ext_i2d(x, NID_crl_distribution_points, cdp, 0, X509V3_ADD_DEFAULT) == 1 ? 0 : -1;
+out:
+	GENERAL_NAME_free(g);
+	DIST_POINT_free(dp);
+	CRL_DIST_POINTS_free(cdp);
+	return rc;
+}
+
+/* authorityInfoAccess with one id-ad-ocsp URI (RFC 5280 4.2.2.1). */
+static int add_aia_ocsp(X509 *x, const char *uri)
+{
+	AUTHORITY_INFO_ACCESS *aia = sk_ACCESS_DESCRIPTION_new_null();
+	ACCESS_DESCRIPTION *ad = ACCESS_DESCRIPTION_new();
+	int rc = -1;
+
+	if (aia == NULL || ad == NULL)
+		goto out;
+	ASN1_OBJECT_free(ad->method);
+	ad->method = OBJ_nid2obj(NID_ad_OCSP);
+	GENERAL_NAME_free(ad->location);
+	if ((ad->location = uri_name(uri)) == NULL || sk_ACCESS_DESCRIPTION_push(aia, ad) <= 0)
+		goto out;
+	ad = NULL;
+	rc = X509_add1_ext_i2d(x, NID_info_access, aia, 0, X509V3_ADD_DEFAULT) == 1 ? 0 : -1;
+out:
+	ACCESS_DESCRIPTION_free(ad);
+	AUTHORITY_INFO_ACCESS_free(aia);
+	return rc;
+}
+
 /* Build the unsigned leaf for req: everything but the serial (set by the
  * caller after reservation) and the signature. Request errors set
  * *rejected; NULL with msg on any failure. */
@@ -810,6 +919,11 @@ static X509 *build_leaf(struct local_ca *ca, const struct fg_issue_request *req,
 	}
 	if (add_ski(x, NULL) != 0 || add_aki(x, ca->ski) != 0) {
 		ssl_err(msg, msglen, "cannot add the key identifiers");
+		goto fail;
+	}
+	if ((ca->crl_url[0] && add_crl_dp(x, ca->crl_url) != 0) ||
+	    (ca->ocsp_url[0] && add_aia_ocsp(x, ca->ocsp_url) != 0)) {
+		ssl_err(msg, msglen, "cannot add the CRL distribution point or OCSP URL");
 		goto fail;
 	}
 	X509_REQ_free(csr);
@@ -1052,6 +1166,339 @@ static int ca_cacerts(void *state, struct fg_cert_list *out, char *err, size_t e
 	return 0;
 }
 
+/* ---- CRL and OCSP (the gateway's HTTP side) ---- */
+
+/* The reason code (RFC 5280 5.3.1) in this CA's revoke record for serial,
+ * 0 (unspecified) when there is none or it cannot be read: the host's store
+ * decides whether and when, the record only adds why. */
+static int revoke_reason(const struct local_ca *ca, const char *hex)
+{
+	char key[96], buf[32];
+	unsigned char *v = NULL;
+	size_t len = 0;
+	int reason = 0;
+
+	if (ca->host->state_get == NULL)
+		return 0;
+	snprintf(key, sizeof key, "revoked:%s", hex);
+	if (ca->host->state_get(ca->host->ctx, key, &v, &len) == 1 && v != NULL) {
+		size_t n = len < sizeof buf - 1 ? len : sizeof buf - 1;
+		memcpy(buf, v, n);
+		buf[n] = '\0';
+		reason = atoi(buf);
+		/* 7 is unused; 8 (removeFromCRL) belongs to delta CRLs only */
+		if (reason < 0 || reason > 10 || reason == 7 || reason == 8)
+			reason = 0;
+	}
+	free(v);
+	return reason;
+}
+
+/* A serial as the store writes it (hex, at most 40 digits) to an
+ * ASN1_INTEGER, or NULL when it is not such hex. */
+static ASN1_INTEGER *serial_from_hex(const char *hex)
+{
+	BIGNUM *bn = NULL;
+	ASN1_INTEGER *ai = NULL;
+	size_t n = hex ? strlen(hex) : 0;
+
+	if (n == 0 || n > 40 || strspn(hex, "0123456789abcdefABCDEF") != n)
+		return NULL;
+	if (BN_hex2bn(&bn, hex) == (int)n)
+		ai = BN_to_ASN1_INTEGER(bn, NULL);
+	BN_free(bn);
+	return ai;
+}
+
+/* The next CRL number: "crl_number" in plugin state plus one (1 for the
+ * first CRL). A new BIGNUM, or NULL with err.
+ * XXX: read and write are two steps, so the CLI and the gateway making a
+ * CRL in the same instant can both use one number; the host serialises
+ * CRL generation within one process only. */
+static BIGNUM *next_crl_number(const struct local_ca *ca, char *err, size_t errlen)
+{
+	unsigned char *v = NULL;
+	size_t len = 0;
+	char buf[64];
+	BIGNUM *num = NULL;
+	int r = ca->host->state_get ? ca->host->state_get(ca->host->ctx, "crl_number", &v, &len) : 0;
+
+	if (r < 0) {
+		snprintf(err, errlen, "cannot read the CRL number of backend %s from the store; check the store and retry",
+			 ca->name);
+		return NULL;
+	}
+	if (r == 1 && v != NULL && len > 0 && len < sizeof buf) {
+		memcpy(buf, v, len);
+		buf[len] = '\0';
+		if (strspn(buf, "0123456789") != len || BN_dec2bn(&num, buf) != (int)len) {
+			BN_free(num);
+			num = NULL;
+		}
+	}
+	free(v);
+	if (r == 1 && num == NULL) {
+		snprintf(err, errlen, "plugin state crl_number of backend %s is not a decimal number; the store is damaged",
+			 ca->name);
+		return NULL;
+	}
+	if (num == NULL && (num = BN_new()) != NULL)
+		BN_zero(num);
+	if (num == NULL || BN_add_word(num, 1) != 1) {
+		BN_free(num);
+		ssl_err(err, errlen, "cannot compute the next CRL number");
+		return NULL;
+	}
+	return num;
+}
+
+/* One revoked entry: serial, revocationDate and, unless unspecified (RFC
+ * 5280 5.3.1 says to leave it out then), a reasonCode. 0 or -1 with err. */
+static int crl_add_entry(const struct local_ca *ca, X509_CRL *crl, const struct fg_revoked *e,
+			 char *err, size_t errlen)
+{
+	X509_REVOKED *r = X509_REVOKED_new();
+	ASN1_INTEGER *sn = serial_from_hex(e->serial_hex);
+	ASN1_TIME *t = ASN1_TIME_set(NULL, (time_t)e->revoked_at);
+	ASN1_ENUMERATED *why = NULL;
+	int reason = e->serial_hex ? revoke_reason(ca, e->serial_hex) : 0, rc = -1;
+
+	if (sn == NULL) {
+		ERR_clear_error();
+		snprintf(err, errlen, "revoked serial '%s' from the store is not hex; the store is damaged",
+			 e->serial_hex ? e->serial_hex : "");
+		goto out;
+	}
+	if (r == NULL || t == NULL || X509_REVOKED_set_serialNumber(r, sn) != 1 ||
+	    X509_REVOKED_set_revocationDate(r, t) != 1)
+		goto ssl;
+	if (reason != 0 && ((why = ASN1_ENUMERATED_new()) == NULL || ASN1_ENUMERATED_set(why, reason) != 1 ||
+			    X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, why, 0, X509V3_ADD_DEFAULT) != 1))
+		goto ssl;
+	if (X509_CRL_add0_revoked(crl, r) != 1)
+		goto ssl;
+	r = NULL;
+	rc = 0;
+	goto out;
+ssl:
+	ssl_err(err, errlen, "cannot add serial %s to the CRL", e->serial_hex);
+out:
+	ASN1_ENUMERATED_free(why);
+	ASN1_TIME_free(t);
+	ASN1_INTEGER_free(sn);
+	X509_REVOKED_free(r);
+	return rc;
+}
+
+/* See make_crl in plugin.h: a v2 CRL of list, valid crl_validity from now,
+ * with authorityKeyIdentifier and the next cRLNumber, which is stored only
+ * once the CRL is signed (a failed attempt burns no number). */
+static int ca_make_crl(void *state, const struct fg_revoked *list, size_t n, int64_t now,
+		       unsigned char **der, size_t *len, char *err, size_t errlen)
+{
+	struct local_ca *ca = state;
+	X509_CRL *crl = NULL;
+	ASN1_TIME *tu = NULL, *nu = NULL;
+	BIGNUM *num = NULL;
+	ASN1_INTEGER *numi = NULL;
+	AUTHORITY_KEYID *akid = NULL;
+	unsigned char *out = NULL;
+	char *dec = NULL;
+	int k, rc = -1;
+
+	*der = NULL;
+	*len = 0;
+	if ((num = next_crl_number(ca, err, errlen)) == NULL)
+		return -1;
+	if ((crl = X509_CRL_new()) == NULL || X509_CRL_set_version(crl, X509_CRL_VERSION_2) != 1 ||
+	    X509_CRL_set_issuer_name(crl, ca->subject) != 1 ||
+	    (tu = ASN1_TIME_set(NULL, (time_t)now)) == NULL ||
+	    (nu = ASN1_TIME_set(NULL, (time_t)(now + ca->crl_validity))) == NULL ||
+	    X509_CRL_set1_lastUpdate(crl, tu) != 1 || X509_CRL_set1_nextUpdate(crl, nu) != 1) {
+		ssl_err(err, errlen, "cannot start the CRL of backend %s", ca->name);
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (crl_add_entry(ca, crl, &list[i], err, errlen) != 0)
+			goto out;
+	if (X509_CRL_sort(crl) != 1 || (akid = AUTHORITY_KEYID_new()) == NULL ||
+	    (akid->keyid = ASN1_OCTET_STRING_dup(ca->ski)) == NULL ||
+	    X509_CRL_add1_ext_i2d(crl, NID_authority_key_identifier, akid, 0, X509V3_ADD_DEFAULT) != 1 ||
+	    (numi = BN_to_ASN1_INTEGER(num, NULL)) == NULL ||
+	    X509_CRL_add1_ext_i2d(crl, NID_crl_number, numi, 0, X509V3_ADD_DEFAULT) != 1) {
+		ssl_err(err, errlen, "cannot add the CRL's extensions");
+		goto out;
+	}
+	if (X509_CRL_sign(crl, ca->key, ca->md) <= 0 || (k = i2d_X509_CRL(crl, &out)) <= 0) {
+		ssl_err(err, errlen, "cannot sign the CRL of backend %s", ca->name);
+		goto out;
+	}
+	if ((dec = BN_bn2dec(num)) == NULL ||
+	    ca->host->state_put(ca->host->ctx, "crl_number", (const unsigned char *)dec, strlen(dec)) != 0) {
+		snprintf(err, errlen, "cannot record CRL number %s of backend %s in the store; the CRL was not published",
+			 dec ? dec : "?", ca->name);
+		goto out;
+	}
+	if ((*der = dup_der(out, (size_t)k)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	*len = (size_t)k;
+	ca_log(ca, FG_LEVEL_INFO, NULL, "made CRL number %s: %zu revoked, next update in %lld s", dec, n,
+	       ca->crl_validity);
+	rc = 0;
+out:
+	OPENSSL_free(dec);
+	OPENSSL_free(out);
+	ASN1_INTEGER_free(numi);
+	AUTHORITY_KEYID_free(akid);
+	ASN1_TIME_free(nu);
+	ASN1_TIME_free(tu);
+	BN_free(num);
+	X509_CRL_free(crl);
+	return rc;
+}
+
+/* An unsigned OCSPResponse of an error status (RFC 6960 4.2.1) into
+ * *resp. FG_OCSP_ANSWERED or -1. */
+static int ocsp_plain(int status, unsigned char **resp, size_t *resp_len, char *err, size_t errlen)
+{
+	OCSP_RESPONSE *r = OCSP_response_create(status, NULL);
+	unsigned char *out = NULL;
+	int k = r ? i2d_OCSP_RESPONSE(r, &out) : -1, rc = -1;
+
+	if (k > 0 && (*resp = dup_der(out, (size_t)k)) != NULL) {
+		*resp_len = (size_t)k;
+		rc = FG_OCSP_ANSWERED;
+	} else {
+		ssl_err(err, errlen, "cannot encode an OCSP error response");
+	}
+	OPENSSL_free(out);
+	OCSP_RESPONSE_free(r);
+	return rc;
+}
+
+#define OCSP_MAX_CERTS 32         /* CertIDs per request we answer */
+
+/* Is issuerKeyHash (made with the digest mdo) the hash of this CA's
+ * public key? */
+static int key_hash_is_ours(const struct local_ca *ca, const ASN1_OBJECT *mdo,
+			    const ASN1_OCTET_STRING *khash)
+{
+	const EVP_MD *md = mdo ? EVP_get_digestbyobj(mdo) : NULL;
+	const ASN1_BIT_STRING *key = X509_get0_pubkey_bitstr(ca->cert);
+	unsigned char h[EVP_MAX_MD_SIZE];
+	unsigned int hl = 0;
+
+	if (md == NULL || khash == NULL || key == NULL ||
+	    EVP_Digest(ASN1_STRING_get0_data(key), (size_t)ASN1_STRING_length(key), h, &hl, md, NULL) != 1)
+		return 0;
+	return (int)hl == ASN1_STRING_length(khash) && memcmp(h, ASN1_STRING_get0_data(khash), hl) == 0;
+}
+
+/* See ocsp_respond in plugin.h. A CertID is this CA's when its
+ * issuerKeyHash (in the request's own hash algorithm) is the hash of the
+ * CA key: the key, not the name, is what signs, and `openssl ocsp -cert`
+ * hashes the certificate's own issuer name, so a certificate that merely
+ * claims another issuer name is still answered (it is "unknown" to the
+ * store). CertIDs of other keys in a request that names this CA are
+ * answered "unknown". The response is signed by the CA key itself (RFC 6960 4.2.2.2
+ * allows the issuing CA), names the responder by the CA's subject and
+ * carries the CA certificate. */
+static int ca_ocsp_respond(void *state, const unsigned char *req, size_t req_len,
+			   fg_cert_status_fn status, void *status_arg, int64_t now,
+			   unsigned char **resp, size_t *resp_len, char *err, size_t errlen)
+{
+	struct local_ca *ca = state;
+	const unsigned char *p = req;
+	OCSP_REQUEST *rq = NULL;
+	OCSP_BASICRESP *bs = NULL;
+	OCSP_RESPONSE *r = NULL;
+	ASN1_GENERALIZEDTIME *tu = NULL, *nu = NULL;
+	unsigned char *out = NULL;
+	int n, k, mine = 0, rc = -1;
+
+	*resp = NULL;
+	*resp_len = 0;
+	if (req != NULL && req_len > 0 && req_len <= LONG_MAX)
+		rq = d2i_OCSP_REQUEST(NULL, &p, (long)req_len);
+	if (rq == NULL || p != req + req_len || (n = OCSP_request_onereq_count(rq)) <= 0 ||
+	    n > OCSP_MAX_CERTS) {
+		ERR_clear_error();
+		rc = ocsp_plain(OCSP_RESPONSE_STATUS_MALFORMEDREQUEST, resp, resp_len, err, errlen);
+		goto out;
+	}
+	if ((bs = OCSP_BASICRESP_new()) == NULL || (tu = ASN1_GENERALIZEDTIME_set(NULL, (time_t)now)) == NULL ||
+	    (nu = ASN1_GENERALIZEDTIME_set(NULL, (time_t)(now + ca->ocsp_validity))) == NULL) {
+		ssl_err(err, errlen, "cannot start an OCSP response");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		OCSP_CERTID *cid = OCSP_onereq_get0_id(OCSP_request_onereq_get0(rq, i));
+		ASN1_OBJECT *mdo = NULL;
+		ASN1_INTEGER *sn = NULL;
+		ASN1_GENERALIZEDTIME *rt = NULL;
+		ASN1_OCTET_STRING *khash = NULL;
+		int cst = V_OCSP_CERTSTATUS_UNKNOWN, reason = -1;
+		char hex[48];
+
+		if (cid == NULL || OCSP_id_get0_info(NULL, &mdo, &khash, &sn, cid) != 1) {
+			ERR_clear_error();
+			rc = ocsp_plain(OCSP_RESPONSE_STATUS_MALFORMEDREQUEST, resp, resp_len, err, errlen);
+			goto out;
+		}
+		if (key_hash_is_ours(ca, mdo, khash) && serial_hex(sn, hex, sizeof hex) == 0) {
+			struct fg_cert_status cs = { FG_CERT_UNKNOWN, 0 };
+			mine++;
+			if (status(status_arg, hex, &cs) != 0) {
+				ca_log(ca, FG_LEVEL_ERROR, NULL, "OCSP: the store cannot say the status of serial %s; answered internalError",
+				       hex);
+				rc = ocsp_plain(OCSP_RESPONSE_STATUS_INTERNALERROR, resp, resp_len, err, errlen);
+				goto out;
+			}
+			if (cs.state == FG_CERT_GOOD) {
+				cst = V_OCSP_CERTSTATUS_GOOD;
+			} else if (cs.state == FG_CERT_REVOKED) {
+				cst = V_OCSP_CERTSTATUS_REVOKED;
+				reason = revoke_reason(ca, hex);
+				rt = ASN1_GENERALIZEDTIME_set(NULL, (time_t)cs.revoked_at);
+			}
+		}
+		ERR_clear_error();     /* a digest we do not know is not ours, not an error */
+		if ((cst == V_OCSP_CERTSTATUS_REVOKED && rt == NULL) ||
+		    OCSP_basic_add1_status(bs, cid, cst, reason, rt, tu, nu) == NULL) {
+			ASN1_GENERALIZEDTIME_free(rt);
+			ssl_err(err, errlen, "cannot add a certificate status to the OCSP response");
+			goto out;
+		}
+		ASN1_GENERALIZEDTIME_free(rt);
+	}
+	if (!mine) {
+		rc = FG_OCSP_NOT_MINE;
+		goto out;
+	}
+	if (OCSP_copy_nonce(bs, rq) <= 0 || OCSP_basic_sign(bs, ca->cert, ca->key, ca->md, NULL, 0) != 1 ||
+	    (r = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, bs)) == NULL ||
+	    (k = i2d_OCSP_RESPONSE(r, &out)) <= 0) {
+		ssl_err(err, errlen, "cannot sign the OCSP response of backend %s", ca->name);
+		goto out;
+	}
+	if ((*resp = dup_der(out, (size_t)k)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	*resp_len = (size_t)k;
+	rc = FG_OCSP_ANSWERED;
+out:
+	OPENSSL_free(out);
+	OCSP_RESPONSE_free(r);
+	ASN1_GENERALIZEDTIME_free(nu);
+	ASN1_GENERALIZEDTIME_free(tu);
+	OCSP_BASICRESP_free(bs);
+	OCSP_REQUEST_free(rq);
+	return rc;
+}
+
 static const struct fg_backend_ops local_ops = {
 	.abi_version = FG_PLUGIN_ABI_VERSION,
 	.struct_size = sizeof(struct fg_backend_ops),
@@ -1063,6 +1510,8 @@ static const struct fg_backend_ops local_ops = {
 	.revoke = ca_revoke,
 	.cacerts = ca_cacerts,
 	.close = ca_close,
+	.make_crl = ca_make_crl,
+	.ocsp_respond = ca_ocsp_respond,
 };
 
 __attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void);

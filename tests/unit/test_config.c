@@ -433,6 +433,71 @@ static void test_missing(void **state)
 	assert_non_null(strstr(err, "absent"));
 }
 
+/* http = { listen = ... }: parsed, checked, off by default; the text init
+ * appends (enabled or commented) loads and sets the local CA's URLs. */
+static void test_http(void **state)
+{
+	struct fixture *f = *state;
+	char host[64], text[4096];
+	int port;
+	struct gw_config *cfg;
+
+	write_min(f, "");
+	cfg = must_load(f);
+	assert_string_equal(cfg->http_listen, "");
+	config_free(cfg);
+	write_min(f, "http = { listen = \"127.0.0.1:7780\" }");
+	cfg = must_load(f);
+	assert_string_equal(cfg->http_listen, "127.0.0.1:7780");
+	config_free(cfg);
+
+	assert_int_equal(config_http_split("[::1]:80", host, sizeof host, &port), 0);
+	assert_string_equal(host, "::1");
+	assert_int_equal(port, 80);
+	assert_int_equal(config_http_split("*:7780", host, sizeof host, &port), 0);
+	assert_string_equal(host, "0.0.0.0");
+	assert_int_equal(config_http_split("::1:80", host, sizeof host, &port), -1);
+	assert_int_equal(config_http_split("host:0", host, sizeof host, &port), -1);
+	assert_int_equal(config_http_split("host:70000", host, sizeof host, &port), -1);
+	assert_int_equal(config_http_split(":80", host, sizeof host, &port), -1);
+
+	expect_error(f, "backends = { [\"local\"] = { plugin = \"local\" } }\n"
+		     "profiles = { default = {} }\nhttp = { listen = \"localhost\" }\n",
+		     "http.listen: 'localhost' is not HOST:PORT");
+	expect_error(f, "backends = { [\"local\"] = { plugin = \"local\" } }\n"
+		     "profiles = { default = {} }\nhttp = { port = 80 }\n",
+		     "http: unknown field 'port'");
+	expect_error(f, "backends = { [\"local\"] = { plugin = \"local\" } }\n"
+		     "profiles = { default = {} }\nhttp = \"127.0.0.1:80\"\n",
+		     "http must be a table");
+
+	for (int on = 0; on < 2; on++) {
+		char *base = config_default_text("tcp://127.0.0.1:7700");
+		char *http = config_http_text(on ? "*:7781" : NULL);
+		assert_non_null(base);
+		assert_non_null(http);
+		snprintf(text, sizeof text, "%s%s", base, http);
+		free(base);
+		free(http);
+		write_conf(f, text);
+		cfg = must_load(f);
+		const struct config_backend *b = config_backend(cfg, "local");
+		assert_non_null(b);
+		assert_string_equal(cfg->http_listen, on ? "*:7781" : "");
+		const char *crl = fg_kv_get(b->settings, b->nsettings, "crl_url");
+		const char *ocsp = fg_kv_get(b->settings, b->nsettings, "ocsp_url");
+		if (on) {
+			assert_string_equal(crl, "http://127.0.0.1:7781/crl/local.crl");
+			assert_string_equal(ocsp, "http://127.0.0.1:7781/ocsp");
+		} else {
+			assert_null(crl);
+			assert_null(ocsp);
+		}
+		config_free(cfg);
+	}
+	assert_null(config_http_text("nonsense"));
+}
+
 static void test_key_usage_bits(void **state)
 {
 	(void)state;
@@ -460,6 +525,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_sandbox, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_key_usage_bits, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,8 @@
  * reservations in memory and can be told to refuse things: CA creation and
  * reopening, certificate contents, write-ahead resume with the same serial
  * and TBS, serial redraws, distinct serials (also from several threads),
- * rejections, revocation records, and P-384 and RSA-3072 CAs.
+ * rejections, revocation records, P-384 and RSA-3072 CAs, CRLs (make_crl),
+ * CRL distribution point and OCSP URLs in leaves, and OCSP (ocsp_respond).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,6 +28,7 @@
 #include <openssl/bn.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -934,6 +936,342 @@ static void test_other_ca_types(void **state)
 	}
 }
 
+/* ---- CRL and OCSP (make_crl, ocsp_respond) ---- */
+
+/* Open a CA in <dir>/<sub> (created) with extra settings. */
+static void *open_ca_with(const char *sub, const struct fg_kv *extra, size_t nextra, char *err,
+			  size_t errlen)
+{
+	struct fg_kv s[12] = {
+		{ "state_dir", dir }, { "name", "local" }, { "ca_dir", sub }, { "create", "yes" },
+	};
+	size_t n = 4;
+	void *st = NULL;
+
+	for (size_t i = 0; i < nextra && n < 12; i++)
+		s[n++] = extra[i];
+	err[0] = '\0';
+	if (ops->open(&host, s, n, &st, err, errlen) != 0)
+		return NULL;
+	return st;
+}
+
+/* Issue one certificate for job id; the result's DER is the caller's. */
+static X509 *issue_one(void *ca, const char *id, struct fg_issue_result *res)
+{
+	size_t len;
+	unsigned char *csr = make_csr("P-256", &len, NULL);
+	struct fg_job j = { fk, "" };
+	struct fg_issue_request r;
+
+	snprintf(j.id, sizeof j.id, "%s", id);
+	request(&r, &j, csr, len);
+	assert_int_equal(issue(ca, &r, res), FG_ISSUE_OK);
+	OPENSSL_free(csr);
+	return der_cert(res->cert_der, res->cert_len);
+}
+
+static char *hex_serial(X509 *x)
+{
+	BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+	char *h = BN_bn2hex(bn);
+	BN_free(bn);
+	return h;       /* OPENSSL_free */
+}
+
+static X509_CRL *make_crl(void *ca, const struct fg_revoked *l, size_t n, int64_t now)
+{
+	char err[512];
+	unsigned char *der = NULL;
+	size_t len = 0;
+
+	assert_int_equal(ops->make_crl(ca, l, n, now, &der, &len, err, sizeof err), 0);
+	const unsigned char *p = der;
+	X509_CRL *crl = d2i_X509_CRL(NULL, &p, (long)len);
+	assert_non_null(crl);
+	assert_ptr_equal(p, der + len);
+	free(der);
+	return crl;
+}
+
+static long crl_number(X509_CRL *crl)
+{
+	ASN1_INTEGER *n = X509_CRL_get_ext_d2i(crl, NID_crl_number, NULL, NULL);
+	assert_non_null(n);
+	long v = ASN1_INTEGER_get(n);
+	ASN1_INTEGER_free(n);
+	return v;
+}
+
+static void test_make_crl(void **state)
+{
+	char err[512];
+	struct fg_issue_result r1, r2;
+	(void)state;
+
+	void *ca = open_ca("ca", NULL, 1, NULL, err, sizeof err);
+	assert_non_null(ca);
+	X509 *cacert = ca_cert(ca);
+	X509 *a = issue_one(ca, "crl-a", &r1), *b = issue_one(ca, "crl-b", &r2);
+	char *sa = hex_serial(a), *sb = hex_serial(b);
+	/* a is revoked through the plugin (its record gives keyCompromise);
+	 * b only in the host's store: no record, reason unspecified. */
+	assert_int_equal(ops->revoke(ca, r1.cert_der, r1.cert_len, FG_REVOKE_KEY_COMPROMISE, err, sizeof err), 0);
+	struct fg_revoked list[2] = { { sa, fk->now - 50 }, { sb, fk->now - 10 } };
+
+	X509_CRL *crl = make_crl(ca, list, 2, fk->now);
+	assert_int_equal(X509_CRL_get_version(crl), X509_CRL_VERSION_2);
+	assert_int_equal(X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(cacert)), 0);
+	assert_int_equal(X509_CRL_verify(crl, X509_get0_pubkey(cacert)), 1);
+	assert_int_equal(asn1_time(X509_CRL_get0_lastUpdate(crl)), fk->now);
+	assert_int_equal(asn1_time(X509_CRL_get0_nextUpdate(crl)), fk->now + 7 * 86400);   /* default */
+	assert_int_equal(crl_number(crl), 1);
+	AUTHORITY_KEYID *akid = X509_CRL_get_ext_d2i(crl, NID_authority_key_identifier, NULL, NULL);
+	assert_non_null(akid);
+	assert_int_equal(ASN1_OCTET_STRING_cmp(akid->keyid, X509_get0_subject_key_id(cacert)), 0);
+	AUTHORITY_KEYID_free(akid);
+	assert_int_equal(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)), 2);
+	X509_REVOKED *ra = NULL, *rb = NULL;
+	assert_int_equal(X509_CRL_get0_by_serial(crl, &ra, X509_get0_serialNumber(a)), 1);
+	assert_int_equal(X509_CRL_get0_by_serial(crl, &rb, X509_get0_serialNumber(b)), 1);
+	assert_int_equal(asn1_time(X509_REVOKED_get0_revocationDate(ra)), fk->now - 50);
+	assert_int_equal(asn1_time(X509_REVOKED_get0_revocationDate(rb)), fk->now - 10);
+	ASN1_ENUMERATED *why = X509_REVOKED_get_ext_d2i(ra, NID_crl_reason, NULL, NULL);
+	assert_non_null(why);
+	assert_int_equal(ASN1_ENUMERATED_get(why), FG_REVOKE_KEY_COMPROMISE);
+	ASN1_ENUMERATED_free(why);
+	/* RFC 5280 5.3.1: unspecified is left out */
+	assert_null(X509_REVOKED_get_ext_d2i(rb, NID_crl_reason, NULL, NULL));
+	X509_CRL_free(crl);
+
+	/* The number only grows; an empty CRL is fine. */
+	crl = make_crl(ca, NULL, 0, fk->now + 1);
+	assert_int_equal(crl_number(crl), 2);
+	STACK_OF(X509_REVOKED) *none = X509_CRL_get_REVOKED(crl);
+	assert_true(none == NULL || sk_X509_REVOKED_num(none) == 0);
+	X509_CRL_free(crl);
+
+	/* A bad serial fails the CRL and burns no number. */
+	struct fg_revoked bad = { "XYZ", fk->now };
+	unsigned char *der = NULL;
+	size_t len = 0;
+	assert_int_equal(ops->make_crl(ca, &bad, 1, fk->now, &der, &len, err, sizeof err), -1);
+	assert_non_null(strstr(err, "not hex"));
+	assert_null(der);
+	crl = make_crl(ca, list, 2, fk->now + 2);
+	assert_int_equal(crl_number(crl), 3);
+	X509_CRL_free(crl);
+
+	/* A damaged number is an error, not a restart from 1. */
+	assert_int_equal(h_state_put(fk, "crl_number", (const unsigned char *)"x1", 2), 0);
+	assert_int_equal(ops->make_crl(ca, list, 2, fk->now, &der, &len, err, sizeof err), -1);
+	assert_non_null(strstr(err, "crl_number"));
+	ops->close(ca);
+
+	/* crl_validity decides nextUpdate; nonsense is refused at open. */
+	struct fg_kv v[] = { { "crl_validity", "60s" } };
+	ca = open_ca_with("ca", v, 1, err, sizeof err);
+	assert_non_null(ca);
+	assert_int_equal(h_state_put(fk, "crl_number", (const unsigned char *)"41", 2), 0);
+	crl = make_crl(ca, list, 2, fk->now);
+	assert_int_equal(asn1_time(X509_CRL_get0_nextUpdate(crl)), fk->now + 60);
+	assert_int_equal(crl_number(crl), 42);
+	X509_CRL_free(crl);
+	ops->close(ca);
+	struct fg_kv bv[] = { { "crl_validity", "soon" } };
+	assert_null(open_ca_with("ca", bv, 1, err, sizeof err));
+	assert_non_null(strstr(err, "crl_validity"));
+
+	OPENSSL_free(sa);
+	OPENSSL_free(sb);
+	X509_free(a);
+	X509_free(b);
+	X509_free(cacert);
+	fg_issue_result_clear(&r1);
+	fg_issue_result_clear(&r2);
+}
+
+static void test_crl_ocsp_urls(void **state)
+{
+	char err[512];
+	struct fg_issue_result r;
+	(void)state;
+
+	struct fg_kv v[] = { { "crl_url", "http://pki.example.com:7780/crl/local.crl" },
+			     { "ocsp_url", "http://pki.example.com:7780/ocsp" } };
+	void *ca = open_ca_with("ca", v, 2, err, sizeof err);
+	assert_non_null(ca);
+	X509 *x = issue_one(ca, "urls", &r);
+	CRL_DIST_POINTS *cdp = X509_get_ext_d2i(x, NID_crl_distribution_points, NULL, NULL);
+	assert_non_null(cdp);
+	assert_int_equal(sk_DIST_POINT_num(cdp), 1);
+	GENERAL_NAME *g = sk_GENERAL_NAME_value(sk_DIST_POINT_value(cdp, 0)->distpoint->name.fullname, 0);
+	assert_int_equal(g->type, GEN_URI);
+	assert_string_equal((const char *)ASN1_STRING_get0_data(g->d.uniformResourceIdentifier),
+			    "http://pki.example.com:7780/crl/local.crl");
+	CRL_DIST_POINTS_free(cdp);
+	AUTHORITY_INFO_ACCESS *aia = X509_get_ext_d2i(x, NID_info_access, NULL, NULL);
+	assert_non_null(aia);
+	ACCESS_DESCRIPTION *ad = sk_ACCESS_DESCRIPTION_value(aia, 0);
+	assert_int_equal(OBJ_obj2nid(ad->method), NID_ad_OCSP);
+	assert_string_equal((const char *)ASN1_STRING_get0_data(ad->location->d.uniformResourceIdentifier),
+			    "http://pki.example.com:7780/ocsp");
+	AUTHORITY_INFO_ACCESS_free(aia);
+	X509_free(x);
+	fg_issue_result_clear(&r);
+	ops->close(ca);
+
+	/* Without the settings, neither extension. */
+	ca = open_ca("plain", NULL, 1, NULL, err, sizeof err);
+	x = issue_one(ca, "nourls", &r);
+	assert_int_equal(X509_get_ext_by_NID(x, NID_crl_distribution_points, -1), -1);
+	assert_int_equal(X509_get_ext_by_NID(x, NID_info_access, -1), -1);
+	X509_free(x);
+	fg_issue_result_clear(&r);
+	ops->close(ca);
+
+	struct fg_kv bad[] = { { "ocsp_url", "ldap://x" } };
+	assert_null(open_ca_with("ca", bad, 1, err, sizeof err));
+	assert_non_null(strstr(err, "ocsp_url"));
+}
+
+/* The status table of the fake host's store, for ocsp_respond. */
+struct status_tab {
+	const char *good, *revoked;
+	int64_t revoked_at;
+	int fail;
+	int asked;
+};
+
+static int tab_status(void *arg, const char *serial, struct fg_cert_status *out)
+{
+	struct status_tab *t = arg;
+	t->asked++;
+	if (t->fail)
+		return -1;
+	out->state = strcmp(serial, t->good) == 0      ? FG_CERT_GOOD
+		     : strcmp(serial, t->revoked) == 0 ? FG_CERT_REVOKED
+						       : FG_CERT_UNKNOWN;
+	out->revoked_at = t->revoked_at;
+	return 0;
+}
+
+static int ocsp(void *ca, OCSP_REQUEST *rq, struct status_tab *t, OCSP_RESPONSE **out)
+{
+	char err[512];
+	unsigned char *der = NULL, *resp = NULL;
+	size_t rlen = 0;
+	int n = i2d_OCSP_REQUEST(rq, &der);
+	assert_true(n > 0);
+	int r = ops->ocsp_respond(ca, der, (size_t)n, tab_status, t, fk->now, &resp, &rlen, err, sizeof err);
+	OPENSSL_free(der);
+	*out = NULL;
+	if (r == FG_OCSP_ANSWERED) {
+		const unsigned char *p = resp;
+		*out = d2i_OCSP_RESPONSE(NULL, &p, (long)rlen);
+		assert_non_null(*out);
+	}
+	free(resp);
+	return r;
+}
+
+static void test_ocsp(void **state)
+{
+	char err[512];
+	struct fg_issue_result r1, r2, r3;
+	(void)state;
+
+	void *ca = open_ca("ca", NULL, 1, NULL, err, sizeof err);
+	void *other = open_ca("other", NULL, 1, NULL, err, sizeof err);
+	assert_non_null(ca);
+	assert_non_null(other);
+	X509 *cacert = ca_cert(ca), *ocert = ca_cert(other);
+	X509 *good = issue_one(ca, "o-good", &r1), *rev = issue_one(ca, "o-rev", &r2);
+	X509 *foreign = issue_one(other, "o-other", &r3);
+	char *sg = hex_serial(good), *sr = hex_serial(rev);
+	assert_int_equal(ops->revoke(ca, r2.cert_der, r2.cert_len, FG_REVOKE_SUPERSEDED, err, sizeof err), 0);
+	struct status_tab t = { sg, sr, fk->now - 30, 0, 0 };
+
+	/* good, revoked and a serial never issued, with a nonce */
+	OCSP_REQUEST *rq = OCSP_REQUEST_new();
+	OCSP_CERTID *idg = OCSP_cert_to_id(NULL, good, cacert), *idr = OCSP_cert_to_id(NULL, rev, cacert);
+	ASN1_INTEGER *n1234 = ASN1_INTEGER_new();
+	ASN1_INTEGER_set(n1234, 0x1234);
+	OCSP_CERTID *idu = OCSP_cert_id_new(EVP_sha1(), X509_get_subject_name(cacert),
+					    X509_get0_pubkey_bitstr(cacert), n1234);
+	assert_non_null(OCSP_request_add0_id(rq, OCSP_CERTID_dup(idg)));
+	assert_non_null(OCSP_request_add0_id(rq, OCSP_CERTID_dup(idr)));
+	assert_non_null(OCSP_request_add0_id(rq, OCSP_CERTID_dup(idu)));
+	assert_int_equal(OCSP_request_add1_nonce(rq, NULL, -1), 1);
+	OCSP_RESPONSE *resp = NULL;
+	assert_int_equal(ocsp(ca, rq, &t, &resp), FG_OCSP_ANSWERED);
+	assert_int_equal(OCSP_response_status(resp), OCSP_RESPONSE_STATUS_SUCCESSFUL);
+	OCSP_BASICRESP *bs = OCSP_response_get1_basic(resp);
+	assert_non_null(bs);
+	X509_STORE *store = X509_STORE_new();
+	X509_STORE_add_cert(store, cacert);
+	assert_int_equal(OCSP_basic_verify(bs, NULL, store, 0), 1);    /* signed by the CA itself */
+	assert_int_equal(OCSP_check_nonce(rq, bs), 1);
+	int status, reason;
+	ASN1_GENERALIZEDTIME *rt, *tu, *nu;
+	assert_int_equal(OCSP_resp_find_status(bs, idg, &status, &reason, &rt, &tu, &nu), 1);
+	assert_int_equal(status, V_OCSP_CERTSTATUS_GOOD);
+	assert_int_equal(asn1_time(tu), fk->now);
+	assert_int_equal(asn1_time(nu), fk->now + 3600);
+	assert_int_equal(OCSP_resp_find_status(bs, idr, &status, &reason, &rt, &tu, &nu), 1);
+	assert_int_equal(status, V_OCSP_CERTSTATUS_REVOKED);
+	assert_int_equal(reason, OCSP_REVOKED_STATUS_SUPERSEDED);
+	assert_int_equal(asn1_time(rt), fk->now - 30);
+	assert_int_equal(OCSP_resp_find_status(bs, idu, &status, &reason, &rt, &tu, &nu), 1);
+	assert_int_equal(status, V_OCSP_CERTSTATUS_UNKNOWN);
+	assert_int_equal(t.asked, 3);
+	OCSP_BASICRESP_free(bs);
+	OCSP_RESPONSE_free(resp);
+	OCSP_REQUEST_free(rq);
+
+	/* Another CA's certificate: not ours, the host asks elsewhere. */
+	rq = OCSP_REQUEST_new();
+	OCSP_request_add0_id(rq, OCSP_cert_to_id(NULL, foreign, ocert));
+	assert_int_equal(ocsp(ca, rq, &t, &resp), FG_OCSP_NOT_MINE);
+	/* The store failing: internalError, never a guess. */
+	OCSP_request_add0_id(rq, OCSP_CERTID_dup(idg));
+	t.fail = 1;
+	assert_int_equal(ocsp(ca, rq, &t, &resp), FG_OCSP_ANSWERED);
+	assert_int_equal(OCSP_response_status(resp), OCSP_RESPONSE_STATUS_INTERNALERROR);
+	OCSP_RESPONSE_free(resp);
+	OCSP_REQUEST_free(rq);
+
+	/* Garbage: malformedRequest. */
+	unsigned char junk[] = "junk";
+	unsigned char *out = NULL;
+	size_t olen = 0;
+	assert_int_equal(ops->ocsp_respond(ca, junk, 4, tab_status, &t, fk->now, &out, &olen, err, sizeof err),
+			 FG_OCSP_ANSWERED);
+	const unsigned char *p = out;
+	resp = d2i_OCSP_RESPONSE(NULL, &p, (long)olen);
+	assert_int_equal(OCSP_response_status(resp), OCSP_RESPONSE_STATUS_MALFORMEDREQUEST);
+	OCSP_RESPONSE_free(resp);
+	free(out);
+
+	X509_STORE_free(store);
+	OCSP_CERTID_free(idg);
+	OCSP_CERTID_free(idr);
+	OCSP_CERTID_free(idu);
+	ASN1_INTEGER_free(n1234);
+	OPENSSL_free(sg);
+	OPENSSL_free(sr);
+	X509_free(good);
+	X509_free(rev);
+	X509_free(foreign);
+	X509_free(cacert);
+	X509_free(ocert);
+	fg_issue_result_clear(&r1);
+	fg_issue_result_clear(&r2);
+	fg_issue_result_clear(&r3);
+	ops->close(ca);
+	ops->close(other);
+}
+
 static void test_symbols(void **state)
 {
 	(void)state;
@@ -959,6 +1297,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rejections, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_revoke, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_other_ca_types, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_make_crl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crl_ocsp_urls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ocsp, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

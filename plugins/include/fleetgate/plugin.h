@@ -193,6 +193,37 @@ enum fg_revoke_reason {
 	FG_REVOKE_CESSATION = 5
 };
 
+/* One revoked certificate, as the host's store knows it (make_crl). */
+struct fg_revoked {
+	const char *serial_hex;             /* upper-case hex, as serial_reserve took it */
+	int64_t revoked_at;                 /* Unix seconds: the CRL's revocationDate */
+};
+
+/* Certificate status for OCSP (RFC 6960 4.2.1 CertStatus), answered by the
+ * host from its store when a plugin asks through fg_cert_status_fn. */
+enum fg_cert_state {
+	FG_CERT_GOOD,                       /* issued by this backend, not revoked */
+	FG_CERT_REVOKED,                    /* revoked at revoked_at */
+	FG_CERT_UNKNOWN,                    /* no such certificate from this backend */
+	FG_CERT_STATE_MAX
+};
+
+struct fg_cert_status {
+	enum fg_cert_state state;
+	int64_t revoked_at;                 /* Unix seconds, for FG_CERT_REVOKED */
+};
+
+/* The host's status lookup lent to ocsp_respond: fills *out for the serial
+ * (upper-case hex) and returns 0, or -1 when the store cannot answer (the
+ * plugin then answers OCSP internalError: a responder never guesses). */
+typedef int (*fg_cert_status_fn)(void *arg, const char *serial_hex, struct fg_cert_status *out);
+
+/* Results of ocsp_respond besides -1. */
+enum {
+	FG_OCSP_ANSWERED = 0,               /* *resp is a DER OCSPResponse to send */
+	FG_OCSP_NOT_MINE = 1                /* the request names no certificate of this CA */
+};
+
 struct fg_backend_ops {
 	uint32_t abi_version;   /* FG_PLUGIN_ABI_VERSION the plugin was built for */
 	uint32_t struct_size;   /* sizeof(struct fg_backend_ops) of the plugin */
@@ -238,6 +269,34 @@ struct fg_backend_ops {
 	int (*fetch_cert)(void *state, const char *serial_hex, unsigned char **der, size_t *len,
 			  char *err, size_t errlen);
 	int (*fetch_crl)(void *state, unsigned char **der, size_t *len, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for the gateway's HTTP side (CRL and OCSP
+	 * served by fleetgated for a CA whose key the plugin holds). Both may
+	 * be NULL (an upstream CA publishes its own). They are called from the
+	 * gateway's HTTP thread and from the CLI, concurrently with issue.
+	 *
+	 * make_crl: sign a full CRL (RFC 5280 5: v2, authorityKeyIdentifier,
+	 * a cRLNumber the plugin keeps monotonic in its state) listing the n
+	 * certificates the host's store has revoked for this backend, with
+	 * thisUpdate = now and a nextUpdate the plugin's settings decide (the
+	 * host reads it back from the DER to know when to make the next one).
+	 * Reason codes come from the plugin's own revoke records. *der is
+	 * malloc'd DER for the host to free. 0, or -1 with err. */
+	int (*make_crl)(void *state, const struct fg_revoked *list, size_t n, int64_t now,
+			unsigned char **der, size_t *len, char *err, size_t errlen);
+
+	/* ocsp_respond: answer a DER OCSPRequest (RFC 6960 4.1) for the
+	 * certificates of this CA: the plugin matches each CertID's issuer
+	 * hashes against its CA, asks status() for the serials that match,
+	 * and signs a BasicOCSPResponse with the CA key (thisUpdate = now,
+	 * nextUpdate from its settings, the nonce echoed). A request it cannot
+	 * parse gets a malformedRequest response. Returns FG_OCSP_ANSWERED
+	 * with *resp (malloc'd DER OCSPResponse), FG_OCSP_NOT_MINE when no
+	 * CertID names this CA (the host asks the next backend), or -1 with
+	 * err. */
+	int (*ocsp_respond)(void *state, const unsigned char *req, size_t req_len,
+			    fg_cert_status_fn status, void *status_arg, int64_t now,
+			    unsigned char **resp, size_t *resp_len, char *err, size_t errlen);
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
