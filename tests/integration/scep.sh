@@ -22,12 +22,12 @@ free_port() {
   die "no free port"
 }
 
-wait_http() { # URL
-  for _ in $(seq 100); do
+wait_http() { # URL LOG
+  for _ in $(seq 300); do
     curl -fs "$1" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  die "nothing answers at $1"
+  die "nothing answers at $1 after 30 s: $(tail -n 5 "$2" 2>/dev/null)"
 }
 
 SS_PID= RS_PID=
@@ -40,7 +40,7 @@ stop_responder() {
   if [ -n "$RS_PID" ]; then kill "$RS_PID" 2>/dev/null || true; wait "$RS_PID" 2>/dev/null || true; fi
   RS_PID=
 }
-trap 'stop_scep; stop_responder; cleanup' EXIT
+trap 'rc=$?; stop_scep; stop_responder; (exit $rc); cleanup' EXIT
 
 # ---- the upstream CAs ----
 SS_PORT=$(free_port)
@@ -49,8 +49,11 @@ SS_PORT=$(free_port)
 start_scep() {
   "$SCEPSERVER" -depot "$T/depot" -port "$SS_PORT" -challenge s3cret -allowrenew 0 >>"$T/scepserver.log" 2>&1 &
   SS_PID=$!
-  wait_http "http://127.0.0.1:$SS_PORT/scep?operation=GetCACaps"
+  wait_http "http://127.0.0.1:$SS_PORT/scep?operation=GetCACaps" "$T/scepserver.log"
 }
+# loopback only: no proxy from the environment for curl or the plugin's libcurl
+export no_proxy='*' NO_PROXY='*'
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 start_scep
 SS_FP=$(openssl x509 -in "$T/depot/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2)
 
@@ -59,7 +62,7 @@ start_responder() { # [extra responder options]
   "$RESPONDER" --dir "$T/responder" --port "$RS_PORT" --ra --pending 2 --challenge r4chal "$@" \
     >>"$T/responder.out" 2>>"$T/responder.log" &
   RS_PID=$!
-  wait_http "http://127.0.0.1:$RS_PORT/scep?operation=GetCACaps"
+  wait_http "http://127.0.0.1:$RS_PORT/scep?operation=GetCACaps" "$T/responder.log"
 }
 start_responder
 RS_FP=$(openssl x509 -in "$T/responder/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)
