@@ -21,6 +21,23 @@
  * the bare crypto cost of one enrollment measured in the same run on this
  * machine (one P-256 CSR verification and one certificate signature, single
  * thread CPU time), their ratio, and the gateway's RSS at the end.
+ *
+ * --mode scep measures the SCEP backend instead. The bench makes a throwaway
+ * RSA-2048 CA with Debian's micromdm scepserver (scepserver ca -init), runs
+ * scepserver on a free loopback port as a child process, and points the
+ * fresh gateway's default profile at a `scep` backend for it. A SCEP CA
+ * copies the CSR, so the gateway wants exactly the decided names and the
+ * challengePassword in it: the pool then holds one RSA-2048 CSR per agent
+ * (CN and DNS SAN bench-<i>, what the default policy decides for hostname
+ * bench-<i>, plus the challenge), signed with a few pre-made keys. A
+ * STATUS_RESUBMIT reply is a failure: the pool does not match the decision.
+ * In the same run, M' scepclient processes (P at a time, each in its own
+ * directory with a pre-made key) enroll directly against the same
+ * scepserver; both are reported side by side with their ratios. Unless told
+ * otherwise the gateway gets one worker and P is 1: scepserver 2.1.0 issues
+ * duplicate serials under concurrent requests (see main). The bare crypto
+ * figures are local-CA figures and are not measured in this mode.
+ *
  * docs/benchmarks.md explains every figure and holds measured results.
  */
 #include <errno.h>
@@ -33,6 +50,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -40,14 +58,18 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
 #include <jansson.h>
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <zmq.h>
 
@@ -63,8 +85,20 @@
 #define BENCH_READY_TIMEOUT_S 30         /* wait for "listening on" */
 #define BENCH_OUTPUT_MAX 16384           /* bytes kept from a helper command's output */
 #define BENCH_NO_REPLY UINT64_MAX        /* latency slot of a request that got no reply */
+#define BENCH_SCEP_KEYS 8                /* RSA-2048 keys behind the SCEP-mode CSRs */
+#define BENCH_DIRECT_MAX 1000            /* default cap on direct scepclient enrollments */
+#define BENCH_SCEP_READY_S 10            /* wait for scepserver to accept connections */
+
+extern char **environ;
+
+enum bench_mode {
+	BENCH_MODE_LOCAL,                /* local CA of a fresh gateway (the default) */
+	BENCH_MODE_SCEP,                 /* scep backend to a scepserver the bench runs */
+	BENCH_MODE_MAX
+};
 
 struct bench_opts {
+	enum bench_mode mode;
 	int agents;
 	long requests;
 	int workers;
@@ -73,6 +107,8 @@ struct bench_opts {
 	int keep;
 	const char *state;               /* existing gateway dir, or NULL for a fresh one */
 	char bin_dir[PATH_MAX];          /* holds fleetgate and fleetgated */
+	long direct_requests;            /* scep mode: direct scepclient enrollments */
+	int direct_parallel;             /* scep mode: scepclient processes at once */
 };
 
 /* The gateway under test. */
@@ -84,11 +120,45 @@ struct gateway {
 	char server_key[41];             /* Z85 CURVE public key */
 	int workers;                     /* as configured, 0 when unknown */
 	pid_t pid;                       /* fleetgated, 0 when not running */
+	pid_t upstream_pid;              /* scep mode: scepserver, CPU also measured; else 0 */
 };
 
+/* CSRs made before the run. Local mode: BENCH_POOL CSRs shared by all
+ * agents in rotation. SCEP mode: one per agent (per_agent), because each
+ * must carry its agent's decided names. */
 struct csr_pool {
-	unsigned char *der[BENCH_POOL];
-	size_t len[BENCH_POOL];
+	unsigned char **der;
+	size_t *len;
+	int n;
+	int per_agent;                   /* agent i always sends der[i] */
+};
+
+/* The upstream SCEP CA (scep mode): a scepserver child process. */
+struct scep_ca {
+	char dir[PATH_MAX];              /* <gateway temp dir>/scep: depot, log, direct/ */
+	char server[PATH_MAX];           /* scepserver binary */
+	char client[PATH_MAX];           /* scepclient binary */
+	char log[PATH_MAX + 32];         /* scepserver's stdout and stderr */
+	char url[128];                   /* http://127.0.0.1:PORT/scep */
+	char fingerprint[128];           /* SHA-256 of depot/ca.pem, AA:BB:... */
+	char challenge[33];              /* random per run, hex */
+	EVP_PKEY *keys[BENCH_SCEP_KEYS]; /* RSA-2048 keys behind the CSRs and scepclient runs */
+	int nkeys;
+	pid_t pid;                       /* 0 when not running */
+};
+
+/* What the direct scepclient phase measured. */
+struct direct_results {
+	long requests;
+	int parallel;                    /* scepclient processes at once */
+	long ok;                         /* certificates written */
+	long failed;
+	double wall_s;
+	double rate;
+	double p50_ms, p90_ms, p99_ms, max_ms; /* per-process wall time */
+	double client_cpu_per;           /* scepclient utime+stime (wait4) per enrollment */
+	double ca_cpu_per;               /* scepserver CPU per enrollment, seconds; -1 unknown */
+	char first_err[512];
 };
 
 /* One simulated agent. Its socket is used by exactly one client thread. */
@@ -156,6 +226,11 @@ struct results {
 	double ecdsa_verify_per;
 	long rss_kib;
 	char first_err[512];
+	/* scep mode only */
+	enum bench_mode mode;
+	double ca_cpu_per;               /* scepserver CPU per gateway enrollment; -1 unknown */
+	const struct scep_ca *ca;
+	struct direct_results direct;
 };
 
 /* ---- helper processes ---- */
@@ -691,8 +766,24 @@ static EVP_PKEY *bench_ca_key(const struct gateway *gw, char *err, size_t errlen
 
 /* ---- the simulated agents ---- */
 
+/* Allocate room for n CSRs. */
+static int pool_alloc(struct csr_pool *pool, int n, char *err, size_t errlen)
+{
+	pool->der = calloc((size_t)n, sizeof *pool->der);
+	pool->len = calloc((size_t)n, sizeof *pool->len);
+	if (pool->der == NULL || pool->len == NULL) {
+		fg_seterr(err, errlen, "out of memory for %d CSRs", n);
+		return -1;
+	}
+	pool->n = n;
+	return 0;
+}
+
+/* Local mode: BENCH_POOL P-256 CSRs (CN and DNS bench-<i>) for all agents. */
 static int pool_build(struct csr_pool *pool, char *err, size_t errlen)
 {
+	if (pool_alloc(pool, BENCH_POOL, err, errlen) != 0)
+		return -1;
 	for (int i = 0; i < BENCH_POOL; i++) {
 		char cn[32];
 		snprintf(cn, sizeof cn, "bench-%d", i);
@@ -708,10 +799,34 @@ static int pool_build(struct csr_pool *pool, char *err, size_t errlen)
 	return 0;
 }
 
+/* SCEP mode: one RSA-2048 CSR per agent with what the default policy
+ * decides for its hostname bench-<i> (cn = the lower-cased hostname, dns =
+ * { hostname }) and the CA's challengePassword. The keys come from ca->keys
+ * in rotation: RSA key generation is slow and is no part of what is measured. */
+static int pool_build_scep(struct csr_pool *pool, int agents, const struct scep_ca *ca, char *err,
+			   size_t errlen)
+{
+	pool->per_agent = 1;
+	if (pool_alloc(pool, agents, err, errlen) != 0)
+		return -1;
+	for (int i = 0; i < agents; i++) {
+		char cn[32];
+		snprintf(cn, sizeof cn, "bench-%d", i);
+		const char *const dns[1] = { cn };
+		struct fg_csr_names nm = { .cn = cn, .dns = dns, .ndns = 1, .challenge = ca->challenge };
+		if (fg_csr_build_names(ca->keys[i % ca->nkeys], &nm, &pool->der[i], &pool->len[i], err,
+				       errlen) != 0)
+			return -1;
+	}
+	return 0;
+}
+
 static void pool_free(struct csr_pool *pool)
 {
-	for (int i = 0; i < BENCH_POOL; i++)
+	for (int i = 0; i < pool->n; i++)
 		free(pool->der[i]);
+	free(pool->der);
+	free(pool->len);
 }
 
 /* Note a failure: count it and keep the first message of its phase. */
@@ -759,7 +874,7 @@ static int agent_start(struct shared *sh, struct agent *a, int measured)
 		a->retired = 1;
 		return 0;
 	}
-	pick = (a->base + a->seq++) % BENCH_POOL;
+	pick = pool->per_agent ? a->base % (unsigned)pool->n : (a->base + a->seq++) % (unsigned)pool->n;
 	facts.hostname = a->host;
 	facts.secure_boot = -1;
 	facts.agent_version = (char *)"fleetgate-bench " FG_VERSION;
@@ -817,6 +932,15 @@ static int agent_receive(struct shared *sh, struct agent *a, int measured)
 	} else if (env->body_case != FLEETGATE__ENVELOPE__BODY_CERT_REPLY) {
 		note_failure(sh, measured, "reply is not a CertReply: %s",
 			     env->body_case == FLEETGATE__ENVELOPE__BODY_ERROR ? env->error->message : "other body");
+		answered = 1;
+	} else if (env->cert_reply->status == FLEETGATE__STATUS__STATUS_RESUBMIT) {
+		const Fleetgate__CsrTemplate *t = env->cert_reply->csr_template;
+		note_failure(sh, measured, "STATUS_RESUBMIT for %s: the gateway wants a CSR with cn '%s'%s%s%s "
+			     "and %s challengePassword; the bench's CSR does not carry exactly these names and the CA's challenge "
+			     "(is the gateway running the default policy?)", a->host,
+			     t && t->subject_cn ? t->subject_cn : "?", t && t->n_dns ? " and dns '" : "",
+			     t && t->n_dns ? t->dns[0] : "", t && t->n_dns ? "'" : "",
+			     t && t->challenge_password && *t->challenge_password ? "a" : "no");
 		answered = 1;
 	} else if (env->cert_reply->status != FLEETGATE__STATUS__STATUS_OK) {
 		note_failure(sh, measured, "%s: %s", fg_status_name(env->cert_reply->status),
@@ -999,7 +1123,7 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	struct shared *sh = NULL;
 	int nthreads = (o->agents + BENCH_AGENTS_PER_THREAD - 1) / BENCH_AGENTS_PER_THREAD;
 	int barriers = 0, start_failed = 0, rc = -1;
-	double cpu0, cpu1, self0, self1;
+	double cpu0, cpu1, self0, self1, up0 = -1, up1 = -1;
 	uint64_t t0, t1;
 
 	agents = calloc((size_t)o->agents, sizeof *agents);
@@ -1063,6 +1187,8 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	if (wf > 0)
 		atomic_store(&sh->abort, 1);
 	cpu0 = proc_cpu_s(gw->pid);
+	if (gw->upstream_pid > 0)
+		up0 = proc_cpu_s(gw->upstream_pid);
 	self0 = self_cpu_s();
 	t0 = fg_mono_ns();
 	pthread_barrier_wait(&sh->go);
@@ -1070,6 +1196,8 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 		pthread_join(clients[t].thread, NULL);
 	t1 = fg_mono_ns();
 	cpu1 = proc_cpu_s(gw->pid);
+	if (gw->upstream_pid > 0)
+		up1 = proc_cpu_s(gw->upstream_pid);
 	self1 = self_cpu_s();
 	if (wf > 0) {
 		fg_seterr(err, errlen, "%ld of %d token enrollments (warm-up) failed; first: %s", wf, o->agents,
@@ -1095,6 +1223,7 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	r->ok = ok;
 	r->gw_cpu_per = ok > 0 && r->gw_cpu_s >= 0 ? r->gw_cpu_s / (double)ok : 0;
 	r->client_cpu_per = ok > 0 ? (self1 - self0) / (double)ok : 0;
+	r->ca_cpu_per = ok > 0 && up0 >= 0 && up1 >= 0 ? (up1 - up0) / (double)ok : -1;
 	r->rss_kib = proc_rss_kib(gw->pid);
 	fg_strlcpy(r->first_err, sh->first_err, sizeof r->first_err);
 
@@ -1130,7 +1259,586 @@ out:
 	return rc;
 }
 
+/* ---- scep mode: the upstream CA and the direct scepclient runs ---- */
+
+/* Find name in $PATH; 0 with its full path in out, else -1. */
+static int find_program(const char *name, char *out, size_t outlen)
+{
+	const char *path = getenv("PATH");
+	char dirs[4096], *save = NULL;
+
+	fg_strlcpy(dirs, path && *path ? path : "/usr/local/bin:/usr/bin:/bin", sizeof dirs);
+	for (char *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+		int n = snprintf(out, outlen, "%s/%s", *d ? d : ".", name);
+		if (n > 0 && (size_t)n < outlen && access(out, X_OK) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+/* Write len bytes to path (created with mode, truncated). No fsync: these
+ * are throwaway files of a benchmark. */
+static int write_small_file(const char *path, const void *data, size_t len, mode_t mode, char *err,
+			    size_t errlen)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	ssize_t w = fd < 0 ? -1 : write(fd, data, len);
+
+	if (fd < 0 || w != (ssize_t)len) {
+		fg_seterr(err, errlen, "cannot write %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return close(fd);
+}
+
+/* The last ~300 bytes of a log file on one line, for an error message. */
+static void log_tail(const char *path, char *out, size_t outlen)
+{
+	char *text = NULL;
+	size_t len = 0;
+
+	out[0] = '\0';
+	if (fg_read_file(path, 64 * 1024 * 1024, &text, &len, NULL, 0) != 0)
+		return;
+	chomp(text);
+	len = strlen(text);
+	fg_strlcpy(out, len > 300 ? text + len - 300 : text, outlen);
+	for (char *p = out; *p; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+	free(text);
+}
+
+/* posix_spawn argv in dir (NULL: here) with stdin from /dev/null and
+ * stdout+stderr appended to logpath. Returns the pid, or -1 with err set. */
+static pid_t spawn_logged(char *const argv[], const char *dir, const char *logpath, char *err, size_t errlen)
+{
+	posix_spawn_file_actions_t fa;
+	pid_t pid = -1;
+	int r;
+
+	if (posix_spawn_file_actions_init(&fa) != 0) {
+		fg_seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	r = (dir ? posix_spawn_file_actions_addchdir_np(&fa, dir) : 0) ||
+	    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) ||
+	    posix_spawn_file_actions_addopen(&fa, 1, logpath, O_WRONLY | O_CREAT | O_APPEND, 0644) ||
+	    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	if (r == 0)
+		r = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+	if (r != 0) {
+		fg_seterr(err, errlen, "cannot run %s: %s", argv[0], strerror(r));
+		pid = -1;
+	}
+	posix_spawn_file_actions_destroy(&fa);
+	return pid;
+}
+
+/* SHA-256 of the first certificate in pempath as AA:BB:..., the form the
+ * scep plugin's ca_fingerprint accepts. */
+static int cert_fingerprint(const char *pempath, char *out, size_t outlen, char *err, size_t errlen)
+{
+	STACK_OF(X509) *certs = NULL;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char *pem = NULL;
+	size_t len = 0, o = 0;
+	int rc = -1;
+
+	if (fg_read_file(pempath, 1024 * 1024, &pem, &len, err, errlen) != 0)
+		goto out;
+	certs = fg_certs_from_pem(pem, len, err, errlen);
+	if (certs == NULL)
+		goto out;
+	if (sk_X509_num(certs) < 1 || !X509_digest(sk_X509_value(certs, 0), EVP_sha256(), md, &mdlen) ||
+	    outlen < (size_t)mdlen * 3) {
+		char what[PATH_MAX + 128];
+		snprintf(what, sizeof what, "cannot take the SHA-256 fingerprint of %s", pempath);
+		fg_ssl_err(err, errlen, what);
+		goto out;
+	}
+	for (unsigned int i = 0; i < mdlen; i++)
+		o += (size_t)snprintf(out + o, outlen - o, i ? ":%02X" : "%02X", md[i]);
+	rc = 0;
+out:
+	sk_X509_pop_free(certs, X509_free);
+	free(pem);
+	return rc;
+}
+
+/* 1 when something accepts TCP connections on 127.0.0.1:port. */
+static int port_open(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0)
+		return 0;
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+	close(fd);
+	return ok;
+}
+
+/* Make a throwaway RSA-2048 CA in <tmp>/scep/depot with `scepserver ca
+ * -init`, start scepserver on a free loopback port with a random challenge
+ * (its log in <tmp>/scep/scepserver.log), wait until it accepts
+ * connections, and make the RSA-2048 keys the CSRs and scepclient runs use.
+ * On failure the caller still calls scep_ca_stop. */
+static int scep_ca_start(struct scep_ca *ca, const char *tmp, char *err, size_t errlen)
+{
+	char depot[PATH_MAX + 16], capem[PATH_MAX + 32], port_s[16], tail[400];
+	char out[BENCH_OUTPUT_MAX], errout[BENCH_OUTPUT_MAX];
+	unsigned char rnd[16];
+	uint64_t deadline;
+	int port, status;
+
+	if (find_program("scepserver", ca->server, sizeof ca->server) != 0 ||
+	    find_program("scepclient", ca->client, sizeof ca->client) != 0) {
+		fg_seterr(err, errlen, "--mode scep needs scepserver and scepclient in PATH "
+			  "(Debian: apt-get install scep)");
+		return -1;
+	}
+	if (fg_path_join(tmp, "scep", ca->dir, sizeof ca->dir) != 0 ||
+	    fg_mkdirs(ca->dir, 0700, err, errlen) != 0) {
+		if (!err[0])
+			fg_seterr(err, errlen, "temp dir path %s is too long", tmp);
+		return -1;
+	}
+	snprintf(depot, sizeof depot, "%s/depot", ca->dir);
+	snprintf(capem, sizeof capem, "%s/ca.pem", depot);
+	snprintf(ca->log, sizeof ca->log, "%s/scepserver.log", ca->dir);
+
+	char *init_argv[] = { ca->server, (char *)"ca", (char *)"-init", (char *)"-depot", depot,
+			      (char *)"-keySize", (char *)"2048", (char *)"-organization",
+			      (char *)"fleetgate-bench", NULL };
+	int r = run_capture(init_argv, out, sizeof out, errout, sizeof errout, err, errlen);
+	if (r != 0) {
+		if (r > 0) {
+			chomp(errout);
+			fg_seterr(err, errlen, "scepserver ca -init -depot %s failed (exit %d): %s", depot, r, errout);
+		}
+		return -1;
+	}
+	if (cert_fingerprint(capem, ca->fingerprint, sizeof ca->fingerprint, err, errlen) != 0)
+		return -1;
+	if (RAND_bytes(rnd, sizeof rnd) != 1) {
+		fg_ssl_err(err, errlen, "cannot make a random SCEP challenge");
+		return -1;
+	}
+	for (size_t i = 0; i < sizeof rnd; i++)
+		snprintf(ca->challenge + 2 * i, 3, "%02x", rnd[i]);
+
+	port = free_port(err, errlen);
+	if (port < 0)
+		return -1;
+	snprintf(port_s, sizeof port_s, "%d", port);
+	snprintf(ca->url, sizeof ca->url, "http://127.0.0.1:%d/scep", port);
+	/* XXX scepserver takes the challenge only in argv; it is a random
+	 * throwaway for a loopback CA that lives as long as this run. */
+	char *run_argv[] = { ca->server, (char *)"-depot", depot, (char *)"-port", port_s,
+			     (char *)"-challenge", ca->challenge, (char *)"-allowrenew", (char *)"0", NULL };
+	ca->pid = spawn_logged(run_argv, NULL, ca->log, err, errlen);
+	if (ca->pid < 0) {
+		ca->pid = 0;
+		return -1;
+	}
+	/* scepserver listens on every address; 127.0.0.1 is what we use. */
+	deadline = fg_mono_ns() + (uint64_t)BENCH_SCEP_READY_S * 1000000000ull;
+	while (!port_open(port)) {
+		int exited = waitpid(ca->pid, &status, WNOHANG) == ca->pid;
+		if (exited || fg_mono_ns() > deadline) {
+			log_tail(ca->log, tail, sizeof tail);
+			fg_seterr(err, errlen, "scepserver on port %d %s (log %s): %s", port,
+				  exited ? "exited before it listened" : "did not accept connections in 10 s",
+				  ca->log, tail);
+			if (exited)
+				ca->pid = 0;
+			return -1;
+		}
+		usleep(20000);
+	}
+	for (ca->nkeys = 0; ca->nkeys < BENCH_SCEP_KEYS; ca->nkeys++) {
+		ca->keys[ca->nkeys] = fg_key_generate(FG_KEY_RSA2048, err, errlen);
+		if (ca->keys[ca->nkeys] == NULL)
+			return -1;
+	}
+	return 0;
+}
+
+/* Kill scepserver (it does not stop on SIGTERM; nothing of its state is
+ * kept) and free the keys. */
+static void scep_ca_stop(struct scep_ca *ca)
+{
+	if (ca->pid > 0) {
+		kill(ca->pid, SIGKILL);
+		waitpid(ca->pid, NULL, 0);
+		ca->pid = 0;
+	}
+	for (int i = 0; i < ca->nkeys; i++)
+		EVP_PKEY_free(ca->keys[i]);
+	ca->nkeys = 0;
+}
+
+/* Add a `scep` backend for ca to the fresh gateway's config and make it the
+ * default profile's backend. The config is Lua run once, so statements
+ * appended at the end amend the tables it built. */
+static int config_add_scep(const char *conf, const struct scep_ca *ca, char *err, size_t errlen)
+{
+	char *text = NULL, *outbuf = NULL;
+	size_t len = 0, add = 1024;
+	int rc = -1, n;
+
+	if (fg_read_file(conf, 1024 * 1024, &text, &len, err, errlen) != 0)
+		goto out;
+	outbuf = malloc(len + add);
+	if (outbuf == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		goto out;
+	}
+	memcpy(outbuf, text, len);
+	n = snprintf(outbuf + len, add,
+		     "\n-- fleetgate-bench --mode scep: the scepserver it started\n"
+		     "backends[\"scep\"] = { plugin = \"scep\", url = \"%s\",\n"
+		     "  ca_fingerprint = \"%s\", challenge = \"%s\" }\n"
+		     "profiles.default.backend = \"scep\"\n",
+		     ca->url, ca->fingerprint, ca->challenge);
+	if (n < 0 || (size_t)n >= add) {
+		fg_seterr(err, errlen, "SCEP backend settings too long for %s", conf);
+		goto out;
+	}
+	if (fg_write_file_atomic(conf, outbuf, len + (size_t)n, 0640, (uid_t)-1, (gid_t)-1, err, errlen) != 0)
+		goto out;
+	rc = 0;
+out:
+	if (outbuf != NULL)
+		OPENSSL_cleanse(outbuf, len + add);
+	free(outbuf);
+	free(text);
+	return rc;
+}
+
+/* State the direct scepclient threads share. */
+struct direct_shared {
+	const struct scep_ca *ca;
+	char base[PATH_MAX + 16];        /* <scep dir>/direct: one subdir per enrollment */
+	long total;
+	atomic_long next;
+	atomic_long ok;
+	atomic_long failed;
+	uint64_t *lat;                   /* ns per enrollment, process start to exit */
+	double *cpu;                     /* scepclient utime+stime per enrollment */
+	char *done;                      /* 1 where scepclient wrote c.pem */
+	pthread_mutex_t lock;            /* guards first_err */
+	char first_err[512];
+};
+
+static void direct_failure(struct direct_shared *ds, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void direct_failure(struct direct_shared *ds, const char *fmt, ...)
+{
+	va_list ap;
+
+	atomic_fetch_add(&ds->failed, 1);
+	pthread_mutex_lock(&ds->lock);
+	if (ds->first_err[0] == '\0') {
+		va_start(ap, fmt);
+		vsnprintf(ds->first_err, sizeof ds->first_err, fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&ds->lock);
+}
+
+/* One of P runner threads: claim the next enrollment, run scepclient in its
+ * directory (k.pem is there already; c.pem is what it must write) and wait
+ * for it. The latency is the process's wall time: start-up, GetCACert,
+ * GetCACaps and the PKIOperation. */
+static void *direct_main(void *arg)
+{
+	struct direct_shared *ds = arg;
+	const struct scep_ca *ca = ds->ca;
+
+	for (;;) {
+		long i = atomic_fetch_add(&ds->next, 1);
+		char dir[PATH_MAX + 48], logpath[PATH_MAX + 80], crt[PATH_MAX + 80], cn[32], err[512] = "";
+		char tail[400];
+		struct rusage ru;
+		struct stat st;
+		int status;
+
+		if (i >= ds->total)
+			break;
+		snprintf(dir, sizeof dir, "%s/%ld", ds->base, i);
+		snprintf(logpath, sizeof logpath, "%s/scepclient.log", dir);
+		snprintf(crt, sizeof crt, "%s/c.pem", dir);
+		snprintf(cn, sizeof cn, "direct-%ld", i);
+		/* XXX the challenge in argv: scepclient has no other way. */
+		char *argv[] = { (char *)ca->client, (char *)"-server-url", (char *)ca->url,
+				 (char *)"-challenge", (char *)ca->challenge, (char *)"-private-key",
+				 (char *)"k.pem", (char *)"-certificate", (char *)"c.pem", (char *)"-cn", cn, NULL };
+		uint64_t t0 = fg_mono_ns();
+		pid_t pid = spawn_logged(argv, dir, logpath, err, sizeof err);
+		if (pid < 0) {
+			direct_failure(ds, "%s", err);
+			continue;
+		}
+		while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR)
+			;
+		ds->lat[i] = fg_mono_ns() - t0;
+		ds->cpu[i] = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+			     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && stat(crt, &st) == 0 && st.st_size > 0) {
+			ds->done[i] = 1;
+			atomic_fetch_add(&ds->ok, 1);
+			continue;
+		}
+		log_tail(logpath, tail, sizeof tail);
+		if (WIFEXITED(status))
+			direct_failure(ds, "scepclient in %s exited %d%s: %s", dir, WEXITSTATUS(status),
+				       WEXITSTATUS(status) == 0 ? " but wrote no c.pem" : "", tail);
+		else
+			direct_failure(ds, "scepclient in %s was killed by signal %d: %s", dir,
+				       WIFSIGNALED(status) ? WTERMSIG(status) : 0, tail);
+	}
+	return NULL;
+}
+
+static int cmp_str(const void *x, const void *y)
+{
+	return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+/* scepclient does not notice when the CA hands two certificates the same
+ * serial (scepserver's file depot does, with concurrent requests: it reads
+ * and rewrites its serial file without a lock), but the gateway refuses the
+ * second one. So that both sides count alike, read the serial of every
+ * certificate written and count each repeat as a failure, not a success.
+ * Runs after the clock stopped. Returns -1 only when out of memory. */
+static int direct_duplicates(struct direct_shared *ds, struct direct_results *d)
+{
+	char **serials = calloc((size_t)ds->total, sizeof *serials);
+	long n = 0, dups = 0;
+
+	if (serials == NULL)
+		return -1;
+	for (long i = 0; i < ds->total; i++) {
+		char crt[PATH_MAX + 80];
+		X509 *x = NULL;
+		FILE *f;
+		if (!ds->done[i])
+			continue;
+		snprintf(crt, sizeof crt, "%s/%ld/c.pem", ds->base, i);
+		f = fopen(crt, "re");
+		if (f != NULL) {
+			x = PEM_read_X509(f, NULL, NULL, NULL);
+			fclose(f);
+		}
+		if (x == NULL) {
+			ds->done[i] = 0;
+			d->ok--;
+			direct_failure(ds, "scepclient wrote %s but it holds no PEM certificate", crt);
+			continue;
+		}
+		BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+		serials[n] = bn ? BN_bn2hex(bn) : NULL;
+		BN_free(bn);
+		X509_free(x);
+		if (serials[n] == NULL) {
+			for (long k = 0; k < n; k++)
+				OPENSSL_free(serials[k]);
+			free(serials);
+			return -1;
+		}
+		n++;
+	}
+	qsort(serials, (size_t)n, sizeof *serials, cmp_str);
+	for (long i = 1; i < n; i++) {
+		if (strcmp(serials[i], serials[i - 1]) != 0)
+			continue;
+		if (dups++ == 0)
+			direct_failure(ds, "scepserver issued serial %s to more than one certificate (its file depot "
+				       "is not safe with concurrent requests: use --direct-parallel 1)", serials[i]);
+		else
+			atomic_fetch_add(&ds->failed, 1);
+	}
+	d->ok -= dups;
+	for (long k = 0; k < n; k++)
+		OPENSSL_free(serials[k]);
+	free(serials);
+	return 0;
+}
+
+/* Direct baseline: o->direct_requests scepclient enrollments against the
+ * same scepserver, o->direct_parallel at a time. Every enrollment gets a
+ * fresh directory holding a copy of a pre-made key (scepclient keeps a
+ * self-signed certificate in its working directory and would reuse it), all
+ * made before the clock starts. Returns -1 when the phase could not run;
+ * failed enrollments are counted in d, not errors. */
+static int direct_run(const struct bench_opts *o, const struct scep_ca *ca, struct direct_results *d,
+		      char *err, size_t errlen)
+{
+	struct direct_shared *ds = NULL;
+	pthread_t *threads = NULL;
+	char *pem[BENCH_SCEP_KEYS] = { NULL };
+	size_t pemlen[BENCH_SCEP_KEYS] = { 0 };
+	int started = 0, rc = -1;
+	double cpu = 0, up0, up1;
+	uint64_t t0, t1;
+
+	ds = calloc(1, sizeof *ds);
+	if (ds != NULL)
+		pthread_mutex_init(&ds->lock, NULL);
+	threads = calloc((size_t)o->direct_parallel, sizeof *threads);
+	if (ds == NULL || threads == NULL ||
+	    (ds->lat = calloc((size_t)o->direct_requests, sizeof *ds->lat)) == NULL ||
+	    (ds->cpu = calloc((size_t)o->direct_requests, sizeof *ds->cpu)) == NULL ||
+	    (ds->done = calloc((size_t)o->direct_requests, 1)) == NULL) {
+		fg_seterr(err, errlen, "out of memory for %ld direct enrollments", o->direct_requests);
+		goto out;
+	}
+	ds->ca = ca;
+	ds->total = o->direct_requests;
+	snprintf(ds->base, sizeof ds->base, "%s/direct", ca->dir);
+	/* scepclient reads PKCS#1 ("RSA PRIVATE KEY") PEM. */
+	for (int k = 0; k < ca->nkeys; k++) {
+		BIO *b = BIO_new(BIO_s_mem());
+		char *data;
+		long n;
+		if (b == NULL || !PEM_write_bio_PrivateKey_traditional(b, ca->keys[k], NULL, NULL, 0, NULL, NULL) ||
+		    (n = BIO_get_mem_data(b, &data)) <= 0 || (pem[k] = malloc((size_t)n)) == NULL) {
+			fg_ssl_err(err, errlen, "cannot write an RSA key as PEM for scepclient");
+			BIO_free(b);
+			goto out;
+		}
+		memcpy(pem[k], data, (size_t)n);
+		pemlen[k] = (size_t)n;
+		BIO_free(b);
+	}
+	for (long i = 0; i < o->direct_requests; i++) {
+		char dir[PATH_MAX + 48], key[PATH_MAX + 80];
+		snprintf(dir, sizeof dir, "%s/%ld", ds->base, i);
+		snprintf(key, sizeof key, "%s/k.pem", dir);
+		if (fg_mkdirs(dir, 0700, err, errlen) != 0 ||
+		    write_small_file(key, pem[i % ca->nkeys], pemlen[i % ca->nkeys], 0600, err, errlen) != 0)
+			goto out;
+	}
+
+	up0 = proc_cpu_s(ca->pid);
+	t0 = fg_mono_ns();
+	for (; started < o->direct_parallel; started++) {
+		if (pthread_create(&threads[started], NULL, direct_main, ds) != 0) {
+			/* The threads already running finish the whole total. */
+			if (started == 0) {
+				fg_seterr(err, errlen, "cannot start a scepclient runner thread");
+				goto out;
+			}
+			break;
+		}
+	}
+	for (int t = 0; t < started; t++)
+		pthread_join(threads[t], NULL);
+	t1 = fg_mono_ns();
+	up1 = proc_cpu_s(ca->pid);
+
+	d->requests = o->direct_requests;
+	d->parallel = started;
+	d->ok = atomic_load(&ds->ok);
+	if (direct_duplicates(ds, d) != 0) {
+		fg_strlcpy(err, "out of memory checking the direct certificates' serials", errlen);
+		goto out;
+	}
+	d->failed = d->requests - d->ok;
+	d->wall_s = (double)(t1 - t0) / 1e9;
+	d->rate = d->wall_s > 0 ? (double)d->ok / d->wall_s : 0;
+	for (long i = 0; i < d->requests; i++)
+		cpu += ds->cpu[i];
+	d->client_cpu_per = d->ok > 0 ? cpu / (double)d->ok : 0;
+	d->ca_cpu_per = d->ok > 0 && up0 >= 0 && up1 >= 0 ? (up1 - up0) / (double)d->ok : -1;
+	fg_strlcpy(d->first_err, ds->first_err, sizeof d->first_err);
+	/* Every run that was started has a wall time, failed or not. */
+	qsort(ds->lat, (size_t)d->requests, sizeof *ds->lat, cmp_u64);
+	long first = 0;
+	while (first < d->requests && ds->lat[first] == 0)
+		first++;
+	long n = d->requests - first;
+	d->p50_ms = pct_ms(ds->lat + first, n, 0.50);
+	d->p90_ms = pct_ms(ds->lat + first, n, 0.90);
+	d->p99_ms = pct_ms(ds->lat + first, n, 0.99);
+	d->max_ms = n > 0 ? (double)ds->lat[d->requests - 1] / 1e6 : 0;
+	rc = 0;
+out:
+	for (int k = 0; k < BENCH_SCEP_KEYS; k++) {
+		if (pem[k] != NULL)
+			OPENSSL_cleanse(pem[k], pemlen[k]);
+		free(pem[k]);
+	}
+	if (ds != NULL) {
+		pthread_mutex_destroy(&ds->lock);
+		free(ds->lat);
+		free(ds->cpu);
+		free(ds->done);
+	}
+	free(ds);
+	free(threads);
+	return rc;
+}
+
 /* ---- report ---- */
+
+static double ratio(double a, double b)
+{
+	return b > 0 ? a / b : 0;
+}
+
+/* Scep mode: gateway and direct scepclient side by side, and the ratios. */
+static void report_scep_text(const struct results *r)
+{
+	const struct direct_results *d = &r->direct;
+	char a[64], b[64];
+
+	printf("  gateway RSS at the end:    %ld KiB\n", r->rss_kib);
+	printf("SCEP upstream: scepserver at %s (RSA-2048 CA); RSA-2048 keys on both sides\n", r->ca->url);
+	printf("                             %-24s %s\n", "through the gateway", "scepclient direct");
+	snprintf(a, sizeof a, "%d agents", r->agents);
+	snprintf(b, sizeof b, "%d processes", d->parallel);
+	printf("  concurrency:               %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%ld", r->requests);
+	snprintf(b, sizeof b, "%ld", d->requests);
+	printf("  enrollments:               %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%ld", r->failed);
+	snprintf(b, sizeof b, "%ld", d->failed);
+	printf("  failed:                    %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%.3f s", r->wall_s);
+	snprintf(b, sizeof b, "%.3f s", d->wall_s);
+	printf("  wall time:                 %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%.1f", r->rate);
+	snprintf(b, sizeof b, "%.1f", d->rate);
+	printf("  enrollments/s:             %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%.1f / %.1f / %.1f", r->p50_ms, r->p90_ms, r->p99_ms);
+	snprintf(b, sizeof b, "%.1f / %.1f / %.1f", d->p50_ms, d->p90_ms, d->p99_ms);
+	printf("  latency p50/p90/p99 ms:    %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%.1f", r->max_ms);
+	snprintf(b, sizeof b, "%.1f", d->max_ms);
+	printf("  latency max ms:            %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%.0f us", r->ca_cpu_per * 1e6);
+	snprintf(b, sizeof b, "%.0f us", d->ca_cpu_per * 1e6);
+	printf("  scepserver CPU/enrollment: %-24s %s\n", r->ca_cpu_per >= 0 ? a : "n/a",
+	       d->ca_cpu_per >= 0 ? b : "n/a");
+	snprintf(a, sizeof a, "%.0f us fleetgated", r->gw_cpu_per * 1e6);
+	snprintf(b, sizeof b, "%.0f us scepclient", d->client_cpu_per * 1e6);
+	printf("  client-side CPU/enroll.:   %-24s %s\n", a, b);
+	snprintf(a, sizeof a, "%.0f us bench", r->client_cpu_per * 1e6);
+	printf("                             %s\n", a);
+	if (d->failed)
+		printf("  first direct failure:      %s\n", d->first_err);
+	if (r->workers > 1 || d->parallel > 1)
+		printf("  note: scepserver's file depot is not safe with concurrent requests (duplicate serials,\n"
+		       "        badRequest); failures above may be its own, see docs/benchmarks.md\n");
+	printf("  ratio gateway/direct:      throughput %.2f, p50 latency %.2f\n", ratio(r->rate, d->rate),
+	       ratio(r->p50_ms, d->p50_ms));
+}
 
 static void report_text(const struct results *r)
 {
@@ -1155,6 +1863,10 @@ static void report_text(const struct results *r)
 	} else {
 		printf("  gateway CPU:               %.2f s, per enrollment n/a (none succeeded)\n", r->gw_cpu_s);
 	}
+	if (r->mode == BENCH_MODE_SCEP) {
+		report_scep_text(r);
+		return;
+	}
 	printf("  bare crypto:               %.1f us per enrollment (CSR verify %.1f + certificate sign %.1f)\n",
 	       r->bare_per * 1e6, r->verify_per * 1e6, r->certsign_per * 1e6);
 	printf("  raw ECDSA P-256:           sign %.1f us (%.0f/s), verify %.1f us (%.0f/s)\n",
@@ -1163,6 +1875,38 @@ static void report_text(const struct results *r)
 	if (r->ok > 0)
 		printf("  ratio gateway/bare:        %.2f\n", r->bare_per > 0 ? r->gw_cpu_per / r->bare_per : 0);
 	printf("  gateway RSS at the end:    %ld KiB\n", r->rss_kib);
+}
+
+/* Scep mode in the JSON report: the local-CA bare-crypto keys go, and
+ * "mode", the scepserver CPU, a "direct" object and the two ratios come in. */
+static int scep_json(json_t *o, const struct results *r)
+{
+	static const char *const local_only[] = { "bare_crypto_s_per_enrollment", "csr_verify_s", "cert_sign_s",
+						  "ecdsa_p256_sign_s", "ecdsa_p256_verify_s", "ratio_gateway_to_bare" };
+	const struct direct_results *d = &r->direct;
+	json_t *dj;
+
+	for (size_t i = 0; i < sizeof local_only / sizeof local_only[0]; i++)
+		json_object_del(o, local_only[i]);
+	dj = json_pack("{s:I, s:i, s:I, s:s?, s:f, s:f, s:{s:f, s:f, s:f, s:f}, s:f, s:f}",
+		       "requests", (json_int_t)d->requests,
+		       "parallel", d->parallel,
+		       "failed", (json_int_t)d->failed,
+		       "first_failure", d->failed ? d->first_err : NULL,
+		       "wall_s", d->wall_s,
+		       "enrollments_per_s", d->rate,
+		       "latency_ms", "p50", d->p50_ms, "p90", d->p90_ms, "p99", d->p99_ms, "max", d->max_ms,
+		       "scepclient_cpu_s_per_enrollment", d->client_cpu_per,
+		       "scepserver_cpu_s_per_enrollment", d->ca_cpu_per);
+	if (dj == NULL ||
+	    json_object_set_new(o, "mode", json_string("scep")) != 0 ||
+	    json_object_set_new(o, "scep_url", json_string(r->ca->url)) != 0 ||
+	    json_object_set_new(o, "scepserver_cpu_s_per_enrollment", json_real(r->ca_cpu_per)) != 0 ||
+	    json_object_set_new(o, "direct", dj) != 0 ||
+	    json_object_set_new(o, "ratio_throughput_gateway_to_direct", json_real(ratio(r->rate, d->rate))) != 0 ||
+	    json_object_set_new(o, "ratio_p50_gateway_to_direct", json_real(ratio(r->p50_ms, d->p50_ms))) != 0)
+		return -1;
+	return 0;
 }
 
 /* The same figures as one JSON object on one line (seconds and ms as
@@ -1194,6 +1938,10 @@ static int report_json(const struct results *r)
 		"gateway_rss_kib", (json_int_t)r->rss_kib);
 	if (o == NULL)
 		return -1;
+	if (r->mode == BENCH_MODE_SCEP && scep_json(o, r) != 0) {
+		json_decref(o);
+		return -1;
+	}
 	int rc = json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6));
 	printf("\n");
 	json_decref(o);
@@ -1207,6 +1955,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: fleetgate-bench [--agents N] [--requests M] [--workers W] [--json] [--keep]\n"
 		"                       [--state DIR] [--bin-dir DIR] [--crypto-iterations K]\n"
+		"       fleetgate-bench --mode scep [--agents N] [--requests M] [--workers W]\n"
+		"                       [--direct-requests M2] [--direct-parallel P] [--json] [--keep]\n"
 		"\n"
 		"Start a gateway with a fresh local P-256 CA, enroll N simulated agents once\n"
 		"with a token, then measure M more enrollments (no token) from all of them at\n"
@@ -1215,7 +1965,14 @@ static void usage(FILE *f)
 		"                it is kept, and --workers does not change it\n"
 		"  --bin-dir DIR where fleetgate and fleetgated are (default: ../gateway next\n"
 		"                to this program, as in the build tree)\n"
-		"  --keep        keep the temp gateway dir (store, log) after the run\n");
+		"  --keep        keep the temp gateway dir (store, log) after the run\n"
+		"  --mode scep   instead: run scepserver (Debian package scep) with a fresh\n"
+		"                RSA-2048 CA, make it the gateway's default backend, measure\n"
+		"                M enrollments through the gateway with RSA-2048 CSRs, then\n"
+		"                M2 scepclient enrollments straight to scepserver, P at a\n"
+		"                time, and report both and their ratios. Defaults:\n"
+		"                M2 = min(M, %d), P = 1 and W = 1, because scepserver's\n"
+		"                file depot mixes up serials under concurrent requests\n", BENCH_DIRECT_MAX);
 }
 
 /* Parse a whole number in [lo, hi]; -1 on anything else. */
@@ -1240,13 +1997,17 @@ int main(int argc, char **argv)
 		{ "crypto-iterations", required_argument, NULL, 'c' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "keep", no_argument, NULL, 'k' },
+		{ "mode", required_argument, NULL, 'm' },
+		{ "direct-requests", required_argument, NULL, 'D' },
+		{ "direct-parallel", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct bench_opts o = { .agents = 100, .requests = 2000, .workers = 2, .crypto_iters = 2000 };
+	struct bench_opts o = { .agents = 100, .requests = 2000, .crypto_iters = 2000 };
 	struct gateway gw;
 	struct csr_pool pool;
 	struct results res;
+	struct scep_ca ca;
 	struct rlimit rl;
 	EVP_PKEY *ca_key = NULL;
 	char err[1024] = "", token[64] = "";
@@ -1256,8 +2017,32 @@ int main(int argc, char **argv)
 	memset(&gw, 0, sizeof gw);
 	memset(&pool, 0, sizeof pool);
 	memset(&res, 0, sizeof res);
-	while ((c = getopt_long(argc, argv, "a:r:w:s:b:c:jkh", longopts, NULL)) != -1) {
+	memset(&ca, 0, sizeof ca);
+	while ((c = getopt_long(argc, argv, "a:r:w:s:b:c:jkhm:D:P:", longopts, NULL)) != -1) {
 		switch (c) {
+		case 'm':
+			if (strcmp(optarg, "local") == 0) {
+				o.mode = BENCH_MODE_LOCAL;
+			} else if (strcmp(optarg, "scep") == 0) {
+				o.mode = BENCH_MODE_SCEP;
+			} else {
+				fprintf(stderr, "fleetgate-bench: --mode '%s' is unknown; use local or scep\n", optarg);
+				return 2;
+			}
+			break;
+		case 'D':
+		case 'P':
+			v = parse_num(optarg, 1, c == 'D' ? 1000000 : 256);
+			if (v < 0) {
+				fprintf(stderr, "fleetgate-bench: --%s '%s' is out of range (1..%d)\n",
+					c == 'D' ? "direct-requests" : "direct-parallel", optarg, c == 'D' ? 1000000 : 256);
+				return 2;
+			}
+			if (c == 'D')
+				o.direct_requests = v;
+			else
+				o.direct_parallel = (int)v;
+			break;
 		case 'a':
 		case 'r':
 		case 'w':
@@ -1290,6 +2075,29 @@ int main(int argc, char **argv)
 	if (optind != argc) {
 		usage(stderr);
 		return 2;
+	}
+	if (o.mode != BENCH_MODE_SCEP && (o.direct_requests || o.direct_parallel)) {
+		fprintf(stderr, "fleetgate-bench: --direct-requests and --direct-parallel only apply to --mode scep\n");
+		return 2;
+	}
+	if (o.mode == BENCH_MODE_SCEP && o.state != NULL) {
+		fprintf(stderr, "fleetgate-bench: --mode scep makes its own gateway and SCEP backend; "
+			"leave out --state\n");
+		return 2;
+	}
+	/* scepserver 2.1.0 (Debian's) keeps its next serial in a file that it
+	 * reads and rewrites without a lock: two requests at once can get the
+	 * same serial or fail with badRequest, and a late rewrite can move the
+	 * serial back. So scep mode sends it one request at a time on both
+	 * sides unless told otherwise: one gateway worker (a worker waits for
+	 * its SCEP exchange) and one scepclient at a time. */
+	if (o.workers == 0)
+		o.workers = o.mode == BENCH_MODE_SCEP ? 1 : 2;
+	if (o.mode == BENCH_MODE_SCEP) {
+		if (o.direct_requests == 0)
+			o.direct_requests = o.requests < BENCH_DIRECT_MAX ? o.requests : BENCH_DIRECT_MAX;
+		if (o.direct_parallel == 0)
+			o.direct_parallel = 1;
 	}
 	if (o.bin_dir[0] == '\0') {
 		char exe[PATH_MAX];
@@ -1326,26 +2134,42 @@ int main(int argc, char **argv)
 	} else if (gateway_init(&gw, &o, err, sizeof err) != 0) {
 		goto out;
 	}
+	if (o.mode == BENCH_MODE_SCEP) {
+		char conf[PATH_MAX + 32];
+		snprintf(conf, sizeof conf, "%s/fleetgated.conf", gw.state);
+		if (scep_ca_start(&ca, gw.tmp, err, sizeof err) != 0 ||
+		    config_add_scep(conf, &ca, err, sizeof err) != 0)
+			goto out;
+		gw.upstream_pid = ca.pid;
+	}
 	if (gateway_read_state(&gw, err, sizeof err) != 0)
 		goto out;
 	if (gateway_start(&gw, &o, err, sizeof err) != 0)
 		goto out;
 	if (gateway_token(&gw, &o, token, err, sizeof err) != 0)
 		goto out;
-	if (pool_build(&pool, err, sizeof err) != 0)
+	if (o.mode == BENCH_MODE_SCEP ? pool_build_scep(&pool, o.agents, &ca, err, sizeof err) != 0
+				      : pool_build(&pool, err, sizeof err) != 0)
 		goto out;
 	if (bench_run(&o, &gw, token, &pool, &res, err, sizeof err) != 0)
 		goto out;
 	res.workers = gw.workers;
-	ca_key = bench_ca_key(&gw, err, sizeof err);
-	if (ca_key == NULL || bare_crypto(&pool, ca_key, o.crypto_iters, &res, err, sizeof err) != 0)
-		goto out;
+	res.mode = o.mode;
+	if (o.mode == BENCH_MODE_SCEP) {
+		res.ca = &ca;
+		if (direct_run(&o, &ca, &res.direct, err, sizeof err) != 0)
+			goto out;
+	} else {
+		ca_key = bench_ca_key(&gw, err, sizeof err);
+		if (ca_key == NULL || bare_crypto(&pool, ca_key, o.crypto_iters, &res, err, sizeof err) != 0)
+			goto out;
+	}
 	if (o.json ? report_json(&res) != 0 : (report_text(&res), 0)) {
 		fg_seterr(err, sizeof err, "cannot write the JSON report");
 		goto out;
 	}
 	fflush(stdout);
-	rc = res.failed > 0 ? 1 : 0;
+	rc = res.failed > 0 || res.direct.failed > 0 ? 1 : 0;
 	err[0] = '\0';
 out:
 	if (err[0])
@@ -1354,6 +2178,7 @@ out:
 	EVP_PKEY_free(ca_key);
 	pool_free(&pool);
 	gateway_stop(&gw);
+	scep_ca_stop(&ca);
 	if (gw.tmp[0]) {
 		if (o.keep || rc != 0)
 			fprintf(stderr, "fleetgate-bench: gateway state and log kept in %s\n", gw.tmp);
