@@ -9,6 +9,8 @@
  *   fleetgate cert list --state DIR [--device DEVICE] [--json]
  *   fleetgate audit verify --state DIR
  *   fleetgate status --state DIR [--json]
+ *   fleetgate policy check [--state DIR] [FILE]
+ *   fleetgate policy test [--state DIR] FILE [CASES.json...]
  *
  * It works on the same store as a running fleetgated (each command is a
  * short transaction on its own connection).
@@ -36,6 +38,8 @@
 #include "fg_log.h"
 #include "fg_util.h"
 #include "fg_x509.h"
+#include "policy.h"
+#include "policy_fixtures.h"
 #include "store.h"
 
 extern const char fg_default_policy[];
@@ -94,6 +98,12 @@ static void usage(FILE *f)
 		"        the last N audit records (20); --follow prints new ones as they come\n"
 		"  status --state DIR [--json]\n"
 		"        devices, expiring certificates, recent failures, backends' health, queue\n"
+		"  policy check [--state DIR] [FILE]\n"
+		"        compile a policy as fleetgated would (limits from DIR's config, or the\n"
+		"        defaults) and run FILE.tests.json next to it if there is one; exit 0 or 1\n"
+		"  policy test [--state DIR] FILE [CASES.json...]\n"
+		"        run the policy on each fixture and compare the decisions (default:\n"
+		"        the fixtures next to FILE); prints a diff per mismatch; exit 0 or 1\n"
 		"  version\n");
 }
 
@@ -1337,6 +1347,116 @@ out:
 	return rc;
 }
 
+/* ---- policy ---- */
+
+/* policy check: what fleetgated does before it swaps a changed policy in
+ * (policy_validate), with the same limits when --state names the gateway.
+ * FILE defaults to the gateway's policy. */
+static int policy_check(const char *file, const struct policy_limits *lim)
+{
+	char err[2048] = "", fxpath[4096];
+	char *text = NULL;
+	size_t len = 0, ncases = 0;
+	int rc = EXIT_FAIL;
+
+	if (policy_read_source(file, &text, &len, err, sizeof err) != 0 ||
+	    policy_validate(file, text, len, lim, &ncases, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate policy check: %s\n", err);
+		goto out;
+	}
+	if (ncases > 0 && policy_fixtures_path(file, fxpath, sizeof fxpath) == 0)
+		printf("%s: ok (enroll(req) defined; %zu fixtures in %s passed)\n", file, ncases, fxpath);
+	else
+		printf("%s: ok (enroll(req) defined; no fixtures file next to it)\n", file);
+	rc = EXIT_OK;
+out:
+	free(text);
+	return rc;
+}
+
+/* policy test: every case of every fixtures file, "ok - NAME" or
+ * "not ok - NAME" with the differences, then one summary line. */
+static int policy_test(const char *file, char **cases, int ncases, const struct policy_limits *lim)
+{
+	char err[2048] = "", fxpath[4096];
+	char *deflt[1] = { fxpath };
+	struct policy *p = NULL;
+	size_t passed = 0, failed = 0, errors = 0;
+
+	p = policy_new(file, lim, err, sizeof err);
+	if (p == NULL) {
+		fprintf(stderr, "fleetgate policy test: %s\n", err);
+		return EXIT_FAIL;
+	}
+	if (ncases == 0) {
+		if (policy_fixtures_path(file, fxpath, sizeof fxpath) != 0) {
+			fprintf(stderr, "fleetgate policy test: %s: path too long\n", file);
+			policy_free(p);
+			return EXIT_FAIL;
+		}
+		cases = deflt;
+		ncases = 1;
+	}
+	for (int i = 0; i < ncases; i++) {
+		struct policy_fixtures *fx = policy_fixtures_load(cases[i], err, sizeof err);
+		struct policy_fixtures_result res;
+		if (fx == NULL) {
+			fprintf(stderr, "fleetgate policy test: %s\n", err);
+			errors++;
+			continue;
+		}
+		printf("# %s\n", cases[i]);
+		policy_fixtures_run(fx, p, stdout, &res);
+		passed += res.passed;
+		failed += res.failed;
+		policy_fixtures_free(fx);
+	}
+	printf("# %s: %zu passed, %zu failed%s\n", file, passed, failed,
+	       errors ? ", and some fixtures files could not be read (see above)" : "");
+	policy_free(p);
+	return failed || errors ? EXIT_FAIL : EXIT_OK;
+}
+
+static int cmd_policy(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct policy_limits lim = { 0, 0 };
+	const char *sub = o->argc > 0 ? o->argv[0] : "";
+	const char *file = o->argc > 1 ? o->argv[1] : NULL;
+	char err[1024] = "";
+	int rc = EXIT_USAGE;
+
+	if (strcmp(sub, "check") != 0 && strcmp(sub, "test") != 0) {
+		fprintf(stderr, "fleetgate policy: say `policy check [--state DIR] [FILE]` or "
+			"`policy test [--state DIR] FILE [CASES.json...]`\n");
+		return EXIT_USAGE;
+	}
+	if (o->state != NULL) {
+		cfg = config_load(o->state, err, sizeof err);
+		if (cfg == NULL) {
+			fprintf(stderr, "fleetgate policy %s: %s\n", sub, err);
+			return EXIT_FAIL;
+		}
+		lim.memory = cfg->policy_memory;
+		lim.instructions = cfg->policy_instructions;
+		if (file == NULL)
+			file = cfg->policy_path;
+	}
+	if (file == NULL) {
+		fprintf(stderr, "fleetgate policy %s: name the policy FILE (or give --state DIR to use "
+			"the gateway's policy)\n", sub);
+		goto out;
+	}
+	if (strcmp(sub, "check") == 0)
+		rc = o->argc > 2 ? (usage(stderr), EXIT_USAGE) : policy_check(file, &lim);
+	else
+		rc = policy_test(file, o->argc > 2 ? o->argv + 2 : NULL, o->argc > 2 ? o->argc - 2 : 0,
+				 &lim);
+out:
+	config_free(cfg);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -1371,6 +1491,8 @@ int main(int argc, char **argv)
 		return cmd_backend(&o);
 	if (strcmp(cmd, "status") == 0)
 		return o.argc ? (usage(stderr), EXIT_USAGE) : cmd_status(&o);
+	if (strcmp(cmd, "policy") == 0)
+		return cmd_policy(&o);
 	fprintf(stderr, "fleetgate: unknown command '%s'; run `fleetgate help`\n", cmd);
 	return EXIT_USAGE;
 }

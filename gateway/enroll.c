@@ -119,6 +119,12 @@ void worker_free(struct worker *w)
 	free(w);
 }
 
+void worker_set_policy(struct worker *w, struct policy *p)
+{
+	policy_free(w->pol);
+	w->pol = p;
+}
+
 /* ---- replies ---- */
 
 static void pack_env(Fleetgate__Envelope *env, const char *rid, uint8_t **out, size_t *len)

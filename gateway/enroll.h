@@ -16,10 +16,15 @@
 #include "backend.h"
 
 struct worker;
+struct policy;
 
 struct worker *worker_new(const struct gw_config *cfg, struct backends *bs, int index,
 			  char *err, size_t errlen);
 void worker_free(struct worker *w);
+
+/* Replace the worker's policy with p (taken over) and free the old one.
+ * Only the worker's own thread calls it, between requests. */
+void worker_set_policy(struct worker *w, struct policy *p);
 
 /* Handle one request. curve_key is the Z85 key from ZAP. On return *reply
  * (malloc'd, caller frees) is the frame to send back, or NULL when the frame

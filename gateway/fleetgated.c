@@ -4,7 +4,8 @@
  *   fleetgated --state DIR [--log-level L] [--log-json] [--syslog]
  *
  * Runs in the foreground (a service manager supervises it), logs to stderr,
- * and stops cleanly on SIGTERM or SIGINT.
+ * and stops cleanly on SIGTERM or SIGINT. A changed policy file (or SIGHUP)
+ * is validated and hot-swapped in; a broken one is refused and logged.
  */
 #include <getopt.h>
 #include <stdio.h>

@@ -499,29 +499,58 @@ void policy_decision_clear(struct policy_decision *d)
 	memset(d, 0, sizeof *d);
 }
 
-/* Read and compile the policy, define the helpers, run the chunk once and
- * keep its enroll function at stack index 1. Every step runs under the
- * caps, so a policy that loops or eats memory at load time is refused. */
+/* Read the policy file and compile it (policy_new_text does the work). */
 struct policy *policy_new(const char *path, const struct policy_limits *lim, char *err,
 			  size_t errlen)
 {
-	struct policy *p = NULL, *ret = NULL;
+	struct policy *ret = NULL;
 	char *text = NULL;
-	char chunk[sizeof p->name + 1];
 	size_t len = 0;
+	const char *base = strrchr(path, '/');
+
+	if (policy_read_source(path, &text, &len, err, errlen) != 0)
+		return NULL;
+	ret = policy_new_text(base ? base + 1 : path, text, len, lim, err, errlen);
+	free(text);
+	return ret;
+}
+
+int policy_read_source(const char *path, char **text, size_t *len, char *err, size_t errlen)
+{
+	return fg_read_file(path, POLICY_MAX_FILE, text, len, err, errlen);
+}
+
+/* Pushes the global checkin (protected: the lookup may allocate). */
+static int get_checkin(lua_State *L)
+{
+	lua_getglobal(L, "checkin");
+	return 1;
+}
+
+/* Compile the text, define the helpers, run the chunk once and keep its
+ * enroll function at stack index 1. Every step runs under the caps, so a
+ * policy that loops or eats memory at load time is refused. checkin is
+ * optional, but when the chunk defines it, it must be a function. */
+struct policy *policy_new_text(const char *name, const char *text, size_t len,
+			       const struct policy_limits *lim, char *err, size_t errlen)
+{
+	struct policy *p = NULL, *ret = NULL;
+	char chunk[sizeof p->name + 1];
 	size_t memory = lim && lim->memory ? lim->memory : POLICY_DEFAULT_MEMORY;
 	uint64_t instructions = lim && lim->instructions ? lim->instructions : POLICY_DEFAULT_INSTRUCTIONS;
-	const char *base = strrchr(path, '/');
 	lua_State *L;
 
-	if (fg_read_file(path, POLICY_MAX_FILE, &text, &len, err, errlen) != 0)
+	if (len > POLICY_MAX_FILE) {
+		fg_seterr(err, errlen, "%s is %zu bytes; a policy may have at most %d; split out data or trim it",
+			  name, len, POLICY_MAX_FILE);
 		goto out;
+	}
 	p = calloc(1, sizeof *p);
 	if (p == NULL) {
 		fg_seterr(err, errlen, "out of memory");
 		goto out;
 	}
-	fg_strlcpy(p->name, base ? base + 1 : path, sizeof p->name);
+	fg_strlcpy(p->name, name, sizeof p->name);
 	p->sb = sandbox_new(memory, instructions, SANDBOX_LIBS_POLICY, "policy", "policy", err, errlen);
 	if (p->sb == NULL)
 		goto out;
@@ -536,14 +565,30 @@ struct policy *policy_new(const char *path, const struct policy_limits *lim, cha
 		name_err(p, err, errlen);
 		goto out;
 	}
+	lua_pushcfunction(L, get_checkin);
+	if (sandbox_pcall(p->sb, 0, 1, err, errlen) != 0) {
+		name_err(p, err, errlen);
+		goto out;
+	}
+	if (lua_type(L, -1) != LUA_TNIL && lua_type(L, -1) != LUA_TFUNCTION) {
+		fg_seterr(err, errlen, "%s: checkin is a %s value; define it as function checkin(dev) ... end "
+			  "or leave it out", p->name, luaL_typename(L, -1));
+		goto out;
+	}
+	lua_pop(L, 1);
 	lua_pushcfunction(L, get_enroll);
 	if (sandbox_pcall(p->sb, 0, 1, err, errlen) != 0) {
 		name_err(p, err, errlen);
 		goto out;
 	}
 	if (lua_type(L, -1) != LUA_TFUNCTION) {
-		fg_seterr(err, errlen, "%s defines no enroll(req) function; "
-			  "add one that returns allow{...} or deny(reason)", p->name);
+		if (lua_type(L, -1) == LUA_TNIL)
+			fg_seterr(err, errlen, "%s defines no enroll(req) function; "
+				  "add one that returns allow{...} or deny(reason)", p->name);
+		else
+			fg_seterr(err, errlen, "%s defines no enroll(req) function (enroll is a %s value); "
+				  "define it as function enroll(req) ... end returning allow{...} or deny(reason)",
+				  p->name, luaL_typename(L, -1));
 		goto out;
 	}
 	/* The stack was empty before get_enroll: enroll now sits at index 1. */
@@ -551,9 +596,13 @@ struct policy *policy_new(const char *path, const struct policy_limits *lim, cha
 	ret = p;
 	p = NULL;
 out:
-	free(text);
 	policy_free(p);
 	return ret;
+}
+
+const char *policy_name(const struct policy *p)
+{
+	return p->name;
 }
 
 void policy_free(struct policy *p)

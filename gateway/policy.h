@@ -85,11 +85,27 @@ struct policy_decision {
 };
 void policy_decision_clear(struct policy_decision *d);
 
-/* Compile path in a fresh sandbox and check that enroll is a function.
+/* Compile path in a fresh sandbox and check that enroll is a function
+ * (and checkin, when defined).
  * Errors carry the file name and line ("policy.lua:12: ..."). */
 struct policy *policy_new(const char *path, const struct policy_limits *lim,
 			  char *err, size_t errlen);
 void policy_free(struct policy *p);
+
+/* Like policy_new, from source text in memory (len bytes; need not be
+ * NUL-terminated). name is the file name used as chunk name and in
+ * messages ("policy.lua:12: ..."). Also refuses a checkin that is defined
+ * but not a function. Used by hot reload, where every worker compiles the
+ * text the main thread validated, never a re-read of the file. */
+struct policy *policy_new_text(const char *name, const char *text, size_t len,
+			       const struct policy_limits *lim, char *err, size_t errlen);
+
+/* Read a policy file (size-capped) into a malloc'd, NUL-terminated buffer
+ * the caller frees. 0, or -1 with err. */
+int policy_read_source(const char *path, char **text, size_t *len, char *err, size_t errlen);
+
+/* The file name the policy was compiled as (borrowed). */
+const char *policy_name(const struct policy *p);
 
 /* Run enroll(req). 0 with *out filled (allow or deny); -1 when the policy
  * itself failed (runtime error, instruction or memory cap, bad return value):

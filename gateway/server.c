@@ -16,6 +16,7 @@
 #include "fg_curve.h"
 #include "fg_log.h"
 #include "fg_util.h"
+#include "policy_reload.h"
 #include "server.h"
 #include "zap.h"
 
@@ -28,6 +29,8 @@ struct worker_thread {
 	void *ctx;
 	struct worker *w;
 	int index;
+	struct policy_reload *pr;    /* shared; the policy generation source */
+	uint64_t policy_gen;         /* generation this worker's policy was compiled from */
 };
 
 static int set_int(void *sock, int opt, int val)
@@ -49,6 +52,30 @@ static void drain(void *sock)
 		if (rc < 0)
 			break;
 	}
+}
+
+/* Between requests: when the policy generation moved, compile this
+ * worker's own state from the validated source and swap it in. A failure
+ * here (out of memory) keeps the previous policy and is logged once per
+ * generation. */
+static void worker_refresh_policy(struct worker_thread *t)
+{
+	char err[1024] = "";
+	struct policy *p;
+	uint64_t gen;
+
+	if (t->pr == NULL || policy_reload_generation(t->pr) == t->policy_gen)
+		return;
+	p = policy_reload_compile(t->pr, &gen, err, sizeof err);
+	t->policy_gen = gen;
+	if (p == NULL) {
+		fg_err("worker", NULL, "worker %d keeps its previous policy: cannot compile generation %llu: %s",
+		       t->index, (unsigned long long)gen, err);
+		return;
+	}
+	worker_set_policy(t->w, p);
+	fg_debug("worker", NULL, "worker %d now runs policy generation %llu", t->index,
+		 (unsigned long long)gen);
 }
 
 /* Worker thread: [routing id][client key][payload] in, [routing id][reply]
@@ -87,6 +114,7 @@ static void *worker_main(void *arg)
 		}
 		uint8_t *reply = NULL;
 		size_t reply_len = 0;
+		worker_refresh_policy(t);
 		worker_handle(t->w, ckey, zmq_msg_data(&payload), zmq_msg_size(&payload), &reply,
 			      &reply_len);
 		if (reply != NULL) {
@@ -193,6 +221,8 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 	void *ctx = NULL, *router = NULL, *work = NULL, *done = NULL;
 	struct zap *zap = NULL;
 	struct worker_thread *threads = NULL;
+	struct policy_reload *pr = NULL;
+	struct policy_limits lim = { cfg->policy_memory, cfg->policy_instructions };
 	char pub[41], sec[41];
 
 	if (fg_curve_load(cfg->curve_key_path, 0, pub, sec, err, errlen) != 0)
@@ -219,6 +249,9 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 		goto out;
 	}
 
+	pr = policy_reload_new(cfg->policy_path, &lim, err, errlen);
+	if (pr == NULL)
+		goto out;
 	threads = calloc((size_t)cfg->workers, sizeof *threads);
 	if (threads == NULL) {
 		fg_seterr(err, errlen, "out of memory");
@@ -227,6 +260,7 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 	for (int i = 0; i < cfg->workers; i++) {
 		threads[i].ctx = ctx;
 		threads[i].index = i;
+		threads[i].pr = pr;
 		threads[i].w = worker_new(cfg, bs, i, err, errlen);
 		if (threads[i].w == NULL)
 			goto out;
@@ -257,12 +291,14 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 		FG_VERSION, cfg->listen, pub, cfg->workers);
 
 	for (;;) {
-		zmq_pollitem_t items[3] = {
+		zmq_pollitem_t items[4] = {
 			{ router, 0, ZMQ_POLLIN, 0 },
 			{ done, 0, ZMQ_POLLIN, 0 },
 			{ NULL, sfd, ZMQ_POLLIN, 0 },
+			{ NULL, policy_reload_fd(pr), ZMQ_POLLIN, 0 },
 		};
-		if (zmq_poll(items, 3, -1) < 0) {
+		if (zmq_poll(items, policy_reload_fd(pr) >= 0 ? 4 : 3,
+			     policy_reload_timeout_ms(pr)) < 0) {
 			if (zmq_errno() == EINTR)
 				continue;
 			fg_seterr(err, errlen, "poll failed: %s", zmq_strerror(zmq_errno()));
@@ -272,13 +308,16 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 			struct signalfd_siginfo si;
 			if (read(sfd, &si, sizeof si) == sizeof si) {
 				if (si.ssi_signo == SIGHUP) {
-					fg_info("server", NULL, "SIGHUP: nothing to reload yet");
+					policy_reload_now(pr, "SIGHUP");
 				} else {
 					fg_info("server", NULL, "signal %u: stopping", si.ssi_signo);
 					break;
 				}
 			}
 		}
+		if (items[3].revents & ZMQ_POLLIN)
+			policy_reload_on_event(pr);
+		policy_reload_tick(pr);
 		/* Replies first, so work already done leaves before new work
 		 * comes in; bounded batches keep both sides moving. */
 		for (int i = 0; i < 256 && (items[1].revents & ZMQ_POLLIN); i++) {
@@ -316,6 +355,7 @@ out:
 		free(threads);
 	}
 	zap_stop(zap);
+	policy_reload_free(pr);
 	if (ctx)
 		zmq_ctx_term(ctx);
 	if (sfd >= 0)

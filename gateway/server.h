@@ -9,6 +9,9 @@
  *
  * Requests travel as [routing id][client key][payload], replies as
  * [routing id][payload]. SIGTERM/SIGINT (through a signalfd) stop it cleanly.
+ * The main loop also watches the policy file (policy_reload.h): a changed
+ * file, or SIGHUP, is validated and, if good, swapped into every worker
+ * between two of its requests.
  */
 #ifndef FG_SERVER_H
 #define FG_SERVER_H

@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 for _ in 1 2 3 4 5 6 7 8; do
-  HPORT=$((20000 + RANDOM % 40000))
+  HPORT=$((10000 + RANDOM % 22000))
   if ! (exec 3<>/dev/tcp/127.0.0.1/$HPORT) 2>/dev/null; then break; fi
 done
 gw_init --http "127.0.0.1:$HPORT"

@@ -46,10 +46,13 @@ finish() {
   [ $FAILS -eq 0 ]
 }
 
+# Random ports come from 10000-31999, below Linux's ephemeral range
+# (32768-60999), so that no outgoing connection of another test holds them.
+
 # gw_init [extra fleetgate init args]: a gateway state dir on a free port.
 gw_init() {
   for _ in 1 2 3 4 5 6 7 8; do
-    PORT=$((20000 + RANDOM % 40000))
+    PORT=$((10000 + RANDOM % 22000))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then break; fi
   done
   ENDPOINT="tcp://127.0.0.1:$PORT"

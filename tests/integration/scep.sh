@@ -16,7 +16,7 @@ RESPONDER="$FG_BUILD/tests/scep-responder"
 free_port() {
   local p
   for _ in $(seq 20); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % 22000))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
   done
   die "no free port"
