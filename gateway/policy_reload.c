@@ -4,6 +4,8 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <jansson.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include "fg_util.h"
 #include "policy_fixtures.h"
 #include "policy_reload.h"
+#include "store.h"
 #include "stats.h"
 
 #define RELOAD_DEBOUNCE_NS (200ull * 1000 * 1000)   /* quiet time after the last change */
@@ -32,7 +35,27 @@ struct policy_reload {
 	char *text;                  /* the validated source of generation gen */
 	size_t len;
 	_Atomic uint64_t gen;
+	struct store *st;            /* for the audit records of reloads, or NULL */
 };
+
+int policy_reload_audit_to(struct policy_reload *pr, const char *store_path, char *err,
+			   size_t errlen)
+{
+	pr->st = store_open(store_path, 0, err, errlen);
+	return pr->st ? 0 : -1;
+}
+
+/* One audit record of a reload attempt; failures are logged, not fatal. */
+static void reload_audit(struct policy_reload *pr, const char *kind, json_t *detail)
+{
+	char err[512];
+	char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+	if (pr->st != NULL && text != NULL &&
+	    store_audit(pr->st, kind, NULL, NULL, text, fg_now(), err, sizeof err) != 0)
+		fg_err("policy", NULL, "cannot record the %s audit record: %s", kind, err);
+	free(text);
+	json_decref(detail);
+}
 
 struct policy_reload *policy_reload_new(const char *path, const struct policy_limits *lim,
 					char *err, size_t errlen)
@@ -78,6 +101,7 @@ void policy_reload_free(struct policy_reload *pr)
 	if (pr->fd >= 0)
 		close(pr->fd);
 	pthread_mutex_destroy(&pr->lock);
+	store_free(pr->st);
 	free(pr->text);
 	free(pr);
 }
@@ -157,6 +181,8 @@ int policy_reload_now(struct policy_reload *pr, const char *why)
 	    policy_validate(pr->path, text, len, &pr->lim, &ncases, err, sizeof err) != 0) {
 		free(text);
 		stats_policy_reload(0);
+		reload_audit(pr, "policy.reload_refused",
+			     json_pack("{s:s, s:s, s:s}", "file", pr->path, "why", why, "error", err));
 		fg_err("policy", NULL, "policy reload refused (%s): %s; generation %llu keeps serving; "
 		       "fix the file and save it again", why, err,
 		       (unsigned long long)atomic_load(&pr->gen));
@@ -170,6 +196,13 @@ int policy_reload_now(struct policy_reload *pr, const char *why)
 	atomic_store(&pr->gen, gen);
 	pthread_mutex_unlock(&pr->lock);
 	stats_policy_reload(1);
+	unsigned char md[32];
+	char hex[65];
+	SHA256((const unsigned char *)text, len, md);
+	fg_hex(md, sizeof md, hex);
+	reload_audit(pr, "policy.reload",
+		     json_pack("{s:s, s:s, s:I, s:s, s:I}", "file", pr->path, "why", why, "generation",
+			       (json_int_t)gen, "sha256", hex, "fixtures", (json_int_t)ncases));
 	if (ncases > 0)
 		fg_info("policy", NULL, "policy reloaded (generation %llu) from %s (%s; %zu fixtures passed)",
 			(unsigned long long)gen, pr->path, why, ncases);

@@ -36,6 +36,10 @@ struct policy_reload;
 struct policy_reload *policy_reload_new(const char *path, const struct policy_limits *lim,
 					char *err, size_t errlen);
 void policy_reload_free(struct policy_reload *pr);
+/* Write an audit record ("policy.reload" or "policy.reload_refused") for
+ * every reload attempt, on a store connection of its own. 0, or -1. */
+int policy_reload_audit_to(struct policy_reload *pr, const char *store_path, char *err,
+			   size_t errlen);
 
 /* The inotify descriptor to poll for input, or -1 when there is none. */
 int policy_reload_fd(const struct policy_reload *pr);

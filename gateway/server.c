@@ -250,7 +250,7 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 	}
 
 	pr = policy_reload_new(cfg->policy_path, &lim, err, errlen);
-	if (pr == NULL)
+	if (pr == NULL || policy_reload_audit_to(pr, cfg->store_path, err, errlen) != 0)
 		goto out;
 	threads = calloc((size_t)cfg->workers, sizeof *threads);
 	if (threads == NULL) {

@@ -89,6 +89,12 @@ sed -i 's/v3-probe/v5-probe/' "$FX"
 kill -HUP "$GW_PID"
 check "SIGHUP reloads (generation 3) with the fixtures passing" \
   wait_log "policy reloaded \(generation 3\).*SIGHUP; 1 fixtures passed" 1
+expect_eq "every successful reload is an audit record" \
+  "$(sql "select count(*) from audit where kind = 'policy.reload'")" "3"
+expect_eq "every refused reload is an audit record" \
+  "$(sql "select count(*) from audit where kind = 'policy.reload_refused'")" "2"
+expect_match "the audit record names the generation and the policy's hash" \
+  "$(sql "select detail from audit where kind = 'policy.reload' order by seq desc limit 1")" '"generation":3,"sha256":"[0-9a-f]{64}"'
 new_agent a6
 check "agent enrolls under generation 3" agent a6
 expect_eq "and gets generation 3's name" "$(cn_of a6)" "v5-$host"
