@@ -611,6 +611,68 @@ static void resume_job(struct worker *w, const char *key, const struct store_job
 	params_clear(&p);
 }
 
+/* ---- polling pending jobs ---- */
+
+struct due {
+	char key[41];
+	char rid[65];
+};
+
+struct due_list {
+	struct due *v;
+	size_t n, cap;
+	int64_t now;
+};
+
+static int collect_due(void *arg, const struct store_job *j)
+{
+	struct due_list *d = arg;
+	if (j->state != JOB_PENDING || j->next_attempt > d->now)
+		return 0;
+	if (d->n == d->cap) {
+		size_t nc = d->cap ? d->cap * 2 : 16;
+		struct due *nv = realloc(d->v, nc * sizeof *nv);
+		if (nv == NULL)
+			return 1;
+		d->v = nv;
+		d->cap = nc;
+	}
+	fg_strlcpy(d->v[d->n].key, j->curve_key, sizeof d->v[0].key);
+	fg_strlcpy(d->v[d->n].rid, j->request_id, sizeof d->v[0].rid);
+	d->n++;
+	return 0;
+}
+
+int worker_poll_due(struct worker *w)
+{
+	struct due_list d = { NULL, 0, 0, fg_now() };
+	char err[512];
+	int polled = 0;
+	if (store_job_list_open(w->st, collect_due, &d, err, sizeof err) != 0) {
+		fg_err("poller", NULL, "cannot list the pending jobs: %s", err);
+		free(d.v);
+		return -1;
+	}
+	for (size_t i = 0; i < d.n; i++) {
+		struct store_job job;
+		uint8_t *out = NULL;
+		size_t len = 0;
+		memset(&job, 0, sizeof job);
+		/* read again: the device may have collected it meanwhile */
+		if (store_job_get(w->st, d.v[i].key, d.v[i].rid, &job, err, sizeof err) == 1 &&
+		    job.state == JOB_PENDING && job.next_attempt <= fg_now()) {
+			fg_debug("poller", job.request_id, "asking backend %s about the pending request",
+				 job.backend);
+			resume_job(w, d.v[i].key, &job, &out, &len);
+			polled++;
+		}
+		free(out);
+		store_job_clear(&job);
+	}
+	free(d.v);
+	return polled;
+}
+
 /* ---- request handling ---- */
 
 static const char *nz(const char *s)

@@ -29,6 +29,11 @@ void worker_set_policy(struct worker *w, struct policy *p);
 /* Handle one request. curve_key is the Z85 key from ZAP. On return *reply
  * (malloc'd, caller frees) is the frame to send back, or NULL when the frame
  * is to be dropped without answer. */
+/* Ask the backends again about pending jobs whose retry time has come,
+ * so that a certificate is ready (stored with the job) even while its
+ * device is away. The number of jobs polled, or -1. */
+int worker_poll_due(struct worker *w);
+
 void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, size_t len,
 		   uint8_t **reply, size_t *reply_len);
 

@@ -78,6 +78,39 @@ static void worker_refresh_policy(struct worker_thread *t)
 		 (unsigned long long)gen);
 }
 
+/* The poller: a worker of its own that asks the backends about pending
+ * jobs when their time comes (the schedule is next_attempt in the store, so
+ * it survives restarts), whether or not the device asks meanwhile. */
+#define POLL_PERIOD_S 5
+
+struct poller {
+	pthread_t thread;
+	int started;
+	struct worker *w;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int stop;
+};
+
+static void *poller_main(void *arg)
+{
+	struct poller *p = arg;
+	pthread_mutex_lock(&p->mu);
+	while (!p->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += POLL_PERIOD_S;
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		if (p->stop)
+			break;
+		pthread_mutex_unlock(&p->mu);
+		worker_poll_due(p->w);
+		pthread_mutex_lock(&p->mu);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
 /* Worker thread: [routing id][client key][payload] in, [routing id][reply]
  * out. Leaves when the context shuts down (ETERM). */
 static void *worker_main(void *arg)
@@ -223,6 +256,7 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 	struct worker_thread *threads = NULL;
 	struct policy_reload *pr = NULL;
 	struct policy_limits lim = { cfg->policy_memory, cfg->policy_instructions };
+	struct poller poller = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 	char pub[41], sec[41];
 
 	if (fg_curve_load(cfg->curve_key_path, 0, pub, sec, err, errlen) != 0)
@@ -270,6 +304,15 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 		}
 		threads[i].started = 1;
 	}
+
+	poller.w = worker_new(cfg, bs, cfg->workers, err, errlen);
+	if (poller.w == NULL)
+		goto out;
+	if (pthread_create(&poller.thread, NULL, poller_main, &poller) != 0) {
+		fg_seterr(err, errlen, "cannot start the poller thread");
+		goto out;
+	}
+	poller.started = 1;
 
 	router = zmq_socket(ctx, ZMQ_ROUTER);
 	int64_t maxmsg = (int64_t)cfg->max_message;
@@ -354,6 +397,16 @@ out:
 		}
 		free(threads);
 	}
+	if (poller.started) {
+		pthread_mutex_lock(&poller.mu);
+		poller.stop = 1;
+		pthread_cond_signal(&poller.cv);
+		pthread_mutex_unlock(&poller.mu);
+		pthread_join(poller.thread, NULL);
+	}
+	worker_free(poller.w);
+	pthread_mutex_destroy(&poller.mu);
+	pthread_cond_destroy(&poller.cv);
 	zap_stop(zap);
 	policy_reload_free(pr);
 	if (ctx)

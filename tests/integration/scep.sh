@@ -222,6 +222,24 @@ check "PENDING: the PKCSReq was answered PENDING" test -n "$txid"
 expect_match "PENDING: after the restart the same transaction was polled to SUCCESS" \
   "$(cat "$T/responder.log")" "messageType=20\(CertPoll\) transactionID=$txid -> SUCCESS"
 
+# ---- 7b. the gateway polls on its own: the device may be away ----
+agent_for ra2 ra-two ra
+before=$(grep -c "awaits approval" "$T/gw.log")
+FLEETGATE_FACTS_ROOT="$T/facts/ra2" "$AGENT" --config "$T/agents/ra2/agent.conf" --once >"$T/ra2.out" 2>&1 &
+AG_PID=$!
+for _ in $(seq 100); do [ "$(grep -c "awaits approval" "$T/gw.log")" -gt "$before" ] && break; sleep 0.1; done
+kill -9 "$AG_PID" 2>/dev/null || true; wait "$AG_PID" 2>/dev/null || true
+expect_eq "device away: its job is pending" "$(sql "select count(*) from jobs where state = 1")" "1"
+for _ in $(seq 300); do [ "$(sql "select count(*) from jobs where state = 1")" = 0 ] && break; sleep 0.1; done
+expect_eq "device away: the gateway polled the CA by itself and the job is done" \
+  "$(sql "select count(*) from jobs where state = 1")" "0"
+expect_eq "device away: the certificate is recorded" \
+  "$(sql "select count(*) from certificates c join devices d on d.id = c.device_id where d.hostname = 'ra-two'")" "1"
+check "device back: it collects the certificate with the same request" run_agent ra2
+check "device back: the certificate chains to the responder's CA" openssl verify -CAfile "$T/responder/ca.crt" "$(crt ra2)"
+expect_eq "device back: no further PKCSReq was needed" \
+  "$(grep -c 'messageType=19(PKCSReq)' "$T/responder.log")" "2"
+
 # ---- 8. operator inspection: GetCert, GetCRL, GetCACert ----
 serial=$(openssl x509 -in "$(crt ra1)" -noout -serial | cut -d= -f2)
 "$FLEETGATE" backend cert --state "$GW" scep-ra "$serial" >"$T/getcert.pem" 2>"$T/getcert.err"
