@@ -3,7 +3,9 @@
  *
  *   fleetgate init --state DIR [--listen ENDPOINT] [--http HOST:PORT]
  *   fleetgate token create --state DIR --group G [--uses N] [--ttl DURATION]
- *                          [--bundle FILE] [--endpoint ENDPOINT]
+ *                          [--bundle FILE] [--endpoint ENDPOINT] [--bind K=V] [--device DEV]
+ *   fleetgate token list|show|revoke --state DIR [TOKEN_ID] [--json]
+ *   fleetgate device import --state DIR FILE.csv [--group G] [--bundles DIR] [--ttl 30d]
  *   fleetgate device list --state DIR [--json]
  *   fleetgate device revoke --state DIR DEVICE
  *   fleetgate cert list --state DIR [--device DEVICE] [--json]
@@ -40,6 +42,8 @@
 #include "fg_x509.h"
 #include "policy.h"
 #include "policy_fixtures.h"
+#include "binding.h"
+#include "import.h"
 #include "store.h"
 
 extern const char fg_default_policy[];
@@ -61,6 +65,10 @@ struct opts {
 	long lines;         /* audit tail -n */
 	const char *slot;   /* device command --slot */
 	const char *http;   /* init --http HOST:PORT */
+	const char *bundles;        /* device import --bundles DIR */
+	const char *binds[16];      /* token create --bind K=V */
+	int nbinds;
+	int ttl_set;                /* --ttl given (import's default differs) */
 	int argc;       /* positional arguments left */
 	char **argv;
 };
@@ -75,7 +83,18 @@ static void usage(FILE *f)
 		"        the HTTP side (metrics, CRL, OCSP) on that address (docs/http.md)\n"
 		"  token create --state DIR --group G [--uses 1] [--ttl 24h] [--bundle FILE]\n"
 		"        [--endpoint ENDPOINT]\n"
-		"        make an enrollment token; with --bundle write a bootstrap bundle for a device\n"
+		"        [--bind serial=S] [--bind tpm=yes] [--device DEVICE]\n"
+		"        make an enrollment token; with --bundle write a bootstrap bundle for a device;\n"
+		"        --bind: only a device whose facts match may use it; --device: for a\n"
+		"        pre-registered device (its group)\n"
+		"  token list --state DIR [--json]\n"
+		"  token show --state DIR TOKEN_ID [--json]\n"
+		"  token revoke --state DIR TOKEN_ID\n"
+		"        list, inspect or revoke enrollment tokens (a revoked token enrolls nothing)\n"
+		"  device import --state DIR FILE.csv [--group G] [--bundles DIR] [--endpoint E]\n"
+		"        [--ttl 30d]\n"
+		"        pre-register devices from a CSV file (header: serial,hostname,group,...),\n"
+		"        each with a one-use token; --bundles writes DIR/<serial>.bundle for each\n"
 		"  device list --state DIR [--json]\n"
 		"  device revoke --state DIR DEVICE\n"
 		"        revoke a device and all its certificates; it can no longer enroll or renew\n"
@@ -124,6 +143,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "lines", required_argument, NULL, 'n' },
 		{ "slot", required_argument, NULL, 'S' },
 		{ "http", required_argument, NULL, 'H' },
+		{ "bundles", required_argument, NULL, 1001 },
+		{ "bind", required_argument, NULL, 1002 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -140,7 +161,15 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 's': o->state = optarg; break;
 		case 'l': o->listen = optarg; break;
 		case 'g': o->group = optarg; break;
-		case 't': o->ttl = optarg; break;
+		case 't': o->ttl = optarg; o->ttl_set = 1; break;
+		case 1001: o->bundles = optarg; break;
+		case 1002:
+			if (o->nbinds == (int)(sizeof o->binds / sizeof o->binds[0])) {
+				fprintf(stderr, "fleetgate: at most %zu --bind options\n", sizeof o->binds / sizeof o->binds[0]);
+				return -1;
+			}
+			o->binds[o->nbinds++] = optarg;
+			break;
 		case 'b': o->bundle = optarg; break;
 		case 'e': o->endpoint = optarg; break;
 		case 'd': o->device = optarg; break;
@@ -388,6 +417,44 @@ static void endpoint_from_listen(const char *listen, char *out, size_t outlen)
 
 /* ---- token ---- */
 
+/* The --bind KEY=VALUE options as a JSON object text in *out (malloc'd;
+ * NULL when there are none). 0, or -1 after saying what is wrong. */
+static int token_bound_json(const struct opts *o, char **out)
+{
+	char err[512];
+	json_t *j = NULL;
+	*out = NULL;
+	if (o->nbinds == 0)
+		return 0;
+	j = json_object();
+	for (int i = 0; i < o->nbinds; i++) {
+		char key[64];
+		const char *eq = strchr(o->binds[i], '=');
+		if (eq == NULL || eq == o->binds[i] || (size_t)(eq - o->binds[i]) >= sizeof key) {
+			fprintf(stderr, "fleetgate: --bind takes KEY=VALUE, e.g. --bind serial=ABC123 or --bind tpm=yes; not '%s'\n",
+				o->binds[i]);
+			goto fail;
+		}
+		memcpy(key, o->binds[i], (size_t)(eq - o->binds[i]));
+		key[eq - o->binds[i]] = '\0';
+		if (binding_valid(key, eq + 1, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate: --bind %s: %s\n", o->binds[i], err);
+			goto fail;
+		}
+		if (json_object_get(j, key) != NULL) {
+			fprintf(stderr, "fleetgate: --bind %s given twice\n", key);
+			goto fail;
+		}
+		json_object_set_new(j, key, json_string(eq + 1));
+	}
+	*out = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(j);
+	return *out ? 0 : -1;
+fail:
+	json_decref(j);
+	return -1;
+}
+
 static int cmd_token(const struct opts *o)
 {
 	struct gw_config *cfg = NULL;
@@ -402,19 +469,44 @@ static int cmd_token(const struct opts *o)
 			"[--uses N] [--ttl D] [--bundle FILE]\n");
 		return EXIT_USAGE;
 	}
-	if (o->group == NULL || o->group[0] == '\0' || strlen(o->group) > 63) {
+	if ((o->group == NULL && o->device == NULL) || (o->group && (o->group[0] == '\0' || strlen(o->group) > 63))) {
 		fprintf(stderr, "fleetgate: --group NAME is required (1-63 characters): the device group the token enrolls into\n");
 		return EXIT_USAGE;
 	}
+	char *bound = NULL, group_buf[64] = "";
+	const char *group = o->group;
+	if (token_bound_json(o, &bound) != 0)
+		return EXIT_USAGE;
 	int64_t ttl = fg_parse_duration(o->ttl);
 	if (ttl <= 0) {
 		fprintf(stderr, "fleetgate: --ttl '%s' is not a duration; use e.g. 3600, 90m, 1h, 7d\n", o->ttl);
 		return EXIT_USAGE;
 	}
 	rc = open_state(o, &cfg, &st);
-	if (rc != EXIT_OK)
+	if (rc != EXIT_OK) {
+		free(bound);
 		return rc;
+	}
 	rc = EXIT_FAIL;
+	if (o->device != NULL) {
+		/* a device token enrolls into the pre-registered device's group */
+		struct store_device d;
+		memset(&d, 0, sizeof d);
+		int r = store_device_get(st, o->device, &d, err, sizeof err);
+		fg_strlcpy(group_buf, d.group, sizeof group_buf);
+		store_device_clear(&d);
+		if (r <= 0) {
+			if (r == 0)
+				fg_seterr(err, sizeof err, "no device %s; `fleetgate device list` shows the ids", o->device);
+			goto fail;
+		}
+		if (group != NULL && strcmp(group, group_buf) != 0) {
+			fg_seterr(err, sizeof err, "device %s is in group '%s', not '%s'; drop --group", o->device,
+				  group_buf, group);
+			goto fail;
+		}
+		group = group_buf;
+	}
 	int64_t now = fg_now(), expires = now + ttl;
 	if (fg_token_new(token) != 0) {
 		fg_seterr(err, sizeof err, "cannot draw random bytes for a token");
@@ -434,14 +526,19 @@ static int cmd_token(const struct opts *o)
 		OPENSSL_cleanse(sec, sizeof sec);
 		fg_strlcpy(b.server_key, pub, sizeof b.server_key);
 		fg_strlcpy(b.token, token, sizeof b.token);
-		fg_strlcpy(b.group, o->group, sizeof b.group);
+		fg_strlcpy(b.group, group, sizeof b.group);
 		b.expires = expires;
 		b.anchors_pem = anchors_pem(cfg, err, sizeof err);
 		if (b.anchors_pem == NULL)
 			goto fail;
 	}
-	if (store_token_add(st, hash, o->group, o->uses, expires, now, id, err, sizeof err) != 0)
+	if (bound != NULL || o->device != NULL) {
+		if (store_token_add_bound(st, hash, group, o->uses, expires, o->device, bound, now, id, err,
+					  sizeof err) != 0)
+			goto fail;
+	} else if (store_token_add(st, hash, group, o->uses, expires, now, id, err, sizeof err) != 0) {
 		goto fail;
+	}
 	if (o->bundle != NULL && fg_bundle_write(o->bundle, &b, err, sizeof err) != 0) {
 		fprintf(stderr, "fleetgate: token %s was created but the bundle could not be written: %s\n",
 			id, err);
@@ -449,12 +546,17 @@ static int cmd_token(const struct opts *o)
 	}
 	char detail[256];
 	snprintf(detail, sizeof detail, "{\"token\":\"%s\",\"group\":\"%s\",\"uses\":%d,\"expires\":%lld}",
-		 id, o->group, o->uses, (long long)expires);
-	store_audit(st, "token.create", NULL, NULL, detail, now, NULL, 0);
+		 id, group, o->uses, (long long)expires);
+	if (bound == NULL && o->device == NULL)   /* else store_token_add_bound wrote it */
+		store_audit(st, "token.create", NULL, NULL, detail, now, NULL, 0);
 	fg_time_iso(expires, when, sizeof when);
 	if (o->json) {
-		json_t *j = json_pack("{s:s, s:s, s:i, s:s}", "id", id, "group", o->group, "uses", o->uses,
+		json_t *j = json_pack("{s:s, s:s, s:i, s:s}", "id", id, "group", group, "uses", o->uses,
 				      "expires", when);
+		if (bound)
+			json_object_set_new(j, "bound", json_loads(bound, 0, NULL));
+		if (o->device)
+			json_object_set_new(j, "device_id", json_string(o->device));
 		if (o->bundle)
 			json_object_set_new(j, "bundle", json_string(o->bundle));
 		else
@@ -463,12 +565,12 @@ static int cmd_token(const struct opts *o)
 		putchar('\n');
 		json_decref(j);
 	} else if (o->bundle) {
-		printf("token %s (group %s, %d use%s, expires %s) written to bundle %s\n", id, o->group,
+		printf("token %s (group %s, %d use%s, expires %s) written to bundle %s\n", id, group,
 		       o->uses, o->uses == 1 ? "" : "s", when, o->bundle);
 	} else {
 		printf("%s\n", token);
 		fprintf(stderr, "token %s: group %s, %d use%s, expires %s; it is shown only now\n", id,
-			o->group, o->uses, o->uses == 1 ? "" : "s", when);
+			group, o->uses, o->uses == 1 ? "" : "s", when);
 	}
 	rc = EXIT_OK;
 	goto out;
@@ -476,6 +578,7 @@ fail:
 	fprintf(stderr, "fleetgate token create: %s\n", err);
 out:
 	OPENSSL_cleanse(token, sizeof token);
+	free(bound);
 	fg_bundle_clear(&b);
 	store_free(st);
 	config_free(cfg);
@@ -1347,6 +1450,180 @@ out:
 	return rc;
 }
 
+/* ---- token list / show / revoke ---- */
+
+static const char *token_state(const struct store_token_info *ti, int64_t now)
+{
+	if (ti->t.revoked)
+		return "revoked";
+	if (ti->t.uses_left <= 0)
+		return "used";
+	if (ti->t.expires_at <= now)
+		return "expired";
+	return "valid";
+}
+
+/* One token as a JSON object (the --json form of list and show). */
+static json_t *token_json(const struct store_token_info *ti, int64_t now)
+{
+	char exp[32], created[32];
+	json_t *bound = ti->bound_json ? json_loads(ti->bound_json, 0, NULL) : NULL;
+	fg_time_iso(ti->t.expires_at, exp, sizeof exp);
+	fg_time_iso(ti->t.created_at, created, sizeof created);
+	return json_pack("{s:s, s:s, s:s, s:i, s:s, s:s, s:b, s:s?, s:o}", "id", ti->t.id, "state",
+			 token_state(ti, now), "group", ti->t.group, "uses_left", ti->t.uses_left, "expires",
+			 exp, "created", created, "revoked", ti->t.revoked,
+			 "device_id", ti->device_id[0] ? ti->device_id : NULL,
+			 "bound", bound ? bound : json_object());
+}
+
+/* "serial=A,tpm=yes" for the text listing, "-" for none. */
+static void bound_text(const char *bound_json, char *out, size_t outlen)
+{
+	json_t *o = bound_json ? json_loads(bound_json, 0, NULL) : NULL;
+	const char *k;
+	json_t *v;
+	size_t n = 0;
+	fg_strlcpy(out, "-", outlen);
+	json_object_foreach(o, k, v) {
+		int w = snprintf(out + n, outlen - n, "%s%s=%s", n ? "," : "", k, json_string_value(v) ? json_string_value(v) : "?");
+		if (w < 0 || (size_t)w >= outlen - n)
+			break;
+		n += (size_t)w;
+	}
+	json_decref(o);
+}
+
+struct token_list_ctx {
+	int json;
+	json_t *arr;
+	int64_t now;
+};
+
+static int print_token(void *arg, const struct store_token_info *ti)
+{
+	struct token_list_ctx *tc = arg;
+	if (tc->json) {
+		json_array_append_new(tc->arr, token_json(ti, tc->now));
+		return 0;
+	}
+	char exp[32], bt[256];
+	fg_time_iso(ti->t.expires_at, exp, sizeof exp);
+	bound_text(ti->bound_json, bt, sizeof bt);
+	printf("%-20s %-8s %-12s %4d %-20s %-20s %s\n", ti->t.id, token_state(ti, tc->now), ti->t.group,
+	       ti->t.uses_left, exp, ti->device_id[0] ? ti->device_id : "-", bt);
+	return 0;
+}
+
+static int token_show(const struct opts *o, struct store *st)
+{
+	struct store_token_info ti;
+	struct store_device d;
+	char err[1024] = "", serial[65] = "", *attrs = NULL;
+	int64_t now = fg_now();
+	int rc = EXIT_FAIL;
+
+	memset(&ti, 0, sizeof ti);
+	memset(&d, 0, sizeof d);
+	int r = store_token_info_get(st, o->argv[1], NULL, &ti, err, sizeof err);
+	if (r <= 0) {
+		fprintf(stderr, "fleetgate token show: %s\n",
+			r < 0 ? err : "no such token; `fleetgate token list` shows the ids");
+		goto out;
+	}
+	int have_dev = ti.device_id[0] ? store_device_get(st, ti.device_id, &d, err, sizeof err) : 0;
+	if (have_dev > 0)
+		store_device_attrs_get(st, ti.device_id, serial, &attrs, err, sizeof err);
+	if (o->json) {
+		json_t *j = token_json(&ti, now);
+		if (have_dev > 0)
+			json_object_set_new(j, "device", json_pack("{s:s, s:s, s:s, s:s}", "id", d.id, "state",
+								  store_device_state_name(d.state), "serial", serial,
+								  "hostname", d.hostname));
+		json_dumpf(j, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(j);
+	} else {
+		char exp[32], created[32], bt[256];
+		fg_time_iso(ti.t.expires_at, exp, sizeof exp);
+		fg_time_iso(ti.t.created_at, created, sizeof created);
+		bound_text(ti.bound_json, bt, sizeof bt);
+		printf("token     %s\n", ti.t.id);
+		printf("state     %s\n", token_state(&ti, now));
+		printf("group     %s\n", ti.t.group);
+		printf("uses left %d\n", ti.t.uses_left);
+		printf("created   %s\n", created);
+		printf("expires   %s\n", exp);
+		printf("bound to  %s\n", bt);
+		if (have_dev > 0)
+			printf("device    %s (%s, serial %s%s%s)\n", d.id, store_device_state_name(d.state),
+			       serial[0] ? serial : "-", d.hostname[0] ? ", hostname " : "", d.hostname);
+		else if (ti.device_id[0])
+			printf("device    %s (gone)\n", ti.device_id);
+	}
+	rc = EXIT_OK;
+out:
+	free(attrs);
+	store_device_clear(&d);
+	store_token_info_clear(&ti);
+	return rc;
+}
+
+/* fleetgate token list|show|revoke (token create stays in cmd_token). */
+static int cmd_token_ops(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "";
+	const char *sub = o->argv[0];
+	int rc;
+
+	int want = strcmp(sub, "list") == 0 ? 1 : 2;
+	if ((strcmp(sub, "list") != 0 && strcmp(sub, "show") != 0 && strcmp(sub, "revoke") != 0) ||
+	    o->argc != want) {
+		fprintf(stderr, "fleetgate: usage: fleetgate token create|list --state DIR ..., or token show|revoke --state DIR TOKEN_ID\n");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	rc = EXIT_FAIL;
+	if (strcmp(sub, "list") == 0) {
+		struct token_list_ctx tc = { o->json, o->json ? json_array() : NULL, fg_now() };
+		if (!o->json)
+			printf("%-20s %-8s %-12s %4s %-20s %-20s %s\n", "TOKEN", "STATE", "GROUP", "USES",
+			       "EXPIRES", "DEVICE", "BOUND");
+		if (store_token_list(st, print_token, &tc, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate token list: %s\n", err);
+		} else {
+			if (o->json) {
+				json_dumpf(tc.arr, stdout, JSON_INDENT(2));
+				putchar('\n');
+			}
+			rc = EXIT_OK;
+		}
+		json_decref(tc.arr);
+	} else if (strcmp(sub, "show") == 0) {
+		rc = token_show(o, st);
+	} else {
+		int r = store_token_revoke(st, o->argv[1], fg_now(), err, sizeof err);
+		if (r < 0)
+			fprintf(stderr, "fleetgate token revoke: %s\n", err);
+		else if (r == 0)
+			fprintf(stderr, "fleetgate token revoke: no token %s; `fleetgate token list` shows the ids\n",
+				o->argv[1]);
+		else if (r == 2)
+			printf("token %s was already revoked\n", o->argv[1]);
+		else
+			printf("token %s revoked: a device holding its bundle can no longer enroll with it\n",
+			       o->argv[1]);
+		rc = r > 0 ? EXIT_OK : EXIT_FAIL;
+	}
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
 /* ---- policy ---- */
 
 /* policy check: what fleetgated does before it swaps a changed policy in
@@ -1457,6 +1734,78 @@ out:
 	return rc;
 }
 
+/* ---- device import ---- */
+
+static int cmd_device_import(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	struct fg_bundle tmpl;
+	struct import_result res;
+	char err[1024] = "";
+	const char *ttl_text = o->ttl_set ? o->ttl : "30d";
+	int rc;
+
+	memset(&tmpl, 0, sizeof tmpl);
+	if (o->argc != 2) {
+		fprintf(stderr, "fleetgate: usage: fleetgate device import --state DIR FILE.csv [--group G] [--bundles DIR] [--endpoint E] [--ttl 30d]\n");
+		return EXIT_USAGE;
+	}
+	int64_t ttl = fg_parse_duration(ttl_text);
+	if (ttl <= 0) {
+		fprintf(stderr, "fleetgate: --ttl '%s' is not a duration; use e.g. 3600, 90m, 1h, 30d\n", ttl_text);
+		return EXIT_USAGE;
+	}
+	if (o->endpoint && o->bundles == NULL) {
+		fprintf(stderr, "fleetgate: --endpoint goes into bundles; add --bundles DIR\n");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	rc = EXIT_FAIL;
+	if (o->bundles != NULL) {
+		char pub[41], sec[41];
+		if (o->endpoint)
+			fg_strlcpy(tmpl.endpoint, o->endpoint, sizeof tmpl.endpoint);
+		else
+			endpoint_from_listen(cfg->listen, tmpl.endpoint, sizeof tmpl.endpoint);
+		if (fg_curve_load(cfg->curve_key_path, 0, pub, sec, err, sizeof err) != 0)
+			goto fail;
+		OPENSSL_cleanse(sec, sizeof sec);
+		fg_strlcpy(tmpl.server_key, pub, sizeof tmpl.server_key);
+		tmpl.anchors_pem = anchors_pem(cfg, err, sizeof err);
+		if (tmpl.anchors_pem == NULL)
+			goto fail;
+	}
+	struct import_opts io = {
+		.path = o->argv[1],
+		.group = o->group,
+		.ttl = ttl,
+		.bundle_dir = o->bundles,
+		.tmpl = o->bundles ? &tmpl : NULL,
+		.progress = isatty(STDERR_FILENO),
+		.errf = stderr,
+	};
+	if (device_import(st, &io, &res, err, sizeof err) != 0)
+		goto fail;
+	printf("imported %ld device%s, %ld unchanged, wrote %ld bundle%s in %.2f s\n", res.imported,
+	       res.imported == 1 ? "" : "s", res.unchanged, res.bundles, res.bundles == 1 ? "" : "s",
+	       res.seconds);
+	if (res.imported > 0 && o->bundles == NULL)
+		fprintf(stderr, "note: no bundles written; give each device one with `fleetgate token create --state %s --device DEVICE --bundle FILE`, or import with --bundles DIR\n",
+			o->state);
+	rc = EXIT_OK;
+	goto out;
+fail:
+	fprintf(stderr, "fleetgate device import: %s\n", err);
+out:
+	fg_bundle_clear(&tmpl);
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -1479,8 +1828,12 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	if (strcmp(cmd, "init") == 0)
 		return o.argc ? (usage(stderr), EXIT_USAGE) : cmd_init(&o);
+	if (strcmp(cmd, "token") == 0 && o.argc >= 1 && strcmp(o.argv[0], "create") != 0)
+		return cmd_token_ops(&o);
 	if (strcmp(cmd, "token") == 0)
 		return cmd_token(&o);
+	if (strcmp(cmd, "device") == 0 && o.argc >= 1 && strcmp(o.argv[0], "import") == 0)
+		return cmd_device_import(&o);
 	if (strcmp(cmd, "device") == 0)
 		return cmd_device(&o);
 	if (strcmp(cmd, "cert") == 0)

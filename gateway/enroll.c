@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "binding.h"
 #include "enroll.h"
 #include "fg_log.h"
 #include "fg_util.h"
@@ -738,6 +739,54 @@ static int token_check(struct worker *w, const char *token, char hash[65], struc
 	return -1;
 }
 
+/*
+ * A usable token's bindings (see binding.h): the facts must match the
+ * attributes it is bound to, and a token made for a pre-registered device
+ * (fleetgate device import) enrolls as that device, which must still be
+ * waiting for enrollment. ti and bdev are filled (the caller clears them);
+ * *bound is set for a device token. 0, or -1 with the message for the
+ * device (an audit record names the refusal).
+ */
+static void fill_policy_facts(struct policy_facts *pf, const Fleetgate__Facts *f);
+
+static int token_bindings(struct worker *w, const char *hash, const Fleetgate__Facts *facts,
+			  const char *rid, struct store_token_info *ti, struct store_device *bdev,
+			  int *bound, char *err, size_t errlen)
+{
+	struct policy_facts pf;
+	char why[512] = "";
+	*bound = 0;
+	int r = store_token_info_get(w->st, NULL, hash, ti, err, errlen);
+	if (r <= 0) {
+		if (r == 0)
+			fg_seterr(err, errlen, "the enrollment token is unknown to this gateway; ask the operator for a new bundle");
+		return -1;
+	}
+	fill_policy_facts(&pf, facts);
+	if (binding_check(ti->bound_json, &pf, why, sizeof why) != 0) {
+		fg_seterr(err, errlen, "enrollment token %s refused: %s; run the agent on the device the token was made for, or ask the operator for a new bundle",
+			  ti->t.id, why);
+		json_t *d = json_pack("{s:s, s:s}", "token", ti->t.id, "reason", why);
+		char *ds = d ? json_dumps(d, JSON_COMPACT) : NULL;
+		store_audit(w->st, "token.mismatch", ti->device_id, rid, ds ? ds : "{}", fg_now(), NULL, 0);
+		free(ds);
+		json_decref(d);
+		return -1;
+	}
+	if (ti->device_id[0] == '\0')
+		return 0;
+	r = store_device_get(w->st, ti->device_id, bdev, err, errlen);
+	if (r < 0)
+		return -1;
+	if (r == 0 || bdev->state != DEVICE_REGISTERED) {
+		fg_seterr(err, errlen, "enrollment token %s was made for device %s, which is %s; ask the operator for a new bundle",
+			  ti->t.id, ti->device_id, r == 0 ? "gone" : store_device_state_name(bdev->state));
+		return -1;
+	}
+	*bound = 1;
+	return 0;
+}
+
 /* Renewal checks: the certificate being renewed is one this gateway issued
  * to this very device, is still valid, and the request is signed by its
  * key. 0, or -1 with a message (and *status set). */
@@ -922,6 +971,10 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	struct store_job job;
 	struct store_device dev;
 	struct store_token tok;
+	struct store_token_info ti;      /* the token's bindings */
+	struct store_device bdev;        /* the pre-registered device of a device token */
+	char serial[65] = "", *attrs = NULL;
+	int bound = 0;
 	struct fg_csr_info ci;
 	struct policy_decision dec;
 	struct params p;
@@ -932,6 +985,8 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	memset(&job, 0, sizeof job);
 	memset(&dev, 0, sizeof dev);
 	memset(&tok, 0, sizeof tok);
+	memset(&ti, 0, sizeof ti);
+	memset(&bdev, 0, sizeof bdev);
 	memset(&ci, 0, sizeof ci);
 	memset(&dec, 0, sizeof dec);
 	memset(&p, 0, sizeof p);
@@ -978,6 +1033,16 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
 		goto out;
 	}
+	if (!known && token_bindings(w, hash, facts, rid, &ti, &bdev, &bound, err, sizeof err) != 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
+		goto out;
+	}
+	/* what the policy sees of a pre-registered device: serial, attributes */
+	if ((known || bound) &&
+	    store_device_attrs_get(w->st, known ? dev.id : bdev.id, serial, &attrs, err, sizeof err) < 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
+		goto out;
+	}
 
 	/* 3. What is asked. */
 	if (!slot_valid(slot)) {
@@ -997,8 +1062,8 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 			goto out;
 		}
 	}
-	if (known)
-		fg_strlcpy(devid, dev.id, sizeof devid);
+	if (known || bound)
+		fg_strlcpy(devid, known ? dev.id : bdev.id, sizeof devid);
 	else if (fg_id_new("dev_", 8, devid, sizeof devid) != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
 			     "cannot draw a device id");
@@ -1013,8 +1078,10 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		.renew = renew,
 		.new_device = !known,
 		.device_id = devid,
-		.device_group = known ? dev.group : tok.group,
-		.device_hostname = known ? dev.hostname : (facts ? nz(facts->hostname) : NULL),
+		.device_group = known ? dev.group : bound ? bdev.group : tok.group,
+		.device_hostname = known ? dev.hostname
+				   : bound && bdev.hostname[0] ? bdev.hostname
+				   : (facts ? nz(facts->hostname) : NULL),
 		.token_group = known ? NULL : tok.group,
 		.csr_cn = ci.cn,
 		.csr_dns = (const char *const *)ci.dns,
@@ -1022,6 +1089,9 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		.csr_key_type = ci.key_type,
 		.csr_curve = nz(ci.curve),
 		.csr_key_bits = ci.key_bits,
+		.device_serial = nz(serial),
+		.device_attrs_json = attrs,
+		.token_bound_json = known ? NULL : ti.bound_json,
 	};
 	fill_policy_facts(&preq.facts, facts);
 	if (policy_enroll(w->pol, &preq, &dec, err, sizeof err) != 0) {
@@ -1083,12 +1153,17 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		.token_hash = known ? NULL : hash,
 		.device_id = devid,
 		.create_device = !known,
-		.group = tok.group,
+		.group = bound ? bdev.group : tok.group,
 		.hostname = facts ? facts->hostname : "",
 		.facts_json = fj,
 		.now = now,
 	};
-	r = store_job_admit(w->st, &adm, err, sizeof err);
+	r = bound ? store_job_admit_bound(w->st, &adm, err, sizeof err)
+		  : store_job_admit(w->st, &adm, err, sizeof err);
+	if (r == STORE_E_NOT_REGISTERED) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
+		goto out;
+	}
 	if (r == STORE_E_TOKEN) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
 			     "the enrollment token %s was used up by another request a moment ago; ask the operator for a new bundle",
@@ -1115,6 +1190,9 @@ oom:
 out:
 	free(fj);
 	free(pj);
+	free(attrs);
+	store_token_info_clear(&ti);
+	store_device_clear(&bdev);
 	params_clear(&p);
 	policy_decision_clear(&dec);
 	fg_csr_info_clear(&ci);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
 
@@ -197,6 +198,29 @@ static void set_bool(lua_State *L, const char *k, int v)
 	lua_setfield(L, -2, k);
 }
 
+/* t[k] = a table of the string members of the JSON object text json
+ * (empty when json is NULL or unreadable: the gateway wrote it, and a
+ * policy indexing req.device.attrs.x must not fail on a missing table).
+ * XXX: a Lua memory error while filling the table longjmps past the
+ * json_decref (a few hundred bytes leaked, only when the cap is hit
+ * here, before the policy ran at all). */
+static void set_string_table(lua_State *L, const char *k, const char *json)
+{
+	json_t *o = json ? json_loads(json, 0, NULL) : NULL;
+	const char *name;
+	json_t *v;
+	lua_createtable(L, 0, json_is_object(o) ? (int)json_object_size(o) : 0);
+	if (json_is_object(o))
+		json_object_foreach(o, name, v) {
+			if (json_is_string(v)) {
+				lua_pushstring(L, json_string_value(v));
+				lua_setfield(L, -2, name);
+			}
+		}
+	json_decref(o);
+	lua_setfield(L, -2, k);
+}
+
 /* Build the req table described in policy.h on top of the stack. Tables
  * are created at their final size so that no rehash happens per call. */
 static void push_request(lua_State *L, const struct policy_request *r)
@@ -211,15 +235,18 @@ static void push_request(lua_State *L, const struct policy_request *r)
 	set_bool(L, "renew", r->renew);
 	set_bool(L, "new_device", r->new_device);
 
-	lua_createtable(L, 0, 3);
+	lua_createtable(L, 0, 5);
 	set_str(L, "id", r->device_id);
 	set_str(L, "group", r->device_group);
 	set_str(L, "hostname", r->device_hostname);
+	set_str(L, "serial", r->device_serial);
+	set_string_table(L, "attrs", r->device_attrs_json);
 	lua_setfield(L, -2, "device");
 
 	if (r->token_group != NULL) {
-		lua_createtable(L, 0, 1);
+		lua_createtable(L, 0, 2);
 		set_str(L, "group", r->token_group);
+		set_string_table(L, "bound", r->token_bound_json);
 		lua_setfield(L, -2, "token");
 	}
 

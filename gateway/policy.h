@@ -15,8 +15,10 @@
  *   req.request_id, req.slot
  *   req.renew         true for a renewal
  *   req.new_device    true when this request creates the device
- *   req.device        { id =, group =, hostname = }
- *   req.token         { group = } when a token was presented, else nil
+ *   req.device        { id =, group =, hostname =, serial = (pre-registered only),
+ *                       attrs = { free attributes of the import, strings } }
+ *   req.token         { group =, bound = { attributes the token is bound to } }
+ *                     when a token was presented, else nil
  *   req.facts         { hostname, machine_id, os_id, os_version, os_pretty_name,
  *                       kernel_release, arch, dmi_product_uuid, dmi_product_serial,
  *                       secure_boot (true/false/nil), tpm_present, agent_version }
@@ -64,6 +66,10 @@ struct policy_request {
 	const char *csr_key_type;
 	const char *csr_curve;
 	int csr_key_bits;
+	/* bulk provisioning (fleetgate device import, token create --bind) */
+	const char *device_serial;      /* pre-registered serial, or NULL */
+	const char *device_attrs_json;  /* JSON object of the free attributes, or NULL */
+	const char *token_bound_json;   /* JSON object of the token's bindings, or NULL */
 };
 
 #define POLICY_MAX_NAMES 32

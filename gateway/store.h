@@ -292,4 +292,76 @@ int store_audit_count_since(struct store *st, int64_t since,
 			    int (*cb)(void *arg, const char *kind, long count), void *arg,
 			    char *err, size_t errlen);
 
+/* ---- bulk provisioning and token administration ---- */
+
+/* A token with everything the store knows about it. */
+struct store_token_info {
+	struct store_token t;
+	char device_id[40];       /* pre-registered device it is bound to, or "" */
+	char *bound_json;         /* malloc'd JSON object of bound attributes, or NULL */
+};
+void store_token_info_clear(struct store_token_info *ti);   /* frees bound_json */
+
+/* Store a new token bound to a pre-registered device (device_id, or NULL)
+ * and/or to attributes (bound_json, or NULL), with a token.create audit
+ * record, in one transaction. -1 with err naming an unknown device or one
+ * that is not in state registered. */
+int store_token_add_bound(struct store *st, const char *hash_hex, const char *group, int uses,
+			  int64_t expires_at, const char *device_id, const char *bound_json, int64_t now,
+			  char id_out[24], char *err, size_t errlen);
+/* A token by id (id != NULL) or by hash: 1 found, 0 not, -1 error. */
+int store_token_info_get(struct store *st, const char *id, const char *hash_hex,
+			 struct store_token_info *out, char *err, size_t errlen);
+/* Every token, oldest first; cb returning non-zero stops. */
+int store_token_list(struct store *st, int (*cb)(void *arg, const struct store_token_info *ti),
+		     void *arg, char *err, size_t errlen);
+/* Revoke a token with a token.revoke audit record: 1 revoked, 2 it was
+ * revoked already (nothing written), 0 no such token, -1 error. */
+int store_token_revoke(struct store *st, const char *id, int64_t now, char *err, size_t errlen);
+
+/* A device's serial and free attributes (JSON object text, malloc'd, or
+ * NULL): 1 found, 0 not, -1 error. */
+int store_device_attrs_get(struct store *st, const char *id, char serial[65], char **attrs_json,
+			   char *err, size_t errlen);
+
+/*
+ * Bulk import: store_import_begin opens one write transaction, each
+ * store_import_device registers one device with its one-use token inside
+ * it, and store_import_commit (with a device.import audit record) or
+ * store_import_abort ends it. Nothing is visible to others before commit.
+ */
+struct store_import_row {
+	const char *serial;       /* unique, non-empty */
+	const char *hostname;     /* may be "" */
+	const char *group;
+	const char *attrs_json;   /* JSON object of the free columns, or NULL */
+	const char *token_hash;   /* the device's one-use token */
+	int64_t token_expires;
+};
+enum {
+	STORE_IMPORT_ADDED = 0,
+	STORE_IMPORT_UNCHANGED = 1,   /* serial registered before with the same data */
+	STORE_IMPORT_CONFLICT = 2     /* serial registered before with other data; err says what */
+};
+int store_import_begin(struct store *st, char *err, size_t errlen);
+/* STORE_IMPORT_*, or -1 (the transaction then can only be aborted). */
+int store_import_device(struct store *st, const struct store_import_row *r, int64_t now,
+			char dev_id[40], char tok_id[24], char *err, size_t errlen);
+int store_import_commit(struct store *st, const char *audit_detail, int64_t now, char *err,
+			size_t errlen);
+void store_import_abort(struct store *st);
+
+/* Positive result of store_job_admit_bound. */
+enum {
+	STORE_E_NOT_REGISTERED = 4   /* the bound device is no longer waiting for enrollment */
+};
+/* First enrollment with a token bound to a pre-registered device
+ * (a->device_id; a->create_device is ignored): in one transaction consume
+ * the token (which must be bound to that device), bind a->curve_key to the
+ * device (registered -> active, the "pre:" placeholder replaced, hostname
+ * kept unless empty, facts recorded), insert the job and audit records.
+ * 0, STORE_E_TOKEN, STORE_E_KEY_TAKEN, STORE_E_NOT_REGISTERED,
+ * STORE_E_DUPLICATE (nothing written), or -1. */
+int store_job_admit_bound(struct store *st, const struct store_admit *a, char *err, size_t errlen);
+
 #endif

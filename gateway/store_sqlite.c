@@ -1640,3 +1640,443 @@ int store_audit_count_since(struct store *st, int64_t since,
 			break;
 	return 0;
 }
+
+/* ---- bulk provisioning and token administration ---- */
+
+void store_token_info_clear(struct store_token_info *ti)
+{
+	if (ti == NULL)
+		return;
+	free(ti->bound_json);
+	memset(ti, 0, sizeof *ti);
+}
+
+#define TOKEN_COLS "id, grp, uses_left, expires_at, created_at, revoked, device_id, bound_json"
+
+static void read_token_info(sqlite3_stmt *s, struct store_token_info *ti)
+{
+	memset(ti, 0, sizeof *ti);
+	col_text(s, 0, ti->t.id, sizeof ti->t.id);
+	col_text(s, 1, ti->t.group, sizeof ti->t.group);
+	ti->t.uses_left = sqlite3_column_int(s, 2);
+	ti->t.expires_at = sqlite3_column_int64(s, 3);
+	ti->t.created_at = sqlite3_column_int64(s, 4);
+	ti->t.revoked = sqlite3_column_int(s, 5);
+	col_text(s, 6, ti->device_id, sizeof ti->device_id);
+	ti->bound_json = col_strdup(s, 7);
+}
+
+int store_token_add_bound(struct store *st, const char *hash_hex, const char *group, int uses,
+			  int64_t expires_at, const char *device_id, const char *bound_json, int64_t now,
+			  char id_out[24], char *err, size_t errlen)
+{
+	char id[24];
+	sqlite3_stmt *s;
+	json_t *bound = NULL;
+	int r;
+
+	if (fg_id_new("tok_", 8, id, sizeof id) != 0) {
+		fg_seterr(err, errlen, "cannot draw a token id (no randomness)");
+		return -1;
+	}
+	if (bound_json != NULL && (bound = json_loads(bound_json, 0, NULL)) == NULL) {
+		fg_seterr(err, errlen, "token bindings are not a JSON object");
+		return -1;
+	}
+	if (begin(st, err, errlen) != 0)
+		goto out_err;
+	if (device_id != NULL && *device_id) {
+		s = prep(st, "SELECT state FROM devices WHERE id = ?", err, errlen);
+		if (s == NULL)
+			goto fail;
+		bind_text(s, 1, device_id);
+		r = sqlite3_step(s);
+		int state = r == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+		release(st, s);
+		if (r == SQLITE_DONE) {
+			fg_seterr(err, errlen, "no device %s; `fleetgate device list` shows the ids", device_id);
+			goto fail;
+		}
+		if (r != SQLITE_ROW) {
+			dberr(st, err, errlen, "device lookup");
+			goto fail;
+		}
+		if (state != DEVICE_REGISTERED) {
+			fg_seterr(err, errlen, "device %s is %s, not waiting for enrollment; only a pre-registered device (fleetgate device import) takes a device token",
+				  device_id, store_device_state_name(state));
+			goto fail;
+		}
+	}
+	s = prep(st, "INSERT INTO tokens (id, hash, grp, uses_left, expires_at, created_at, device_id, bound_json) VALUES (?,?,?,?,?,?,?,?)",
+		 err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, id);
+	bind_text(s, 2, hash_hex);
+	bind_text(s, 3, group);
+	sqlite3_bind_int(s, 4, uses);
+	sqlite3_bind_int64(s, 5, expires_at);
+	sqlite3_bind_int64(s, 6, now);
+	bind_text(s, 7, device_id);
+	if (bound_json)
+		bind_text(s, 8, bound_json);
+	else
+		sqlite3_bind_null(s, 8);
+	if (step_done(st, s) != SQLITE_DONE) {
+		dberr(st, err, errlen, "token insert");
+		goto fail;
+	}
+	if (audit_json(st, "token.create", device_id, NULL, now, err, errlen, "{s:s, s:s, s:i, s:I, s:O}",
+		       "token", id, "group", nz(group), "uses", uses, "expires", (json_int_t)expires_at,
+		       "bound", bound ? bound : json_null()) != 0)
+		goto fail;
+	if (commit(st, err, errlen) != 0)
+		goto out_err;
+	json_decref(bound);
+	memcpy(id_out, id, sizeof id);
+	return 0;
+fail:
+	rollback(st);
+out_err:
+	json_decref(bound);
+	return -1;
+}
+
+int store_token_info_get(struct store *st, const char *id, const char *hash_hex,
+			 struct store_token_info *out, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, id ? "SELECT " TOKEN_COLS " FROM tokens WHERE id = ?"
+			       : "SELECT " TOKEN_COLS " FROM tokens WHERE hash = ?", err, errlen);
+	int rc = -1;
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, id ? id : hash_hex);
+	int r = sqlite3_step(s);
+	if (r == SQLITE_ROW) {
+		read_token_info(s, out);
+		rc = 1;
+	} else if (r == SQLITE_DONE) {
+		rc = 0;
+	} else {
+		dberr(st, err, errlen, "token lookup");
+	}
+	release(st, s);
+	return rc;
+}
+
+int store_token_list(struct store *st, int (*cb)(void *arg, const struct store_token_info *ti),
+		     void *arg, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT " TOKEN_COLS " FROM tokens ORDER BY created_at, id", err, errlen);
+	int r, rc = 0;
+	if (s == NULL)
+		return -1;
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		struct store_token_info ti;
+		read_token_info(s, &ti);
+		int stop = cb(arg, &ti);
+		store_token_info_clear(&ti);
+		if (stop)
+			break;
+	}
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		rc = dberr(st, err, errlen, "token list");
+	release(st, s);
+	return rc;
+}
+
+int store_token_revoke(struct store *st, const char *id, int64_t now, char *err, size_t errlen)
+{
+	char dev[40] = "";
+	int r, revoked = 0;
+	if (begin(st, err, errlen) != 0)
+		return -1;
+	sqlite3_stmt *s = prep(st, "SELECT revoked, device_id FROM tokens WHERE id = ?", err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, id);
+	r = sqlite3_step(s);
+	if (r == SQLITE_ROW) {
+		revoked = sqlite3_column_int(s, 0);
+		col_text(s, 1, dev, sizeof dev);
+	}
+	release(st, s);
+	if (r == SQLITE_DONE || (r == SQLITE_ROW && revoked)) {
+		rollback(st);
+		return r == SQLITE_DONE ? 0 : 2;
+	}
+	if (r != SQLITE_ROW) {
+		dberr(st, err, errlen, "token lookup");
+		goto fail;
+	}
+	s = prep(st, "UPDATE tokens SET revoked = 1 WHERE id = ?", err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, id);
+	if (step_done(st, s) != SQLITE_DONE) {
+		dberr(st, err, errlen, "token revoke");
+		goto fail;
+	}
+	if (audit_json(st, "token.revoke", dev, NULL, now, err, errlen, "{s:s}", "token", id) != 0)
+		goto fail;
+	return commit(st, err, errlen) != 0 ? -1 : 1;
+fail:
+	rollback(st);
+	return -1;
+}
+
+int store_device_attrs_get(struct store *st, const char *id, char serial[65], char **attrs_json,
+			   char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT serial, attrs_json FROM devices WHERE id = ?", err, errlen);
+	int rc = -1;
+	*attrs_json = NULL;
+	serial[0] = '\0';
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, id);
+	int r = sqlite3_step(s);
+	if (r == SQLITE_ROW) {
+		col_text(s, 0, serial, 65);
+		*attrs_json = col_strdup(s, 1);
+		rc = 1;
+	} else if (r == SQLITE_DONE) {
+		rc = 0;
+	} else {
+		dberr(st, err, errlen, "device lookup");
+	}
+	release(st, s);
+	return rc;
+}
+
+int store_import_begin(struct store *st, char *err, size_t errlen)
+{
+	return begin(st, err, errlen);
+}
+
+void store_import_abort(struct store *st)
+{
+	rollback(st);
+}
+
+int store_import_commit(struct store *st, const char *audit_detail, int64_t now, char *err,
+			size_t errlen)
+{
+	if (audit_in_tx(st, "device.import", NULL, NULL, audit_detail, now, err, errlen) != 0)
+		return -1;
+	return commit(st, err, errlen);
+}
+
+/* Two attribute texts hold the same object (NULL and "{}" alike). */
+static int attrs_same(const char *a, const char *b)
+{
+	json_t *ja = a && *a ? json_loads(a, 0, NULL) : json_object();
+	json_t *jb = b && *b ? json_loads(b, 0, NULL) : json_object();
+	int same = ja && jb && json_equal(ja, jb);
+	json_decref(ja);
+	json_decref(jb);
+	return same;
+}
+
+int store_import_device(struct store *st, const struct store_import_row *r, int64_t now,
+			char dev_id[40], char tok_id[24], char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, /* the serial <> '' term lets SQLite use the partial unique index */
+			       "SELECT id, grp, hostname, state, attrs_json FROM devices WHERE serial = ? AND serial <> ''",
+			       err, errlen);
+	int rc;
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, r->serial);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		/* Registered before: the same data is no change; anything else
+		 * is a conflict for the operator to settle (retire the device or
+		 * fix the file), never an update behind their back. A device that
+		 * has enrolled reports its own hostname, so that is compared only
+		 * while the device waits for enrollment. */
+		const char *grp = col_str(s, 1), *host = col_str(s, 2);
+		int state = sqlite3_column_int(s, 3);
+		col_text(s, 0, dev_id, 40);
+		if (strcmp(grp, nz(r->group)) != 0)
+			fg_seterr(err, errlen, "serial %s is already registered as device %s in group '%s', not '%s'; change the file or retire that device first",
+				  r->serial, dev_id, grp, nz(r->group));
+		else if (state == DEVICE_REGISTERED && strcmp(host, nz(r->hostname)) != 0)
+			fg_seterr(err, errlen, "serial %s is already registered as device %s with hostname '%s', not '%s'; change the file or retire that device first",
+				  r->serial, dev_id, host, nz(r->hostname));
+		else if (!attrs_same((const char *)sqlite3_column_text(s, 4), r->attrs_json))
+			fg_seterr(err, errlen, "serial %s is already registered as device %s with other attributes; change the file or retire that device first",
+				  r->serial, dev_id);
+		else {
+			release(st, s);
+			return STORE_IMPORT_UNCHANGED;
+		}
+		release(st, s);
+		return STORE_IMPORT_CONFLICT;
+	}
+	release(st, s);
+	if (rc != SQLITE_DONE)
+		return dberr(st, err, errlen, "device lookup");
+
+	char curve[48];
+	if (fg_id_new("dev_", 8, dev_id, 40) != 0 || fg_id_new("tok_", 8, tok_id, 24) != 0) {
+		fg_seterr(err, errlen, "cannot draw device and token ids (no randomness)");
+		return -1;
+	}
+	snprintf(curve, sizeof curve, "pre:%s", dev_id);
+	s = prep(st, "INSERT INTO devices (id, curve_key, grp, hostname, state, created_at, serial, attrs_json) VALUES (?,?,?,?,?,?,?,?)",
+		 err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, dev_id);
+	bind_text(s, 2, curve);
+	bind_text(s, 3, r->group);
+	bind_text(s, 4, r->hostname);
+	sqlite3_bind_int(s, 5, DEVICE_REGISTERED);
+	sqlite3_bind_int64(s, 6, now);
+	bind_text(s, 7, r->serial);
+	if (r->attrs_json)
+		bind_text(s, 8, r->attrs_json);
+	else
+		sqlite3_bind_null(s, 8);
+	if (step_done(st, s) != SQLITE_DONE)
+		return dberr(st, err, errlen, "device insert");
+	s = prep(st, "INSERT INTO tokens (id, hash, grp, uses_left, expires_at, created_at, device_id) VALUES (?,?,?,1,?,?,?)",
+		 err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, tok_id);
+	bind_text(s, 2, r->token_hash);
+	bind_text(s, 3, r->group);
+	sqlite3_bind_int64(s, 4, r->token_expires);
+	sqlite3_bind_int64(s, 5, now);
+	bind_text(s, 6, dev_id);
+	if (step_done(st, s) != SQLITE_DONE)
+		return dberr(st, err, errlen, "token insert");
+	if (audit_json(st, "device.register", dev_id, NULL, now, err, errlen, "{s:s, s:s, s:s}", "serial",
+		       r->serial, "group", nz(r->group), "token", tok_id) != 0)
+		return -1;
+	return STORE_IMPORT_ADDED;
+}
+
+int store_job_admit_bound(struct store *st, const struct store_admit *a, char *err, size_t errlen)
+{
+	sqlite3_stmt *s;
+	char tid[24] = "", serial[65] = "";
+	int r, rc = -1;
+
+	if (a->token_hash == NULL || a->device_id == NULL) {
+		fg_seterr(err, errlen, "a bound admission needs the token and the device");
+		return -1;
+	}
+	if (begin(st, err, errlen) != 0)
+		return -1;
+	/* the same guarded decrement as store_job_admit, and the token must
+	 * be the one made for this device */
+	s = prep(st, "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND device_id = ? AND uses_left > 0 AND revoked = 0 AND expires_at > ?",
+		 err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, a->token_hash);
+	bind_text(s, 2, a->device_id);
+	sqlite3_bind_int64(s, 3, a->now);
+	if (step_done(st, s) != SQLITE_DONE) {
+		dberr(st, err, errlen, "token use");
+		goto fail;
+	}
+	if (sqlite3_changes(st->db) != 1) {
+		fg_seterr(err, errlen, "the enrollment token is used up, expired, revoked or not made for device %s; ask the operator for a new one",
+			  a->device_id);
+		rc = STORE_E_TOKEN;
+		goto fail;
+	}
+	s = prep(st, "SELECT id FROM tokens WHERE hash = ?", err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, a->token_hash);
+	r = sqlite3_step(s);
+	if (r == SQLITE_ROW)
+		col_text(s, 0, tid, sizeof tid);
+	release(st, s);
+	if (r != SQLITE_ROW) {
+		dberr(st, err, errlen, "token lookup");
+		goto fail;
+	}
+	if (audit_json(st, "token.use", a->device_id, a->request_id, a->now, err, errlen, "{s:s}", "token",
+		       tid) != 0)
+		goto fail;
+	s = prep(st, "UPDATE devices SET curve_key = ?, state = ?, hostname = CASE WHEN hostname = '' THEN ? ELSE hostname END, facts_json = ?, last_seen = ? WHERE id = ? AND state = ?",
+		 err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, a->curve_key);
+	sqlite3_bind_int(s, 2, DEVICE_ACTIVE);
+	bind_text(s, 3, a->hostname);
+	if (a->facts_json)
+		bind_text(s, 4, a->facts_json);
+	else
+		sqlite3_bind_null(s, 4);
+	sqlite3_bind_int64(s, 5, a->now);
+	bind_text(s, 6, a->device_id);
+	sqlite3_bind_int(s, 7, DEVICE_REGISTERED);
+	r = step_done(st, s);
+	if (r == SQLITE_CONSTRAINT_UNIQUE) {   /* devices.curve_key */
+		fg_seterr(err, errlen, "CURVE key %.40s is already bound to another device", nz(a->curve_key));
+		rc = STORE_E_KEY_TAKEN;
+		goto fail;
+	}
+	if (r != SQLITE_DONE) {
+		dberr(st, err, errlen, "device update");
+		goto fail;
+	}
+	if (sqlite3_changes(st->db) != 1) {
+		fg_seterr(err, errlen, "device %s is no longer waiting for enrollment (enrolled, revoked or retired meanwhile); ask the operator",
+			  a->device_id);
+		rc = STORE_E_NOT_REGISTERED;
+		goto fail;
+	}
+	s = prep(st, "SELECT serial FROM devices WHERE id = ?", err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, a->device_id);
+	if (sqlite3_step(s) == SQLITE_ROW)
+		col_text(s, 0, serial, sizeof serial);
+	release(st, s);
+	if (audit_json(st, "device.enroll", a->device_id, a->request_id, a->now, err, errlen,
+		       "{s:s, s:s, s:s}", "serial", serial, "group", nz(a->group), "curve_key",
+		       nz(a->curve_key)) != 0)
+		goto fail;
+	s = prep(st, "INSERT INTO jobs (curve_key, request_id, device_id, kind, slot, backend, state, created_at, updated_at, params_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+		 err, errlen);
+	if (s == NULL)
+		goto fail;
+	bind_text(s, 1, a->curve_key);
+	bind_text(s, 2, a->request_id);
+	bind_text(s, 3, a->device_id);
+	bind_text(s, 4, a->kind);
+	bind_text(s, 5, a->slot);
+	bind_text(s, 6, a->backend);
+	sqlite3_bind_int(s, 7, JOB_ADMITTED);
+	sqlite3_bind_int64(s, 8, a->now);
+	sqlite3_bind_int64(s, 9, a->now);
+	bind_text(s, 10, a->params_json);
+	r = step_done(st, s);
+	if (r == SQLITE_CONSTRAINT_PRIMARYKEY) {
+		fg_seterr(err, errlen, "request id %s from this key exists already; read that job instead",
+			  nz(a->request_id));
+		rc = STORE_E_DUPLICATE;
+		goto fail;
+	}
+	if (r != SQLITE_DONE) {
+		dberr(st, err, errlen, "job insert");
+		goto fail;
+	}
+	if (audit_json(st, "job.admit", a->device_id, a->request_id, a->now, err, errlen,
+		       "{s:s, s:s, s:s}", "kind", nz(a->kind), "slot", nz(a->slot), "backend",
+		       nz(a->backend)) != 0)
+		goto fail;
+	return commit(st, err, errlen);
+fail:
+	rollback(st);
+	return rc;
+}

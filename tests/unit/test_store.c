@@ -792,6 +792,167 @@ static void test_busy_message(void **state)
 	assert_int_equal(store_audit(f->st, "test.event", NULL, NULL, NULL, fg_now(), err, sizeof err), 0);
 }
 
+/* Bulk import: rows registered inside one transaction, visible to no one
+ * before commit; abort leaves nothing; the same row again is unchanged and
+ * other data for a known serial is a conflict naming what differs. */
+static void test_import(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], dev[40], dev2[40], tok[24], serial[65], *attrs = NULL;
+	int64_t now = fg_now();
+	struct store_import_row r1 = { "SN-1", "host1", "laptops", "{\"site\":\"Paris\"}", "h-imp1",
+				       now + 3600 };
+	struct store_import_row r2 = { "SN-2", "", "laptops", NULL, "h-imp2", now + 3600 };
+
+	/* aborted: nothing stays */
+	assert_int_equal(store_import_begin(f->st, err, sizeof err), 0);
+	assert_int_equal(store_import_device(f->st, &r1, now, dev, tok, err, sizeof err), STORE_IMPORT_ADDED);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices"), 0);   /* not visible before commit */
+	store_import_abort(f->st);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices"), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM tokens"), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit"), 0);
+
+	assert_int_equal(store_import_begin(f->st, err, sizeof err), 0);
+	assert_int_equal(store_import_device(f->st, &r1, now, dev, tok, err, sizeof err), STORE_IMPORT_ADDED);
+	assert_int_equal(store_import_device(f->st, &r2, now, dev2, tok, err, sizeof err), STORE_IMPORT_ADDED);
+	assert_int_equal(store_import_commit(f->st, "{\"file\":\"x.csv\"}", now, err, sizeof err), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices WHERE state = 3"), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices WHERE curve_key = 'pre:' || id"), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM tokens WHERE device_id <> '' AND uses_left = 1"), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'device.register'"), 2);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'device.import'"), 1);
+	assert_int_equal(store_device_attrs_get(f->st, dev, serial, &attrs, err, sizeof err), 1);
+	assert_string_equal(serial, "SN-1");
+	assert_string_equal(attrs, "{\"site\":\"Paris\"}");
+	free(attrs);
+
+	/* again: unchanged (attribute order does not matter); other data: conflict */
+	struct store_import_row same = r1, moved = r1, other = r1;
+	same.attrs_json = "{ \"site\" : \"Paris\" }";
+	same.token_hash = "h-imp3";
+	moved.group = "servers";
+	other.attrs_json = "{\"site\":\"Rome\"}";
+	assert_int_equal(store_import_begin(f->st, err, sizeof err), 0);
+	assert_int_equal(store_import_device(f->st, &same, now, dev2, tok, err, sizeof err), STORE_IMPORT_UNCHANGED);
+	assert_string_equal(dev2, dev);
+	assert_int_equal(store_import_device(f->st, &moved, now, dev2, tok, err, sizeof err), STORE_IMPORT_CONFLICT);
+	assert_non_null(strstr(err, "in group 'laptops', not 'servers'"));
+	assert_int_equal(store_import_device(f->st, &other, now, dev2, tok, err, sizeof err), STORE_IMPORT_CONFLICT);
+	assert_non_null(strstr(err, "other attributes"));
+	store_import_abort(f->st);
+	assert_int_equal(q(f, "SELECT count(*) FROM tokens"), 2);
+}
+
+/* Device tokens: enrollment binds the key to the pre-registered device,
+ * atomically with the token; the token of another device, a second use and
+ * a device no longer registered are refused and write nothing. */
+static void test_admit_bound(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], dev[40], dev2[40], tok[24], tid[24], buf[256];
+	int64_t now = fg_now();
+	struct store_import_row r1 = { "SN-1", "host1", "laptops", NULL, "h-dev1", now + 3600 };
+	struct store_import_row r2 = { "SN-2", "", "laptops", NULL, "h-dev2", now + 3600 };
+	struct store_admit a;
+	struct store_device d;
+
+	assert_int_equal(store_import_begin(f->st, err, sizeof err), 0);
+	assert_int_equal(store_import_device(f->st, &r1, now, dev, tok, err, sizeof err), STORE_IMPORT_ADDED);
+	assert_int_equal(store_import_device(f->st, &r2, now, dev2, tok, err, sizeof err), STORE_IMPORT_ADDED);
+	assert_int_equal(store_import_commit(f->st, "{}", now, err, sizeof err), 0);
+	long long audits = q(f, "SELECT count(*) FROM audit");
+
+	/* dev2's token presented for dev */
+	admit(&a, "rid-bound001", KEY1, "h-dev2", dev, 0);
+	assert_int_equal(store_job_admit_bound(f->st, &a, err, sizeof err), STORE_E_TOKEN);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit"), audits);
+	assert_int_equal(q(f, "SELECT count(*) FROM tokens WHERE uses_left = 1"), 2);
+
+	admit(&a, "rid-bound001", KEY1, "h-dev1", dev, 0);
+	assert_int_equal(store_job_admit_bound(f->st, &a, err, sizeof err), 0);
+	assert_int_equal(store_device_by_key(f->st, KEY1, &d, err, sizeof err), 1);
+	assert_string_equal(d.id, dev);
+	assert_int_equal(d.state, DEVICE_ACTIVE);
+	assert_string_equal(d.hostname, "host1");   /* the imported name is kept */
+	assert_string_equal(d.facts_json, "{\"os\":\"linux\"}");
+	store_device_clear(&d);
+	assert_int_equal(q(f, "SELECT count(*) FROM devices"), 2);
+	assert_int_equal(q(f, "SELECT uses_left FROM tokens WHERE hash = 'h-dev1'"), 0);
+	char sql[160];
+	snprintf(sql, sizeof sql, "SELECT group_concat(kind, ',') FROM (SELECT kind FROM audit WHERE seq > %lld ORDER BY seq)",
+		 audits);
+	assert_string_equal(qs(f, sql, buf, sizeof buf), "token.use,device.enroll,job.admit");
+
+	/* the same token again: used up */
+	admit(&a, "rid-bound002", KEY2, "h-dev1", dev, 0);
+	assert_int_equal(store_job_admit_bound(f->st, &a, err, sizeof err), STORE_E_TOKEN);
+	/* a fresh device token for a device that enrolled meanwhile */
+	raw(f, "UPDATE tokens SET uses_left = 1 WHERE hash = 'h-dev1'");
+	assert_int_equal(store_job_admit_bound(f->st, &a, err, sizeof err), STORE_E_NOT_REGISTERED);
+	assert_non_null(strstr(err, "no longer waiting"));
+	assert_int_equal(q(f, "SELECT uses_left FROM tokens WHERE hash = 'h-dev1'"), 1);   /* rolled back */
+	/* KEY1 is taken: binding it to dev2 too is refused */
+	admit(&a, "rid-bound003", KEY1, "h-dev2", dev2, 0);
+	assert_int_equal(store_job_admit_bound(f->st, &a, err, sizeof err), STORE_E_KEY_TAKEN);
+	assert_int_equal(q(f, "SELECT state FROM devices WHERE serial = 'SN-2'"), DEVICE_REGISTERED);
+
+	/* store_token_add_bound only for registered devices */
+	assert_int_equal(store_token_add_bound(f->st, "h-new", "laptops", 1, now + 60, dev, NULL, now, tid,
+					       err, sizeof err), -1);
+	assert_non_null(strstr(err, "is active"));
+	assert_int_equal(store_token_add_bound(f->st, "h-new", "laptops", 1, now + 60, dev2,
+					       "{\"serial\":\"SN-2\"}", now, tid, err, sizeof err), 0);
+}
+
+struct tl {
+	int n;
+	char last[24];
+};
+
+static int count_tokens(void *arg, const struct store_token_info *ti)
+{
+	struct tl *t = arg;
+	t->n++;
+	fg_strlcpy(t->last, ti->t.id, sizeof t->last);
+	return 0;
+}
+
+static void test_token_admin(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], id[24], id2[24];
+	struct store_token_info ti;
+	struct tl t = { 0, "" };
+	int64_t now = fg_now();
+
+	assert_int_equal(store_token_add_bound(f->st, "h-b1", "laptops", 5, now + 60, NULL,
+					       "{\"tpm\":\"yes\"}", now, id, err, sizeof err), 0);
+	add_token(f, "h-b2", 1, now + 60, id2);
+	assert_int_equal(store_token_info_get(f->st, id, NULL, &ti, err, sizeof err), 1);
+	assert_string_equal(ti.t.group, "laptops");
+	assert_int_equal(ti.t.uses_left, 5);
+	assert_string_equal(ti.device_id, "");
+	assert_string_equal(ti.bound_json, "{\"tpm\":\"yes\"}");
+	store_token_info_clear(&ti);
+	assert_int_equal(store_token_info_get(f->st, NULL, "h-b2", &ti, err, sizeof err), 1);
+	assert_string_equal(ti.t.id, id2);
+	assert_null(ti.bound_json);
+	store_token_info_clear(&ti);
+	assert_int_equal(store_token_info_get(f->st, "tok_none", NULL, &ti, err, sizeof err), 0);
+	assert_int_equal(store_token_list(f->st, count_tokens, &t, err, sizeof err), 0);
+	assert_int_equal(t.n, 2);
+
+	assert_int_equal(store_token_revoke(f->st, id, now, err, sizeof err), 1);
+	assert_int_equal(store_token_revoke(f->st, id, now, err, sizeof err), 2);
+	assert_int_equal(store_token_revoke(f->st, "tok_none", now, err, sizeof err), 0);
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'token.revoke'"), 1);
+	/* a revoked token admits nothing */
+	struct store_admit a;
+	admit(&a, "rid-revoked1", KEY1, "h-b1", "dev_9", 1);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), STORE_E_TOKEN);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -807,6 +968,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit_chain, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_busy_message, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_import, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_admit_bound, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_token_admin, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
