@@ -806,6 +806,44 @@ int store_job_get(struct store *st, const char *curve_key, const char *request_i
 	return rc;
 }
 
+/* The job row of an admission and its job.admit audit record, inside the
+ * caller's transaction: 0, STORE_E_DUPLICATE, or -1 with err. */
+static int job_insert(struct store *st, const struct store_admit *a, char *err, size_t errlen)
+{
+	sqlite3_stmt *s;
+	int r;
+
+	s = prep(st, "INSERT INTO jobs (curve_key, request_id, device_id, kind, slot, backend, state, created_at, updated_at, params_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+		 err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, a->curve_key);
+	bind_text(s, 2, a->request_id);
+	bind_text(s, 3, a->device_id);
+	bind_text(s, 4, a->kind);
+	bind_text(s, 5, a->slot);
+	bind_text(s, 6, a->backend);
+	sqlite3_bind_int(s, 7, JOB_ADMITTED);
+	sqlite3_bind_int64(s, 8, a->now);
+	sqlite3_bind_int64(s, 9, a->now);
+	bind_text(s, 10, a->params_json);
+	r = step_done(st, s);
+	if (r == SQLITE_CONSTRAINT_PRIMARYKEY) {
+		fg_seterr(err, errlen, "request id %s from this key exists already; read that job instead",
+			  nz(a->request_id));
+		return STORE_E_DUPLICATE;
+	}
+	if (r != SQLITE_DONE) {
+		dberr(st, err, errlen, "job insert");
+		return -1;
+	}
+	if (audit_json(st, "job.admit", a->device_id, a->request_id, a->now, err, errlen,
+		       "{s:s, s:s, s:s}", "kind", nz(a->kind), "slot", nz(a->slot), "backend",
+		       nz(a->backend)) != 0)
+		return -1;
+	return 0;
+}
+
 int store_job_admit(struct store *st, const struct store_admit *a, char *err, size_t errlen)
 {
 	sqlite3_stmt *s;
@@ -885,34 +923,8 @@ int store_job_admit(struct store *st, const struct store_admit *a, char *err, si
 			       "{s:s, s:s}", "group", nz(a->group), "curve_key", nz(a->curve_key)) != 0)
 			goto fail;
 	}
-	s = prep(st, "INSERT INTO jobs (curve_key, request_id, device_id, kind, slot, backend, state, created_at, updated_at, params_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
-		 err, errlen);
-	if (s == NULL)
-		goto fail;
-	bind_text(s, 1, a->curve_key);
-	bind_text(s, 2, a->request_id);
-	bind_text(s, 3, a->device_id);
-	bind_text(s, 4, a->kind);
-	bind_text(s, 5, a->slot);
-	bind_text(s, 6, a->backend);
-	sqlite3_bind_int(s, 7, JOB_ADMITTED);
-	sqlite3_bind_int64(s, 8, a->now);
-	sqlite3_bind_int64(s, 9, a->now);
-	bind_text(s, 10, a->params_json);
-	r = step_done(st, s);
-	if (r == SQLITE_CONSTRAINT_PRIMARYKEY) {
-		fg_seterr(err, errlen, "request id %s from this key exists already; read that job instead",
-			  nz(a->request_id));
-		rc = STORE_E_DUPLICATE;
-		goto fail;
-	}
-	if (r != SQLITE_DONE) {
-		dberr(st, err, errlen, "job insert");
-		goto fail;
-	}
-	if (audit_json(st, "job.admit", a->device_id, a->request_id, a->now, err, errlen,
-		       "{s:s, s:s, s:s}", "kind", nz(a->kind), "slot", nz(a->slot), "backend",
-		       nz(a->backend)) != 0)
+	rc = job_insert(st, a, err, errlen);
+	if (rc != 0)
 		goto fail;
 	return commit(st, err, errlen);
 fail:
@@ -2046,34 +2058,8 @@ int store_job_admit_bound(struct store *st, const struct store_admit *a, char *e
 		       "{s:s, s:s, s:s}", "serial", serial, "group", nz(a->group), "curve_key",
 		       nz(a->curve_key)) != 0)
 		goto fail;
-	s = prep(st, "INSERT INTO jobs (curve_key, request_id, device_id, kind, slot, backend, state, created_at, updated_at, params_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
-		 err, errlen);
-	if (s == NULL)
-		goto fail;
-	bind_text(s, 1, a->curve_key);
-	bind_text(s, 2, a->request_id);
-	bind_text(s, 3, a->device_id);
-	bind_text(s, 4, a->kind);
-	bind_text(s, 5, a->slot);
-	bind_text(s, 6, a->backend);
-	sqlite3_bind_int(s, 7, JOB_ADMITTED);
-	sqlite3_bind_int64(s, 8, a->now);
-	sqlite3_bind_int64(s, 9, a->now);
-	bind_text(s, 10, a->params_json);
-	r = step_done(st, s);
-	if (r == SQLITE_CONSTRAINT_PRIMARYKEY) {
-		fg_seterr(err, errlen, "request id %s from this key exists already; read that job instead",
-			  nz(a->request_id));
-		rc = STORE_E_DUPLICATE;
-		goto fail;
-	}
-	if (r != SQLITE_DONE) {
-		dberr(st, err, errlen, "job insert");
-		goto fail;
-	}
-	if (audit_json(st, "job.admit", a->device_id, a->request_id, a->now, err, errlen,
-		       "{s:s, s:s, s:s}", "kind", nz(a->kind), "slot", nz(a->slot), "backend",
-		       nz(a->backend)) != 0)
+	rc = job_insert(st, a, err, errlen);
+	if (rc != 0)
 		goto fail;
 	return commit(st, err, errlen);
 fail:
