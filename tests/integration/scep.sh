@@ -40,7 +40,7 @@ stop_responder() {
   if [ -n "$RS_PID" ]; then kill "$RS_PID" 2>/dev/null || true; wait "$RS_PID" 2>/dev/null || true; fi
   RS_PID=
 }
-trap 'rc=$?; stop_scep; stop_responder; (exit $rc); cleanup' EXIT
+trap 'rc=$?; set +e; stop_scep; stop_responder; (exit $rc); cleanup' EXIT
 
 # ---- the upstream CAs ----
 SS_PORT=$(free_port)
