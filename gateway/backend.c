@@ -121,6 +121,19 @@ static int h_job_put(struct fg_job *job, const char *key, const unsigned char *v
 	return r;
 }
 
+static int h_state_incr(void *ctx, const char *key, uint64_t *out)
+{
+	struct host_ctx *h = ctx;
+	char err[512];
+
+	pthread_mutex_lock(&h->bs->lock);
+	int r = store_plugin_state_incr(h->bs->st, h->name, key, out, err, sizeof err);
+	pthread_mutex_unlock(&h->bs->lock);
+	if (r < 0)
+		fg_err(h->component, NULL, "counting plugin state '%s': %s", key, err);
+	return r;
+}
+
 static int h_serial_reserve(void *ctx, const char *serial_hex)
 {
 	struct host_ctx *h = ctx;
@@ -299,6 +312,7 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.job_get = h_job_get,
 		.job_put = h_job_put,
 		.serial_reserve = h_serial_reserve,
+		.state_incr = h_state_incr,
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);

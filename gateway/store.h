@@ -175,6 +175,10 @@ int store_plugin_state_get(struct store *st, const char *backend, const char *ke
 			   unsigned char **val, size_t *len, char *err, size_t errlen);
 int store_plugin_state_put(struct store *st, const char *backend, const char *key,
 			   const unsigned char *val, size_t len, char *err, size_t errlen);
+/* Add one to the decimal counter key (absent counts as 0), atomically
+ * across processes; *out is the new value. 0 or -1 with err. */
+int store_plugin_state_incr(struct store *st, const char *backend, const char *key, uint64_t *out,
+			    char *err, size_t errlen);
 /* 0 reserved, 1 taken, -1 error. Serials are unique per backend. */
 int store_serial_reserve(struct store *st, const char *backend, const char *serial_hex,
 			 int64_t now, char *err, size_t errlen);

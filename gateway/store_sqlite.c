@@ -1164,6 +1164,56 @@ int store_plugin_state_put(struct store *st, const char *backend, const char *ke
 			backend, key, NULL, val, len, err, errlen);
 }
 
+/* One transaction (BEGIN IMMEDIATE), so two processes sharing the store
+ * never draw the same value. A stored value that is not a decimal number
+ * is refused, not reset. */
+int store_plugin_state_incr(struct store *st, const char *backend, const char *key, uint64_t *out,
+			    char *err, size_t errlen)
+{
+	unsigned char *v = NULL;
+	size_t len = 0;
+	uint64_t n = 0;
+	char buf[32];
+
+	if (begin(st, err, errlen) < 0)
+		return -1;
+	int r = store_plugin_state_get(st, backend, key, &v, &len, err, errlen);
+	if (r < 0)
+		goto fail;
+	if (r == 1) {
+		int ok = len > 0 && len < 21;
+		for (size_t i = 0; ok && i < len; i++)
+			ok = v[i] >= '0' && v[i] <= '9';
+		for (size_t i = 0; ok && i < len; i++) {
+			if (n > (UINT64_MAX - (uint64_t)(v[i] - '0')) / 10)
+				ok = 0;
+			else
+				n = n * 10 + (uint64_t)(v[i] - '0');
+		}
+		if (!ok || n == UINT64_MAX) {
+			fg_seterr(err, errlen,
+				  "store %s: plugin state '%s' of backend %s is not a decimal counter; the store is damaged",
+				  st->path, key, backend);
+			goto fail;
+		}
+	}
+	n++;
+	snprintf(buf, sizeof buf, "%llu", (unsigned long long)n);
+	if (store_plugin_state_put(st, backend, key, (const unsigned char *)buf, strlen(buf), err, errlen) < 0)
+		goto fail;
+	if (commit(st, err, errlen) < 0) {
+		free(v);
+		return -1;
+	}
+	free(v);
+	*out = n;
+	return 0;
+fail:
+	free(v);
+	rollback(st);
+	return -1;
+}
+
 int store_serial_reserve(struct store *st, const char *backend, const char *serial_hex,
 			 int64_t now, char *err, size_t errlen)
 {

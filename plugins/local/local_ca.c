@@ -1210,17 +1210,43 @@ static ASN1_INTEGER *serial_from_hex(const char *hex)
 	return ai;
 }
 
-/* The next CRL number: "crl_number" in plugin state plus one (1 for the
- * first CRL). A new BIGNUM, or NULL with err.
- * XXX: read and write are two steps, so the CLI and the gateway making a
- * CRL in the same instant can both use one number; the host serialises
- * CRL generation within one process only. */
-static BIGNUM *next_crl_number(const struct local_ca *ca, char *err, size_t errlen)
+/* Whether the host lends state_incr (hosts built before it was appended
+ * do not). */
+static int have_state_incr(const struct local_ca *ca)
+{
+	return ca->host->struct_size >= offsetof(struct fg_host, state_incr) + sizeof ca->host->state_incr &&
+	       ca->host->state_incr != NULL;
+}
+
+/* The next CRL number, a new BIGNUM or NULL with err. With state_incr the
+ * host draws it atomically across the gateway and the CLI, so it is taken
+ * (and never reused) even if the CRL then fails; *recorded is set to 1.
+ * An older host gives "crl_number" plus one (1 for the first CRL), which
+ * the caller records once the CRL is signed: then two processes making a
+ * CRL in the same instant could use one number. */
+static BIGNUM *next_crl_number(const struct local_ca *ca, int *recorded, char *err, size_t errlen)
 {
 	unsigned char *v = NULL;
 	size_t len = 0;
 	char buf[64];
 	BIGNUM *num = NULL;
+	*recorded = 0;
+	if (have_state_incr(ca)) {
+		uint64_t next = 0;
+		if (ca->host->state_incr(ca->host->ctx, "crl_number", &next) != 0) {
+			snprintf(err, errlen,
+				 "cannot draw the next CRL number of backend %s from the store; check the gateway log and retry",
+				 ca->name);
+			return NULL;
+		}
+		snprintf(buf, sizeof buf, "%llu", (unsigned long long)next);
+		if (BN_dec2bn(&num, buf) == 0) {
+			ssl_err(err, errlen, "cannot compute the next CRL number");
+			return NULL;
+		}
+		*recorded = 1;
+		return num;
+	}
 	int r = ca->host->state_get ? ca->host->state_get(ca->host->ctx, "crl_number", &v, &len) : 0;
 
 	if (r < 0) {
@@ -1304,11 +1330,11 @@ static int ca_make_crl(void *state, const struct fg_revoked *list, size_t n, int
 	AUTHORITY_KEYID *akid = NULL;
 	unsigned char *out = NULL;
 	char *dec = NULL;
-	int k, rc = -1;
+	int k, rc = -1, recorded = 0;
 
 	*der = NULL;
 	*len = 0;
-	if ((num = next_crl_number(ca, err, errlen)) == NULL)
+	if ((num = next_crl_number(ca, &recorded, err, errlen)) == NULL)
 		return -1;
 	if ((crl = X509_CRL_new()) == NULL || X509_CRL_set_version(crl, X509_CRL_VERSION_2) != 1 ||
 	    X509_CRL_set_issuer_name(crl, ca->subject) != 1 ||
@@ -1334,7 +1360,8 @@ static int ca_make_crl(void *state, const struct fg_revoked *list, size_t n, int
 		goto out;
 	}
 	if ((dec = BN_bn2dec(num)) == NULL ||
-	    ca->host->state_put(ca->host->ctx, "crl_number", (const unsigned char *)dec, strlen(dec)) != 0) {
+	    (!recorded &&
+	     ca->host->state_put(ca->host->ctx, "crl_number", (const unsigned char *)dec, strlen(dec)) != 0)) {
 		snprintf(err, errlen, "cannot record CRL number %s of backend %s in the store; the CRL was not published",
 			 dec ? dec : "?", ca->name);
 		goto out;

@@ -400,6 +400,90 @@ static void test_token_race(void **state)
 	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'token.use'"), 1);
 }
 
+#define NDRAWS 25
+
+struct drawer {
+	const char *path;
+	pthread_barrier_t *go;
+	uint64_t got[NDRAWS];
+	int rc;
+	char err[512];
+};
+
+/* Draw NDRAWS numbers from "crl_number" on a connection of its own, as the
+ * gateway and the CLI do. */
+static void *draw(void *arg)
+{
+	struct drawer *d = arg;
+	struct store *st = store_open(d->path, 0, d->err, sizeof d->err);
+	pthread_barrier_wait(d->go);
+	if (st == NULL) {
+		d->rc = -1;
+		return NULL;
+	}
+	for (int i = 0; i < NDRAWS && d->rc == 0; i++)
+		d->rc = store_plugin_state_incr(st, "local", "crl_number", &d->got[i], d->err, sizeof d->err);
+	store_free(st);
+	return NULL;
+}
+
+static void test_state_incr(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	uint64_t n = 0, seen[NRACERS * NDRAWS];
+	unsigned char *v = NULL;
+	size_t vl = 0;
+
+	/* absent counts as 0; an existing value goes on from where it is */
+	assert_int_equal(store_plugin_state_incr(f->st, "local", "crl_number", &n, err, sizeof err), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(store_plugin_state_put(f->st, "local", "crl_number", (const unsigned char *)"41", 2,
+						err, sizeof err), 0);
+	assert_int_equal(store_plugin_state_incr(f->st, "local", "crl_number", &n, err, sizeof err), 0);
+	assert_int_equal(n, 42);
+	assert_int_equal(store_plugin_state_get(f->st, "local", "crl_number", &v, &vl, err, sizeof err), 1);
+	assert_int_equal(vl, 2);
+	assert_memory_equal(v, "42", 2);
+	free(v);
+
+	/* a damaged counter is refused and left as it was */
+	assert_int_equal(store_plugin_state_put(f->st, "other", "crl_number", (const unsigned char *)"4x", 2,
+						err, sizeof err), 0);
+	assert_int_equal(store_plugin_state_incr(f->st, "other", "crl_number", &n, err, sizeof err), -1);
+	assert_non_null(strstr(err, "not a decimal counter"));
+	assert_int_equal(store_plugin_state_get(f->st, "other", "crl_number", &v, &vl, err, sizeof err), 1);
+	assert_memory_equal(v, "4x", 2);
+	free(v);
+
+	/* connections racing each draw distinct numbers, none lost */
+	pthread_t th[NRACERS];
+	struct drawer d[NRACERS];
+	pthread_barrier_t go;
+	assert_int_equal(pthread_barrier_init(&go, NULL, NRACERS), 0);
+	for (int i = 0; i < NRACERS; i++) {
+		memset(&d[i], 0, sizeof d[i]);
+		d[i].path = f->path;
+		d[i].go = &go;
+		assert_int_equal(pthread_create(&th[i], NULL, draw, &d[i]), 0);
+	}
+	for (int i = 0; i < NRACERS; i++) {
+		pthread_join(th[i], NULL);
+		if (d[i].rc != 0)
+			fprintf(stderr, "drawer %d: %s\n", i, d[i].err);
+		assert_int_equal(d[i].rc, 0);
+		memcpy(&seen[i * NDRAWS], d[i].got, sizeof d[i].got);
+	}
+	pthread_barrier_destroy(&go);
+	for (int i = 0; i < NRACERS * NDRAWS; i++) {
+		assert_true(seen[i] > 42 && seen[i] <= 42 + NRACERS * NDRAWS);
+		for (int j = 0; j < i; j++)
+			assert_true(seen[i] != seen[j]);
+	}
+	assert_int_equal(q(f, "SELECT CAST(value AS INTEGER) FROM plugin_state WHERE backend = 'local' AND key = 'crl_number'"),
+			 42 + NRACERS * NDRAWS);
+}
+
 static void fill_cert(struct store_cert *c, const char *serial, const char *rid, int64_t nb)
 {
 	memset(c, 0, sizeof *c);
@@ -971,6 +1055,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_import, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_admit_bound, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_token_admin, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_state_incr, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

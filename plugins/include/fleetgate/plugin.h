@@ -84,6 +84,13 @@ struct fg_host {
 	/* Reserve a certificate serial (upper-case hex) for this backend: 0 when
 	 * reserved, 1 when already taken (draw another), -1 on error. */
 	int (*serial_reserve)(void *ctx, const char *serial_hex);
+
+	/* Appended during ABI 1 for CRL numbers: add one to the decimal
+	 * counter key in the plugin-wide state (absent counts as 0) in one
+	 * step, atomic across every process sharing the store (the gateway
+	 * and the CLI), and set *out to the new value. 0 or -1. A plugin
+	 * checks struct_size before calling it. */
+	int (*state_incr)(void *ctx, const char *key, uint64_t *out);
 };
 
 /* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
