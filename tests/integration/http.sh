@@ -25,6 +25,13 @@ metric() { H "$URL/metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 
 expect_eq "healthz says ok" "$(H "$URL/healthz")" "ok"
 expect_eq "healthz is 200" "$(H -o /dev/null -w '%{http_code}' "$URL/healthz")" "200"
+# A store that cannot answer (here: its schema table renamed away by another
+# process) makes /healthz fail with the reason, and recover once it answers.
+sql "ALTER TABLE schema_migrations RENAME TO schema_migrations_away"
+expect_eq "healthz is 503 when the store cannot answer" "$(H -o /dev/null -w '%{http_code}' "$URL/healthz")" "503"
+expect_match "and says why" "$(H "$URL/healthz")" "^store unavailable: .*schema_migrations"
+sql "ALTER TABLE schema_migrations_away RENAME TO schema_migrations"
+expect_eq "healthz is 200 again once the store answers" "$(H -o /dev/null -w '%{http_code}' "$URL/healthz")" "200"
 expect_eq "unknown path is 404" "$(H -o /dev/null -w '%{http_code}' "$URL/nope")" "404"
 expect_match "and says what is served" "$(H "$URL/nope")" "/healthz, /metrics"
 expect_eq "POST /metrics is refused" "$(H -o /dev/null -w '%{http_code}' -d x "$URL/metrics")" "405"
