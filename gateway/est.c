@@ -107,8 +107,9 @@ reply_text(struct evhttp_request *req, int code, const char *reason, const char 
 	       evhttp_request_get_uri(req), code, n - 1, msg);
 }
 
-/* DER in, base64 (64-character lines, RFC 7030 4.1.3 / RFC 8951) out, as the
- * body of a 200 with ctype. */
+/* DER in, base64 out (RFC 7030 4.1.3, RFC 8951 3.2: RFC 4648 base64, which
+ * adds no line breaks; some clients, strongSwan's pki among them, decode
+ * no whitespace), as the body of a 200 with ctype. */
 static void reply_base64(struct evhttp_request *req, const char *ctype, const unsigned char *der,
 			 size_t len)
 {
@@ -119,6 +120,7 @@ static void reply_base64(struct evhttp_request *req, const char *ctype, const un
 
 	if (b64 == NULL || mem == NULL || b == NULL)
 		goto oom;
+	BIO_set_flags(b64, BIO_FLAGS_BASE64_NO_NL);
 	b64 = BIO_push(b64, mem);
 	mem = NULL;
 	if (BIO_write(b64, der, (int)len) != (int)len || BIO_flush(b64) != 1)
