@@ -1099,6 +1099,7 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		.device_serial = nz(serial),
 		.device_attrs_json = attrs,
 		.token_bound_json = known ? NULL : ti.bound_json,
+		.profile = r->profile,
 	};
 	fill_policy_facts(&preq.facts, facts);
 	if (policy_enroll(w->pol, &preq, &dec, err, sizeof err) != 0) {

@@ -613,7 +613,7 @@ static void on_enroll(struct est *e, struct evhttp_request *req, const char *lab
 		.slot = slot,
 		.csr = der,
 		.csr_len = csrlen,
-		.profile = profile,
+		.profile = label[0] ? profile : NULL,   /* req.profile: nil without label */
 	};
 
 	if (!reenroll) {
