@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The EST front-end (RFC 7030, docs/est.md) against real clients on loopback:
-#  - Debian's strongSwan pki (--estca, --est with its TLS stack) : CA
+#  - Debian's strongSwan pki (--estca, --est; its own TLS stack, the openssl
+#    plugin of libstrongswan-standard-plugins for EC keys): CA
 #    certificates, enrollment with a token, re-enrollment with the issued
 #    certificate, a wrong token refused;
 #  - curl + openssl for the error cases: wrong content type, bad base64, bad
@@ -11,7 +12,7 @@
 #    is open, the same request resent until it completes.
 source "$(dirname "$0")/lib.sh"
 
-PKI=$(command -v pki) || die "pki not found: apt-get install strongswan-pki libstrongswan-extra-plugins libstrongswan-standard-plugins"
+PKI=$(command -v pki) || die "pki not found: apt-get install strongswan-pki libstrongswan-standard-plugins"
 RESPONDER="$FG_BUILD/tests/scep-responder"
 export no_proxy='*' NO_PROXY='*'
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
