@@ -798,6 +798,10 @@ static int tls_setup(struct est *e, char *err, size_t errlen)
 		return -1;
 	}
 	SSL_CTX_set_options(e->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/* with client certificates asked for, a resumed session needs a
+	 * session id context, or OpenSSL fails the handshake */
+	static const unsigned char sid_ctx[] = "fleetgate-est";
+	SSL_CTX_set_session_id_context(e->ssl, sid_ctx, sizeof sid_ctx - 1);
 	if (SSL_CTX_use_certificate_chain_file(e->ssl, cfg->est_cert) != 1) {
 		snprintf(what, sizeof what, "cannot load the EST TLS certificate %s (est.cert; fleetgate init --est makes one)",
 			 cfg->est_cert);

@@ -242,6 +242,13 @@ expect_match "... saying the value is not this session's" "$(cat "$T/body")" "no
 expect_eq "... and the token is kept" \
   "$(sql "SELECT uses_left FROM tokens ORDER BY rowid DESC LIMIT 1")" "1"
 
+# TLS session resumption works with client certificates asked for
+for v in -tls1_2 -tls1_3; do
+  echo | timeout 10 openssl s_client $v -connect "127.0.0.1:$EST_PORT" -CAfile "$CA" -sess_out "$T/sess.pem" >/dev/null 2>&1 || true
+  expect_match "a $v session is resumed" \
+    "$(echo | timeout 10 openssl s_client $v -connect "127.0.0.1:$EST_PORT" -CAfile "$CA" -sess_in "$T/sess.pem" 2>&1)" '^Reused, TLSv1\.[23]'
+done
+
 # ---- a pending upstream CA: 202, restart, the same request completes ----
 csr p1 pend1.example
 TOKP=$(token)
