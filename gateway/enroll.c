@@ -15,6 +15,12 @@
  *      of the signature through the job), and store_job_finish records the
  *      certificate and the reply together.
  * Bad input is answered and writes nothing.
+ *
+ * Two front-ends feed it through struct enroll_req (enroll.h): the ZeroMQ
+ * workers (worker_handle, identity = the ZAP-authenticated CURVE key) and
+ * the EST front-end (est.c, identity = "est:" + the CSR key's hash, or the
+ * device of the TLS client certificate). The reply is always an Envelope
+ * frame, which is also what a finished job stores for retries.
  */
 #include <arpa/inet.h>
 #include <ctype.h>

@@ -7,6 +7,8 @@
 #  - curl + openssl for the error cases: wrong content type, bad base64, bad
 #    CSR signature, expired token, re-enrollment with another subject,
 #    tls-unique under TLS 1.3 and a wrong tls-unique under TLS 1.2;
+#  - tests/tools/est-tls-unique.py (Python's ssl and http.client) for a CSR
+#    bound to its own TLS 1.2 session, which curl cannot make;
 #  - a label routed to a SCEP backend (tests/tools/scep-responder in its
 #    PENDING mode): 202 + Retry-After, the gateway restarted while the job
 #    is open, the same request resent until it completes.
@@ -241,6 +243,13 @@ expect_eq "a CSR bound to another TLS 1.2 session gets 400" "$CODE" "400"
 expect_match "... saying the value is not this session's" "$(cat "$T/body")" "not this TLS session's tls-unique"
 expect_eq "... and the token is kept" \
   "$(sql "SELECT uses_left FROM tokens ORDER BY rowid DESC LIMIT 1")" "1"
+# the positive case needs a client that makes its CSR on the open connection
+python3 "$FG_SOURCE_ROOT/tests/tools/est-tls-unique.py" 127.0.0.1 "$EST_PORT" "$CA" "$TOK3" "$T" bound.example \
+  >"$T/tu.out" 2>&1 || true
+expect_eq "a CSR carrying this TLS 1.2 session's tls-unique gets 200" "$(head -n 1 "$T/tu.out")" "200"
+tail -n +2 "$T/tu.out" | base64 -d 2>/dev/null | openssl pkcs7 -inform DER -print_certs -out "$T/tu.crt" 2>/dev/null || true
+check "... and the certificate is for its key" \
+  bash -c "[ \"\$(openssl x509 -in '$T/tu.crt' -noout -pubkey)\" = \"\$(openssl pkey -in '$T/tls-unique.key' -pubout)\" ]"
 
 # TLS session resumption works with client certificates asked for
 for v in -tls1_2 -tls1_3; do
