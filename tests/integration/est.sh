@@ -285,5 +285,22 @@ expect_eq "... recorded in slot pend" \
 expect_eq "one token use for the whole exchange" \
   "$(sql "SELECT count(*) FROM audit WHERE kind = 'token.use' AND request_id = '$PRID'")" "1"
 
+# the EST front-end follows a policy reload, and the policy sees req.protocol
+python3 - "$GW/policy.lua" <<'EOF'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+s = s.replace('function enroll(req)\n', 'function enroll(req)\n  if req.protocol == "est" then return deny("EST is closed today") end\n', 1)
+open(p, "w").write(s)
+EOF
+for _ in $(seq 100); do
+  grep -q "policy reloaded (generation 1)" "$T/gw.log" && break
+  sleep 0.1
+done
+csr d1 denied.example
+post simpleenroll "$T/d1.csr" -u "x:$(token)"
+expect_eq "after a policy reload denying EST, EST gets 403" "$CODE" "403"
+expect_match "... with the policy's reason" "$(cat "$T/body")" 'denied by policy: EST is closed today'
+
 check "the gateway is still up" gw_alive
 finish
