@@ -285,6 +285,29 @@ expect_eq "... recorded in slot pend" \
 expect_eq "one token use for the whole exchange" \
   "$(sql "SELECT count(*) FROM audit WHERE kind = 'token.use' AND request_id = '$PRID'")" "1"
 
+# an upstream CA that hangs holds up one EST thread, not the others: the
+# responder is frozen (SIGSTOP: the kernel still accepts, nothing answers)
+kill -STOP "$RS_PID"
+csr p2 pend2.example
+base64 -w0 "$T/p2.csr" >"$T/p2.b64"
+curl -s --cacert "$CA" -o "$T/p2.body" -w '%{http_code}' -u "x:$(token)" \
+  -H 'Content-Type: application/pkcs10' --data-binary @"$T/p2.b64" "$EST/pend/simpleenroll" >"$T/p2.code" &
+SLOW=$!
+for _ in $(seq 100); do
+  [ "$(sql "SELECT count(*) FROM jobs WHERE backend = 'scep-pend' AND state = 0")" = 1 ] && break
+  sleep 0.1
+done
+expect_eq "the request to the frozen CA is admitted and waiting" \
+  "$(sql "SELECT count(*) FROM jobs WHERE backend = 'scep-pend' AND state = 0")" "1"
+csr f1 fast.example
+post simpleenroll "$T/f1.csr" -u "x:$(token)"
+expect_eq "meanwhile another EST request is answered" "$CODE" "200"
+check "... while the first is still waiting for the CA" kill -0 "$SLOW"
+kill -CONT "$RS_PID"
+wait "$SLOW" || true
+expect_match "the waiting request gets an answer once the CA is back (or its timeout)" \
+  "$(cat "$T/p2.code")" '^(200|202|503)$'
+
 # the EST front-end follows a policy reload, and the policy sees req.protocol
 python3 - "$GW/policy.lua" <<'EOF'
 import sys
