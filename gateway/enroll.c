@@ -1046,8 +1046,15 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
 		goto out;
 	}
-	if (!known && token_bindings(w, hash, facts, rid, &ti, &bdev, &bound, err, sizeof err) != 0) {
+	if (hash[0] && token_bindings(w, hash, facts, rid, &ti, &bdev, &bound, err, sizeof err) != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
+		goto out;
+	}
+	/* a known device presenting a token (EST): not one made for another device */
+	if (known && bound) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
+			     "enrollment token %s was made for device %s, but this key belongs to device %s; use a token of this device's group",
+			     ti.t.id, bdev.id, dev.id);
 		goto out;
 	}
 	/* what the policy sees of a pre-registered device: serial, attributes */
@@ -1104,7 +1111,7 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		.csr_key_bits = ci.key_bits,
 		.device_serial = nz(serial),
 		.device_attrs_json = attrs,
-		.token_bound_json = known ? NULL : ti.bound_json,
+		.token_bound_json = hash[0] ? ti.bound_json : NULL,
 		.profile = r->profile,
 	};
 	fill_policy_facts(&preq.facts, facts);

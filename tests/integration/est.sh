@@ -204,6 +204,27 @@ expect_match "... as application/csrattrs" "$(cat "$T/hdr")" 'Content-Type: appl
 expect_match "... advising challengePassword" \
   "$(base64 -d "$T/body" | openssl asn1parse -inform DER 2>&1)" 'challengePassword'
 
+# bulk provisioning: a token from device import enrolls its pre-registered device
+printf 'serial,hostname\nRTR-9,rtr9.example\nRTR-10,rtr10.example\n' >"$T/fleet.csv"
+"$FLEETGATE" device import --state "$GW" "$T/fleet.csv" --group est --bundles "$T/bundles" >/dev/null 2>&1 ||
+  fail "device import failed"
+TOKI=$(sed -n 's/^token = //p' "$T/bundles/RTR-9.bundle")
+csr i1 rtr9.example
+post simpleenroll "$T/i1.csr" -u "x:$TOKI"
+expect_eq "an imported device's token enrolls over EST" "$CODE" "200"
+base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/i1.crt" 2>/dev/null || true
+I1=$(openssl x509 -in "$T/i1.crt" -noout -serial 2>/dev/null | cut -d= -f2) || true
+expect_eq "... as the pre-registered device, now active" \
+  "$(sql "SELECT d.serial || '/' || d.state FROM devices d JOIN certificates c ON c.device_id = d.id WHERE c.serial_hex = '$I1'")" \
+  "RTR-9/0"   # DEVICE_ACTIVE
+TOKJ=$(sed -n 's/^token = //p' "$T/bundles/RTR-10.bundle")
+openssl req -new -key "$T/s1.key" -subj /CN=router1.example -addext subjectAltName=DNS:router1.example \
+  -outform DER -out "$T/s1c.csr" 2>/dev/null
+post simpleenroll "$T/s1c.csr" -u "x:$TOKJ"
+expect_eq "a known key with another device's token gets 401" "$CODE" "401"
+expect_match "... naming both devices" "$(cat "$T/body")" "made for device dev_.*this key belongs to device $DEV1"
+expect_eq "... and RTR-10 stays registered (DEVICE_REGISTERED = 3)" "$(sql "SELECT state FROM devices WHERE serial = 'RTR-10'")" "3"
+
 # a label selects a profile; a re-enrollment without label stays in it
 csr v1 vpn1.example
 post vpn/simpleenroll "$T/v1.csr" -u "x:$(token)"
