@@ -225,6 +225,12 @@ expect_eq "a known key with another device's token gets 401" "$CODE" "401"
 expect_match "... naming both devices" "$(cat "$T/body")" "made for device dev_.*this key belongs to device $DEV1"
 expect_eq "... and RTR-10 stays registered (DEVICE_REGISTERED = 3)" "$(sql "SELECT state FROM devices WHERE serial = 'RTR-10'")" "3"
 
+TOKB=$(token --bind serial=HW-1)
+csr b1 bound1.example
+post simpleenroll "$T/b1.csr" -u "x:$TOKB"
+expect_eq "a token bound to facts gets 401 over EST" "$CODE" "401"
+expect_match "... saying EST carries no facts" "$(cat "$T/body")" 'EST does not carry.*without --bind'
+
 # a label selects a profile; a re-enrollment without label stays in it
 csr v1 vpn1.example
 post vpn/simpleenroll "$T/v1.csr" -u "x:$(token)"
