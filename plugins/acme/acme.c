@@ -25,6 +25,7 @@
  *                  pending order when the CA gives no Retry-After (default 5)
  *   inline_wait    seconds one issue/poll call may wait for the CA before it
  *                  returns PENDING (default 10)
+ *   cache_ttl      seconds the root_url answer is reused (default 3600)
  *
  * Plugin state: "account.key" (PEM, the account key) and "account.url"
  * (the account's kid). Job state: "acme.order" (the order URL, written as
@@ -87,6 +88,9 @@ struct acme {
 	EVP_PKEY *key;                /* account key, P-256 */
 	char kid[1024];               /* account URL, "" before newAccount */
 	char nonce[256];              /* one spare Replay-Nonce, "" if none */
+	struct fg_cert_list roots;    /* last answer of root_url */
+	int64_t roots_fetched;        /* Unix seconds, 0 never */
+	int64_t cache_ttl;            /* seconds roots are reused */
 };
 
 /* One HTTP answer. */
@@ -1182,21 +1186,14 @@ static int acme_csr_needs(void *state, const struct fg_issue_request *req, struc
 	return 0;
 }
 
-/* ACME has no CA certificate resource: with root_url (pebble's management
- * interface has one) the PEM there is the answer. */
-static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t errlen)
+/* Fetches the PEM certificates at root_url into out. 0 or -1 with err. */
+static int roots_fetch(struct acme *a, struct fg_cert_list *out, char *err, size_t errlen)
 {
-	struct acme *a = state;
 	struct resp r = { .retry_after = -1 };
 	BIO *b = NULL;
 	X509 *x;
 	int rc = -1;
 	memset(out, 0, sizeof *out);
-	if (a->root_url[0] == 0) {
-		seterr(err, errlen, "backend %s: ACME has no way to fetch the CA certificate; set root_url to where the CA publishes its root (PEM)",
-		       a->name);
-		return -1;
-	}
 	if (http(a, "GET", a->root_url, NULL, NULL, &r, err, errlen) != 0)
 		goto out;
 	if (r.code != 200) {
@@ -1242,6 +1239,66 @@ out:
 	return rc;
 }
 
+/* A copy of list into out; 0 or -1. */
+static int list_copy(const struct fg_cert_list *list, struct fg_cert_list *out)
+{
+	memset(out, 0, sizeof *out);
+	if ((out->der = calloc(list->n, sizeof *out->der)) == NULL ||
+	    (out->len = calloc(list->n, sizeof *out->len)) == NULL)
+		goto fail;
+	for (size_t i = 0; i < list->n; i++) {
+		if ((out->der[i] = malloc(list->len[i])) == NULL)
+			goto fail;
+		memcpy(out->der[i], list->der[i], list->len[i]);
+		out->len[i] = list->len[i];
+		out->n = i + 1;
+	}
+	return 0;
+fail:
+	fg_cert_list_clear(out);
+	return -1;
+}
+
+/* ACME has no CA certificate resource: with root_url (pebble's management
+ * interface has one) the PEM there is the answer, reused for cache_ttl
+ * seconds (the gateway asks on every check-in), and the last good answer
+ * is used while root_url cannot be read. */
+static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t errlen)
+{
+	struct acme *a = state;
+	struct fg_cert_list fresh;
+	int rc = -1;
+	memset(out, 0, sizeof *out);
+	if (a->root_url[0] == 0) {
+		seterr(err, errlen, "backend %s: ACME has no way to fetch the CA certificate; set root_url to where the CA publishes its root (PEM)",
+		       a->name);
+		return -1;
+	}
+	int64_t now = a->host->now(a->host->ctx);
+	pthread_mutex_lock(&a->mu);
+	int stale = a->roots.n == 0 || now - a->roots_fetched >= a->cache_ttl || now < a->roots_fetched;
+	pthread_mutex_unlock(&a->mu);
+	if (stale) {
+		if (roots_fetch(a, &fresh, err, errlen) == 0) {
+			pthread_mutex_lock(&a->mu);
+			fg_cert_list_clear(&a->roots);
+			a->roots = fresh;
+			a->roots_fetched = now;
+			pthread_mutex_unlock(&a->mu);
+		} else {
+			alog(a, FG_LEVEL_WARN, NULL, "backend %s: %s", a->name, err);
+		}
+	}
+	pthread_mutex_lock(&a->mu);
+	if (a->roots.n > 0) {
+		rc = list_copy(&a->roots, out);
+		if (rc != 0)
+			seterr(err, errlen, "out of memory");
+	}
+	pthread_mutex_unlock(&a->mu);
+	return rc;
+}
+
 static int acme_revoke(void *state, const unsigned char *cert_der, size_t cert_len,
 		       enum fg_revoke_reason reason, char *err, size_t errlen)
 {
@@ -1263,6 +1320,7 @@ static void acme_close(void *state)
 	if (a == NULL)
 		return;
 	EVP_PKEY_free(a->key);
+	fg_cert_list_clear(&a->roots);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
 }
@@ -1300,13 +1358,13 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	a->host = host;
 	snprintf(a->name, sizeof a->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "acme");
 	static const char *known[] = { "name", "state_dir", "create", "directory", "tls_ca_file", "root_url",
-		"contact", "timeout", "poll_interval", "inline_wait", NULL };
+		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl", NULL };
 	for (size_t i = 0; i < n; i++) {
 		size_t k = 0;
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait)",
+			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait, cache_ttl)",
 			       a->name, kv[i].key);
 			goto fail;
 		}
@@ -1343,6 +1401,11 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		seterr(err, errlen, "backends.%s.inline_wait: seconds, 0 to 120", a->name);
 		goto fail;
 	}
+	if (num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
+		seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", a->name);
+		goto fail;
+	}
+	a->cache_ttl = l;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
 		seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
 		goto fail;
