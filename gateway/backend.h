@@ -40,6 +40,11 @@ void backends_free(struct backends *bs);
 /* The backend of that name, or NULL. */
 struct backend *backends_find(struct backends *bs, const char *name);
 
+/* The key authorization a plugin published for an ACME http-01 token
+ * (host service http01_publish), copied into out: 1 when found, 0 when
+ * not. Safe from any thread (the HTTP side calls it). */
+int backends_http01_get(struct backends *bs, const char *token, char *out, size_t outlen);
+
 /* Where the plugin for name lives: plugin_dir (config) when set, else
  * $FLEETGATE_PLUGIN_DIR, else the build tree next to the executable
  * (<exe dir>/../plugins/<name>/fleetgate-<name>.so), else FG_PLUGIN_DIR.
