@@ -59,6 +59,7 @@
 #include <openssl/x509v3.h>
 
 #include "fleetgate/plugin.h"
+#include "acme_chal.h"
 
 #define MAX_BODY (1 << 20)        /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
@@ -91,6 +92,10 @@ struct acme {
 	struct fg_cert_list roots;    /* last answer of root_url */
 	int64_t roots_fetched;        /* Unix seconds, 0 never */
 	int64_t cache_ttl;            /* seconds roots are reused */
+	/* challenges (RFC 8555 8), set at open: */
+	int challenge;                /* enum chal_mode: the default mode */
+	char dns_hook[PATH_MAX];      /* dns-01 hook command, "" none */
+	long hook_timeout;            /* seconds the hook may run */
 };
 
 /* One HTTP answer. */
@@ -792,6 +797,13 @@ static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uin
 	va_end(ap);
 }
 
+/* How authorizations are answered (setting challenge, or the policy's
+ * acme_challenge per request). */
+enum chal_mode { CH_HTTP_GATEWAY, CH_HTTP_AGENT, CH_DNS, CH_MAX };
+static const char *const chal_names[CH_MAX] = { "http-01-gateway", "http-01-agent", "dns-01" };
+
+#define MAX_CHALS 16                  /* authorizations of one order answered by the device */
+
 /* One issuance in flight: what run_job's steps share. */
 struct job {
 	struct acme *a;
@@ -801,6 +813,12 @@ struct job {
 	char order[1024];             /* order URL (RFC 8555 7.1.3) */
 	char err[512];
 	long retry_after;             /* the CA's last Retry-After, -1 none */
+	/* appended for challenge answering: */
+	enum chal_mode mode;
+	char thumb[ACME_B64_SHA256_LEN + 1]; /* RFC 7638 thumbprint of the account key */
+	struct fg_challenge chals[MAX_CHALS]; /* http-01-agent: what the device serves */
+	char chal_urls[MAX_CHALS][1024];     /* their challenge URLs, "" once answered */
+	size_t n_chals;
 };
 
 /* A signed POST for the job; parses a JSON answer into *out when out is
@@ -873,15 +891,260 @@ out:
 	return rc;
 }
 
-/* Moves one authorization towards valid (RFC 8555 7.5): when pending, the
- * http-01 challenge is answered with {} (7.5.1).
- * XXX nothing serves the key authorization yet (gateway responder, agent,
- * dns-01 hook): only a CA that does not validate (pebble with
- * PEBBLE_VA_ALWAYS_VALID) finds it valid. ACME_OK when the authorization
- * is valid or was just answered (the caller polls the order). */
+/* ---- challenges (RFC 8555 8) ---- */
+
+/* A field the host's struct covers (it may be older than this plugin). */
+#define REQ_HAS(r, f) ((r)->struct_size >= offsetof(struct fg_issue_request, f) + sizeof((r)->f))
+#define HOST_HAS(h, f) ((h)->struct_size >= offsetof(struct fg_host, f) + sizeof((h)->f))
+
+/* The challenge mode of this request: the policy's acme_challenge when it
+ * chose one, else the backend's setting. */
+static enum chal_mode job_mode(const struct acme *a, const struct fg_issue_request *req)
+{
+	if (REQ_HAS(req, acme_challenge) && req->acme_challenge != NULL)
+		for (int m = 0; m < CH_MAX; m++)
+			if (strcmp(req->acme_challenge, chal_names[m]) == 0)
+				return (enum chal_mode)m;
+	return (enum chal_mode)a->challenge;
+}
+
+/* Job state key as a malloc'd string ("" when absent), or NULL on error. */
+static char *jstate_get(struct job *j, const char *key)
+{
+	unsigned char *v = NULL;
+	size_t n = 0;
+	int g = j->a->host->job_get(j->req->job, key, &v, &n);
+	if (g < 0)
+		return NULL;
+	char *s = malloc(g == 1 ? n + 1 : 1);
+	if (s != NULL) {
+		if (g == 1)
+			memcpy(s, v, n);
+		s[g == 1 ? n : 0] = '\0';
+	}
+	free(v);
+	return s;
+}
+
+/* 1 when line is one of the newline-separated lines of list. */
+static int has_line(const char *list, const char *line)
+{
+	size_t n = strlen(line);
+	for (const char *p = list; p != NULL && *p;) {
+		const char *e = strchr(p, '\n');
+		size_t l = e ? (size_t)(e - p) : strlen(p);
+		if (l == n && strncmp(p, line, n) == 0)
+			return 1;
+		p = e ? e + 1 : NULL;
+	}
+	return 0;
+}
+
+/* Adds line to the list kept in job state key (durable when 0). */
+static int jstate_add_line(struct job *j, const char *key, const char *line)
+{
+	char *cur = jstate_get(j, key), *nv = NULL;
+	int rc = -1;
+	if (cur == NULL)
+		goto out;
+	if (has_line(cur, line)) {
+		rc = 0;
+		goto out;
+	}
+	if (asprintf(&nv, "%s%s\n", cur, line) < 0) {
+		nv = NULL;
+		goto out;
+	}
+	rc = j->a->host->job_put(j->req->job, key, (unsigned char *)nv, strlen(nv));
+out:
+	if (rc != 0)
+		seterr(j->err, sizeof j->err, "cannot keep the ACME challenge state (%s) in the job store", key);
+	free(cur);
+	free(nv);
+	return rc;
+}
+
+/* The account key's RFC 7638 thumbprint, once per job. 0 or -1. */
+static int job_thumb(struct job *j)
+{
+	json_t *jwk;
+	char *text;
+	if (j->thumb[0])
+		return 0;
+	if ((jwk = jwk_of(j->key)) == NULL || (text = json_dumps(jwk, JSON_COMPACT)) == NULL) {
+		json_decref(jwk);
+		seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
+		return -1;
+	}
+	int rc = acme_thumbprint(text, j->thumb);
+	free(text);
+	json_decref(jwk);
+	if (rc != 0)
+		seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
+	return rc;
+}
+
+/* "<domain> <TXT value>" into line (and the value into val); line. */
+static const char *line_of(char *line, size_t len, const char *ident, const char *ka,
+			   char val[ACME_B64_SHA256_LEN + 1])
+{
+	if (acme_dns_value(ka, val) != 0)
+		val[0] = '\0';
+	snprintf(line, len, "%s %s", ident, val);
+	return line;
+}
+
+/* Runs dns_hook with action "present" or "cleanup" for domain and the
+ * TXT value (RFC 8555 8.4); its output goes to the log. 0, or -1 with
+ * j->err saying what failed. */
+static int dns_hook(struct job *j, const char *action, const char *domain, const char *value)
+{
+	struct acme *a = j->a;
+	char e_act[64], e_dom[320], e_rec[340], e_val[80], e_rid[100], e_be[100];
+	char out[2048], herr[PATH_MAX + 200];
+	const char *env[] = { e_act, e_dom, e_rec, e_val, e_rid, e_be, NULL };
+
+	snprintf(e_act, sizeof e_act, "FLEETGATE_ACME_ACTION=%s", action);
+	snprintf(e_dom, sizeof e_dom, "FLEETGATE_ACME_DOMAIN=%s", domain);
+	snprintf(e_rec, sizeof e_rec, "FLEETGATE_ACME_RECORD=_acme-challenge.%s", domain);
+	snprintf(e_val, sizeof e_val, "FLEETGATE_ACME_VALUE=%s", value);
+	snprintf(e_rid, sizeof e_rid, "FLEETGATE_ACME_REQUEST_ID=%s", j->req->request_id ? j->req->request_id : "");
+	snprintf(e_be, sizeof e_be, "FLEETGATE_ACME_BACKEND=%s", a->name);
+	int r = acme_hook_run(a->dns_hook, action, env, (int)a->hook_timeout, out, sizeof out, herr, sizeof herr);
+	/* the hook's output, line by line */
+	char *last = NULL, *save = NULL;
+	for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+		alog(a, r == 0 ? FG_LEVEL_INFO : FG_LEVEL_WARN, j->req->request_id, "backend %s: dns_hook %s %s: %s",
+		     a->name, action, domain, line);
+		last = line;
+	}
+	if (r != 0) {
+		seterr(j->err, sizeof j->err, "the dns-01 hook failed to %s the TXT record _acme-challenge.%s: %s%s%s; fix the hook (the request is kept and retried)",
+		       strcmp(action, "present") == 0 ? "publish" : "remove", domain, herr, last ? ": " : "",
+		       last ? last : "");
+		alog(a, FG_LEVEL_WARN, j->req->request_id, "backend %s: %s", a->name, j->err);
+		return -1;
+	}
+	alog(a, FG_LEVEL_INFO, j->req->request_id, "backend %s: dns_hook %s _acme-challenge.%s done", a->name, action,
+	     domain);
+	return 0;
+}
+
+/* The order no longer needs its challenges (ready, valid, refused or
+ * given up): withdraw the gateway's http-01 answers and have the hook
+ * remove the TXT records it made. A failed removal is logged, not fatal. */
+static void challenges_done(struct job *j)
+{
+	char *h = jstate_get(j, "acme.http01"), *d = jstate_get(j, "acme.dns"), *save = NULL;
+	char keep[sizeof j->err];
+
+	memcpy(keep, j->err, sizeof keep);
+	if (h != NULL && h[0]) {
+		for (char *t = strtok_r(h, "\n", &save); t != NULL; t = strtok_r(NULL, "\n", &save))
+			if (HOST_HAS(j->a->host, http01_withdraw) && j->a->host->http01_withdraw != NULL)
+				j->a->host->http01_withdraw(j->a->host->ctx, t);
+		j->a->host->job_put(j->req->job, "acme.http01", (const unsigned char *)"", 0);
+	}
+	if (d != NULL && d[0]) {
+		for (char *l = strtok_r(d, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save)) {
+			char *sp = strchr(l, ' ');
+			if (sp == NULL)
+				continue;
+			*sp = '\0';
+			if (dns_hook(j, "cleanup", l, sp + 1) != 0)
+				alog(j->a, FG_LEVEL_ERROR, j->req->request_id,
+				     "backend %s: remove the TXT record _acme-challenge.%s by hand", j->a->name, l);
+		}
+		j->a->host->job_put(j->req->job, "acme.dns", (const unsigned char *)"", 0);
+		j->a->host->job_put(j->req->job, "acme.dns.ok", (const unsigned char *)"", 0);
+	}
+	memcpy(j->err, keep, sizeof keep);
+	free(h);
+	free(d);
+}
+
+/* 1 when the device acknowledged token in this request. */
+static int req_ready(const struct fg_issue_request *req, const char *token)
+{
+	if (!REQ_HAS(req, n_challenges_ready))
+		return 0;
+	for (size_t i = 0; i < req->n_challenges_ready; i++)
+		if (req->challenges_ready[i] != NULL && strcmp(req->challenges_ready[i], token) == 0)
+			return 1;
+	return 0;
+}
+
+/* Copies the challenges the device serves into res (for a PENDING reply). */
+static void chals_to_result(struct job *j, struct fg_issue_result *res)
+{
+	free(res->challenges);
+	res->challenges = NULL;
+	res->n_challenges = 0;
+	if (j->n_chals == 0 || (res->challenges = calloc(j->n_chals, sizeof *res->challenges)) == NULL)
+		return;
+	memcpy(res->challenges, j->chals, j->n_chals * sizeof *res->challenges);
+	res->n_challenges = j->n_chals;
+}
+
+/* http-01 answered by the device. Until it has acknowledged every token
+ * (in this request's challenges_ready, or earlier, kept in the job as
+ * acme.ack) nothing is answered and res becomes PENDING with the
+ * challenges; once it has, the acknowledgement is made durable and only
+ * then are the pending challenges answered. 1 when res is set, 0 to go
+ * on, -1 with j->err on failure (*rc says which). */
+static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *rc)
+{
+	char *acked = jstate_get(j, "acme.ack");
+	int all = 1;
+	if (acked == NULL) {
+		seterr(j->err, sizeof j->err, "cannot read the ACME challenge state from the job store");
+		*rc = ACME_RETRY;
+		return -1;
+	}
+	for (size_t i = 0; i < j->n_chals; i++)
+		if (!has_line(acked, j->chals[i].token) && !req_ready(j->req, j->chals[i].token))
+			all = 0;
+	free(acked);
+	if (!all) {
+		chals_to_result(j, res);
+		set_result(res, FG_ISSUE_PENDING, 1, "serve the http-01 challenge%s for %s%s, then send the request again",
+			   j->n_chals > 1 ? "s" : "", j->chals[0].identifier, j->n_chals > 1 ? " and more" : "");
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: %zu http-01 challenge(s) handed to the device",
+		     j->a->name, j->n_chals);
+		return 1;
+	}
+	for (size_t i = 0; i < j->n_chals; i++) {
+		if (jstate_add_line(j, "acme.ack", j->chals[i].token) != 0) {
+			*rc = ACME_RETRY;
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < j->n_chals; i++) {
+		if (j->chal_urls[i][0] == 0)
+			continue;
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: the device serves http-01 for %s; answering",
+		     j->a->name, j->chals[i].identifier);
+		if ((*rc = job_post(j, j->chal_urls[i], "{}", NULL)) != ACME_OK)
+			return -1;
+		j->chal_urls[i][0] = 0;
+	}
+	return 0;
+}
+
+/* Moves one authorization towards valid (RFC 8555 7.5) with the job's
+ * challenge mode:
+ *  - http-01-gateway: the key authorization is published on the gateway's
+ *    HTTP side (again on every pass, so a restarted gateway serves it),
+ *    then the challenge is answered with {} (7.5.1);
+ *  - dns-01: the hook publishes the TXT record (once: the job remembers
+ *    it), then the challenge is answered;
+ *  - http-01-agent: the challenge is collected for the device (agent_step
+ *    answers it after the device's acknowledgement).
+ * ACME_OK when the authorization is valid or on its way. */
 static enum acme_rc authorize(struct job *j, const char *url)
 {
 	json_t *az = NULL;
+	char ka[256], what[300];
 	enum acme_rc rc = job_post(j, url, NULL, &az);
 	if (rc != ACME_OK)
 		return rc;
@@ -902,8 +1165,8 @@ static enum acme_rc authorize(struct job *j, const char *url)
 		json_array_foreach(chs, i, ch) {
 			json_t *e = json_object_get(ch, "error");
 			if (json_is_object(e)) {
-				char what[300];
-				snprintf(what, sizeof what, "authorization for %s", ident);
+				snprintf(what, sizeof what, "%s for %s",
+					 json_string_value(json_object_get(ch, "type")) ?: "challenge", ident);
 				problem_text(e, what, j->err, sizeof j->err, &type);
 				break;
 			}
@@ -911,26 +1174,117 @@ static enum acme_rc authorize(struct job *j, const char *url)
 		rc = transient_type(type) ? ACME_RETRY : ACME_FINAL;
 		goto out;
 	}
+	const char *want = j->mode == CH_DNS ? "dns-01" : "http-01";
 	json_t *chs = json_object_get(az, "challenges"), *ch;
 	size_t i;
-	const char *curl_ = NULL, *cst = NULL;
+	const char *curl_ = NULL, *cst = NULL, *token = NULL;
+	char offered[128] = "";
 	json_array_foreach(chs, i, ch) {
 		const char *t = json_string_value(json_object_get(ch, "type"));
-		if (t != NULL && strcmp(t, "http-01") == 0) {
+		if (t == NULL)
+			continue;
+		if (strlen(offered) + strlen(t) + 3 < sizeof offered)
+			snprintf(offered + strlen(offered), sizeof offered - strlen(offered), "%s%s",
+				 offered[0] ? ", " : "", t);
+		if (strcmp(t, want) == 0 && curl_ == NULL) {
 			curl_ = json_string_value(json_object_get(ch, "url"));
 			cst = json_string_value(json_object_get(ch, "status"));
-			break;
+			token = json_string_value(json_object_get(ch, "token"));
 		}
 	}
 	if (curl_ == NULL) {
-		seterr(j->err, sizeof j->err, "the ACME CA offers no http-01 challenge for %s; only http-01 is supported so far",
-		       ident);
+		seterr(j->err, sizeof j->err, "the ACME CA offers no %s challenge for %s (it offers %s); choose another with the backend's challenge setting or the policy's acme_challenge",
+		       want, ident, offered[0] ? offered : "none");
 		rc = ACME_FINAL;
 		goto out;
 	}
-	if (cst != NULL && strcmp(cst, "pending") == 0) {
-		alog(j->a, FG_LEVEL_DEBUG, j->req->request_id, "backend %s: answering http-01 for %s",
-		     j->a->name, ident);
+	if (job_thumb(j) != 0) {
+		rc = ACME_RETRY;
+		goto out;
+	}
+	if (token == NULL || acme_key_authorization(token, j->thumb, ka, sizeof ka) != 0 ||
+	    strlen(ident) >= sizeof j->chals[0].identifier || strcspn(ident, " \t\r\n") != strlen(ident)) {
+		seterr(j->err, sizeof j->err, "the ACME CA's %s challenge for %s has a malformed token or identifier",
+		       want, ident);
+		rc = ACME_FINAL;
+		goto out;
+	}
+	if (cst != NULL && strcmp(cst, "valid") == 0)
+		goto out;
+	int answer = cst == NULL || strcmp(cst, "pending") == 0;
+	switch (j->mode) {
+	case CH_HTTP_GATEWAY:
+		if (!HOST_HAS(j->a->host, http01_withdraw) || j->a->host->http01_publish == NULL) {
+			seterr(j->err, sizeof j->err, "this gateway cannot serve http-01 challenges (it is older than the acme plugin); update fleetgated");
+			rc = ACME_FINAL;
+			goto out;
+		}
+		if (jstate_add_line(j, "acme.http01", token) != 0) {
+			rc = ACME_RETRY;
+			goto out;
+		}
+		if (j->a->host->http01_publish(j->a->host->ctx, token, ka) != 0) {
+			seterr(j->err, sizeof j->err, "cannot serve the http-01 answer for %s: the gateway has no HTTP side; set http = { listen = \"0.0.0.0:80\" } in fleetgated.conf (the CA connects to port 80 of %s), or choose another challenge",
+			       ident, ident);
+			rc = ACME_RETRY;
+			goto out;
+		}
+		break;
+	case CH_DNS: {
+		char val[ACME_B64_SHA256_LEN + 1], line[400];
+		char *ok = jstate_get(j, "acme.dns.ok");
+		int presented = ok != NULL && has_line(ok, line_of(line, sizeof line, ident, ka, val));
+		if (ok == NULL) {
+			seterr(j->err, sizeof j->err, "cannot read the ACME challenge state from the job store");
+			rc = ACME_RETRY;
+			goto out;
+		}
+		free(ok);
+		if (!presented) {
+			if (j->a->dns_hook[0] == 0) {
+				seterr(j->err, sizeof j->err, "backend %s: dns-01 was chosen, but the backend has no dns_hook; set dns_hook = \"/path/to/command\" or choose another challenge",
+				       j->a->name);
+				rc = ACME_FINAL;
+				goto out;
+			}
+			/* acme.dns (what cleanup removes) is written before
+			 * the hook runs, in case it fails halfway;
+			 * acme.dns.ok after it succeeded */
+			if (jstate_add_line(j, "acme.dns", line) != 0 || dns_hook(j, "present", ident, val) != 0 ||
+			    jstate_add_line(j, "acme.dns.ok", line) != 0) {
+				rc = ACME_RETRY;
+				goto out;
+			}
+		}
+		break;
+	}
+	case CH_HTTP_AGENT:
+		if (!REQ_HAS(j->req, n_challenges_ready)) {
+			seterr(j->err, sizeof j->err, "this gateway cannot hand challenges to devices (it is older than the acme plugin); update fleetgated");
+			rc = ACME_FINAL;
+			goto out;
+		}
+		if (j->n_chals >= MAX_CHALS) {
+			seterr(j->err, sizeof j->err, "more than %d names for http-01-agent in one order", MAX_CHALS);
+			rc = ACME_FINAL;
+			goto out;
+		}
+		struct fg_challenge *c = &j->chals[j->n_chals];
+		memset(c, 0, sizeof *c);
+		snprintf(c->type, sizeof c->type, "http-01");
+		snprintf(c->identifier, sizeof c->identifier, "%s", ident);
+		snprintf(c->token, sizeof c->token, "%s", token);
+		snprintf(c->key_authorization, sizeof c->key_authorization, "%s", ka);
+		snprintf(j->chal_urls[j->n_chals], sizeof j->chal_urls[0], "%s", answer ? curl_ : "");
+		j->n_chals++;
+		answer = 0;     /* after the device's acknowledgement */
+		break;
+	default:
+		break;
+	}
+	if (answer) {
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: answering %s for %s (%s)", j->a->name, want,
+		     ident, chal_names[j->mode]);
 		rc = job_post(j, curl_, "{}", NULL);
 	}
 out:
@@ -1040,6 +1394,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	int64_t deadline = a->host->now(a->host->ctx) + a->inline_wait;
 
 	memset(res, 0, sizeof *res);
+	j.mode = job_mode(a, req);
 	if (csr == NULL) {
 		ERR_clear_error();
 		set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
@@ -1068,6 +1423,7 @@ start:
 	for (;;) {
 		json_decref(o);
 		o = NULL;
+		j.n_chals = 0;
 		if ((rc = job_post(&j, j.order, NULL, &o)) != ACME_OK)
 			goto failed;
 		const char *st = json_string_value(json_object_get(o, "status"));
@@ -1081,7 +1437,15 @@ start:
 				if (u != NULL && (rc = authorize(&j, u)) != ACME_OK)
 					goto failed;
 			}
+			if (j.mode == CH_HTTP_AGENT && j.n_chals > 0) {
+				int k = agent_step(&j, res, &rc);
+				if (k < 0)
+					goto failed;
+				if (k > 0)
+					goto out;
+			}
 		} else if (strcmp(st, "ready") == 0) {
+			challenges_done(&j);    /* every authorization is valid */
 			char *csr64 = b64url(req->csr_der, req->csr_len), *payload = NULL;
 			json_t *p = csr64 ? json_pack("{s:s}", "csr", csr64) : NULL;
 			const char *fin = json_string_value(json_object_get(o, "finalize"));
@@ -1122,7 +1486,9 @@ start:
 				seterr(j.err, sizeof j.err, "ACME order %s is invalid", j.order);
 			if (transient_type(type)) {
 				/* a failed validation may pass next time: order again */
+				challenges_done(&j);
 				a->host->job_put(req->job, "acme.order", (const unsigned char *)"", 0);
+				a->host->job_put(req->job, "acme.ack", (const unsigned char *)"", 0);
 				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", j.err);
 			} else {
 				set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
@@ -1143,6 +1509,8 @@ start:
 			alog(a, FG_LEVEL_INFO, req->request_id, "backend %s: ACME order %s is %s; asking again in %u s",
 			     a->name, j.order, st, ra ? ra : 1);
 			set_result(res, FG_ISSUE_PENDING, ra ? ra : 1, "ACME order %s is %s at the CA", j.order, st);
+			if (j.mode == CH_HTTP_AGENT)
+				chals_to_result(&j, res);   /* a restarted device serves them again */
 			goto out;
 		}
 		/* XXX sleeps on a worker thread; fine for a first slice */
@@ -1154,6 +1522,8 @@ failed:
 		/* the CA forgot the account (account_lost dropped it): register
 		 * again at once; an order of the old account is no longer ours */
 		again = 1;
+		challenges_done(&j);
+		a->host->job_put(req->job, "acme.ack", (const unsigned char *)"", 0);
 		EVP_PKEY_free(j.key);
 		j.key = NULL;
 		j.order[0] = 0;
@@ -1168,6 +1538,8 @@ failed:
 		set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
 	}
 out:
+	if (res->status == FG_ISSUE_OK || res->status == FG_ISSUE_REJECTED)
+		challenges_done(&j);
 	json_decref(o);
 	free(v);
 	EVP_PKEY_free(j.key);
@@ -1342,6 +1714,44 @@ static int num_setting(const struct fg_kv *kv, size_t n, const char *key, long d
 	return 0;
 }
 
+/* challenge, dns_hook and hook_timeout. 0 or -1 with err. */
+static int challenge_settings(struct acme *a, const struct fg_kv *kv, size_t n, const char *sd, char *err,
+			      size_t errlen)
+{
+	const char *v = fg_kv_get(kv, n, "challenge");
+	a->challenge = CH_HTTP_GATEWAY;
+	if (v != NULL) {
+		int m = 0;
+		while (m < CH_MAX && strcmp(v, chal_names[m]) != 0)
+			m++;
+		if (m == CH_MAX) {
+			seterr(err, errlen, "backends.%s.challenge: \"%s\" is not a challenge mode; use \"http-01-gateway\", \"http-01-agent\" or \"dns-01\"",
+			       a->name, v);
+			return -1;
+		}
+		a->challenge = m;
+	}
+	if ((v = fg_kv_get(kv, n, "dns_hook")) != NULL) {
+		int w = snprintf(a->dns_hook, sizeof a->dns_hook, "%s%s%s", v[0] == '/' || !sd ? "" : sd,
+				 v[0] == '/' || !sd ? "" : "/", v);
+		if (v[0] == 0 || w < 0 || (size_t)w >= sizeof a->dns_hook || access(a->dns_hook, X_OK) != 0) {
+			seterr(err, errlen, "backends.%s.dns_hook: %s is not an executable file (%s); give the path of the command that publishes _acme-challenge TXT records",
+			       a->name, a->dns_hook, v[0] ? strerror(errno) : "empty");
+			return -1;
+		}
+	}
+	if (a->challenge == CH_DNS && a->dns_hook[0] == 0) {
+		seterr(err, errlen, "backends.%s: challenge = \"dns-01\" needs dns_hook = \"/path/to/command\" (see docs/acme.md)",
+		       a->name);
+		return -1;
+	}
+	if (num_setting(kv, n, "hook_timeout", 60, 1, 3600, &a->hook_timeout) != 0) {
+		seterr(err, errlen, "backends.%s.hook_timeout: seconds, 1 to 3600", a->name);
+		return -1;
+	}
+	return 0;
+}
+
 static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
 		     char *err, size_t errlen)
 {
@@ -1358,13 +1768,15 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	a->host = host;
 	snprintf(a->name, sizeof a->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "acme");
 	static const char *known[] = { "name", "state_dir", "create", "directory", "tls_ca_file", "root_url",
-		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl", NULL };
+		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl",
+		"challenge", "dns_hook", "hook_timeout", /* challenges */
+		NULL };
 	for (size_t i = 0; i < n; i++) {
 		size_t k = 0;
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait, cache_ttl)",
+			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait, cache_ttl, challenge, dns_hook, hook_timeout)",
 			       a->name, kv[i].key);
 			goto fail;
 		}
@@ -1406,6 +1818,8 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		goto fail;
 	}
 	a->cache_ttl = l;
+	if (challenge_settings(a, kv, n, sd, err, errlen) != 0)
+		goto fail;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
 		seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
 		goto fail;
