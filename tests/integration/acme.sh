@@ -6,11 +6,14 @@
 #  - pebble unreachable: the job stays open; back: the same request completes;
 #  - a fresh pebble that forgot the account: the gateway registers again;
 #  - cacerts through root_url (pebble's management interface).
-# First slice: PEBBLE_VA_ALWAYS_VALID=1 makes every challenge valid, since
-# nothing serves http-01 key authorizations yet (docs/acme.md).
+# pebble validates for real: its DNS server is pebble-challtestsrv, which
+# resolves every name to 127.0.0.1, where the gateway's HTTP side answers
+# http-01 on pebble's httpPort (the backend's default challenge mode).
+# tests/integration/acme_challenges.sh covers the other challenge modes.
 source "$(dirname "$0")/lib.sh"
 
 PEBBLE=$(command -v pebble) || die "pebble not found: apt-get install pebble"
+CTS=$(command -v pebble-challtestsrv) || die "pebble-challtestsrv not found: apt-get install pebble"
 
 free_port() {
   local p
@@ -39,16 +42,18 @@ openssl x509 -req -in "$P/srv.csr" -CA "$P/tls-ca.pem" -CAkey "$P/tls-ca.key" -C
 
 ACME_PORT=$(free_port)
 MGMT_PORT=$(free_port)
+HTTP01=$(free_port)
+DNS_PORT=$(free_port)
 cat >"$P/config.json" <<EOF
 {"pebble": {"listenAddress": "127.0.0.1:$ACME_PORT", "managementListenAddress": "127.0.0.1:$MGMT_PORT",
-  "certificate": "$P/cert.pem", "privateKey": "$P/key.pem", "httpPort": $(free_port), "tlsPort": $(free_port),
+  "certificate": "$P/cert.pem", "privateKey": "$P/key.pem", "httpPort": $HTTP01, "tlsPort": $(free_port),
   "ocspResponderURL": "", "externalAccountBindingRequired": false}}
 EOF
 
-PB_PID=
+PB_PID= CTS_PID=
 start_pebble() {
-  PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_WFE_NONCEREJECT=0 \
-    "$PEBBLE" -config "$P/config.json" >>"$T/pebble.log" 2>&1 &
+  PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 \
+    "$PEBBLE" -config "$P/config.json" -dnsserver "127.0.0.1:$DNS_PORT" >>"$T/pebble.log" 2>&1 &
   PB_PID=$!
   for _ in $(seq 300); do
     curl -fs --cacert "$P/tls-ca.pem" "https://127.0.0.1:$ACME_PORT/dir" >/dev/null 2>&1 &&
@@ -63,11 +68,16 @@ stop_pebble() {
 }
 # (set +e: under errexit, "(exit $rc)" would end the trap before cleanup
 # stops the gateway, whose open stdout then keeps meson waiting)
-trap 'rc=$?; set +e; stop_pebble; (exit $rc); cleanup' EXIT
+trap 'rc=$?; set +e; stop_pebble; [ -n "$CTS_PID" ] && kill "$CTS_PID" && wait "$CTS_PID"; (exit $rc); cleanup' EXIT
+# DNS for pebble's VA: every name is 127.0.0.1 (IPv4 only)
+"$CTS" -dns01 "127.0.0.1:$DNS_PORT" -http01 "" -https01 "" -tlsalpn01 "" -management "127.0.0.1:$(free_port)" \
+  -defaultIPv4 127.0.0.1 -defaultIPv6 "" >>"$T/cts.log" 2>&1 &
+CTS_PID=$!
 start_pebble
 
-# ---- the gateway: group "acme" goes to the ACME backend ----
-gw_init
+# ---- the gateway: group "acme" goes to the ACME backend; its HTTP side
+# answers http-01 on pebble's httpPort ----
+gw_init --http "127.0.0.1:$HTTP01"
 python3 - "$GW/fleetgated.conf" "$ACME_PORT" "$MGMT_PORT" "$P/tls-ca.pem" <<'EOF'
 import sys
 p, port, mport, ca = sys.argv[1:]
@@ -93,7 +103,7 @@ function enroll(req)
   elseif req.device.group == "acme-ip" then
     d.backend = "acme"
     d.profile = "server"
-    d.ip = { "127.0.0.7" }
+    d.ip = { "127.0.0.1" }
   end
   return allow(d)
 end
@@ -134,6 +144,8 @@ expect_eq "the key never left the device: certificate matches the agent's key" \
 expect_eq "the certificate is recorded with backend acme" \
   "$(sql "select backend from certificates order by rowid desc limit 1")" "acme"
 expect_eq "one ACME account registered" "$(grep -c 'ACME account https' "$T/gw.log")" "1"
+expect_match "pebble validated http-01 at the gateway" "$(cat "$T/pebble.log")" \
+  "validate w/ HTTP: http://acme-one.test:$HTTP01/.well-known/acme-challenge/"
 expect_eq "no job left open" "$(sql "select count(*) from jobs where state in (0, 1)")" "0"
 
 # ---- 2. a second device reuses the account ----
@@ -146,7 +158,7 @@ expect_eq "the account was reused" "$(grep -c 'ACME account https' "$T/gw.log")"
 # ---- 3. an IP address identifier (RFC 8738) ----
 agent_for i1 acme-ip.test acme-ip
 check "device with an IP name enrolls" run_agent i1
-expect_match "SAN carries the IP address" "$(openssl x509 -in "$(crt i1)" -noout -ext subjectAltName)" "IP Address:127.0.0.7"
+expect_match "SAN carries the IP address" "$(openssl x509 -in "$(crt i1)" -noout -ext subjectAltName)" "IP Address:127.0.0.1"
 
 # ---- 4. cacerts from root_url ----
 expect_eq "cacerts is pebble's root" \
