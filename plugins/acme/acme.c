@@ -9,10 +9,13 @@
  * ACME CA takes the names from the CSR, so csr_needs sets names_from_csr
  * and the host makes the device send a CSR naming exactly the decision.
  *
- * First slice (see docs/acme.md): authorizations are answered by POSTing {}
- * to their http-01 challenge and polling; nothing serves the key
- * authorization yet, so this works only against a CA that does not really
- * validate (pebble with PEBBLE_VA_ALWAYS_VALID=1).
+ * Challenges (RFC 8555 8, see docs/acme.md): each authorization is answered
+ * in the job's mode (setting challenge, or the policy's acme_challenge):
+ * http-01 served by the gateway's HTTP side (host service http01_publish),
+ * http-01 served by the agent on the device (the challenges go back with a
+ * PENDING result; answered once the device's acknowledgement is in the
+ * job), or dns-01 through the operator's dns_hook. acme_chal.c computes
+ * thumbprints, key authorizations and TXT values, and runs the hook.
  *
  * Settings (backends.<name> in the gateway config):
  *   directory      https URL of the ACME directory (required)
@@ -26,11 +29,17 @@
  *   inline_wait    seconds one issue/poll call may wait for the CA before it
  *                  returns PENDING (default 10)
  *   cache_ttl      seconds the root_url answer is reused (default 3600)
+ *   challenge      http-01-gateway (default), http-01-agent or dns-01
+ *   dns_hook       command publishing/removing _acme-challenge TXT records
+ *   hook_timeout   seconds dns_hook may run (default 60)
  *
  * Plugin state: "account.key" (PEM, the account key) and "account.url"
  * (the account's kid). Job state: "acme.order" (the order URL, written as
  * soon as newOrder answers), so a resumed job polls its order rather than
- * ordering again.
+ * ordering again; "acme.http01" (tokens published on the gateway),
+ * "acme.ack" (tokens the device acknowledged), "acme.dns" and
+ * "acme.dns.ok" (TXT records the hook was asked for and made), each a
+ * newline-separated list.
  *
  * Threads: issue, poll and cacerts may run concurrently. The account, the
  * directory and the cached nonce are behind a mutex; HTTP exchanges run
