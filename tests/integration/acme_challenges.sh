@@ -11,6 +11,7 @@
 #    open, and the same request completes once the hook works;
 #  - the gateway killed mid-order (after the challenge went to the agent)
 #    and restarted: the same request and the same order complete;
+#  - the agent as a daemon answers http-01 the same way;
 #  - afterwards nothing is served: the agent's listener is closed, its
 #    webroot files are gone, the gateway's token answers 404;
 #  - every certificate chains to pebble's root and carries exactly the
@@ -299,6 +300,20 @@ expect_eq "restarted: one ACME order for it (resumed, not placed again)" \
 check "restarted: chains to pebble's root" chains k1
 expect_eq "restarted: exactly the decided name" "$(sans k1)" "DNS:agent-two.test"
 check "restarted: listener closed afterwards" bash -c "! (exec 3<>/dev/tcp/127.0.0.2/$HTTP01) 2>/dev/null"
+
+# ---- 8. the agent as a daemon answers http-01 too ----
+add_a agent-three.test 127.0.0.2
+agent_for m1 agent-three.test agent "acme_http01_listen = 127.0.0.2:$HTTP01"
+FLEETGATE_FACTS_ROOT="$T/facts/m1" "$AGENT" --config "$T/agents/m1/agent.conf" 2>"$T/m1-daemon.log" &
+BG_PID=$!
+for _ in $(seq 300); do test -s "$(crt m1)" && break; sleep 0.1; done
+check "daemon: enrolled through http-01 answered on its host" test -s "$(crt m1)"
+expect_match "daemon: it served the challenge" "$(cat "$T/m1-daemon.log")" "serving 1 ACME http-01 challenge"
+check "daemon: chains to pebble's root" chains m1
+expect_eq "daemon: exactly the decided name" "$(sans m1)" "DNS:agent-three.test"
+for _ in $(seq 50); do listening 127.0.0.2 "$HTTP01" || break; sleep 0.1; done
+check "daemon: its listener closed once installed" bash -c "! (exec 3<>/dev/tcp/127.0.0.2/$HTTP01) 2>/dev/null"
+kill "$BG_PID"; wait "$BG_PID" 2>/dev/null || true; BG_PID=
 
 check "audit chain verifies" "$FLEETGATE" audit verify --state "$GW"
 finish
