@@ -1095,26 +1095,26 @@ static void chals_to_result(struct job *j, struct fg_issue_result *res)
 	res->n_challenges = j->n_chals;
 }
 
-/* http-01 answered by the device. Until it has acknowledged every token
- * (in this request's challenges_ready, or earlier, kept in the job as
- * acme.ack) nothing is answered and res becomes PENDING with the
- * challenges; once it has, the acknowledgement is made durable and only
- * then are the pending challenges answered. 1 when res is set, 0 to go
- * on, -1 with j->err on failure (*rc says which). */
+/* http-01 answered by the device. A challenge still to be answered is
+ * answered only when this very request carries the device's
+ * acknowledgement of its token (challenges_ready): an acknowledgement
+ * from before a restart says nothing about whether the device serves it
+ * now. Until then res becomes PENDING with the challenges. With the
+ * acknowledgement, it is made durable in the job (acme.ack) and only then
+ * are the challenges answered. 1 when res is set, 0 to go on, -1 with
+ * j->err on failure (*rc says which). */
 static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *rc)
 {
-	char *acked = jstate_get(j, "acme.ack");
-	int all = 1;
-	if (acked == NULL) {
-		seterr(j->err, sizeof j->err, "cannot read the ACME challenge state from the job store");
-		*rc = ACME_RETRY;
-		return -1;
+	size_t need = 0, ready = 0;
+	for (size_t i = 0; i < j->n_chals; i++) {
+		if (j->chal_urls[i][0] == 0)
+			continue;       /* answered already: the CA is validating */
+		need++;
+		ready += req_ready(j->req, j->chals[i].token);
 	}
-	for (size_t i = 0; i < j->n_chals; i++)
-		if (!has_line(acked, j->chals[i].token) && !req_ready(j->req, j->chals[i].token))
-			all = 0;
-	free(acked);
-	if (!all) {
+	if (need == 0)
+		return 0;
+	if (ready < need) {
 		chals_to_result(j, res);
 		set_result(res, FG_ISSUE_PENDING, 1, "serve the http-01 challenge%s for %s%s, then send the request again",
 			   j->n_chals > 1 ? "s" : "", j->chals[0].identifier, j->n_chals > 1 ? " and more" : "");
@@ -1123,7 +1123,7 @@ static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *
 		return 1;
 	}
 	for (size_t i = 0; i < j->n_chals; i++) {
-		if (jstate_add_line(j, "acme.ack", j->chals[i].token) != 0) {
+		if (j->chal_urls[i][0] && jstate_add_line(j, "acme.ack", j->chals[i].token) != 0) {
 			*rc = ACME_RETRY;
 			return -1;
 		}
