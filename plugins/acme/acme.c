@@ -13,8 +13,9 @@
  * in the job's mode (setting challenge, or the policy's acme_challenge):
  * http-01 served by the gateway's HTTP side (host service http01_publish),
  * http-01 served by the agent on the device (the challenges go back with a
- * PENDING result; answered once the device's acknowledgement is in the
- * job), or dns-01 through the operator's dns_hook. acme_chal.c computes
+ * PENDING result; answered on a request that carries the device's
+ * acknowledgement, recorded in the job first), or dns-01 through the
+ * operator's dns_hook. acme_chal.c computes
  * thumbprints, key authorizations and TXT values, and runs the hook.
  *
  * Settings (backends.<name> in the gateway config):
@@ -1115,8 +1116,11 @@ static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *
 	if (need == 0)
 		return 0;
 	if (ready < need) {
+		/* the device's acknowledgement reaches the plugin at once
+		 * (the host does not wait for retry_after then); retry_after
+		 * paces the poller and a device that comes back without one */
 		chals_to_result(j, res);
-		set_result(res, FG_ISSUE_PENDING, 1, "serve the http-01 challenge%s for %s%s, then send the request again",
+		set_result(res, FG_ISSUE_PENDING, j->a->poll_interval, "serve the http-01 challenge%s for %s%s, then send the request again",
 			   j->n_chals > 1 ? "s" : "", j->chals[0].identifier, j->n_chals > 1 ? " and more" : "");
 		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: %zu http-01 challenge(s) handed to the device",
 		     j->a->name, j->n_chals);
