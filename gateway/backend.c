@@ -54,6 +54,8 @@ struct backends {
 	pthread_mutex_t h01_lock;  /* guards h01 */
 	struct http01 *h01;        /* published http-01 answers */
 	size_t nh01, caph01;
+	char **busy;               /* "<curve key> <request id>" of jobs in a backend call, under h01_lock */
+	size_t nbusy, capbusy;
 };
 
 static void h_log(void *ctx, enum fg_level level, const char *request_id, const char *msg)
@@ -212,6 +214,53 @@ static void h_http01_withdraw(void *ctx, const char *token)
 		if (strcmp(bs->h01[i].token, token) == 0) {
 			bs->h01[i] = bs->h01[--bs->nh01];
 			fg_debug(h->component, NULL, "no longer serving http-01 token %s", token);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&bs->h01_lock);
+}
+
+int backends_job_claim(struct backends *bs, const char *curve_key, const char *request_id)
+{
+	char *id = NULL;
+	int rc = -1;
+
+	if (asprintf(&id, "%s %s", curve_key, request_id) < 0)
+		return -1;
+	pthread_mutex_lock(&bs->h01_lock);
+	for (size_t i = 0; i < bs->nbusy; i++) {
+		if (strcmp(bs->busy[i], id) == 0) {
+			rc = 0;
+			goto out;
+		}
+	}
+	if (bs->nbusy == bs->capbusy) {
+		size_t nc = bs->capbusy ? bs->capbusy * 2 : 16;
+		char **nv = realloc(bs->busy, nc * sizeof *nv);
+		if (nv == NULL)
+			goto out;
+		bs->busy = nv;
+		bs->capbusy = nc;
+	}
+	bs->busy[bs->nbusy++] = id;
+	id = NULL;
+	rc = 1;
+out:
+	pthread_mutex_unlock(&bs->h01_lock);
+	free(id);
+	return rc;
+}
+
+void backends_job_release(struct backends *bs, const char *curve_key, const char *request_id)
+{
+	size_t kl = strlen(curve_key);
+
+	pthread_mutex_lock(&bs->h01_lock);
+	for (size_t i = 0; i < bs->nbusy; i++) {
+		const char *b = bs->busy[i];
+		if (strncmp(b, curve_key, kl) == 0 && b[kl] == ' ' && strcmp(b + kl + 1, request_id) == 0) {
+			free(bs->busy[i]);
+			bs->busy[i] = bs->busy[--bs->nbusy];
 			break;
 		}
 	}
@@ -497,6 +546,9 @@ void backends_free(struct backends *bs)
 	pthread_mutex_destroy(&bs->lock);
 	pthread_mutex_destroy(&bs->h01_lock);
 	free(bs->h01);
+	for (size_t i = 0; i < bs->nbusy; i++)
+		free(bs->busy[i]);
+	free(bs->busy);
 	free(bs);
 }
 

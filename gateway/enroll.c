@@ -503,6 +503,15 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 			     p->backend);
 		return;
 	}
+	int claim = backends_job_claim(w->bs, key, rid);
+	if (claim != 1) {
+		/* another worker is asking the backend about this job now:
+		 * its answer is stored, and the retry gets it */
+		reply_status(rid, claim == 0 ? FLEETGATE__STATUS__STATUS_PENDING : FLEETGATE__STATUS__STATUS_INTERNAL,
+			     1, out, len, "the request is being worked on right now (backend %s); retry in 1 s",
+			     p->backend);
+		return;
+	}
 	struct fg_job job = { w->st, key, rid };
 	struct fg_issue_request ir = {
 		.struct_size = sizeof ir,
@@ -636,6 +645,7 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
 		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend);
 out:
+	backends_job_release(w->bs, key, rid);
 	X509_free(cert);
 	fg_issue_result_clear(&res);
 }
