@@ -1296,8 +1296,8 @@ static enum acme_rc authorize(struct job *j, const char *url)
 		break;
 	}
 	if (answer) {
-		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: answering %s for %s (%s)", j->a->name, want,
-		     ident, chal_names[j->mode]);
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: answering %s for %s (%s, token %s)", j->a->name,
+		     want, ident, chal_names[j->mode], token);
 		rc = job_post(j, curl_, "{}", NULL);
 	}
 out:

@@ -12,6 +12,8 @@
 #  - the gateway killed mid-order (after the challenge went to the agent)
 #    and restarted: the same request and the same order complete;
 #  - the agent as a daemon answers http-01 the same way;
+#  - a gateway restarted while pebble validates its http-01 answer serves
+#    the answer again when the job resumes;
 #  - afterwards nothing is served: the agent's listener is closed, its
 #    webroot files are gone, the gateway's token answers 404;
 #  - every certificate chains to pebble's root and carries exactly the
@@ -277,12 +279,11 @@ expect_match "unknown acme_challenge: the message says which modes exist" "$(cat
 # ---- 7. the gateway killed mid-order, after the challenge went to the agent ----
 add_a agent-two.test 127.0.0.2
 AGENT_TIMEOUT=4s agent_for k1 agent-two.test agent "acme_http01_listen = 127.0.0.2:$HTTP01"
-HANDED=$(grep -c "challenge(s) handed to the device" "$T/gw.log" || true)
 FLEETGATE_FACTS_ROOT="$T/facts/k1" "$AGENT" --config "$T/agents/k1/agent.conf" --once >"$T/k1-first.out" 2>&1 &
 BG_PID=$!
 for _ in $(seq 500); do
-  [ "$(grep -c "challenge(s) handed to the device" "$T/gw.log" || true)" -gt "$HANDED" ] && break
-  sleep 0.02
+  grep -q "serving 1 ACME http-01 challenge" "$T/k1-first.out" 2>/dev/null && break
+  sleep 0.01
 done
 gw_kill9
 expect_match "killed: the agent had been handed the challenge" "$(cat "$T/k1-first.out")" "serving 1 ACME http-01 challenge"
@@ -314,6 +315,51 @@ expect_eq "daemon: exactly the decided name" "$(sans m1)" "DNS:agent-three.test"
 for _ in $(seq 50); do listening 127.0.0.2 "$HTTP01" || break; sleep 0.1; done
 check "daemon: its listener closed once installed" bash -c "! (exec 3<>/dev/tcp/127.0.0.2/$HTTP01) 2>/dev/null"
 kill "$BG_PID"; wait "$BG_PID" 2>/dev/null || true; BG_PID=
+
+# ---- 9. gateway http-01 across a restart: the answer is published again ----
+# challtestsrv is stopped, so pebble's VA waits on DNS (about 3 s) after
+# the challenge was answered; meanwhile the gateway and the agent are
+# killed, the gateway restarts, the agent sends the same request again, and
+# the resumed job must serve the token again before pebble looks.
+add_a gw-two.test 127.0.0.1
+kill -STOP "$CTS_PID"
+ANSWERED=$(grep -c "answering http-01 for gw-two.test" "$T/gw.log" || true)
+agent_for g2 gw-two.test gw
+FLEETGATE_FACTS_ROOT="$T/facts/g2" "$AGENT" --config "$T/agents/g2/agent.conf" --once >"$T/g2-first.out" 2>&1 &
+BG_PID=$!
+for _ in $(seq 300); do
+  [ "$(grep -c "answering http-01 for gw-two.test" "$T/gw.log" || true)" -gt "$ANSWERED" ] && break
+  sleep 0.02
+done
+gw_kill9
+kill -9 "$BG_PID" 2>/dev/null || true
+TOKEN2=$(grep -o 'answering http-01 for gw-two.test (http-01-gateway, token [A-Za-z0-9_-]*' "$T/gw.log" | tail -n 1 |
+  sed 's/.*token //')
+wait "$BG_PID" 2>/dev/null || true
+BG_PID=
+G2RID=$(pending_rid g2)
+gw_start
+expect_eq "restart: the new gateway does not know the token yet" \
+  "$(curl -s -o /dev/null -w '%{http_code}' "$HURL/.well-known/acme-challenge/$TOKEN2")" "404"
+FLEETGATE_FACTS_ROOT="$T/facts/g2" "$AGENT" --config "$T/agents/g2/agent.conf" --once >"$T/g2.out" 2>&1 &
+BG_PID=$!
+code=
+for _ in $(seq 250); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "$HURL/.well-known/acme-challenge/$TOKEN2")
+  [ "$code" = 200 ] && break
+  sleep 0.02
+done
+expect_eq "restart: the resumed job publishes the token again" "$code" "200"
+kill -CONT "$CTS_PID"
+rc=0; wait "$BG_PID" || rc=$?
+BG_PID=
+expect_eq "restart: the same request completes" "$rc" "0"
+expect_eq "restart: it was the same request" \
+  "$(sql "select request_id from certificates order by rowid desc limit 1")" "$G2RID"
+check "restart: chains to pebble's root" chains g2
+expect_eq "restart: exactly the decided name" "$(sans g2)" "DNS:gw-two.test"
+expect_eq "restart: the token is withdrawn afterwards" \
+  "$(curl -s -o /dev/null -w '%{http_code}' "$HURL/.well-known/acme-challenge/$TOKEN2")" "404"
 
 check "audit chain verifies" "$FLEETGATE" audit verify --state "$GW"
 finish
