@@ -33,6 +33,7 @@
 #include <openssl/crypto.h>
 
 #include "agent_config.h"
+#include "challenge.h"
 #include "client.h"
 #include "facts.h"
 #include "fg_bundle.h"
@@ -59,6 +60,7 @@ struct agent {
 	char pub[41], sec[41];
 	int once;                          /* print results on stdout */
 	int force[AGENT_MAX_SLOTS];        /* renew this slot even if not due */
+	struct chal_server *chal;          /* ACME http-01 answered on this host */
 };
 
 /* What became of one request. */
@@ -131,6 +133,10 @@ static int agent_load(struct agent *a, const char *config, char *err, size_t err
 	if (fg_curve_load(path, 1, a->pub, a->sec, err, errlen) != 0)
 		return EXIT_CONFIG;
 	facts_read(NULL, &a->facts);
+	if (a->chal == NULL && (a->chal = chal_new()) == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		return EXIT_CONFIG;
+	}
 	a->client = client_new(a->bundle.endpoint, a->bundle.server_key, a->pub, a->sec, err, errlen);
 	if (a->client == NULL)
 		return EXIT_CONFIG;
@@ -139,6 +145,8 @@ static int agent_load(struct agent *a, const char *config, char *err, size_t err
 
 static void agent_unload(struct agent *a)
 {
+	chal_free(a->chal);
+	a->chal = NULL;
 	client_free(a->client);
 	a->client = NULL;
 	fg_bundle_clear(&a->bundle);
@@ -224,6 +232,33 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 	}
 }
 
+/* A PENDING reply that carries ACME challenges: serve them (challenge.h)
+ * and put the tokens served into r, the acknowledgement the gateway waits
+ * for. 1 when something new is served (send r again now), 0 when not, -1
+ * when they cannot be served (said). */
+static int serve_challenges(struct agent *a, const struct agent_slot *s, struct slot_request *r,
+			    const Fleetgate__CertReply *cr)
+{
+	char err[1024];
+	size_t n = 0;
+	if (cr == NULL || cr->n_challenges == 0)
+		return 0;
+	int added = chal_serve(a->chal, &a->cfg, r->rid, cr->challenges, cr->n_challenges, err, sizeof err);
+	if (added < 0) {
+		say(a, FG_LOG_ERROR, r->rid, "slot %s: cannot answer the CA's challenge: %s", s->name, err);
+		return -1;
+	}
+	char *const *t = chal_tokens(a->chal, &n);
+	if (slot_request_set_ready(r, t, n) != 0) {
+		say(a, FG_LOG_ERROR, r->rid, "slot %s: cannot encode the acknowledgement of the challenges", s->name);
+		return -1;
+	}
+	if (added > 0)
+		say(a, FG_LOG_INFO, r->rid, "slot %s: serving %d ACME http-01 challenge(s) for the CA; telling the gateway",
+		    s->name, added);
+	return added > 0;
+}
+
 /* Act on any reply to a slot's request; *retry_after gets the gateway's hint. */
 static enum outcome on_slot_reply(struct agent *a, const struct agent_slot *s, struct slot_request *r,
 				  const Fleetgate__Envelope *env, uint32_t *retry_after)
@@ -284,6 +319,14 @@ static int once_slot(struct agent *a, size_t i)
 			continue;
 		}
 		if (o == OUT_PENDING) {
+			int sc = serve_challenges(a, s, &r, env->cert_reply);
+			if (sc != 0) {
+				fg_wire_free(env);
+				if (sc > 0)
+					continue;   /* acknowledge at once */
+				code = EXIT_REFUSED;
+				break;
+			}
 			if (ra == 0)
 				ra = 5;
 			if (ra <= ONCE_PENDING_STEP && waited + (int)ra <= ONCE_PENDING_TOTAL) {
@@ -301,6 +344,7 @@ static int once_slot(struct agent *a, size_t i)
 		fg_wire_free(env);
 		break;
 	}
+	chal_stop(a->chal);     /* the request ended here: nothing stays served */
 	slot_request_clear(&r);
 	return code;
 }
@@ -352,6 +396,7 @@ struct daemon {
 	size_t nresults, nsent;              /* nsent: in the check-in in flight */
 	char seen[MAX_SEEN][24];             /* commands already carried out */
 	size_t nseen;
+	size_t chal_slot;                    /* the slot whose ACME challenges a->chal serves */
 };
 
 /* Queue the answer to command id for the next check-in, which comes soon. */
@@ -506,6 +551,10 @@ static int64_t schedule(struct daemon *d)
 			continue;
 		}
 		a->force[i] = 0;   /* the request is on disk now; it is resumed until it completes */
+		size_t nt = 0;
+		char *const *tok = chal_tokens(a->chal, &nt);
+		if (nt > 0 && d->chal_slot == i && slot_request_set_ready(&d->req, tok, nt) != 0)
+			fg_warn("agent", d->req.rid, "slot %s: cannot add the challenge acknowledgement", s->name);
 		if (client_send(a->client, d->req.buf, d->req.len, d->req.rid, err, sizeof err) != CLIENT_OK) {
 			fg_err("agent", d->req.rid, "slot %s: %s", s->name, err);
 			slot_request_clear(&d->req);
@@ -667,9 +716,23 @@ static void on_reply(struct daemon *d, const Fleetgate__Envelope *env)
 		d->retry_at = now + backoff(d);
 		return;
 	}
-	if (o == OUT_PENDING)
+	if (o == OUT_PENDING) {
+		int sc = serve_challenges(a, s, &d->req, env->cert_reply);
+		if (sc > 0) {
+			char err[512];
+			d->chal_slot = d->slot;
+			if (client_send(a->client, d->req.buf, d->req.len, d->req.rid, err, sizeof err) == CLIENT_OK) {
+				d->busy = WAIT_SLOT;
+				d->deadline_ns = fg_mono_ns() + (uint64_t)a->cfg.request_timeout * 1000000000u;
+				return;
+			}
+			fg_err("agent", d->req.rid, "slot %s: %s", s->name, err);
+		}
 		fg_info("agent", d->req.rid, "slot %s: pending at the CA (%s); asking again in %u s", s->name,
 			env->cert_reply->message, ra ? ra : 5);
+	} else if (d->chal_slot == d->slot) {
+		chal_stop(a->chal);   /* the request ended (or failed for now): stop serving */
+	}
 	slot_request_clear(&d->req);
 	char *cmd = d->slot_cmd[d->slot];
 	if (cmd[0] && (o == OUT_DONE || o == OUT_REFUSED || o == OUT_INSTALL)) {

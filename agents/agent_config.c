@@ -18,7 +18,8 @@
 
 /* Keys, so that a key given twice in one section is caught. */
 static const char *const global_keys[] = {
-	"bundle", "state_dir", "checkin_interval", "request_timeout", "log_level", NULL
+	"bundle", "state_dir", "checkin_interval", "request_timeout", "log_level",
+	"acme_http01_listen", "acme_webroot", NULL
 };
 static const char *const slot_keys[] = {
 	"key_type", "key", "cert", "chain", "mode", "owner", "reload", "renew_at", NULL
@@ -149,6 +150,34 @@ static struct agent_slot *slot_add(struct agent_config *cfg, const char *name, i
 	return s;
 }
 
+/* See agent_config.h. */
+int agent_listen_split(const char *listen, char *host, size_t hostlen, int *port)
+{
+	const char *colon = strrchr(listen, ':');
+	const char *h = listen;
+	size_t hl;
+	char *end;
+
+	if (colon == NULL || colon == listen)
+		return -1;
+	hl = (size_t)(colon - listen);
+	if (h[0] == '[') {
+		if (hl < 3 || listen[hl - 1] != ']')
+			return -1;
+		h++;
+		hl -= 2;
+	}
+	if (hl == 0 || hl >= hostlen)
+		return -1;
+	long p = strtol(colon + 1, &end, 10);
+	if (end == colon + 1 || *end != '\0' || p < 1 || p > 65535)
+		return -1;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	*port = (int)p;
+	return 0;
+}
+
 /* One "key = value" outside any section. */
 static int set_global(struct agent_config *cfg, const char *base, int line, const char *k,
 		      const char *v, char *err, size_t errlen)
@@ -177,8 +206,37 @@ static int set_global(struct agent_config *cfg, const char *base, int line, cons
 			return -1;
 		}
 		fg_strlcpy(cfg->log_level, v, sizeof cfg->log_level);
+	} else if (strcmp(k, "acme_http01_listen") == 0) {
+		char host[256];
+		int port = 0;
+		size_t n = strlen(v);
+		if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+			v++;
+			n -= 2;
+		}
+		if (n >= sizeof cfg->acme_http01_listen) {
+			fg_seterr(err, errlen, "%s:%d: acme_http01_listen is too long", cfg->path, line);
+			return -1;
+		}
+		memcpy(cfg->acme_http01_listen, v, n);
+		cfg->acme_http01_listen[n] = '\0';
+		if (agent_listen_split(cfg->acme_http01_listen, host, sizeof host, &port) != 0) {
+			fg_seterr(err, errlen, "%s:%d: acme_http01_listen '%s' is not HOST:PORT (e.g. 0.0.0.0:80, [::]:80, 127.0.0.2:5002)",
+				  cfg->path, line, cfg->acme_http01_listen);
+			cfg->acme_http01_listen[0] = '\0';
+			return -1;
+		}
+	} else if (strcmp(k, "acme_webroot") == 0) {
+		if (v[0] == '\0') {
+			fg_seterr(err, errlen, "%s:%d: acme_webroot needs a directory", cfg->path, line);
+			return -1;
+		}
+		if (fg_path_join(base, v, cfg->acme_webroot, PATH_MAX) != 0) {
+			fg_seterr(err, errlen, "%s:%d: acme_webroot path is too long", cfg->path, line);
+			return -1;
+		}
 	} else {
-		fg_seterr(err, errlen, "%s:%d: unknown key '%s' (expected bundle, state_dir, checkin_interval, request_timeout, log_level, or a [slot NAME] section)",
+		fg_seterr(err, errlen, "%s:%d: unknown key '%s' (expected bundle, state_dir, checkin_interval, request_timeout, log_level, acme_http01_listen, acme_webroot, or a [slot NAME] section)",
 			  cfg->path, line, k);
 		return -1;
 	}

@@ -33,6 +33,8 @@ struct agent_config {
 	int64_t checkin_interval;   /* seconds */
 	int64_t request_timeout;    /* seconds */
 	char log_level[16];         /* error, warn, info, debug */
+	char acme_http01_listen[280]; /* HOST:PORT where ACME http-01 is served, "" none */
+	char acme_webroot[PATH_MAX];  /* webroot for ACME http-01 files, "" none */
 	struct agent_slot *slots;   /* malloc'd, nslots of them */
 	size_t nslots;              /* 1 .. AGENT_MAX_SLOTS */
 };
@@ -43,6 +45,10 @@ struct agent_config {
  * Release with agent_config_clear. */
 int agent_config_load(const char *path, struct agent_config *cfg, char *err, size_t errlen);
 void agent_config_clear(struct agent_config *cfg);
+
+/* HOST:PORT (host may be [v6]) into host and *port. 0, or -1 when
+ * malformed. */
+int agent_listen_split(const char *listen, char *host, size_t hostlen, int *port);
 
 /* The slot called name, or NULL. */
 const struct agent_slot *agent_config_slot(const struct agent_config *cfg, const char *name);

@@ -143,6 +143,47 @@ void slot_request_clear(struct slot_request *r)
 	memset(r, 0, sizeof *r);
 }
 
+/* See slot.h: the packed envelope is decoded, given the tokens and packed
+ * again, so that the CSR (perhaps rebuilt from a template) stays as sent. */
+int slot_request_set_ready(struct slot_request *r, char *const *tokens, size_t n)
+{
+	Fleetgate__Envelope *env = fleetgate__envelope__unpack(NULL, r->len, r->buf);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc = -1;
+
+	if (env == NULL)
+		return -1;
+	size_t *np = NULL;
+	char ***vp = NULL;
+	if (env->body_case == FLEETGATE__ENVELOPE__BODY_ENROLL && env->enroll != NULL) {
+		np = &env->enroll->n_challenges_ready;
+		vp = &env->enroll->challenges_ready;
+	} else if (env->body_case == FLEETGATE__ENVELOPE__BODY_RENEW && env->renew != NULL) {
+		np = &env->renew->n_challenges_ready;
+		vp = &env->renew->challenges_ready;
+	}
+	if (np == NULL)
+		goto out;
+	/* swap in the caller's tokens for packing, then put the decoder's
+	 * own back so that free_unpacked frees only what it made */
+	size_t old_n = *np;
+	char **old_v = *vp;
+	*np = n;
+	*vp = (char **)tokens;
+	rc = fg_wire_pack(env, &buf, &len);
+	*np = old_n;
+	*vp = old_v;
+	if (rc == 0) {
+		free(r->buf);
+		r->buf = buf;
+		r->len = len;
+	}
+out:
+	fleetgate__envelope__free_unpacked(env, NULL);
+	return rc;
+}
+
 void slot_request_forget(const struct agent_config *cfg, const struct agent_slot *s)
 {
 	char p[STATE_PATH_MAX];

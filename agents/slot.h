@@ -83,6 +83,10 @@ int slot_request_resubmit(const struct agent_config *cfg, const struct agent_slo
 			  struct slot_request *r, const Fleetgate__CsrTemplate *tpl, char *err,
 			  size_t errlen);
 
+/* Re-pack r with the ACME challenge tokens this device serves
+ * (challenges_ready), the acknowledgement the gateway waits for. 0 or -1. */
+int slot_request_set_ready(struct slot_request *r, char *const *tokens, size_t n);
+
 /* Drop the in-flight request (after a final refusal). */
 void slot_request_forget(const struct agent_config *cfg, const struct agent_slot *s);
 

@@ -37,11 +37,25 @@ struct loaded {
 	struct host_ctx hctx;
 };
 
+/* One published ACME http-01 answer (RFC 8555 8.3). */
+struct http01 {
+	char token[128];
+	char keyauth[256];
+};
+
+#define HTTP01_MAX 4096            /* tokens published at once, all backends */
+
 struct backends {
 	struct loaded *v;
 	size_t n;                  /* entries of v in use (opened or half-opened) */
 	struct store *st;          /* plugin-wide state and serials */
 	pthread_mutex_t lock;      /* guards st */
+	int http_on;               /* the gateway has an HTTP side (http.listen) */
+	pthread_mutex_t h01_lock;  /* guards h01 */
+	struct http01 *h01;        /* published http-01 answers */
+	size_t nh01, caph01;
+	char **busy;               /* "<curve key> <request id>" of jobs in a backend call, under h01_lock */
+	size_t nbusy, capbusy;
 };
 
 static void h_log(void *ctx, enum fg_level level, const char *request_id, const char *msg)
@@ -145,6 +159,142 @@ static int h_serial_reserve(void *ctx, const char *serial_hex)
 	if (r < 0)
 		fg_err(h->component, NULL, "reserving serial %s: %s", serial_hex, err);
 	return r;
+}
+
+/* base64url without padding (RFC 4648 5), as ACME tokens are. */
+static int token_ok(const char *t)
+{
+	size_t n = strlen(t);
+
+	if (n == 0 || n >= sizeof(((struct http01 *)0)->token))
+		return 0;
+	return strspn(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+}
+
+/* fg_host.http01_publish: keep (or replace) the answer for token. */
+static int h_http01_publish(void *ctx, const char *token, const char *keyauth)
+{
+	struct host_ctx *h = ctx;
+	struct backends *bs = h->bs;
+	int rc = -1;
+
+	if (!bs->http_on) {
+		fg_err(h->component, NULL, "http-01 token %s cannot be served: the gateway has no HTTP side; set http = { listen = \"0.0.0.0:80\" } in fleetgated.conf",
+		       token ? token : "");
+		return -1;
+	}
+	if (token == NULL || keyauth == NULL || !token_ok(token) ||
+	    strlen(keyauth) >= sizeof bs->h01[0].keyauth) {
+		fg_err(h->component, NULL, "refusing to publish a malformed http-01 token");
+		return -1;
+	}
+	pthread_mutex_lock(&bs->h01_lock);
+	size_t i;
+	for (i = 0; i < bs->nh01 && strcmp(bs->h01[i].token, token) != 0; i++)
+		;
+	if (i == bs->nh01) {
+		if (bs->nh01 == bs->caph01) {
+			size_t nc = bs->caph01 ? bs->caph01 * 2 : 16;
+			struct http01 *nv = nc <= HTTP01_MAX ? realloc(bs->h01, nc * sizeof *nv) : NULL;
+			if (nv == NULL) {
+				fg_err(h->component, NULL, "too many http-01 tokens published at once (%zu)", bs->nh01);
+				goto out;
+			}
+			bs->h01 = nv;
+			bs->caph01 = nc;
+		}
+		bs->nh01++;
+	}
+	fg_strlcpy(bs->h01[i].token, token, sizeof bs->h01[i].token);
+	fg_strlcpy(bs->h01[i].keyauth, keyauth, sizeof bs->h01[i].keyauth);
+	rc = 0;
+out:
+	pthread_mutex_unlock(&bs->h01_lock);
+	if (rc == 0)
+		fg_debug(h->component, NULL, "serving http-01 token %s", token);
+	return rc;
+}
+
+static void h_http01_withdraw(void *ctx, const char *token)
+{
+	struct host_ctx *h = ctx;
+	struct backends *bs = h->bs;
+
+	if (token == NULL)
+		return;
+	pthread_mutex_lock(&bs->h01_lock);
+	for (size_t i = 0; i < bs->nh01; i++) {
+		if (strcmp(bs->h01[i].token, token) == 0) {
+			bs->h01[i] = bs->h01[--bs->nh01];
+			fg_debug(h->component, NULL, "no longer serving http-01 token %s", token);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&bs->h01_lock);
+}
+
+int backends_job_claim(struct backends *bs, const char *curve_key, const char *request_id)
+{
+	char *id = NULL;
+	int rc = -1;
+
+	if (asprintf(&id, "%s %s", curve_key, request_id) < 0)
+		return -1;
+	pthread_mutex_lock(&bs->h01_lock);
+	for (size_t i = 0; i < bs->nbusy; i++) {
+		if (strcmp(bs->busy[i], id) == 0) {
+			rc = 0;
+			goto out;
+		}
+	}
+	if (bs->nbusy == bs->capbusy) {
+		size_t nc = bs->capbusy ? bs->capbusy * 2 : 16;
+		char **nv = realloc(bs->busy, nc * sizeof *nv);
+		if (nv == NULL)
+			goto out;
+		bs->busy = nv;
+		bs->capbusy = nc;
+	}
+	bs->busy[bs->nbusy++] = id;
+	id = NULL;
+	rc = 1;
+out:
+	pthread_mutex_unlock(&bs->h01_lock);
+	free(id);
+	return rc;
+}
+
+void backends_job_release(struct backends *bs, const char *curve_key, const char *request_id)
+{
+	size_t kl = strlen(curve_key);
+
+	pthread_mutex_lock(&bs->h01_lock);
+	for (size_t i = 0; i < bs->nbusy; i++) {
+		const char *b = bs->busy[i];
+		if (strncmp(b, curve_key, kl) == 0 && b[kl] == ' ' && strcmp(b + kl + 1, request_id) == 0) {
+			free(bs->busy[i]);
+			bs->busy[i] = bs->busy[--bs->nbusy];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&bs->h01_lock);
+}
+
+int backends_http01_get(struct backends *bs, const char *token, char *out, size_t outlen)
+{
+	int found = 0;
+
+	if (bs == NULL || token == NULL)
+		return 0;
+	pthread_mutex_lock(&bs->h01_lock);
+	for (size_t i = 0; i < bs->nh01 && !found; i++) {
+		if (strcmp(bs->h01[i].token, token) == 0) {
+			fg_strlcpy(out, bs->h01[i].keyauth, outlen);
+			found = 1;
+		}
+	}
+	pthread_mutex_unlock(&bs->h01_lock);
+	return found;
 }
 
 /* Append path to the comma-separated list of places tried. */
@@ -313,6 +463,8 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.job_put = h_job_put,
 		.serial_reserve = h_serial_reserve,
 		.state_incr = h_state_incr,
+		.http01_publish = h_http01_publish,
+		.http01_withdraw = h_http01_withdraw,
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);
@@ -362,6 +514,13 @@ struct backends *backends_open(const struct gw_config *cfg, int create, char *er
 		fg_seterr(err, errlen, "cannot create a mutex");
 		return NULL;
 	}
+	if (pthread_mutex_init(&bs->h01_lock, NULL) != 0) {
+		pthread_mutex_destroy(&bs->lock);
+		free(bs);
+		fg_seterr(err, errlen, "cannot create a mutex");
+		return NULL;
+	}
+	bs->http_on = cfg->http_listen[0] != '\0';
 	bs->st = store_open(cfg->store_path, 0, err, errlen);
 	if (bs->st == NULL)
 		goto fail;
@@ -399,6 +558,11 @@ void backends_free(struct backends *bs)
 	free(bs->v);
 	store_free(bs->st);
 	pthread_mutex_destroy(&bs->lock);
+	pthread_mutex_destroy(&bs->h01_lock);
+	free(bs->h01);
+	for (size_t i = 0; i < bs->nbusy; i++)
+		free(bs->busy[i]);
+	free(bs->busy);
 	free(bs);
 }
 

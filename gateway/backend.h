@@ -40,6 +40,20 @@ void backends_free(struct backends *bs);
 /* The backend of that name, or NULL. */
 struct backend *backends_find(struct backends *bs, const char *name);
 
+/* The key authorization a plugin published for an ACME http-01 token
+ * (host service http01_publish), copied into out: 1 when found, 0 when
+ * not. Safe from any thread (the HTTP side calls it). */
+int backends_http01_get(struct backends *bs, const char *token, char *out, size_t outlen);
+
+/* One backend call (issue or poll) per job at a time: a device's retry
+ * and the poller may both resume the same job, and two calls racing
+ * through one order would answer the device twice, differently. claim
+ * returns 1 when the job (curve key, request id) is now the caller's, 0
+ * when another thread has it, -1 when out of memory; release gives it
+ * back. Thread-safe. */
+int backends_job_claim(struct backends *bs, const char *curve_key, const char *request_id);
+void backends_job_release(struct backends *bs, const char *curve_key, const char *request_id);
+
 /* Where the plugin for name lives: plugin_dir (config) when set, else
  * $FLEETGATE_PLUGIN_DIR, else the build tree next to the executable
  * (<exe dir>/../plugins/<name>/fleetgate-<name>.so), else FG_PLUGIN_DIR.

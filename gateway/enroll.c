@@ -74,6 +74,7 @@ struct params {
 	char *eku[CONFIG_MAX_EKU];
 	size_t neku;
 	char challenge[256];
+	char acme_challenge[32];  /* "" = the backend's challenge setting */
 	unsigned char *csr;
 	size_t csr_len;
 };
@@ -350,6 +351,13 @@ static int params_from_decision(const struct worker *w, const struct policy_deci
 		p->neku = i + 1;
 	}
 	fg_strlcpy(p->challenge, d->challenge, sizeof p->challenge);
+	if (d->acme_challenge[0] && strcmp(d->acme_challenge, "http-01-gateway") != 0 &&
+	    strcmp(d->acme_challenge, "http-01-agent") != 0 && strcmp(d->acme_challenge, "dns-01") != 0) {
+		fg_seterr(err, errlen, "policy chose acme_challenge '%s'; use \"http-01-gateway\", \"http-01-agent\" or \"dns-01\"",
+			  d->acme_challenge);
+		return -1;
+	}
+	fg_strlcpy(p->acme_challenge, d->acme_challenge, sizeof p->acme_challenge);
 	return 0;
 }
 
@@ -380,6 +388,8 @@ static char *params_to_json(const struct params *p)
 		json_object_set_new(o, "ip", names_json(p->ip, p->nip));
 		json_object_set_new(o, "email", names_json(p->email, p->nemail));
 		json_object_set_new(o, "eku", names_json(p->eku, p->neku));
+		if (p->acme_challenge[0])
+			json_object_set_new(o, "acme_challenge", json_string(p->acme_challenge));
 		out = json_dumps(o, JSON_COMPACT);
 		json_decref(o);
 	}
@@ -426,6 +436,9 @@ static int params_from_json(const char *text, struct params *p)
 	fg_strlcpy(p->backend, be, sizeof p->backend);
 	fg_strlcpy(p->cn, cn, sizeof p->cn);
 	fg_strlcpy(p->challenge, chal, sizeof p->challenge);
+	/* absent in jobs admitted before acme_challenge existed */
+	const char *ac = json_string_value(json_object_get(o, "acme_challenge"));
+	fg_strlcpy(p->acme_challenge, ac ? ac : "", sizeof p->acme_challenge);
 	p->not_before = nb;
 	p->not_after = na;
 	p->key_usage = (uint32_t)ku;
@@ -450,11 +463,44 @@ out:
 
 /* ---- issuing ---- */
 
+/* The PENDING reply, with the ACME challenges (RFC 8555 8) the device is to
+ * serve before it sends the same request again with challenges_ready. */
+static void reply_pending(const char *rid, uint32_t ra, const struct fg_issue_result *res,
+			  uint8_t **out, size_t *len, const char *msg)
+{
+	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
+	Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
+	Fleetgate__Challenge ch[16], *chp[16];
+	size_t n = res->n_challenges < 16 ? res->n_challenges : 16;
+
+	for (size_t i = 0; i < n; i++) {
+		const struct fg_challenge *c = &res->challenges[i];
+		fleetgate__challenge__init(&ch[i]);
+		ch[i].type = (char *)c->type;
+		ch[i].identifier = (char *)c->identifier;
+		ch[i].token = (char *)c->token;
+		ch[i].key_authorization = (char *)c->key_authorization;
+		chp[i] = &ch[i];
+	}
+	cr.status = FLEETGATE__STATUS__STATUS_PENDING;
+	cr.message = (char *)msg;
+	cr.retry_after = ra;
+	cr.n_challenges = n;
+	cr.challenges = n ? chp : NULL;
+	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
+	env.cert_reply = &cr;
+	pack_env(&env, rid, out, len);
+	fg_info("enroll", rid, "%s: %s%s", fg_status_name(cr.status), msg,
+		n ? " (challenges handed to the device)" : "");
+}
+
 /* Ask the job's backend for the certificate and record the outcome. Used
  * for new jobs and, identically, for jobs resumed after a retry or restart:
- * the backend's write-ahead state in the job makes that safe. */
+ * the backend's write-ahead state in the job makes that safe. ready lists
+ * the ACME challenge tokens the device says it serves (its
+ * acknowledgement, handed to the plugin), n_ready of them. */
 static void run_issue(struct worker *w, const char *key, const char *rid, const struct params *p,
-		      int poll, uint8_t **out, size_t *len)
+		      int poll, char *const *ready, size_t n_ready, uint8_t **out, size_t *len)
 {
 	char err[512] = "";
 	struct backend *b = backends_find(w->bs, p->backend);
@@ -465,6 +511,15 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 	if (b == NULL) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL * 6, out, len,
 			     "backend '%s' of this request is not configured any more; the operator must restore it",
+			     p->backend);
+		return;
+	}
+	int claim = backends_job_claim(w->bs, key, rid);
+	if (claim != 1) {
+		/* another worker is asking the backend about this job now:
+		 * its answer is stored, and the retry gets it */
+		reply_status(rid, claim == 0 ? FLEETGATE__STATUS__STATUS_PENDING : FLEETGATE__STATUS__STATUS_INTERNAL,
+			     1, out, len, "the request is being worked on right now (backend %s); retry in 1 s",
 			     p->backend);
 		return;
 	}
@@ -492,6 +547,9 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		.n_eku = p->neku,
 		.profile = p->profile,
 		.challenge = p->challenge[0] ? p->challenge : NULL,
+		.acme_challenge = p->acme_challenge[0] ? p->acme_challenge : NULL,
+		.challenges_ready = (const char *const *)ready,
+		.n_challenges_ready = n_ready,
 	};
 	if (poll && b->ops->poll != NULL)
 		b->ops->poll(b->state, &ir, &res);
@@ -503,11 +561,12 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		break;
 	case FG_ISSUE_PENDING: {
 		uint32_t ra = res.retry_after ? res.retry_after : 30;
+		char msg[1024];
 		if (store_job_set_pending(w->st, key, rid, fg_now() + ra, err, sizeof err) != 0)
 			fg_err("enroll", rid, "%s", err);
-		reply_status(rid, FLEETGATE__STATUS__STATUS_PENDING, ra, out, len,
-			     "the CA (backend %s) has the request pending%s%s; retry in %u s",
-			     p->backend, res.message[0] ? ": " : "", res.message, ra);
+		snprintf(msg, sizeof msg, "the CA (backend %s) has the request pending%s%s; retry in %u s",
+			 p->backend, res.message[0] ? ": " : "", res.message, ra);
+		reply_pending(rid, ra, &res, out, len, msg);
 		goto out;
 	}
 	case FG_ISSUE_REJECTED: {
@@ -597,13 +656,16 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
 		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend);
 out:
+	backends_job_release(w->bs, key, rid);
 	X509_free(cert);
 	fg_issue_result_clear(&res);
 }
 
-/* Resume an open job for a retried request id. */
+/* Resume an open job for a retried request id. A request that carries an
+ * acknowledgement of ACME challenges (ready) goes to the backend at once:
+ * the CA can validate only after the plugin has heard it. */
 static void resume_job(struct worker *w, const char *key, const struct store_job *job,
-		       uint8_t **out, size_t *len)
+		       char *const *ready, size_t n_ready, uint8_t **out, size_t *len)
 {
 	struct params p;
 	memset(&p, 0, sizeof p);
@@ -613,12 +675,12 @@ static void resume_job(struct worker *w, const char *key, const struct store_job
 		params_clear(&p);
 		return;
 	}
-	if (job->state == JOB_PENDING && job->next_attempt > fg_now()) {
+	if (job->state == JOB_PENDING && job->next_attempt > fg_now() && n_ready == 0) {
 		uint32_t ra = (uint32_t)(job->next_attempt - fg_now());
 		reply_status(job->request_id, FLEETGATE__STATUS__STATUS_PENDING, ra ? ra : 1, out, len,
 			     "the CA (backend %s) has the request pending; retry in %u s", p.backend, ra);
 	} else {
-		run_issue(w, key, job->request_id, &p, job->state == JOB_PENDING, out, len);
+		run_issue(w, key, job->request_id, &p, job->state == JOB_PENDING, ready, n_ready, out, len);
 	}
 	params_clear(&p);
 }
@@ -675,7 +737,7 @@ int worker_poll_due(struct worker *w)
 		    job.state == JOB_PENDING && job.next_attempt <= fg_now()) {
 			fg_debug("poller", job.request_id, "asking backend %s about the pending request",
 				 job.backend);
-			resume_job(w, d.v[i].key, &job, &out, &len);
+			resume_job(w, d.v[i].key, &job, NULL, 0, &out, &len);
 			polled++;
 		}
 		free(out);
@@ -925,6 +987,7 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		.n_email = p->nemail,
 		.profile = p->profile,
 		.challenge = p->challenge[0] ? p->challenge : NULL,
+		.acme_challenge = p->acme_challenge[0] ? p->acme_challenge : NULL,
 	};
 	memset(&needs, 0, sizeof needs);
 	if (b->ops->csr_needs(b->state, &ir, &needs, err, sizeof err) != 0) {
@@ -1023,7 +1086,7 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 			}
 			fg_debug("enroll", rid, "repeated request: stored answer returned");
 		} else {
-			resume_job(w, key, &job, out, len);
+			resume_job(w, key, &job, r->challenges_ready, r->n_challenges_ready, out, len);
 		}
 		goto out;
 	}
@@ -1209,7 +1272,7 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 	}
 
 	/* 6. Issue and record. */
-	run_issue(w, key, rid, &p, 0, out, len);
+	run_issue(w, key, rid, &p, 0, r->challenges_ready, r->n_challenges_ready, out, len);
 	goto out;
 oom:
 	reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "out of memory");
@@ -1412,6 +1475,7 @@ void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, 
 			.protocol = "zmq", .key = curve_key, .request_id = env->request_id,
 			.slot = er->slot, .csr = er->csr_der.data, .csr_len = er->csr_der.len,
 			.token = er->token, .facts = er->facts,
+			.challenges_ready = er->challenges_ready, .n_challenges_ready = er->n_challenges_ready,
 		};
 		worker_enroll(w, &r, reply, reply_len);
 		break;
@@ -1424,6 +1488,7 @@ void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, 
 			.csr_len = rr->csr_der.len, .facts = rr->facts,
 			.cur_cert = rr->current_cert_der.data, .cur_cert_len = rr->current_cert_der.len,
 			.pop = rr->pop_signature.data, .pop_len = rr->pop_signature.len,
+			.challenges_ready = rr->challenges_ready, .n_challenges_ready = rr->n_challenges_ready,
 		};
 		worker_enroll(w, &r, reply, reply_len);
 		break;

@@ -71,6 +71,8 @@ struct enroll_req {
 					  handshake (EST client certificate) */
 	const char *profile;           /* profile when the policy names none, or NULL
 					  for "default" (EST: the label's profile) */
+	char *const *challenges_ready; /* ACME http-01 tokens the device now serves */
+	size_t n_challenges_ready;
 };
 
 /* Enroll or renew as r says. The reply frame (an Envelope with a CertReply

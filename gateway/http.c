@@ -423,6 +423,23 @@ static void on_ocsp(struct http *h, struct evhttp_request *req, const char *tail
 	reply_text(req, 405, "Method Not Allowed", "OCSP takes POST /ocsp (application/ocsp-request) or GET /ocsp/<base64 request>");
 }
 
+/* ---- ACME http-01 (RFC 8555 8.3) ---- */
+
+/* GET /.well-known/acme-challenge/<token>: the key authorization an ACME
+ * backend published for the token, as application/octet-stream. */
+static void on_acme_challenge(struct http *h, struct evhttp_request *req, const char *token)
+{
+	char ka[256];
+
+	if (!backends_http01_get(h->bs, token, ka, sizeof ka)) {
+		fg_debug("http", NULL, "http-01: no answer published for token %s", token);
+		reply_text(req, 404, "Not Found", "no ACME http-01 challenge is pending for this token");
+		return;
+	}
+	fg_info("http", NULL, "http-01: answered token %s", token);
+	reply(req, 200, "OK", "application/octet-stream", ka, strlen(ka));
+}
+
 /* ---- dispatch ---- */
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -459,9 +476,11 @@ static void on_request(struct evhttp_request *req, void *arg)
 		on_ca(h, req, path + 4);
 	else if (strncmp(path, "/crl/", 5) == 0)
 		on_crl(h, req, path + 5);
+	else if (strncmp(path, "/.well-known/acme-challenge/", 28) == 0)
+		on_acme_challenge(h, req, path + 28);
 	else
 		reply_text(req, 404, "Not Found",
-			   "no such path %s; fleetgated serves /healthz, /metrics, /ca/<backend>.crt, /crl/<backend>.crl and /ocsp",
+			   "no such path %s; fleetgated serves /healthz, /metrics, /ca/<backend>.crt, /crl/<backend>.crl, /ocsp and /.well-known/acme-challenge/<token>",
 			   path);
 }
 

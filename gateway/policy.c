@@ -42,8 +42,9 @@ struct enroll_ctx {
 
 static const char *const allow_fields[] = {
 	"allow", "profile", "backend", "cn", "dns", "ip", "email", "validity", "challenge",
+	"acme_challenge",
 };
-#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge"
+#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge, acme_challenge"
 
 static int allow_field_known(const char *k)
 {
@@ -405,6 +406,9 @@ static int take_allow_field(lua_State *L, const char *k, struct enroll_ctx *c)
 		return take_str(L, v, "allow{}", "cn", d->cn, sizeof d->cn, c);
 	if (strcmp(k, "challenge") == 0)
 		return take_str(L, v, "allow{}", "challenge", d->challenge, sizeof d->challenge, c);
+	if (strcmp(k, "acme_challenge") == 0)
+		return take_str(L, v, "allow{}", "acme_challenge", d->acme_challenge,
+				sizeof d->acme_challenge, c);
 	if (strcmp(k, "dns") == 0)
 		return take_names(L, v, "dns", d->dns, &d->ndns, c);
 	if (strcmp(k, "ip") == 0)

@@ -27,7 +27,8 @@
  *   req.csr           { cn =, dns = {...}, key_type = "ec"|"rsa"|"ed25519",
  *                       curve = "P-256"|"P-384"|nil, key_bits = N }
  * Decision: allow{ profile =, backend =, cn =, dns = {...}, ip = {...},
- *                  email = {...}, validity = seconds, challenge = }
+ *                  email = {...}, validity = seconds, challenge =,
+ *                  acme_challenge = "http-01-gateway"|"http-01-agent"|"dns-01" }
  *           or deny("reason shown to the device and in the audit log").
  */
 #ifndef FG_POLICY_H
@@ -91,6 +92,7 @@ struct policy_decision {
 	size_t nemail;
 	int64_t validity;        /* seconds; 0 = profile default */
 	char challenge[256];
+	char acme_challenge[32]; /* "" = the ACME backend's challenge setting */
 };
 void policy_decision_clear(struct policy_decision *d);
 

@@ -225,6 +225,39 @@ static void test_config_example(void **state)
 	agent_config_clear(&cfg);
 }
 
+/* acme_http01_listen and acme_webroot: parsed, checked, quotes allowed. */
+static void test_config_acme(void **state)
+{
+	struct agent_config cfg;
+	char err[512], host[64];
+	int port = 0;
+	(void)state;
+	assert_int_equal(load("bundle = b\nstate_dir = s\nacme_http01_listen = \"127.0.0.2:5002\"\n"
+			      "acme_webroot = www\n[slot a]\nkey = k\ncert = c\n", &cfg, err, sizeof err), 0);
+	assert_string_equal(cfg.acme_http01_listen, "127.0.0.2:5002");
+	assert_non_null(strstr(cfg.acme_webroot, "/www"));
+	assert_true(cfg.acme_webroot[0] == '/');
+	agent_config_clear(&cfg);
+	assert_int_equal(load("bundle = b\nstate_dir = s\n[slot a]\nkey = k\ncert = c\n", &cfg, err, sizeof err), 0);
+	assert_string_equal(cfg.acme_http01_listen, "");
+	assert_string_equal(cfg.acme_webroot, "");
+	agent_config_clear(&cfg);
+	assert_int_equal(load("bundle = b\nstate_dir = s\nacme_http01_listen = 127.0.0.2\n[slot a]\nkey = k\ncert = c\n",
+			      &cfg, err, sizeof err), -1);
+	assert_non_null(strstr(err, "agent.conf:3: acme_http01_listen '127.0.0.2' is not HOST:PORT"));
+	assert_int_equal(load("bundle = b\nstate_dir = s\nacme_http01_listen = 0.0.0.0:70000\n[slot a]\nkey = k\ncert = c\n",
+			      &cfg, err, sizeof err), -1);
+	assert_int_equal(agent_listen_split("[::]:80", host, sizeof host, &port), 0);
+	assert_string_equal(host, "::");
+	assert_int_equal(port, 80);
+	assert_int_equal(agent_listen_split("0.0.0.0:8080", host, sizeof host, &port), 0);
+	assert_string_equal(host, "0.0.0.0");
+	assert_int_equal(port, 8080);
+	assert_int_equal(agent_listen_split(":80", host, sizeof host, &port), -1);
+	assert_int_equal(agent_listen_split("[::1:80", host, sizeof host, &port), -1);
+	assert_int_equal(agent_listen_split("host:", host, sizeof host, &port), -1);
+}
+
 /* ---- facts ---- */
 
 #define SB_VAR "root/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
@@ -955,6 +988,7 @@ int main(void)
 		cmocka_unit_test(test_config_good),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_config_example),
+		cmocka_unit_test(test_config_acme),
 		cmocka_unit_test(test_facts),
 		cmocka_unit_test(test_renew_due),
 		cmocka_unit_test(test_decide),

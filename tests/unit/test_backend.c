@@ -297,6 +297,24 @@ static void test_open_local_with_store(void **state)
 	fg_issue_result_clear(&res);
 	fg_issue_result_clear(&res2);
 	OPENSSL_free(csr);
+
+	/* One backend call per job at a time; jobs are (curve key, request id). */
+	assert_int_equal(backends_job_claim(bs, "K1", "r1"), 1);
+	assert_int_equal(backends_job_claim(bs, "K1", "r1"), 0);
+	assert_int_equal(backends_job_claim(bs, "K1", "r2"), 1);
+	assert_int_equal(backends_job_claim(bs, "K2", "r1"), 1);
+	backends_job_release(bs, "K1", "r1");
+	assert_int_equal(backends_job_claim(bs, "K1", "r1"), 1);
+	backends_job_release(bs, "K1", "r1");
+	backends_job_release(bs, "K1", "r2");
+	backends_job_release(bs, "K2", "r1");
+	backends_job_release(bs, "K2", "r1");     /* not claimed: a no-op */
+	assert_int_equal(backends_job_claim(bs, "K2", "r1"), 1);   /* left claimed: freed with bs */
+
+	/* No http-01 answer is published for an unknown token. */
+	char ka[256] = "";
+	assert_int_equal(backends_http01_get(bs, "unknown-token", ka, sizeof ka), 0);
+	assert_string_equal(ka, "");
 	backends_free(bs);
 	store_free(st);
 	free_cfg(cfg);

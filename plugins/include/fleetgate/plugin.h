@@ -91,6 +91,17 @@ struct fg_host {
 	 * and the CLI), and set *out to the new value. 0 or -1. A plugin
 	 * checks struct_size before calling it. */
 	int (*state_incr)(void *ctx, const char *key, uint64_t *out);
+
+	/* Appended during ABI 1 for ACME http-01 answered by the gateway
+	 * (RFC 8555 8.3): the gateway's HTTP side serves
+	 * GET /.well-known/acme-challenge/<token> with key_authorization as
+	 * the body until the token is withdrawn. In memory only: a plugin
+	 * publishes again when it resumes a job after a restart. Thread-safe
+	 * (the HTTP side reads from its own thread). publish returns 0, or -1
+	 * when the gateway has no HTTP side (http.listen unset) or the token
+	 * is not base64url; withdraw of an unknown token is a no-op. */
+	int (*http01_publish)(void *ctx, const char *token, const char *key_authorization);
+	void (*http01_withdraw)(void *ctx, const char *token);
 };
 
 /* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
@@ -129,6 +140,22 @@ struct fg_issue_request {
 	size_t n_eku;
 	const char *profile;                /* profile name */
 	const char *challenge;              /* SCEP challenge from policy, or NULL */
+	/* Appended during ABI 1 for ACME challenges. */
+	const char *acme_challenge;         /* challenge mode the policy chose
+					     * ("http-01-gateway", "http-01-agent",
+					     * "dns-01"), or NULL: the backend's */
+	const char *const *challenges_ready; /* tokens the device says it serves
+					     * (its acknowledgement), for this call */
+	size_t n_challenges_ready;
+};
+
+/* Appended during ABI 1: an ACME challenge (RFC 8555 8) the device serves
+ * on its own host (fg_issue_result.challenges). */
+struct fg_challenge {
+	char type[16];                      /* "http-01" (RFC 8555 8.3) */
+	char identifier[256];               /* the DNS name or IP address validated */
+	char token[128];                    /* base64url, RFC 8555 8.3 */
+	char key_authorization[256];        /* token "." base64url(JWK thumbprint), RFC 8555 8.1 */
 };
 
 enum fg_issue_status {
@@ -148,6 +175,12 @@ struct fg_issue_result {
 	size_t *chain_len;                  /* malloc'd */
 	size_t n_chain;
 	char message[512];                  /* for the operator and the device */
+	/* Appended during ABI 1 for ACME challenges answered by the device:
+	 * with FG_ISSUE_PENDING, what the device must serve before it sends
+	 * the request again with challenges_ready. A plugin fills these only
+	 * when req->struct_size covers acme_challenge (a host that knows them). */
+	struct fg_challenge *challenges;    /* malloc'd array */
+	size_t n_challenges;
 };
 
 /* Free what a plugin put in res and zero it. */
@@ -160,6 +193,7 @@ static inline void fg_issue_result_clear(struct fg_issue_result *res)
 		free(res->chain_der[i]);
 	free(res->chain_der);
 	free(res->chain_len);
+	free(res->challenges);
 	memset(res, 0, sizeof *res);
 }
 

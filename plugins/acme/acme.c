@@ -1,0 +1,1865 @@
+/*
+ * acme.c: a backend plugin that gets certificates from an ACME CA (RFC 8555).
+ *
+ * Model: the gateway is the ACME client on the device's behalf. It holds one
+ * ES256 account key per backend (made on first use and kept, with the
+ * account URL, in plugin state), orders a certificate for the names the
+ * policy decided, answers the authorizations, and finalizes the order with
+ * the device's CSR unchanged: the device's key never leaves the device. An
+ * ACME CA takes the names from the CSR, so csr_needs sets names_from_csr
+ * and the host makes the device send a CSR naming exactly the decision.
+ *
+ * Challenges (RFC 8555 8, see docs/acme.md): each authorization is answered
+ * in the job's mode (setting challenge, or the policy's acme_challenge):
+ * http-01 served by the gateway's HTTP side (host service http01_publish),
+ * http-01 served by the agent on the device (the challenges go back with a
+ * PENDING result; answered on a request that carries the device's
+ * acknowledgement, recorded in the job first), or dns-01 through the
+ * operator's dns_hook. acme_chal.c computes
+ * thumbprints, key authorizations and TXT values, and runs the hook.
+ *
+ * Settings (backends.<name> in the gateway config):
+ *   directory      https URL of the ACME directory (required)
+ *   tls_ca_file    trust anchors for the ACME server's TLS (default: system)
+ *   root_url       URL of the CA's root certificate(s), PEM, for cacerts
+ *                  (pebble: https://localhost:15000/roots/0); ACME has none
+ *   contact        mailto: address for the account (optional)
+ *   timeout        seconds for one HTTP exchange (default 30)
+ *   poll_interval  seconds the host waits before asking again about a
+ *                  pending order when the CA gives no Retry-After (default 5)
+ *   inline_wait    seconds one issue/poll call may wait for the CA before it
+ *                  returns PENDING (default 10)
+ *   cache_ttl      seconds the root_url answer is reused (default 3600)
+ *   challenge      http-01-gateway (default), http-01-agent or dns-01
+ *   dns_hook       command publishing/removing _acme-challenge TXT records
+ *   hook_timeout   seconds dns_hook may run (default 60)
+ *
+ * Plugin state: "account.key" (PEM, the account key) and "account.url"
+ * (the account's kid). Job state: "acme.order" (the order URL, written as
+ * soon as newOrder answers), so a resumed job polls its order rather than
+ * ordering again; "acme.http01" (tokens published on the gateway),
+ * "acme.ack" (tokens the device acknowledged), "acme.dns" and
+ * "acme.dns.ok" (TXT records the hook was asked for and made), each a
+ * newline-separated list.
+ *
+ * Threads: issue, poll and cacerts may run concurrently. The account, the
+ * directory and the cached nonce are behind a mutex; HTTP exchanges run
+ * outside it (each with its own curl handle and a nonce of its own).
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "fleetgate/plugin.h"
+#include "acme_chal.h"
+
+#define MAX_BODY (1 << 20)        /* largest HTTP answer read */
+#define RETRY_SECONDS 30          /* suggested retry after a transient failure */
+#define NONCE_TRIES 3             /* badNonce retries (RFC 8555 6.5) */
+#define ERR_PREFIX "urn:ietf:params:acme:error:"
+
+/* Outcome of one ACME exchange: ACME_RETRY is worth trying again later
+ * (CA unreachable, rateLimited, serverInternal), ACME_FINAL is not. */
+enum acme_rc { ACME_OK, ACME_RETRY, ACME_FINAL, ACME_RC_MAX };
+
+struct acme {
+	const struct fg_host *host;
+	char name[64];
+	char dir_url[1024];
+	char tls_ca_file[PATH_MAX];
+	char root_url[1024];
+	char contact[256];
+	long timeout;                 /* seconds per HTTP exchange */
+	uint32_t poll_interval;       /* seconds, when no Retry-After */
+	long inline_wait;             /* seconds one call may wait */
+	pthread_mutex_t mu;
+	/* under mu: */
+	int have_dir;
+	char new_nonce[1024];         /* RFC 8555 7.1.1 directory */
+	char new_account[1024];
+	char new_order[1024];
+	EVP_PKEY *key;                /* account key, P-256 */
+	char kid[1024];               /* account URL, "" before newAccount */
+	char nonce[256];              /* one spare Replay-Nonce, "" if none */
+	struct fg_cert_list roots;    /* last answer of root_url */
+	int64_t roots_fetched;        /* Unix seconds, 0 never */
+	int64_t cache_ttl;            /* seconds roots are reused */
+	/* challenges (RFC 8555 8), set at open: */
+	int challenge;                /* enum chal_mode: the default mode */
+	char dns_hook[PATH_MAX];      /* dns-01 hook command, "" none */
+	long hook_timeout;            /* seconds the hook may run */
+};
+
+/* One HTTP answer. */
+struct resp {
+	long code;                    /* HTTP status */
+	char *body;                   /* malloc'd, NUL-terminated */
+	size_t n;
+	int too_big;
+	char nonce[256];              /* Replay-Nonce (RFC 8555 6.5.1) */
+	char location[1024];          /* Location */
+	long retry_after;             /* seconds, -1 when absent (RFC 8555 8.2) */
+	char ctype[128];
+};
+
+static void resp_clear(struct resp *r)
+{
+	free(r->body);
+	memset(r, 0, sizeof *r);
+	r->retry_after = -1;
+}
+
+static void alog(const struct acme *a, enum fg_level lvl, const char *rid, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void alog(const struct acme *a, enum fg_level lvl, const char *rid, const char *fmt, ...)
+{
+	char msg[768];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	a->host->log(a->host->ctx, lvl, rid, msg);
+}
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* Like seterr, with the oldest OpenSSL error appended; empties the queue. */
+static void ssl_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void ssl_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	char what[384], buf[256] = "";
+	unsigned long e = ERR_peek_error();
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	if (e != 0)
+		ERR_error_string_n(e, buf, sizeof buf);
+	ERR_clear_error();
+	seterr(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
+}
+
+/* ---- base64url (RFC 8555 6.1: no padding) ---- */
+
+/* A malloc'd base64url text of p[0..n), or NULL. */
+static char *b64url(const unsigned char *p, size_t n)
+{
+	size_t cap = 4 * ((n + 2) / 3) + 1;
+	char *out = malloc(cap);
+	if (out == NULL || n > INT_MAX) {
+		free(out);
+		return NULL;
+	}
+	int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+	while (len > 0 && out[len - 1] == '=')
+		len--;
+	out[len] = 0;
+	for (char *c = out; *c; c++) {
+		if (*c == '+')
+			*c = '-';
+		else if (*c == '/')
+			*c = '_';
+	}
+	return out;
+}
+
+static char *b64url_str(const char *s)
+{
+	return b64url((const unsigned char *)s, strlen(s));
+}
+
+/* ---- HTTP (libcurl) ---- */
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct resp *r = arg;
+	size_t n = size * nmemb;
+	if (r->n + n > MAX_BODY) {
+		r->too_big = 1;
+		return 0;
+	}
+	char *q = realloc(r->body, r->n + n + 1);
+	if (q == NULL)
+		return 0;
+	memcpy(q + r->n, ptr, n);
+	r->body = q;
+	r->n += n;
+	r->body[r->n] = 0;
+	return n;
+}
+
+/* Copies a header's value (trimmed) into out when the line is "name: ...". */
+static void header_value(const char *line, size_t n, const char *name, char *out, size_t outlen)
+{
+	size_t k = strlen(name);
+	if (n <= k || strncasecmp(line, name, k) != 0 || line[k] != ':')
+		return;
+	line += k + 1;
+	n -= k + 1;
+	while (n > 0 && isspace((unsigned char)*line))
+		line++, n--;
+	while (n > 0 && isspace((unsigned char)line[n - 1]))
+		n--;
+	snprintf(out, outlen, "%.*s", (int)n, line);
+}
+
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct resp *r = arg;
+	size_t n = size * nmemb;
+	char ra[64] = "";
+	header_value(ptr, n, "Replay-Nonce", r->nonce, sizeof r->nonce);
+	header_value(ptr, n, "Location", r->location, sizeof r->location);
+	header_value(ptr, n, "Retry-After", ra, sizeof ra);
+	if (ra[0]) {
+		char *end;
+		long v = strtol(ra, &end, 10);
+		if (end != ra && *end == 0 && v >= 0) {
+			r->retry_after = v;
+		} else {
+			time_t t = curl_getdate(ra, NULL);   /* an HTTP-date */
+			time_t now = time(NULL);
+			if (t != -1)
+				r->retry_after = t > now ? (long)(t - now) : 0;
+		}
+	}
+	return n;
+}
+
+/* One exchange: method "GET", "HEAD" or "POST" (with body as
+ * application/jose+json). 0 when the server answered, whatever the HTTP
+ * status (in r->code); -1 with err when it could not be reached. */
+static int http(const struct acme *a, const char *method, const char *url, const char *body,
+		const char *accept, struct resp *r, char *err, size_t errlen)
+{
+	CURL *c = curl_easy_init();
+	struct curl_slist *hdr = NULL;
+	char cerr[CURL_ERROR_SIZE] = "", acc[160];
+	int rc = -1;
+
+	resp_clear(r);
+	if (c == NULL) {
+		seterr(err, errlen, "cannot start an HTTP request (out of memory)");
+		return -1;
+	}
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, a->timeout);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, a->timeout < 10 ? a->timeout : 10L);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "fleetgate-acme/1");
+	if (a->tls_ca_file[0])
+		curl_easy_setopt(c, CURLOPT_CAINFO, a->tls_ca_file);
+	if (accept != NULL) {
+		snprintf(acc, sizeof acc, "Accept: %s", accept);
+		hdr = curl_slist_append(hdr, acc);
+	}
+	if (strcmp(method, "HEAD") == 0) {
+		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+	} else if (strcmp(method, "POST") == 0) {
+		hdr = curl_slist_append(hdr, "Content-Type: application/jose+json");
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	}
+	if (hdr != NULL)
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+	CURLcode cc = curl_easy_perform(c);
+	if (cc != CURLE_OK) {
+		if (r->too_big)
+			seterr(err, errlen, "the ACME server at %s sent more than %d bytes", url, MAX_BODY);
+		else
+			seterr(err, errlen, "cannot reach the ACME server at %s: %s", url,
+			       cerr[0] ? cerr : curl_easy_strerror(cc));
+		goto out;
+	}
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->code);
+	char *ct = NULL;
+	curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
+	snprintf(r->ctype, sizeof r->ctype, "%s", ct ? ct : "");
+	rc = 0;
+out:
+	curl_slist_free_all(hdr);
+	curl_easy_cleanup(c);
+	return rc;
+}
+
+/* ---- problem documents (RFC 8555 6.7, RFC 7807) ---- */
+
+/* Short type of a problem ("badNonce" for urn:ietf:params:acme:error:badNonce). */
+static const char *short_type(const char *type)
+{
+	if (type == NULL)
+		return "";
+	return strncmp(type, ERR_PREFIX, strlen(ERR_PREFIX)) == 0 ? type + strlen(ERR_PREFIX) : type;
+}
+
+/* Problem types worth trying again later rather than refusing the job. */
+static int transient_type(const char *t)
+{
+	return strcmp(t, "rateLimited") == 0 || strcmp(t, "serverInternal") == 0 ||
+	       strcmp(t, "connection") == 0 || strcmp(t, "dns") == 0 || strcmp(t, "badNonce") == 0;
+}
+
+/* A problem object (a response body or an "error" field) as a message in
+ * err; sets *type to the short type (static storage in the object, valid
+ * while obj lives). */
+static void problem_text(json_t *obj, const char *what, char *err, size_t errlen, const char **type)
+{
+	const char *t = json_string_value(json_object_get(obj, "type"));
+	const char *d = json_string_value(json_object_get(obj, "detail"));
+	*type = short_type(t);
+	seterr(err, errlen, "%s: the ACME CA says %s%s%s", what, (*type)[0] ? *type : "error",
+	       d ? ": " : "", d ? d : "");
+}
+
+/* ---- the account key and JWS (RFC 8555 6.2, RFC 7515) ---- */
+
+/* The account key's public JWK (RFC 7518 6.2.1) as a new json object. */
+static json_t *jwk_of(EVP_PKEY *key)
+{
+	BIGNUM *x = NULL, *y = NULL;
+	unsigned char bx[32], by[32];
+	char *sx = NULL, *sy = NULL;
+	json_t *j = NULL;
+	if (EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_X, &x) != 1 ||
+	    EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_Y, &y) != 1 ||
+	    BN_bn2binpad(x, bx, 32) != 32 || BN_bn2binpad(y, by, 32) != 32)
+		goto out;
+	if ((sx = b64url(bx, 32)) == NULL || (sy = b64url(by, 32)) == NULL)
+		goto out;
+	/* members in lexicographic order, as the RFC 7638 thumbprint needs */
+	j = json_pack("{s:s, s:s, s:s, s:s}", "crv", "P-256", "kty", "EC", "x", sx, "y", sy);
+out:
+	ERR_clear_error();
+	BN_free(x);
+	BN_free(y);
+	free(sx);
+	free(sy);
+	return j;
+}
+
+/* ES256 over text: the raw 64-byte r||s (RFC 7518 3.4), base64url,
+ * malloc'd; NULL with err. OpenSSL gives a DER ECDSA-Sig-Value. */
+static char *es256(EVP_PKEY *key, const char *text, char *err, size_t errlen)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned char *der = NULL, raw[64];
+	size_t dlen = 0;
+	ECDSA_SIG *sig = NULL;
+	char *out = NULL;
+	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
+	    EVP_DigestSign(md, NULL, &dlen, (const unsigned char *)text, strlen(text)) != 1 ||
+	    (der = OPENSSL_malloc(dlen)) == NULL ||
+	    EVP_DigestSign(md, der, &dlen, (const unsigned char *)text, strlen(text)) != 1) {
+		ssl_err(err, errlen, "cannot sign the ACME request with the account key");
+		goto out;
+	}
+	const unsigned char *q = der;
+	if ((sig = d2i_ECDSA_SIG(NULL, &q, (long)dlen)) == NULL ||
+	    BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32) != 32 ||
+	    BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32) != 32) {
+		ssl_err(err, errlen, "cannot convert the ECDSA signature to JWS form");
+		goto out;
+	}
+	if ((out = b64url(raw, sizeof raw)) == NULL)
+		seterr(err, errlen, "out of memory");
+out:
+	ECDSA_SIG_free(sig);
+	OPENSSL_free(der);
+	EVP_MD_CTX_free(md);
+	return out;
+}
+
+/* A flattened JWS (RFC 7515 7.2.2) of payload (NULL: POST-as-GET, an empty
+ * payload, RFC 8555 6.3) for url with nonce; "jwk" when kid is NULL, else
+ * "kid". Malloc'd JSON text, or NULL with err. */
+static char *jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
+		 const char *payload, char *err, size_t errlen)
+{
+	json_t *prot = json_pack("{s:s, s:s, s:s}", "alg", "ES256", "nonce", nonce, "url", url);
+	json_t *env = NULL;
+	char *ptext = NULL, *p64 = NULL, *pl64 = NULL, *input = NULL, *sig = NULL, *out = NULL;
+	if (prot == NULL)
+		goto oom;
+	if (kid != NULL) {
+		if (json_object_set_new(prot, "kid", json_string(kid)) != 0)
+			goto oom;
+	} else {
+		json_t *jwk = jwk_of(key);
+		if (jwk == NULL || json_object_set_new(prot, "jwk", jwk) != 0) {
+			seterr(err, errlen, "cannot express the account key as a JWK");
+			goto out;
+		}
+	}
+	if ((ptext = json_dumps(prot, JSON_COMPACT)) == NULL || (p64 = b64url_str(ptext)) == NULL ||
+	    (pl64 = payload ? b64url_str(payload) : strdup("")) == NULL ||
+	    asprintf(&input, "%s.%s", p64, pl64) < 0) {
+		input = NULL;
+		goto oom;
+	}
+	if ((sig = es256(key, input, err, errlen)) == NULL)
+		goto out;
+	env = json_pack("{s:s, s:s, s:s}", "protected", p64, "payload", pl64, "signature", sig);
+	if (env == NULL || (out = json_dumps(env, JSON_COMPACT)) == NULL)
+		goto oom;
+	goto out;
+oom:
+	seterr(err, errlen, "out of memory building an ACME request");
+out:
+	json_decref(prot);
+	json_decref(env);
+	free(ptext);
+	free(p64);
+	free(pl64);
+	free(input);
+	free(sig);
+	return out;
+}
+
+/* ---- directory, nonces, account ---- */
+
+/* Reads the directory once (RFC 8555 7.1.1). Called with a->mu held. */
+static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
+{
+	struct resp r = { .retry_after = -1 };
+	json_t *j = NULL;
+	enum acme_rc rc = ACME_RETRY;
+	if (a->have_dir)
+		return ACME_OK;
+	if (http(a, "GET", a->dir_url, NULL, "application/json", &r, err, errlen) != 0)
+		goto out;
+	if (r.code != 200) {
+		seterr(err, errlen, "the ACME directory %s answered HTTP %ld; check the directory setting",
+		       a->dir_url, r.code);
+		goto out;
+	}
+	j = json_loads(r.body ? r.body : "", 0, NULL);
+	const char *nn = json_string_value(json_object_get(j, "newNonce"));
+	const char *na = json_string_value(json_object_get(j, "newAccount"));
+	const char *no = json_string_value(json_object_get(j, "newOrder"));
+	if (nn == NULL || na == NULL || no == NULL) {
+		seterr(err, errlen, "%s is not an ACME directory (no newNonce, newAccount or newOrder)",
+		       a->dir_url);
+		goto out;
+	}
+	snprintf(a->new_nonce, sizeof a->new_nonce, "%s", nn);
+	snprintf(a->new_account, sizeof a->new_account, "%s", na);
+	snprintf(a->new_order, sizeof a->new_order, "%s", no);
+	a->have_dir = 1;
+	rc = ACME_OK;
+out:
+	json_decref(j);
+	resp_clear(&r);
+	return rc;
+}
+
+/* A fresh nonce into out: the spare one when there is one, else from
+ * newNonce (RFC 8555 7.2). */
+static enum acme_rc nonce_take(struct acme *a, char *out, size_t outlen, char *err, size_t errlen)
+{
+	struct resp r = { .retry_after = -1 };
+	char url[1024];
+	pthread_mutex_lock(&a->mu);
+	snprintf(out, outlen, "%s", a->nonce);
+	a->nonce[0] = 0;
+	snprintf(url, sizeof url, "%s", a->new_nonce);
+	pthread_mutex_unlock(&a->mu);
+	if (out[0])
+		return ACME_OK;
+	if (http(a, "HEAD", url, NULL, NULL, &r, err, errlen) != 0)
+		return ACME_RETRY;
+	snprintf(out, outlen, "%s", r.nonce);
+	long code = r.code;
+	resp_clear(&r);
+	if (out[0] == 0) {
+		seterr(err, errlen, "the ACME server's newNonce (%s) answered HTTP %ld with no Replay-Nonce",
+		       url, code);
+		return ACME_RETRY;
+	}
+	return ACME_OK;
+}
+
+static void nonce_keep(struct acme *a, const char *nonce)
+{
+	if (nonce[0] == 0)
+		return;
+	pthread_mutex_lock(&a->mu);
+	snprintf(a->nonce, sizeof a->nonce, "%s", nonce);
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* A signed POST to url (payload NULL: POST-as-GET). kid NULL signs with
+ * "jwk". ACME_OK on a 2xx answer in r; otherwise the problem as a message
+ * in err and whether it is worth retrying. A badNonce is retried at once
+ * with the nonce that came with it (RFC 8555 6.5). */
+static enum acme_rc post(struct acme *a, EVP_PKEY *key, const char *kid, const char *url,
+			 const char *payload, const char *accept, struct resp *r, char *err,
+			 size_t errlen)
+{
+	char nonce[256];
+	for (int tries = 0;; tries++) {
+		enum acme_rc rc = nonce_take(a, nonce, sizeof nonce, err, errlen);
+		if (rc != ACME_OK)
+			return rc;
+		char *body = jws(key, kid, nonce, url, payload, err, errlen);
+		if (body == NULL)
+			return ACME_RETRY;
+		int h = http(a, "POST", url, body, accept, r, err, errlen);
+		free(body);
+		if (h != 0)
+			return ACME_RETRY;
+		nonce_keep(a, r->nonce);
+		if (r->code >= 200 && r->code < 300)
+			return ACME_OK;
+		json_t *p = json_loads(r->body ? r->body : "", 0, NULL);
+		const char *type = "";
+		if (json_is_object(p)) {
+			problem_text(p, url, err, errlen, &type);
+		} else {
+			seterr(err, errlen, "%s: the ACME server answered HTTP %ld", url, r->code);
+		}
+		int bad_nonce = strcmp(type, "badNonce") == 0;
+		rc = transient_type(type) || r->code >= 500 || r->code == 429 ? ACME_RETRY : ACME_FINAL;
+		if (strcmp(type, "accountDoesNotExist") == 0)
+			rc = ACME_RETRY;  /* the caller forgets the account; see account_lost */
+		json_decref(p);
+		if (!bad_nonce || tries + 1 >= NONCE_TRIES)
+			return rc;
+	}
+}
+
+/* The account key from plugin state, made and stored on first use.
+ * Called with a->mu held. */
+static int key_load(struct acme *a, char *err, size_t errlen)
+{
+	unsigned char *pem = NULL;
+	size_t len = 0;
+	BIO *b = NULL;
+	EVP_PKEY *k = NULL;
+	int rc = -1;
+	if (a->key != NULL)
+		return 0;
+	int g = a->host->state_get(a->host->ctx, "account.key", &pem, &len);
+	if (g < 0) {
+		seterr(err, errlen, "backend %s: cannot read the ACME account key from the plugin state", a->name);
+		goto out;
+	}
+	if (g == 1) {
+		if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
+		    (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL) {
+			ssl_err(err, errlen, "backend %s: the stored ACME account key cannot be read", a->name);
+			goto out;
+		}
+	} else {
+		char *p = NULL;
+		long n;
+		if ((k = EVP_EC_gen("P-256")) == NULL || (b = BIO_new(BIO_s_mem())) == NULL ||
+		    PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1 ||
+		    (n = BIO_get_mem_data(b, &p)) <= 0) {
+			ssl_err(err, errlen, "backend %s: cannot make an ACME account key", a->name);
+			goto out;
+		}
+		int put = a->host->state_put(a->host->ctx, "account.key", (unsigned char *)p, (size_t)n);
+		OPENSSL_cleanse(p, (size_t)n);
+		if (put != 0) {
+			seterr(err, errlen, "backend %s: cannot store the new ACME account key", a->name);
+			goto out;
+		}
+		alog(a, FG_LEVEL_INFO, NULL, "backend %s: made a new ACME account key (P-256)", a->name);
+	}
+	a->key = k;
+	k = NULL;
+	rc = 0;
+out:
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, len);
+		free(pem);
+	}
+	BIO_free(b);
+	EVP_PKEY_free(k);
+	return rc;
+}
+
+/* The account (RFC 8555 7.3): directory, key and kid ready, registering
+ * the key with newAccount on first use. On success *key is a reference for
+ * the caller to free and kid a copy. The mutex is held throughout so that
+ * two first requests do not register twice. */
+static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t kidlen, char *err,
+			    size_t errlen)
+{
+	struct resp r = { .retry_after = -1 };
+	unsigned char *url = NULL;
+	size_t ulen = 0;
+	char *payload = NULL;
+	json_t *p = NULL;
+	enum acme_rc rc;
+
+	pthread_mutex_lock(&a->mu);
+	if ((rc = dir_load(a, err, errlen)) != ACME_OK)
+		goto out;
+	rc = ACME_RETRY;
+	if (key_load(a, err, errlen) != 0)
+		goto out;
+	if (a->kid[0] == 0) {
+		int g = a->host->state_get(a->host->ctx, "account.url", &url, &ulen);
+		if (g < 0) {
+			seterr(err, errlen, "backend %s: cannot read the ACME account URL from the plugin state", a->name);
+			goto out;
+		}
+		if (g == 1 && ulen > 0 && ulen < sizeof a->kid) {
+			memcpy(a->kid, url, ulen);
+			a->kid[ulen] = 0;
+		}
+	}
+	if (a->kid[0] == 0) {
+		p = json_pack("{s:b}", "termsOfServiceAgreed", 1);
+		if (p != NULL && a->contact[0])
+			json_object_set_new(p, "contact", json_pack("[s]", a->contact));
+		if (p == NULL || (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
+			seterr(err, errlen, "out of memory");
+			goto out;
+		}
+		/* post() takes the mutex for nonces: release it meanwhile;
+		 * XXX two first requests racing here may both register, which
+		 * an ACME CA answers with the same account (RFC 8555 7.3.1) */
+		EVP_PKEY *k = a->key;
+		char url_na[1024];
+		snprintf(url_na, sizeof url_na, "%s", a->new_account);
+		EVP_PKEY_up_ref(k);
+		pthread_mutex_unlock(&a->mu);
+		rc = post(a, k, NULL, url_na, payload, NULL, &r, err, errlen);
+		EVP_PKEY_free(k);
+		pthread_mutex_lock(&a->mu);
+		if (rc != ACME_OK)
+			goto out;
+		rc = ACME_RETRY;
+		if (r.location[0] == 0 || strlen(r.location) >= sizeof a->kid) {
+			seterr(err, errlen, "the ACME CA's newAccount answer has no usable Location");
+			goto out;
+		}
+		if (a->host->state_put(a->host->ctx, "account.url", (unsigned char *)r.location,
+				       strlen(r.location)) != 0) {
+			seterr(err, errlen, "backend %s: cannot store the ACME account URL", a->name);
+			goto out;
+		}
+		snprintf(a->kid, sizeof a->kid, "%s", r.location);
+		alog(a, FG_LEVEL_INFO, NULL, "backend %s: ACME account %s", a->name, a->kid);
+	}
+	EVP_PKEY_up_ref(a->key);
+	*key = a->key;
+	snprintf(kid, kidlen, "%s", a->kid);
+	rc = ACME_OK;
+out:
+	pthread_mutex_unlock(&a->mu);
+	json_decref(p);
+	free(payload);
+	free(url);
+	resp_clear(&r);
+	return rc;
+}
+
+/* The CA no longer knows the account (pebble forgets everything when it
+ * restarts): forget the kid, so that the next attempt registers again. */
+static void account_lost(struct acme *a, const char *kid)
+{
+	pthread_mutex_lock(&a->mu);
+	if (strcmp(a->kid, kid) == 0) {
+		a->kid[0] = 0;
+		a->host->state_put(a->host->ctx, "account.url", (const unsigned char *)"", 0);
+		alog(a, FG_LEVEL_WARN, NULL, "backend %s: the ACME CA does not know account %s; registering again",
+		     a->name, kid);
+	}
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* ---- names ---- */
+
+static int in_list(const char *v, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcasecmp(v, list[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Textual IPv4/IPv6 -> 4 or 16 bytes; -1 when neither. */
+static int ip_bytes(const char *t, unsigned char out[16])
+{
+	if (inet_pton(AF_INET, t, out) == 1)
+		return 4;
+	if (inet_pton(AF_INET6, t, out) == 1)
+		return 16;
+	return -1;
+}
+
+/* Every name the certificate carries was decided by the policy. 0, or -1
+ * with msg naming the first that was not. An ACME CA may copy one of the
+ * SANs into the subject CN, so a CN naming a decided DNS name or IP
+ * passes too. */
+static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg, size_t msglen)
+{
+	X509_NAME *sn = X509_get_subject_name(x);
+	int i = -1;
+	char buf[256];
+	while ((i = X509_NAME_get_index_by_NID(sn, NID_commonName, i)) >= 0) {
+		ASN1_STRING *d = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(sn, i));
+		unsigned char *u = NULL;
+		int n = ASN1_STRING_to_UTF8(&u, d);
+		int ok = n >= 0 && strlen((char *)u) == (size_t)n &&
+			 ((req->subject_cn != NULL && strcasecmp((char *)u, req->subject_cn) == 0) ||
+			  in_list((char *)u, req->dns_names, req->n_dns) ||
+			  in_list((char *)u, req->ip_names, req->n_ip));
+		if (!ok) {
+			seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
+			       n >= 0 ? (char *)u : "?");
+			OPENSSL_free(u);
+			return -1;
+		}
+		OPENSSL_free(u);
+	}
+	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	int rc = 0;
+	for (int k = 0; gens != NULL && k < sk_GENERAL_NAME_num(gens) && rc == 0; k++) {
+		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, k);
+		const ASN1_STRING *as;
+		switch (g->type) {
+		case GEN_DNS:
+			as = g->d.ia5;
+			snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(as),
+				 (const char *)ASN1_STRING_get0_data(as));
+			if (!in_list(buf, req->dns_names, req->n_dns))
+				rc = -1;
+			break;
+		case GEN_IPADD: {
+			unsigned char ip[16];
+			int found = 0;
+			as = g->d.ip;
+			for (size_t j = 0; j < req->n_ip && !found; j++) {
+				int l = ip_bytes(req->ip_names[j], ip);
+				if (l > 0 && l == ASN1_STRING_length(as) &&
+				    memcmp(ip, ASN1_STRING_get0_data(as), (size_t)l) == 0)
+					found = 1;
+			}
+			snprintf(buf, sizeof buf, "an IP address");
+			if (!found)
+				rc = -1;
+			break;
+		}
+		default:
+			snprintf(buf, sizeof buf, "a name of type %d", g->type);
+			rc = -1;
+		}
+	}
+	GENERAL_NAMES_free(gens);
+	ERR_clear_error();
+	if (rc != 0)
+		seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
+	return rc;
+}
+
+/* ---- issuing ---- */
+
+static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
+		       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
+		       const char *fmt, ...)
+{
+	va_list ap;
+	res->status = st;
+	res->retry_after = retry;
+	va_start(ap, fmt);
+	vsnprintf(res->message, sizeof res->message, fmt, ap);
+	va_end(ap);
+}
+
+/* How authorizations are answered (setting challenge, or the policy's
+ * acme_challenge per request). */
+enum chal_mode { CH_HTTP_GATEWAY, CH_HTTP_AGENT, CH_DNS, CH_MAX };
+static const char *const chal_names[CH_MAX] = { "http-01-gateway", "http-01-agent", "dns-01" };
+
+#define MAX_CHALS 16                  /* authorizations of one order answered by the device */
+
+/* One issuance in flight: what run_job's steps share. */
+struct job {
+	struct acme *a;
+	const struct fg_issue_request *req;
+	EVP_PKEY *key;                /* account key, a reference */
+	char kid[1024];
+	char order[1024];             /* order URL (RFC 8555 7.1.3) */
+	char err[512];
+	long retry_after;             /* the CA's last Retry-After, -1 none */
+	/* appended for challenge answering: */
+	enum chal_mode mode;
+	char thumb[ACME_B64_SHA256_LEN + 1]; /* RFC 7638 thumbprint of the account key */
+	struct fg_challenge chals[MAX_CHALS]; /* http-01-agent: what the device serves */
+	char chal_urls[MAX_CHALS][1024];     /* their challenge URLs, "" once answered */
+	size_t n_chals;
+};
+
+/* A signed POST for the job; parses a JSON answer into *out when out is
+ * not NULL. Forgets the account when the CA does not know it. */
+static enum acme_rc job_post(struct job *j, const char *url, const char *payload, json_t **out)
+{
+	struct resp r = { .retry_after = -1 };
+	enum acme_rc rc = post(j->a, j->key, j->kid, url, payload, NULL, &r, j->err, sizeof j->err);
+	if (rc != ACME_OK && strstr(j->err, "accountDoesNotExist") != NULL)
+		account_lost(j->a, j->kid);
+	j->retry_after = r.retry_after;
+	if (rc == ACME_OK && out != NULL) {
+		*out = json_loads(r.body ? r.body : "", 0, NULL);
+		if (!json_is_object(*out)) {
+			json_decref(*out);
+			*out = NULL;
+			seterr(j->err, sizeof j->err, "%s: the ACME CA's answer is not a JSON object", url);
+			rc = ACME_RETRY;
+		}
+	}
+	resp_clear(&r);
+	return rc;
+}
+
+/* newOrder (RFC 8555 7.4) for the decided names, dns and ip (RFC 8738)
+ * identifiers; the order URL goes into the job before anything else. */
+static enum acme_rc new_order(struct job *j)
+{
+	const struct fg_issue_request *req = j->req;
+	json_t *ids = json_array(), *o = NULL;
+	char *payload = NULL, url[1024];
+	struct resp r = { .retry_after = -1 };
+	enum acme_rc rc = ACME_RETRY;
+
+	for (size_t i = 0; ids != NULL && i < req->n_dns; i++)
+		json_array_append_new(ids, json_pack("{s:s, s:s}", "type", "dns", "value", req->dns_names[i]));
+	for (size_t i = 0; ids != NULL && i < req->n_ip; i++)
+		json_array_append_new(ids, json_pack("{s:s, s:s}", "type", "ip", "value", req->ip_names[i]));
+	if (ids == NULL || (o = json_pack("{s:O}", "identifiers", ids)) == NULL ||
+	    (payload = json_dumps(o, JSON_COMPACT)) == NULL) {
+		seterr(j->err, sizeof j->err, "out of memory");
+		goto out;
+	}
+	pthread_mutex_lock(&j->a->mu);
+	snprintf(url, sizeof url, "%s", j->a->new_order);
+	pthread_mutex_unlock(&j->a->mu);
+	rc = post(j->a, j->key, j->kid, url, payload, NULL, &r, j->err, sizeof j->err);
+	if (rc != ACME_OK) {
+		if (strstr(j->err, "accountDoesNotExist") != NULL)
+			account_lost(j->a, j->kid);
+		goto out;
+	}
+	rc = ACME_RETRY;
+	if (r.location[0] == 0 || strlen(r.location) >= sizeof j->order) {
+		seterr(j->err, sizeof j->err, "the ACME CA's newOrder answer has no usable Location");
+		goto out;
+	}
+	if (j->a->host->job_put(req->job, "acme.order", (unsigned char *)r.location, strlen(r.location)) != 0) {
+		seterr(j->err, sizeof j->err, "cannot keep the ACME order URL in the job store");
+		goto out;
+	}
+	snprintf(j->order, sizeof j->order, "%s", r.location);
+	alog(j->a, FG_LEVEL_INFO, req->request_id, "backend %s: ACME order %s", j->a->name, j->order);
+	rc = ACME_OK;
+out:
+	json_decref(ids);
+	json_decref(o);
+	free(payload);
+	resp_clear(&r);
+	return rc;
+}
+
+/* ---- challenges (RFC 8555 8) ---- */
+
+/* A field the host's struct covers (it may be older than this plugin). */
+#define REQ_HAS(r, f) ((r)->struct_size >= offsetof(struct fg_issue_request, f) + sizeof((r)->f))
+#define HOST_HAS(h, f) ((h)->struct_size >= offsetof(struct fg_host, f) + sizeof((h)->f))
+
+/* The challenge mode of this request: the policy's acme_challenge when it
+ * chose one, else the backend's setting. */
+static enum chal_mode job_mode(const struct acme *a, const struct fg_issue_request *req)
+{
+	if (REQ_HAS(req, acme_challenge) && req->acme_challenge != NULL)
+		for (int m = 0; m < CH_MAX; m++)
+			if (strcmp(req->acme_challenge, chal_names[m]) == 0)
+				return (enum chal_mode)m;
+	return (enum chal_mode)a->challenge;
+}
+
+/* Job state key as a malloc'd string ("" when absent), or NULL on error. */
+static char *jstate_get(struct job *j, const char *key)
+{
+	unsigned char *v = NULL;
+	size_t n = 0;
+	int g = j->a->host->job_get(j->req->job, key, &v, &n);
+	if (g < 0)
+		return NULL;
+	char *s = malloc(g == 1 ? n + 1 : 1);
+	if (s != NULL) {
+		if (g == 1)
+			memcpy(s, v, n);
+		s[g == 1 ? n : 0] = '\0';
+	}
+	free(v);
+	return s;
+}
+
+/* 1 when line is one of the newline-separated lines of list. */
+static int has_line(const char *list, const char *line)
+{
+	size_t n = strlen(line);
+	for (const char *p = list; p != NULL && *p;) {
+		const char *e = strchr(p, '\n');
+		size_t l = e ? (size_t)(e - p) : strlen(p);
+		if (l == n && strncmp(p, line, n) == 0)
+			return 1;
+		p = e ? e + 1 : NULL;
+	}
+	return 0;
+}
+
+/* Adds line to the list kept in job state key (durable when 0). */
+static int jstate_add_line(struct job *j, const char *key, const char *line)
+{
+	char *cur = jstate_get(j, key), *nv = NULL;
+	int rc = -1;
+	if (cur == NULL)
+		goto out;
+	if (has_line(cur, line)) {
+		rc = 0;
+		goto out;
+	}
+	if (asprintf(&nv, "%s%s\n", cur, line) < 0) {
+		nv = NULL;
+		goto out;
+	}
+	rc = j->a->host->job_put(j->req->job, key, (unsigned char *)nv, strlen(nv));
+out:
+	if (rc != 0)
+		seterr(j->err, sizeof j->err, "cannot keep the ACME challenge state (%s) in the job store", key);
+	free(cur);
+	free(nv);
+	return rc;
+}
+
+/* The account key's RFC 7638 thumbprint, once per job. 0 or -1. */
+static int job_thumb(struct job *j)
+{
+	json_t *jwk;
+	char *text;
+	if (j->thumb[0])
+		return 0;
+	if ((jwk = jwk_of(j->key)) == NULL || (text = json_dumps(jwk, JSON_COMPACT)) == NULL) {
+		json_decref(jwk);
+		seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
+		return -1;
+	}
+	int rc = acme_thumbprint(text, j->thumb);
+	free(text);
+	json_decref(jwk);
+	if (rc != 0)
+		seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
+	return rc;
+}
+
+/* "<domain> <TXT value>" into line (and the value into val); line. */
+static const char *line_of(char *line, size_t len, const char *ident, const char *ka,
+			   char val[ACME_B64_SHA256_LEN + 1])
+{
+	if (acme_dns_value(ka, val) != 0)
+		val[0] = '\0';
+	snprintf(line, len, "%s %s", ident, val);
+	return line;
+}
+
+/* Runs dns_hook with action "present" or "cleanup" for domain and the
+ * TXT value (RFC 8555 8.4); its output goes to the log. 0, or -1 with
+ * j->err saying what failed. */
+static int dns_hook(struct job *j, const char *action, const char *domain, const char *value)
+{
+	struct acme *a = j->a;
+	char e_act[64], e_dom[320], e_rec[340], e_val[80], e_rid[100], e_be[100];
+	char out[2048], herr[PATH_MAX + 200];
+	const char *env[] = { e_act, e_dom, e_rec, e_val, e_rid, e_be, NULL };
+
+	snprintf(e_act, sizeof e_act, "FLEETGATE_ACME_ACTION=%s", action);
+	snprintf(e_dom, sizeof e_dom, "FLEETGATE_ACME_DOMAIN=%s", domain);
+	snprintf(e_rec, sizeof e_rec, "FLEETGATE_ACME_RECORD=_acme-challenge.%s", domain);
+	snprintf(e_val, sizeof e_val, "FLEETGATE_ACME_VALUE=%s", value);
+	snprintf(e_rid, sizeof e_rid, "FLEETGATE_ACME_REQUEST_ID=%s", j->req->request_id ? j->req->request_id : "");
+	snprintf(e_be, sizeof e_be, "FLEETGATE_ACME_BACKEND=%s", a->name);
+	int r = acme_hook_run(a->dns_hook, action, env, (int)a->hook_timeout, out, sizeof out, herr, sizeof herr);
+	/* the hook's output, line by line */
+	char *last = NULL, *save = NULL;
+	for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+		alog(a, r == 0 ? FG_LEVEL_INFO : FG_LEVEL_WARN, j->req->request_id, "backend %s: dns_hook %s %s: %s",
+		     a->name, action, domain, line);
+		last = line;
+	}
+	if (r != 0) {
+		seterr(j->err, sizeof j->err, "the dns-01 hook failed to %s the TXT record _acme-challenge.%s: %s%s%s; fix the hook (the request is kept and retried)",
+		       strcmp(action, "present") == 0 ? "publish" : "remove", domain, herr, last ? ": " : "",
+		       last ? last : "");
+		alog(a, FG_LEVEL_WARN, j->req->request_id, "backend %s: %s", a->name, j->err);
+		return -1;
+	}
+	alog(a, FG_LEVEL_INFO, j->req->request_id, "backend %s: dns_hook %s _acme-challenge.%s done", a->name, action,
+	     domain);
+	return 0;
+}
+
+/* The order no longer needs its challenges (ready, valid, refused or
+ * given up): withdraw the gateway's http-01 answers and have the hook
+ * remove the TXT records it made. A failed removal is logged, not fatal. */
+static void challenges_done(struct job *j)
+{
+	char *h = jstate_get(j, "acme.http01"), *d = jstate_get(j, "acme.dns"), *save = NULL;
+	char keep[sizeof j->err];
+
+	memcpy(keep, j->err, sizeof keep);
+	if (h != NULL && h[0]) {
+		for (char *t = strtok_r(h, "\n", &save); t != NULL; t = strtok_r(NULL, "\n", &save))
+			if (HOST_HAS(j->a->host, http01_withdraw) && j->a->host->http01_withdraw != NULL)
+				j->a->host->http01_withdraw(j->a->host->ctx, t);
+		j->a->host->job_put(j->req->job, "acme.http01", (const unsigned char *)"", 0);
+	}
+	if (d != NULL && d[0]) {
+		for (char *l = strtok_r(d, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save)) {
+			char *sp = strchr(l, ' ');
+			if (sp == NULL)
+				continue;
+			*sp = '\0';
+			if (dns_hook(j, "cleanup", l, sp + 1) != 0)
+				alog(j->a, FG_LEVEL_ERROR, j->req->request_id,
+				     "backend %s: remove the TXT record _acme-challenge.%s by hand", j->a->name, l);
+		}
+		j->a->host->job_put(j->req->job, "acme.dns", (const unsigned char *)"", 0);
+		j->a->host->job_put(j->req->job, "acme.dns.ok", (const unsigned char *)"", 0);
+	}
+	memcpy(j->err, keep, sizeof keep);
+	free(h);
+	free(d);
+}
+
+/* 1 when the device acknowledged token in this request. */
+static int req_ready(const struct fg_issue_request *req, const char *token)
+{
+	if (!REQ_HAS(req, n_challenges_ready))
+		return 0;
+	for (size_t i = 0; i < req->n_challenges_ready; i++)
+		if (req->challenges_ready[i] != NULL && strcmp(req->challenges_ready[i], token) == 0)
+			return 1;
+	return 0;
+}
+
+/* Copies the challenges the device serves into res (for a PENDING reply). */
+static void chals_to_result(struct job *j, struct fg_issue_result *res)
+{
+	free(res->challenges);
+	res->challenges = NULL;
+	res->n_challenges = 0;
+	if (j->n_chals == 0 || (res->challenges = calloc(j->n_chals, sizeof *res->challenges)) == NULL)
+		return;
+	memcpy(res->challenges, j->chals, j->n_chals * sizeof *res->challenges);
+	res->n_challenges = j->n_chals;
+}
+
+/* http-01 answered by the device. A challenge still to be answered is
+ * answered only when this very request carries the device's
+ * acknowledgement of its token (challenges_ready): an acknowledgement
+ * from before a restart says nothing about whether the device serves it
+ * now. Until then res becomes PENDING with the challenges. With the
+ * acknowledgement, it is made durable in the job (acme.ack) and only then
+ * are the challenges answered. 1 when res is set, 0 to go on, -1 with
+ * j->err on failure (*rc says which). */
+static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *rc)
+{
+	size_t need = 0, ready = 0;
+	for (size_t i = 0; i < j->n_chals; i++) {
+		if (j->chal_urls[i][0] == 0)
+			continue;       /* answered already: the CA is validating */
+		need++;
+		ready += req_ready(j->req, j->chals[i].token);
+	}
+	if (need == 0)
+		return 0;
+	if (ready < need) {
+		/* the device's acknowledgement reaches the plugin at once
+		 * (the host does not wait for retry_after then); retry_after
+		 * paces the poller and a device that comes back without one */
+		chals_to_result(j, res);
+		set_result(res, FG_ISSUE_PENDING, j->a->poll_interval, "serve the http-01 challenge%s for %s%s, then send the request again",
+			   j->n_chals > 1 ? "s" : "", j->chals[0].identifier, j->n_chals > 1 ? " and more" : "");
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: %zu http-01 challenge(s) handed to the device",
+		     j->a->name, j->n_chals);
+		return 1;
+	}
+	for (size_t i = 0; i < j->n_chals; i++) {
+		if (j->chal_urls[i][0] && jstate_add_line(j, "acme.ack", j->chals[i].token) != 0) {
+			*rc = ACME_RETRY;
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < j->n_chals; i++) {
+		if (j->chal_urls[i][0] == 0)
+			continue;
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: the device serves http-01 for %s; answering",
+		     j->a->name, j->chals[i].identifier);
+		if ((*rc = job_post(j, j->chal_urls[i], "{}", NULL)) != ACME_OK)
+			return -1;
+		j->chal_urls[i][0] = 0;
+	}
+	return 0;
+}
+
+/* Moves one authorization towards valid (RFC 8555 7.5) with the job's
+ * challenge mode:
+ *  - http-01-gateway: the key authorization is published on the gateway's
+ *    HTTP side (again on every pass, so a restarted gateway serves it),
+ *    then the challenge is answered with {} (7.5.1);
+ *  - dns-01: the hook publishes the TXT record (once: the job remembers
+ *    it), then the challenge is answered;
+ *  - http-01-agent: the challenge is collected for the device (agent_step
+ *    answers it after the device's acknowledgement).
+ * ACME_OK when the authorization is valid or on its way. */
+static enum acme_rc authorize(struct job *j, const char *url)
+{
+	json_t *az = NULL;
+	char ka[256], what[300];
+	enum acme_rc rc = job_post(j, url, NULL, &az);
+	if (rc != ACME_OK)
+		return rc;
+	const char *st = json_string_value(json_object_get(az, "status"));
+	const char *ident = json_string_value(json_object_get(json_object_get(az, "identifier"), "value"));
+	if (st == NULL)
+		st = "";
+	if (ident == NULL)
+		ident = "?";
+	if (strcmp(st, "valid") == 0)
+		goto out;
+	if (strcmp(st, "pending") != 0) {
+		/* invalid, deactivated, expired, revoked: find the reason */
+		json_t *chs = json_object_get(az, "challenges"), *ch;
+		size_t i;
+		const char *type = "";
+		seterr(j->err, sizeof j->err, "the ACME CA's authorization for %s is %s", ident, st);
+		json_array_foreach(chs, i, ch) {
+			json_t *e = json_object_get(ch, "error");
+			if (json_is_object(e)) {
+				snprintf(what, sizeof what, "%s for %s",
+					 json_string_value(json_object_get(ch, "type")) ?: "challenge", ident);
+				problem_text(e, what, j->err, sizeof j->err, &type);
+				break;
+			}
+		}
+		rc = transient_type(type) ? ACME_RETRY : ACME_FINAL;
+		goto out;
+	}
+	const char *want = j->mode == CH_DNS ? "dns-01" : "http-01";
+	json_t *chs = json_object_get(az, "challenges"), *ch;
+	size_t i;
+	const char *curl_ = NULL, *cst = NULL, *token = NULL;
+	char offered[128] = "";
+	json_array_foreach(chs, i, ch) {
+		const char *t = json_string_value(json_object_get(ch, "type"));
+		if (t == NULL)
+			continue;
+		if (strlen(offered) + strlen(t) + 3 < sizeof offered)
+			snprintf(offered + strlen(offered), sizeof offered - strlen(offered), "%s%s",
+				 offered[0] ? ", " : "", t);
+		if (strcmp(t, want) == 0 && curl_ == NULL) {
+			curl_ = json_string_value(json_object_get(ch, "url"));
+			cst = json_string_value(json_object_get(ch, "status"));
+			token = json_string_value(json_object_get(ch, "token"));
+		}
+	}
+	if (curl_ == NULL) {
+		seterr(j->err, sizeof j->err, "the ACME CA offers no %s challenge for %s (it offers %s); choose another with the backend's challenge setting or the policy's acme_challenge",
+		       want, ident, offered[0] ? offered : "none");
+		rc = ACME_FINAL;
+		goto out;
+	}
+	if (job_thumb(j) != 0) {
+		rc = ACME_RETRY;
+		goto out;
+	}
+	if (token == NULL || acme_key_authorization(token, j->thumb, ka, sizeof ka) != 0 ||
+	    strlen(ident) >= sizeof j->chals[0].identifier || strcspn(ident, " \t\r\n") != strlen(ident)) {
+		seterr(j->err, sizeof j->err, "the ACME CA's %s challenge for %s has a malformed token or identifier",
+		       want, ident);
+		rc = ACME_FINAL;
+		goto out;
+	}
+	if (cst != NULL && strcmp(cst, "valid") == 0)
+		goto out;
+	int answer = cst == NULL || strcmp(cst, "pending") == 0;
+	switch (j->mode) {
+	case CH_HTTP_GATEWAY:
+		if (!HOST_HAS(j->a->host, http01_withdraw) || j->a->host->http01_publish == NULL) {
+			seterr(j->err, sizeof j->err, "this gateway cannot serve http-01 challenges (it is older than the acme plugin); update fleetgated");
+			rc = ACME_FINAL;
+			goto out;
+		}
+		if (jstate_add_line(j, "acme.http01", token) != 0) {
+			rc = ACME_RETRY;
+			goto out;
+		}
+		if (j->a->host->http01_publish(j->a->host->ctx, token, ka) != 0) {
+			seterr(j->err, sizeof j->err, "cannot serve the http-01 answer for %s: the gateway has no HTTP side; set http = { listen = \"0.0.0.0:80\" } in fleetgated.conf (the CA connects to port 80 of %s), or choose another challenge",
+			       ident, ident);
+			rc = ACME_RETRY;
+			goto out;
+		}
+		break;
+	case CH_DNS: {
+		char val[ACME_B64_SHA256_LEN + 1], line[400];
+		char *ok = jstate_get(j, "acme.dns.ok");
+		int presented = ok != NULL && has_line(ok, line_of(line, sizeof line, ident, ka, val));
+		if (ok == NULL) {
+			seterr(j->err, sizeof j->err, "cannot read the ACME challenge state from the job store");
+			rc = ACME_RETRY;
+			goto out;
+		}
+		free(ok);
+		if (!presented) {
+			if (j->a->dns_hook[0] == 0) {
+				seterr(j->err, sizeof j->err, "backend %s: dns-01 was chosen, but the backend has no dns_hook; set dns_hook = \"/path/to/command\" or choose another challenge",
+				       j->a->name);
+				rc = ACME_FINAL;
+				goto out;
+			}
+			/* acme.dns (what cleanup removes) is written before
+			 * the hook runs, in case it fails halfway;
+			 * acme.dns.ok after it succeeded */
+			if (jstate_add_line(j, "acme.dns", line) != 0 || dns_hook(j, "present", ident, val) != 0 ||
+			    jstate_add_line(j, "acme.dns.ok", line) != 0) {
+				rc = ACME_RETRY;
+				goto out;
+			}
+		}
+		break;
+	}
+	case CH_HTTP_AGENT:
+		if (!REQ_HAS(j->req, n_challenges_ready)) {
+			seterr(j->err, sizeof j->err, "this gateway cannot hand challenges to devices (it is older than the acme plugin); update fleetgated");
+			rc = ACME_FINAL;
+			goto out;
+		}
+		if (j->n_chals >= MAX_CHALS) {
+			seterr(j->err, sizeof j->err, "more than %d names for http-01-agent in one order", MAX_CHALS);
+			rc = ACME_FINAL;
+			goto out;
+		}
+		struct fg_challenge *c = &j->chals[j->n_chals];
+		memset(c, 0, sizeof *c);
+		snprintf(c->type, sizeof c->type, "http-01");
+		snprintf(c->identifier, sizeof c->identifier, "%s", ident);
+		snprintf(c->token, sizeof c->token, "%s", token);
+		snprintf(c->key_authorization, sizeof c->key_authorization, "%s", ka);
+		snprintf(j->chal_urls[j->n_chals], sizeof j->chal_urls[0], "%s", answer ? curl_ : "");
+		j->n_chals++;
+		answer = 0;     /* after the device's acknowledgement */
+		break;
+	default:
+		break;
+	}
+	if (answer) {
+		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: answering %s for %s (%s, token %s)", j->a->name,
+		     want, ident, chal_names[j->mode], token);
+		rc = job_post(j, curl_, "{}", NULL);
+	}
+out:
+	json_decref(az);
+	return rc;
+}
+
+/* Parses a PEM chain (leaf first, RFC 8555 9.1) into res: the leaf must
+ * certify the CSR's key and name only what the policy decided. */
+static void take_chain(struct job *j, const char *pem, size_t len, EVP_PKEY *csrkey,
+		       struct fg_issue_result *res)
+{
+	BIO *b = BIO_new_mem_buf(pem, (int)len);
+	STACK_OF(X509) *certs = sk_X509_new_null();
+	X509 *x;
+	char msg[400];
+	while (b != NULL && certs != NULL && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
+		if (!sk_X509_push(certs, x))
+			X509_free(x);
+	ERR_clear_error();
+	BIO_free(b);
+	int n = certs ? sk_X509_num(certs) : 0;
+	if (n == 0) {
+		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "the ACME CA's certificate for order %s cannot be read",
+			   j->order);
+		goto out;
+	}
+	X509 *leaf = sk_X509_value(certs, 0);
+	if (EVP_PKEY_eq(X509_get0_pubkey(leaf), csrkey) != 1) {
+		ERR_clear_error();
+		set_result(res, FG_ISSUE_REJECTED, 0, "the ACME CA's certificate for order %s does not certify the device's key",
+			   j->order);
+		goto out;
+	}
+	if (names_granted(leaf, j->req, msg, sizeof msg) != 0) {
+		alog(j->a, FG_LEVEL_ERROR, j->req->request_id,
+		     "backend %s: %s; the certificate is withheld from the device: revoke it at the CA", j->a->name, msg);
+		set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
+		goto out;
+	}
+	res->chain_der = calloc((size_t)n, sizeof *res->chain_der);
+	res->chain_len = calloc((size_t)n, sizeof *res->chain_len);
+	if (res->chain_der == NULL || res->chain_len == NULL)
+		goto oom;
+	for (int i = 0; i < n; i++) {
+		unsigned char *der = NULL;
+		int l = i2d_X509(sk_X509_value(certs, i), &der);
+		unsigned char *copy = l > 0 ? malloc((size_t)l) : NULL;
+		if (copy == NULL) {
+			OPENSSL_free(der);
+			goto oom;
+		}
+		memcpy(copy, der, (size_t)l);
+		OPENSSL_free(der);
+		if (i == 0) {
+			res->cert_der = copy;
+			res->cert_len = (size_t)l;
+		} else {
+			res->chain_der[res->n_chain] = copy;
+			res->chain_len[res->n_chain++] = (size_t)l;
+		}
+	}
+	set_result(res, FG_ISSUE_OK, 0, "issued by the ACME CA (order %s)", j->order);
+	goto out;
+oom:
+	fg_issue_result_clear(res);
+	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
+out:
+	sk_X509_pop_free(certs, X509_free);
+}
+
+/* The request must be expressible as ACME identifiers. 0 or -1 with msg. */
+static int names_orderable(const struct fg_issue_request *req, char *msg, size_t msglen)
+{
+	if (req->n_email > 0) {
+		seterr(msg, msglen, "ACME certifies DNS names and IP addresses only; the policy decided e-mail name %s",
+		       req->emails[0]);
+		return -1;
+	}
+	if (req->n_dns + req->n_ip == 0) {
+		seterr(msg, msglen, "ACME needs at least one DNS name or IP address; the policy decided none (set dns = { ... })");
+		return -1;
+	}
+	if (req->subject_cn != NULL && req->subject_cn[0] && !in_list(req->subject_cn, req->dns_names, req->n_dns) &&
+	    !in_list(req->subject_cn, req->ip_names, req->n_ip)) {
+		seterr(msg, msglen, "an ACME CA certifies a subject CN only when it is also one of the DNS names or IPs; '%s' is not (add it to dns, or leave cn empty)",
+		       req->subject_cn);
+		return -1;
+	}
+	return 0;
+}
+
+/* issue and poll: drives the job's order as far as it goes within
+ * inline_wait seconds. The order URL is in the job, so a resumed or polled
+ * job continues its order rather than placing another. */
+static int run_job(void *state, const struct fg_issue_request *req, struct fg_issue_result *res)
+{
+	struct acme *a = state;
+	struct job j = { .a = a, .req = req, .retry_after = -1 };
+	const unsigned char *q = req->csr_der;
+	X509_REQ *csr = d2i_X509_REQ(NULL, &q, (long)req->csr_len);
+	unsigned char *v = NULL;
+	size_t vlen = 0;
+	json_t *o = NULL;
+	char msg[400];
+	enum acme_rc rc;
+	int64_t deadline = a->host->now(a->host->ctx) + a->inline_wait;
+
+	memset(res, 0, sizeof *res);
+	j.mode = job_mode(a, req);
+	if (csr == NULL) {
+		ERR_clear_error();
+		set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
+		return 0;
+	}
+	if (names_orderable(req, msg, sizeof msg) != 0) {
+		set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
+		goto out;
+	}
+	int g = a->host->job_get(req->job, "acme.order", &v, &vlen);
+	if (g < 0) {
+		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the ACME job state");
+		goto out;
+	}
+	if (g == 1 && vlen > 0 && vlen < sizeof j.order) {
+		memcpy(j.order, v, vlen);
+		j.order[vlen] = 0;
+	}
+	int again = 0;
+start:
+	if ((rc = account(a, &j.key, j.kid, sizeof j.kid, j.err, sizeof j.err)) != ACME_OK)
+		goto failed;
+	if (j.order[0] == 0 && (rc = new_order(&j)) != ACME_OK)
+		goto failed;
+
+	for (;;) {
+		json_decref(o);
+		o = NULL;
+		j.n_chals = 0;
+		if ((rc = job_post(&j, j.order, NULL, &o)) != ACME_OK)
+			goto failed;
+		const char *st = json_string_value(json_object_get(o, "status"));
+		if (st == NULL)
+			st = "";
+		if (strcmp(st, "pending") == 0) {
+			json_t *azs = json_object_get(o, "authorizations"), *az;
+			size_t i;
+			json_array_foreach(azs, i, az) {
+				const char *u = json_string_value(az);
+				if (u != NULL && (rc = authorize(&j, u)) != ACME_OK)
+					goto failed;
+			}
+			if (j.mode == CH_HTTP_AGENT && j.n_chals > 0) {
+				int k = agent_step(&j, res, &rc);
+				if (k < 0)
+					goto failed;
+				if (k > 0)
+					goto out;
+			}
+		} else if (strcmp(st, "ready") == 0) {
+			challenges_done(&j);    /* every authorization is valid */
+			char *csr64 = b64url(req->csr_der, req->csr_len), *payload = NULL;
+			json_t *p = csr64 ? json_pack("{s:s}", "csr", csr64) : NULL;
+			const char *fin = json_string_value(json_object_get(o, "finalize"));
+			free(csr64);
+			if (p == NULL || fin == NULL || (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
+				json_decref(p);
+				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot finalize ACME order %s (%s)", j.order,
+					   fin ? "out of memory" : "it has no finalize URL");
+				goto out;
+			}
+			json_decref(p);
+			rc = job_post(&j, fin, payload, NULL);
+			free(payload);
+			if (rc != ACME_OK)
+				goto failed;
+			continue;       /* finalize answers with the order: read it again */
+		} else if (strcmp(st, "valid") == 0) {
+			const char *cu = json_string_value(json_object_get(o, "certificate"));
+			struct resp r = { .retry_after = -1 };
+			if (cu == NULL) {
+				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "ACME order %s is valid but names no certificate",
+					   j.order);
+				goto out;
+			}
+			rc = post(a, j.key, j.kid, cu, NULL, "application/pem-certificate-chain", &r, j.err, sizeof j.err);
+			if (rc == ACME_OK)
+				take_chain(&j, r.body ? r.body : "", r.n, X509_REQ_get0_pubkey(csr), res);
+			resp_clear(&r);
+			if (rc != ACME_OK)
+				goto failed;
+			goto out;
+		} else if (strcmp(st, "invalid") == 0) {
+			const char *type = "";
+			json_t *e = json_object_get(o, "error");
+			if (json_is_object(e))
+				problem_text(e, j.order, j.err, sizeof j.err, &type);
+			else
+				seterr(j.err, sizeof j.err, "ACME order %s is invalid", j.order);
+			if (transient_type(type)) {
+				/* a failed validation may pass next time: order again */
+				challenges_done(&j);
+				a->host->job_put(req->job, "acme.order", (const unsigned char *)"", 0);
+				a->host->job_put(req->job, "acme.ack", (const unsigned char *)"", 0);
+				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", j.err);
+			} else {
+				set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
+			}
+			alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s", a->name, j.err);
+			goto out;
+		} else if (strcmp(st, "processing") != 0) {
+			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "ACME order %s has unknown status '%s'", j.order, st);
+			goto out;
+		}
+		/* pending (answered) or processing: wait for the CA, inline
+		 * while the budget lasts, then hand the job to the poller */
+		long wait = j.retry_after >= 0 ? j.retry_after : 1;
+		if (wait < 1)
+			wait = 1;
+		if (a->host->now(a->host->ctx) + wait > deadline) {
+			uint32_t ra = j.retry_after >= 0 ? (uint32_t)j.retry_after : a->poll_interval;
+			alog(a, FG_LEVEL_INFO, req->request_id, "backend %s: ACME order %s is %s; asking again in %u s",
+			     a->name, j.order, st, ra ? ra : 1);
+			set_result(res, FG_ISSUE_PENDING, ra ? ra : 1, "ACME order %s is %s at the CA", j.order, st);
+			if (j.mode == CH_HTTP_AGENT)
+				chals_to_result(&j, res);   /* a restarted device serves them again */
+			goto out;
+		}
+		/* XXX sleeps on a worker thread; fine for a first slice */
+		sleep((unsigned)(wait > 2 ? 2 : wait));
+	}
+
+failed:
+	if (rc == ACME_RETRY && !again && strstr(j.err, "accountDoesNotExist") != NULL) {
+		/* the CA forgot the account (account_lost dropped it): register
+		 * again at once; an order of the old account is no longer ours */
+		again = 1;
+		challenges_done(&j);
+		a->host->job_put(req->job, "acme.ack", (const unsigned char *)"", 0);
+		EVP_PKEY_free(j.key);
+		j.key = NULL;
+		j.order[0] = 0;
+		if (a->host->job_put(req->job, "acme.order", (const unsigned char *)"", 0) == 0)
+			goto start;
+	}
+	if (rc == ACME_RETRY) {
+		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s; will try again", a->name, j.err);
+		set_result(res, FG_ISSUE_ERROR, j.retry_after > 0 ? (uint32_t)j.retry_after : RETRY_SECONDS, "%s", j.err);
+	} else {
+		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: refused: %s", a->name, j.err);
+		set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
+	}
+out:
+	if (res->status == FG_ISSUE_OK || res->status == FG_ISSUE_REJECTED)
+		challenges_done(&j);
+	json_decref(o);
+	free(v);
+	EVP_PKEY_free(j.key);
+	X509_REQ_free(csr);
+	return 0;
+}
+
+static int acme_csr_needs(void *state, const struct fg_issue_request *req, struct fg_csr_needs *needs,
+			  char *err, size_t errlen)
+{
+	(void)state;
+	memset(needs, 0, sizeof *needs);
+	if (names_orderable(req, err, errlen) != 0)
+		return -1;
+	needs->names_from_csr = 1;
+	return 0;
+}
+
+/* Fetches the PEM certificates at root_url into out. 0 or -1 with err. */
+static int roots_fetch(struct acme *a, struct fg_cert_list *out, char *err, size_t errlen)
+{
+	struct resp r = { .retry_after = -1 };
+	BIO *b = NULL;
+	X509 *x;
+	int rc = -1;
+	memset(out, 0, sizeof *out);
+	if (http(a, "GET", a->root_url, NULL, NULL, &r, err, errlen) != 0)
+		goto out;
+	if (r.code != 200) {
+		seterr(err, errlen, "backend %s: root_url %s answered HTTP %ld", a->name, a->root_url, r.code);
+		goto out;
+	}
+	if ((b = BIO_new_mem_buf(r.body ? r.body : "", (int)r.n)) == NULL)
+		goto oom;
+	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+		unsigned char *der = NULL;
+		int l = i2d_X509(x, &der);
+		X509_free(x);
+		unsigned char **nd = realloc(out->der, (out->n + 1) * sizeof *nd);
+		if (nd != NULL)
+			out->der = nd;
+		size_t *nl = nd ? realloc(out->len, (out->n + 1) * sizeof *nl) : NULL;
+		if (nl != NULL)
+			out->len = nl;
+		unsigned char *copy = l > 0 && nl ? malloc((size_t)l) : NULL;
+		if (copy == NULL) {
+			OPENSSL_free(der);
+			goto oom;
+		}
+		memcpy(copy, der, (size_t)l);
+		OPENSSL_free(der);
+		out->der[out->n] = copy;
+		out->len[out->n++] = (size_t)l;
+	}
+	ERR_clear_error();
+	if (out->n == 0) {
+		seterr(err, errlen, "backend %s: root_url %s holds no PEM certificate", a->name, a->root_url);
+		goto out;
+	}
+	rc = 0;
+	goto out;
+oom:
+	seterr(err, errlen, "out of memory");
+out:
+	if (rc != 0)
+		fg_cert_list_clear(out);
+	BIO_free(b);
+	resp_clear(&r);
+	return rc;
+}
+
+/* A copy of list into out; 0 or -1. */
+static int list_copy(const struct fg_cert_list *list, struct fg_cert_list *out)
+{
+	memset(out, 0, sizeof *out);
+	if ((out->der = calloc(list->n, sizeof *out->der)) == NULL ||
+	    (out->len = calloc(list->n, sizeof *out->len)) == NULL)
+		goto fail;
+	for (size_t i = 0; i < list->n; i++) {
+		if ((out->der[i] = malloc(list->len[i])) == NULL)
+			goto fail;
+		memcpy(out->der[i], list->der[i], list->len[i]);
+		out->len[i] = list->len[i];
+		out->n = i + 1;
+	}
+	return 0;
+fail:
+	fg_cert_list_clear(out);
+	return -1;
+}
+
+/* ACME has no CA certificate resource: with root_url (pebble's management
+ * interface has one) the PEM there is the answer, reused for cache_ttl
+ * seconds (the gateway asks on every check-in), and the last good answer
+ * is used while root_url cannot be read. */
+static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t errlen)
+{
+	struct acme *a = state;
+	struct fg_cert_list fresh;
+	int rc = -1;
+	memset(out, 0, sizeof *out);
+	if (a->root_url[0] == 0) {
+		seterr(err, errlen, "backend %s: ACME has no way to fetch the CA certificate; set root_url to where the CA publishes its root (PEM)",
+		       a->name);
+		return -1;
+	}
+	int64_t now = a->host->now(a->host->ctx);
+	pthread_mutex_lock(&a->mu);
+	int stale = a->roots.n == 0 || now - a->roots_fetched >= a->cache_ttl || now < a->roots_fetched;
+	pthread_mutex_unlock(&a->mu);
+	if (stale) {
+		if (roots_fetch(a, &fresh, err, errlen) == 0) {
+			pthread_mutex_lock(&a->mu);
+			fg_cert_list_clear(&a->roots);
+			a->roots = fresh;
+			a->roots_fetched = now;
+			pthread_mutex_unlock(&a->mu);
+		} else {
+			alog(a, FG_LEVEL_WARN, NULL, "backend %s: %s", a->name, err);
+		}
+	}
+	pthread_mutex_lock(&a->mu);
+	if (a->roots.n > 0) {
+		rc = list_copy(&a->roots, out);
+		if (rc != 0)
+			seterr(err, errlen, "out of memory");
+	}
+	pthread_mutex_unlock(&a->mu);
+	return rc;
+}
+
+static int acme_revoke(void *state, const unsigned char *cert_der, size_t cert_len,
+		       enum fg_revoke_reason reason, char *err, size_t errlen)
+{
+	struct acme *a = state;
+	(void)cert_der;
+	(void)cert_len;
+	(void)reason;
+	/* XXX revokeCert (RFC 8555 7.6) is not implemented yet */
+	seterr(err, errlen, "backend %s: ACME revocation is not implemented yet; revoke the certificate at the CA yourself (fleetgate has marked it revoked)",
+	       a->name);
+	return -1;
+}
+
+/* ---- open/close ---- */
+
+static void acme_close(void *state)
+{
+	struct acme *a = state;
+	if (a == NULL)
+		return;
+	EVP_PKEY_free(a->key);
+	fg_cert_list_clear(&a->roots);
+	pthread_mutex_destroy(&a->mu);
+	free(a);
+}
+
+static int num_setting(const struct fg_kv *kv, size_t n, const char *key, long def, long min, long max,
+		       long *out)
+{
+	const char *v = fg_kv_get(kv, n, key);
+	char *end;
+	if (v == NULL) {
+		*out = def;
+		return 0;
+	}
+	errno = 0;
+	long l = strtol(v, &end, 10);
+	if (errno || end == v || *end || l < min || l > max)
+		return -1;
+	*out = l;
+	return 0;
+}
+
+/* challenge, dns_hook and hook_timeout. 0 or -1 with err. */
+static int challenge_settings(struct acme *a, const struct fg_kv *kv, size_t n, const char *sd, char *err,
+			      size_t errlen)
+{
+	const char *v = fg_kv_get(kv, n, "challenge");
+	a->challenge = CH_HTTP_GATEWAY;
+	if (v != NULL) {
+		int m = 0;
+		while (m < CH_MAX && strcmp(v, chal_names[m]) != 0)
+			m++;
+		if (m == CH_MAX) {
+			seterr(err, errlen, "backends.%s.challenge: \"%s\" is not a challenge mode; use \"http-01-gateway\", \"http-01-agent\" or \"dns-01\"",
+			       a->name, v);
+			return -1;
+		}
+		a->challenge = m;
+	}
+	if ((v = fg_kv_get(kv, n, "dns_hook")) != NULL) {
+		int w = snprintf(a->dns_hook, sizeof a->dns_hook, "%s%s%s", v[0] == '/' || !sd ? "" : sd,
+				 v[0] == '/' || !sd ? "" : "/", v);
+		if (v[0] == 0 || w < 0 || (size_t)w >= sizeof a->dns_hook || access(a->dns_hook, X_OK) != 0) {
+			seterr(err, errlen, "backends.%s.dns_hook: %s is not an executable file (%s); give the path of the command that publishes _acme-challenge TXT records",
+			       a->name, a->dns_hook, v[0] ? strerror(errno) : "empty");
+			return -1;
+		}
+	}
+	if (a->challenge == CH_DNS && a->dns_hook[0] == 0) {
+		seterr(err, errlen, "backends.%s: challenge = \"dns-01\" needs dns_hook = \"/path/to/command\" (see docs/acme.md)",
+		       a->name);
+		return -1;
+	}
+	if (num_setting(kv, n, "hook_timeout", 60, 1, 3600, &a->hook_timeout) != 0) {
+		seterr(err, errlen, "backends.%s.hook_timeout: seconds, 1 to 3600", a->name);
+		return -1;
+	}
+	return 0;
+}
+
+static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
+		     char *err, size_t errlen)
+{
+	struct acme *a = calloc(1, sizeof *a);
+	const char *v, *sd = fg_kv_get(kv, n, "state_dir");
+	long l;
+
+	*state = NULL;
+	if (a == NULL) {
+		seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	pthread_mutex_init(&a->mu, NULL);
+	a->host = host;
+	snprintf(a->name, sizeof a->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "acme");
+	static const char *known[] = { "name", "state_dir", "create", "directory", "tls_ca_file", "root_url",
+		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl",
+		"challenge", "dns_hook", "hook_timeout", /* challenges */
+		NULL };
+	for (size_t i = 0; i < n; i++) {
+		size_t k = 0;
+		while (known[k] && strcmp(known[k], kv[i].key) != 0)
+			k++;
+		if (known[k] == NULL) {
+			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait, cache_ttl, challenge, dns_hook, hook_timeout)",
+			       a->name, kv[i].key);
+			goto fail;
+		}
+	}
+	v = fg_kv_get(kv, n, "directory");
+	if (v == NULL || (strncmp(v, "https://", 8) != 0 && strncmp(v, "http://", 7) != 0) ||
+	    strlen(v) >= sizeof a->dir_url) {
+		seterr(err, errlen, "backends.%s: set directory = \"https://host[:port]/path\" of the ACME directory (for pebble https://localhost:14000/dir)",
+		       a->name);
+		goto fail;
+	}
+	snprintf(a->dir_url, sizeof a->dir_url, "%s", v);
+	if ((v = fg_kv_get(kv, n, "tls_ca_file")) != NULL)
+		snprintf(a->tls_ca_file, sizeof a->tls_ca_file, "%s%s%s", v[0] == '/' || !sd ? "" : sd,
+			 v[0] == '/' || !sd ? "" : "/", v);
+	snprintf(a->root_url, sizeof a->root_url, "%s", (v = fg_kv_get(kv, n, "root_url")) ? v : "");
+	if ((v = fg_kv_get(kv, n, "contact")) != NULL) {
+		if (strncmp(v, "mailto:", 7) != 0 || strlen(v) >= sizeof a->contact) {
+			seterr(err, errlen, "backends.%s.contact: a mailto: URL, for example \"mailto:pki@example.com\"", a->name);
+			goto fail;
+		}
+		snprintf(a->contact, sizeof a->contact, "%s", v);
+	}
+	if (num_setting(kv, n, "timeout", 30, 1, 600, &a->timeout) != 0) {
+		seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", a->name);
+		goto fail;
+	}
+	if (num_setting(kv, n, "poll_interval", 5, 1, 86400, &l) != 0) {
+		seterr(err, errlen, "backends.%s.poll_interval: seconds, 1 to 86400", a->name);
+		goto fail;
+	}
+	a->poll_interval = (uint32_t)l;
+	if (num_setting(kv, n, "inline_wait", 10, 0, 120, &a->inline_wait) != 0) {
+		seterr(err, errlen, "backends.%s.inline_wait: seconds, 0 to 120", a->name);
+		goto fail;
+	}
+	if (num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
+		seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", a->name);
+		goto fail;
+	}
+	a->cache_ttl = l;
+	if (challenge_settings(a, kv, n, sd, err, errlen) != 0)
+		goto fail;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
+		goto fail;
+	}
+	*state = a;
+	return 0;
+fail:
+	acme_close(a);
+	return -1;
+}
+
+static const struct fg_backend_ops acme_ops = {
+	.abi_version = FG_PLUGIN_ABI_VERSION,
+	.struct_size = sizeof(struct fg_backend_ops),
+	.name = "acme",
+	.description = "ACME (RFC 8555) client for an upstream CA",
+	.open = acme_open,
+	.issue = run_job,
+	.poll = run_job,
+	.revoke = acme_revoke,
+	.cacerts = acme_cacerts,
+	.close = acme_close,
+	.csr_needs = acme_csr_needs,
+};
+
+__attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void);
+__attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void)
+{
+	return &acme_ops;
+}
