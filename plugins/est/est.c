@@ -578,7 +578,12 @@ static int bootstrap_check(const struct est *s, STACK_OF(X509) *peer, X509 *ca,
 		goto out;
 	}
 	X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_SERVER);
-	X509_VERIFY_PARAM_set1_host(X509_STORE_CTX_get0_param(ctx), s->host_name, 0);
+	unsigned char ip[16];
+	X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(ctx);
+	if (inet_pton(AF_INET, s->host_name, ip) == 1 || inet_pton(AF_INET6, s->host_name, ip) == 1)
+		X509_VERIFY_PARAM_set1_ip_asc(vp, s->host_name);
+	else
+		X509_VERIFY_PARAM_set1_host(vp, s->host_name, 0);
 	if (X509_verify_cert(ctx) != 1) {
 		seterr(err, errlen, "the TLS certificate of the EST server at %s does not chain to the pinned CA (%s); it is not the server the pin names, or set tls_ca_file to its trust anchor",
 		       s->base, X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
