@@ -1,7 +1,7 @@
 /*
  * fleetgate: the operator's command-line tool.
  *
- *   fleetgate init --state DIR [--listen ENDPOINT] [--http HOST:PORT]
+ *   fleetgate init --state DIR [--listen ENDPOINT] [--http HOST:PORT] [--est HOST:PORT]
  *   fleetgate token create --state DIR --group G [--uses N] [--ttl DURATION]
  *                          [--bundle FILE] [--endpoint ENDPOINT] [--bind K=V] [--device DEV]
  *   fleetgate token list|show|revoke --state DIR [TOKEN_ID] [--json]
@@ -35,6 +35,7 @@
 #include "backend.h"
 #include "config.h"
 #include "crl.h"
+#include "est_cert.h"
 #include "fg_bundle.h"
 #include "fg_curve.h"
 #include "fg_log.h"
@@ -65,6 +66,7 @@ struct opts {
 	long lines;         /* audit tail -n */
 	const char *slot;   /* device command --slot */
 	const char *http;   /* init --http HOST:PORT */
+	const char *est;    /* init --est HOST:PORT */
 	const char *bundles;        /* device import --bundles DIR */
 	const char *binds[16];      /* token create --bind K=V */
 	int nbinds;
@@ -81,6 +83,8 @@ static void usage(FILE *f)
 		"  init --state DIR [--listen tcp://127.0.0.1:7700] [--http 127.0.0.1:7780]\n"
 		"        create a gateway: config, policy, store, local CA, CURVE keys; with --http\n"
 		"        the HTTP side (metrics, CRL, OCSP) on that address (docs/http.md)\n"
+		"        [--est 127.0.0.1:8443]: the EST front-end on that address, with a TLS\n"
+		"        certificate from the local CA (docs/est.md)\n"
 		"  token create --state DIR --group G [--uses 1] [--ttl 24h] [--bundle FILE]\n"
 		"        [--endpoint ENDPOINT]\n"
 		"        [--bind serial=S] [--bind tpm=yes] [--device DEVICE]\n"
@@ -143,6 +147,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "lines", required_argument, NULL, 'n' },
 		{ "slot", required_argument, NULL, 'S' },
 		{ "http", required_argument, NULL, 'H' },
+		{ "est", required_argument, NULL, 1003 },
 		{ "bundles", required_argument, NULL, 1001 },
 		{ "bind", required_argument, NULL, 1002 },
 		{ "help", no_argument, NULL, 'h' },
@@ -177,6 +182,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'f': o->follow = 1; break;
 		case 'S': o->slot = optarg; break;
 		case 'H': o->http = optarg; break;
+		case 1003: o->est = optarg; break;
 		case 'n':
 			errno = 0;
 			o->lines = strtol(optarg, &end, 10);
@@ -218,15 +224,42 @@ static int need_state(const struct opts *o)
 /* The config text init writes: the default text plus the http block
  * (enabled on http_listen, or commented out). malloc'd, NULL when out of
  * memory. */
-static char *init_config_text(const char *listen, const char *http_listen)
+static char *init_config_text(const char *listen, const char *http_listen, const char *est_listen)
 {
 	char *base = config_default_text(listen), *http = config_http_text(http_listen), *out = NULL;
+	char *est = config_est_text(est_listen);
 
-	if (base != NULL && http != NULL && asprintf(&out, "%s%s", base, http) < 0)
+	if (base != NULL && http != NULL && est != NULL &&
+	    asprintf(&out, "%s%s%s", base, http, est) < 0)
 		out = NULL;
 	free(base);
 	free(http);
+	free(est);
 	return out;
+}
+
+/* init --est: the EST front-end's TLS certificate from the local CA, in
+ * <state>/est/. 0, or -1 with err. */
+static int init_est_cert(const struct gw_config *cfg, char *err, size_t errlen)
+{
+	const struct config_backend *b = config_backend(cfg, "local");
+	char host[256], dir[PATH_MAX], cadir[PATH_MAX], cakey[PATH_MAX], cacrt[PATH_MAX];
+	int port;
+
+	if (b == NULL) {
+		fg_seterr(err, errlen, "--est needs the local CA backend to sign the EST server certificate");
+		return -1;
+	}
+	const char *cd = fg_kv_get(b->settings, b->nsettings, "ca_dir");
+	if (config_http_split(cfg->est_listen, host, sizeof host, &port) != 0)
+		return -1;
+	fg_path_join(cfg->state_dir, cd ? cd : "ca", cadir, sizeof cadir);
+	fg_path_join(cadir, "ca.key", cakey, sizeof cakey);
+	fg_path_join(cadir, "ca.crt", cacrt, sizeof cacrt);
+	fg_path_join(cfg->state_dir, "est", dir, sizeof dir);
+	if (fg_mkdirs(dir, 0700, err, errlen) != 0)
+		return -1;
+	return est_cert_make(host, cakey, cacrt, cfg->est_cert, cfg->est_key, err, errlen);
 }
 
 static int cmd_init(const struct opts *o)
@@ -252,6 +285,10 @@ static int cmd_init(const struct opts *o)
 		fprintf(stderr, "fleetgate: --http '%s' is not HOST:PORT; use e.g. 127.0.0.1:7780\n", o->http);
 		return EXIT_USAGE;
 	}
+	if (o->est != NULL && config_http_split(o->est, hhost, sizeof hhost, &hport) != 0) {
+		fprintf(stderr, "fleetgate: --est '%s' is not HOST:PORT; use e.g. 127.0.0.1:8443\n", o->est);
+		return EXIT_USAGE;
+	}
 	fg_path_join(o->state, "fleetgated.conf", conf, sizeof conf);
 	if (stat(conf, &sb) == 0) {
 		fprintf(stderr, "fleetgate: %s already holds a gateway (%s exists); "
@@ -275,7 +312,7 @@ static int cmd_init(const struct opts *o)
 	    fg_write_file_atomic(path, fg_default_policy, fg_default_policy_len, 0644,
 				 (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
 		goto fail;
-	text = init_config_text(listen, o->http);
+	text = init_config_text(listen, o->http, o->est);
 	if (text == NULL) {
 		fg_seterr(err, sizeof err, "out of memory");
 		goto fail;
@@ -297,6 +334,8 @@ static int cmd_init(const struct opts *o)
 	/* An empty CRL from the start, so relying parties find one. */
 	if (crl_refresh(cfg, bs, st, fg_now(), 1, err, sizeof err) < 0)
 		goto fail;
+	if (cfg->est_listen[0] && init_est_cert(cfg, err, sizeof err) != 0)
+		goto fail;
 
 	printf("initialised gateway in %s\n", cfg->state_dir);
 	printf("  config:     %s\n", conf);
@@ -305,6 +344,9 @@ static int cmd_init(const struct opts *o)
 	printf("  listen:     %s\n", cfg->listen);
 	if (cfg->http_listen[0])
 		printf("  http:       http://%s/ (docs/http.md)\n", cfg->http_listen);
+	if (cfg->est_listen[0])
+		printf("  est:        https://%s/.well-known/est/ (docs/est.md; TLS certificate %s)\n",
+		       cfg->est_listen, cfg->est_cert);
 	printf("  CURVE key:  %s\n", pub);
 	for (size_t i = 0; i < cfg->nbackends; i++) {
 		struct backend *b = backends_find(bs, cfg->backends[i].name);

@@ -44,7 +44,7 @@ struct conf_ctx {
 
 static const char *const top_keys[] = {
 	"listen", "workers", "store", "policy", "curve_key", "plugin_dir", "log_level",
-	"checkin_interval", "limits", "backends", "profiles", "http", NULL,
+	"checkin_interval", "limits", "backends", "profiles", "http", "est", NULL,
 };
 static const char *const store_keys[] = { "engine", "path", NULL };
 static const char *const limits_keys[] = {
@@ -691,6 +691,94 @@ static void read_http(lua_State *L, struct conf_ctx *c, int g)
 	lua_pop(L, 1);
 }
 
+static const char *const est_keys[] = { "listen", "cert", "key", "labels", NULL };
+
+static int cmp_est_label(const void *a, const void *b)
+{
+	return strcmp(((const struct config_est_label *)a)->name,
+		      ((const struct config_est_label *)b)->name);
+}
+
+/* A label segment as RFC 7030 3.2.2 allows it (we take the unreserved
+ * characters of RFC 3986 only), and not an operation name. */
+static int est_label_valid(const char *s)
+{
+	static const char *const ops[] = { "cacerts", "simpleenroll", "simplereenroll", "csrattrs",
+					   "serverkeygen", "fullcmc", NULL };
+	size_t n = strlen(s);
+	if (n == 0 || n > 63 || in_list(s, ops))
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_' || s[i] == '.' ||
+		      s[i] == '~'))
+			return 0;
+	return 1;
+}
+
+/* est = { listen =, cert =, key =, labels = { name = "profile" } }: the EST
+ * front-end (docs/est.md). Absent, or listen = "", turns it off. */
+static void read_est(lua_State *L, struct conf_ctx *c, int g)
+{
+	struct gw_config *cfg = c->cfg;
+	char host[256];
+	int port;
+
+	if (field(L, g, "est") == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
+	}
+	int t = lua_gettop(L);
+	if (lua_type(L, t) != LUA_TTABLE)
+		cfail(L, c, "est must be a table, e.g. est = { listen = \"127.0.0.1:8443\", cert = \"est/server.crt\", key = \"est/server.key\" }");
+	check_keys(L, c, t, "est", est_keys);
+	get_string(L, c, t, "listen", "est.listen", cfg->est_listen, sizeof cfg->est_listen);
+	get_path(L, c, t, "cert", "est.cert", cfg->est_cert, sizeof cfg->est_cert);
+	get_path(L, c, t, "key", "est.key", cfg->est_key, sizeof cfg->est_key);
+	if (cfg->est_listen[0] != '\0') {
+		if (config_http_split(cfg->est_listen, host, sizeof host, &port) != 0)
+			cfail(L, c, "est.listen: '%s' is not HOST:PORT; use e.g. \"127.0.0.1:8443\" or \"[::1]:8443\"",
+			      cfg->est_listen);
+		if (cfg->est_cert[0] == '\0' || cfg->est_key[0] == '\0')
+			cfail(L, c, "est: cert and key (the TLS server certificate and key, PEM) are required; fleetgate init --est HOST:PORT makes them");
+	}
+	if (field(L, t, "labels") != LUA_TNIL) {
+		int lt = lua_gettop(L);
+		if (lua_type(L, lt) != LUA_TTABLE)
+			cfail(L, c, "est.labels must be a table of label = \"profile\", e.g. { vpn = \"vpn\" }");
+		cfg->est_labels = calloc(CONFIG_MAX_EST_LABELS, sizeof *cfg->est_labels);
+		if (cfg->est_labels == NULL)
+			cfail(L, c, "out of memory");
+		lua_pushnil(L);
+		while (lua_next(L, lt) != 0) {
+			if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+				cfail(L, c, "est.labels: entries are label = \"profile\" (both strings)");
+			const char *name = lua_tostring(L, -2), *prof = lua_tostring(L, -1);
+			if (!est_label_valid(name))
+				cfail(L, c, "est.labels: '%s' is not a usable label: use 1-63 of A-Z a-z 0-9 - . _ ~, not an EST operation name",
+				      name);
+			if (config_profile(cfg, prof) == NULL)
+				cfail(L, c, "est.labels.%s: no profile named '%s' is defined", name, prof);
+			if (cfg->nest_labels == CONFIG_MAX_EST_LABELS)
+				cfail(L, c, "est.labels: at most %d labels", CONFIG_MAX_EST_LABELS);
+			struct config_est_label *l = &cfg->est_labels[cfg->nest_labels++];
+			fg_strlcpy(l->name, name, sizeof l->name);
+			fg_strlcpy(l->profile, prof, sizeof l->profile);
+			lua_pop(L, 1);
+		}
+		qsort(cfg->est_labels, cfg->nest_labels, sizeof *cfg->est_labels, cmp_est_label);
+	}
+	lua_pop(L, 2);
+}
+
+const struct config_est_label *config_est_label(const struct gw_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->nest_labels; i++)
+		if (strcmp(cfg->est_labels[i].name, name) == 0)
+			return &cfg->est_labels[i];
+	return NULL;
+}
+
 /* The protected reader: globals -> struct gw_config, checking everything.
  * Argument 1 is the struct conf_ctx. */
 static int read_config(lua_State *L)
@@ -775,6 +863,7 @@ static int read_config(lua_State *L)
 	read_backends(L, c, g);
 	read_profiles(L, c, g);
 	read_http(L, c, g);
+	read_est(L, c, g);
 	return 0;
 }
 
@@ -891,6 +980,7 @@ void config_free(struct gw_config *cfg)
 		free(b->settings);
 	}
 	free(cfg->backends);
+	free(cfg->est_labels);
 	free(cfg);
 }
 
@@ -1088,6 +1178,33 @@ char *config_http_text(const char *http_listen)
 		     "backends[\"local\"].ocsp_url = \"%s/ocsp\"\n"
 		     "backends[\"local\"].crl_validity = \"7d\"\n",
 		     q, host, host) < 0)
+		return NULL;
+	return out;
+}
+
+char *config_est_text(const char *est_listen)
+{
+	char *out = NULL, q[600], host[256];
+	int port;
+
+	if (est_listen == NULL || est_listen[0] == '\0') {
+		if (asprintf(&out, "\n"
+			     "-- The EST front-end (docs/est.md): RFC 7030 enrollment over HTTPS for\n"
+			     "-- devices and tools that speak EST. fleetgate init --est HOST:PORT sets it up.\n"
+			     "-- est = { listen = \"127.0.0.1:8443\", cert = \"est/server.crt\",\n"
+			     "--         key = \"est/server.key\", labels = { } }\n") < 0)
+			return NULL;
+		return out;
+	}
+	if (config_http_split(est_listen, host, sizeof host, &port) != 0)
+		return NULL;
+	lua_quote(est_listen, q, sizeof q);
+	if (asprintf(&out, "\n"
+		     "-- The EST front-end (docs/est.md): RFC 7030 enrollment over HTTPS for\n"
+		     "-- devices and tools that speak EST, with the same policy (req.protocol ==\n"
+		     "-- \"est\"). labels map /.well-known/est/<label>/ to a profile.\n"
+		     "est = { listen = \"%s\", cert = \"est/server.crt\", key = \"est/server.key\",\n"
+		     "        labels = { } }\n", q) < 0)
 		return NULL;
 	return out;
 }

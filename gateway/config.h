@@ -12,6 +12,8 @@
  *   log_level = "info"
  *   checkin_interval = 3600
  *   http = { listen = "127.0.0.1:7780" }     -- optional; docs/http.md
+ *   est = { listen = "127.0.0.1:8443", cert = "est/server.crt",   -- optional;
+ *           key = "est/server.key", labels = { vpn = "vpn" } }     -- docs/est.md
  *   limits = { max_message = 65536, policy_memory = 4194304,
  *              policy_instructions = 1000000 }
  *   backends = {
@@ -79,7 +81,23 @@ struct gw_config {
 	struct config_backend *backends;
 	size_t nbackends;
 	char http_listen[256];              /* http.listen, "HOST:PORT"; "" = no HTTP side */
+	char est_listen[256];               /* est.listen, "HOST:PORT"; "" = no EST front-end */
+	char est_cert[PATH_MAX];            /* est.cert: TLS server certificate chain, PEM, absolute */
+	char est_key[PATH_MAX];             /* est.key: its private key, PEM, absolute */
+	struct config_est_label *est_labels; /* est.labels, sorted by name */
+	size_t nest_labels;
 };
+
+#define CONFIG_MAX_EST_LABELS 64
+
+/* One est.labels entry: /.well-known/est/<name>/... enrolls with profile. */
+struct config_est_label {
+	char name[64];                      /* RFC 7030 3.2.2 label segment */
+	char profile[64];                   /* a profile of the config */
+};
+
+/* The est.labels entry for name, or NULL. */
+const struct config_est_label *config_est_label(const struct gw_config *cfg, const char *name);
 
 /* Read <state_dir>/fleetgated.conf. NULL with err ("fleetgated.conf:7: ...") on failure. */
 struct gw_config *config_load(const char *state_dir, char *err, size_t errlen);
@@ -102,5 +120,10 @@ int config_http_split(const char *listen, char *host, size_t hostlen, int *port)
  * when http_listen is NULL or "". malloc'd; NULL when out of memory or
  * http_listen is malformed. */
 char *config_http_text(const char *http_listen);
+
+/* The est block `fleetgate init` appends: enabled on est_listen with the
+ * server certificate in est/, or commented out when est_listen is NULL or
+ * "". malloc'd; NULL when out of memory or est_listen is malformed. */
+char *config_est_text(const char *est_listen);
 
 #endif

@@ -120,6 +120,11 @@ void worker_free(struct worker *w)
 	free(w);
 }
 
+struct store *worker_store(struct worker *w)
+{
+	return w->st;
+}
+
 void worker_set_policy(struct worker *w, struct policy *p)
 {
 	policy_free(w->pol);
@@ -270,10 +275,10 @@ static int copy_names(char **dst, size_t *ndst, char *const *src, size_t n,
  * profile forbids, unknown profile or backend). 0, or -1 with err (a
  * message for the device). */
 static int params_from_decision(const struct worker *w, const struct policy_decision *d,
-				struct params *p, int64_t now, const char *rid, char *err,
-				size_t errlen)
+				const char *fallback, struct params *p, int64_t now, const char *rid,
+				char *err, size_t errlen)
 {
-	const char *pname = d->profile[0] ? d->profile : "default";
+	const char *pname = d->profile[0] ? d->profile : fallback && *fallback ? fallback : "default";
 	const struct config_profile *prof = config_profile(w->cfg, pname);
 	if (prof == NULL) {
 		fg_seterr(err, errlen, "policy chose profile '%s', which the gateway config does not define",
@@ -791,7 +796,7 @@ static int token_bindings(struct worker *w, const char *hash, const Fleetgate__F
  * to this very device, is still valid, and the request is signed by its
  * key. 0, or -1 with a message (and *status set). */
 static int renew_check(struct worker *w, const struct store_device *dev,
-		       const Fleetgate__RenewRequest *rr, const char *rid, Fleetgate__Status *status,
+		       const struct enroll_req *rr, const char *rid, Fleetgate__Status *status,
 		       char *err, size_t errlen)
 {
 	struct store_cert rec;
@@ -801,7 +806,7 @@ static int renew_check(struct worker *w, const struct store_device *dev,
 	memset(&rec, 0, sizeof rec);
 
 	*status = FLEETGATE__STATUS__STATUS_UNAUTHORIZED;
-	X509 *cur = fg_cert_from_der(rr->current_cert_der.data, rr->current_cert_der.len, e2, sizeof e2);
+	X509 *cur = fg_cert_from_der(rr->cur_cert, rr->cur_cert_len, e2, sizeof e2);
 	if (cur == NULL || fg_cert_info(cur, &ci, e2, sizeof e2) != 0) {
 		*status = FLEETGATE__STATUS__STATUS_BAD_REQUEST;
 		fg_seterr(err, errlen, "the certificate to renew is unreadable: %s", e2);
@@ -813,8 +818,8 @@ static int renew_check(struct worker *w, const struct store_device *dev,
 		fg_seterr(err, errlen, "%s", e2);
 		goto out;
 	}
-	if (r == 0 || rec.der_len != rr->current_cert_der.len ||
-	    memcmp(rec.der, rr->current_cert_der.data, rec.der_len) != 0) {
+	if (r == 0 || rec.der_len != rr->cur_cert_len ||
+	    memcmp(rec.der, rr->cur_cert, rec.der_len) != 0) {
 		fg_seterr(err, errlen, "certificate serial %s was not issued by this gateway; enroll with a token instead",
 			  ci.serial_hex);
 		goto out;
@@ -843,8 +848,10 @@ static int renew_check(struct worker *w, const struct store_device *dev,
 			  ci.serial_hex, rec.slot, rr->slot);
 		goto out;
 	}
-	if (fg_pop_verify(cur, rid, rr->csr_der.data, rr->csr_der.len, rr->pop_signature.data,
-			  rr->pop_signature.len, e2, sizeof e2) != 0) {
+	/* EST re-enrollment: the TLS handshake proved the key of this very
+	 * certificate (the front-end passes the peer certificate) */
+	if (!rr->pop_by_tls &&
+	    fg_pop_verify(cur, rid, rr->csr, rr->csr_len, rr->pop, rr->pop_len, e2, sizeof e2) != 0) {
 		fg_seterr(err, errlen, "proof of possession failed: the renewal is not signed by the key of certificate %s (%s)",
 			  ci.serial_hex, e2);
 		goto out;
@@ -958,16 +965,15 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 	return 0;
 }
 
-/* Enrollment (renew == 0) or renewal of one slot. */
-static void handle_cert(struct worker *w, const char *key, const Fleetgate__Envelope *env, int renew,
-			uint8_t **out, size_t *len)
+/* Enrollment or renewal of one slot, from any front-end (enroll.h). */
+static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **out, size_t *len)
 {
-	const char *rid = env->request_id;
-	const Fleetgate__EnrollRequest *er = renew ? NULL : env->enroll;
-	const Fleetgate__RenewRequest *rr = renew ? env->renew : NULL;
-	const char *slot = renew ? rr->slot : er->slot;
-	const ProtobufCBinaryData *csr = renew ? &rr->csr_der : &er->csr_der;
-	const Fleetgate__Facts *facts = renew ? rr->facts : er->facts;
+	const char *rid = r->request_id;
+	const char *key = r->key;
+	const int renew = r->renew;
+	const char *slot = r->slot;
+	const ProtobufCBinaryData csrbin = { r->csr_len, (uint8_t *)r->csr }, *csr = &csrbin;
+	const Fleetgate__Facts *facts = r->facts;
 	struct store_job job;
 	struct store_device dev;
 	struct store_token tok;
@@ -980,7 +986,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	struct params p;
 	char err[1024] = "", hash[65] = "", devid[40] = "";
 	char *fj = NULL, *pj = NULL;
-	int known, r;
+	int known, rc;
 
 	memset(&job, 0, sizeof job);
 	memset(&dev, 0, sizeof dev);
@@ -992,12 +998,12 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	memset(&p, 0, sizeof p);
 
 	/* 1. A known request id: the stored answer, or the open job resumed. */
-	r = store_job_get(w->st, key, rid, &job, err, sizeof err);
-	if (r < 0) {
+	rc = store_job_get(w->st, key, rid, &job, err, sizeof err);
+	if (rc < 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
 		goto out;
 	}
-	if (r == 1) {
+	if (rc == 1) {
 		fg_strlcpy(w->stats_backend, job.backend, sizeof w->stats_backend);
 		if (job.state == JOB_DONE || job.state == JOB_FAILED) {
 			*out = malloc(job.reply_len);
@@ -1029,7 +1035,8 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 			     "this device is not enrolled (its CURVE key is unknown to the gateway); enroll with a token first");
 		goto out;
 	}
-	if (!known && token_check(w, er->token, hash, &tok, err, sizeof err) != 0) {
+	if ((!known || (r->token_required && !renew)) &&
+	    token_check(w, r->token, hash, &tok, err, sizeof err) != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
 		goto out;
 	}
@@ -1056,7 +1063,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	}
 	if (renew) {
 		Fleetgate__Status st;
-		if (renew_check(w, &dev, rr, rid, &st, err, sizeof err) != 0) {
+		if (renew_check(w, &dev, r, rid, &st, err, sizeof err) != 0) {
 			reply_status(rid, st, st == FLEETGATE__STATUS__STATUS_INTERNAL ? RETRY_INTERNAL : 0,
 				     out, len, "%s", err);
 			goto out;
@@ -1072,7 +1079,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 
 	/* 4. The policy decides. */
 	struct policy_request preq = {
-		.protocol = "zmq",
+		.protocol = r->protocol ? r->protocol : "zmq",
 		.request_id = rid,
 		.slot = slot,
 		.renew = renew,
@@ -1082,7 +1089,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		.device_hostname = known ? dev.hostname
 				   : bound && bdev.hostname[0] ? bdev.hostname
 				   : (facts ? nz(facts->hostname) : NULL),
-		.token_group = known ? NULL : tok.group,
+		.token_group = hash[0] ? tok.group : NULL,
 		.csr_cn = ci.cn,
 		.csr_dns = (const char *const *)ci.dns,
 		.csr_ndns = ci.ndns,
@@ -1124,7 +1131,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 	fg_strlcpy(p.kind, renew ? "renew" : "enroll", sizeof p.kind);
 	fg_strlcpy(p.slot, slot, sizeof p.slot);
 	fg_strlcpy(p.device_id, devid, sizeof p.device_id);
-	int pr = params_from_decision(w, &dec, &p, now, rid, err, sizeof err);
+	int pr = params_from_decision(w, &dec, r->profile, &p, now, rid, err, sizeof err);
 	fg_strlcpy(w->stats_backend, p.backend, sizeof w->stats_backend);
 	if (pr != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_DENIED, 0, out, len,
@@ -1150,7 +1157,7 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		.slot = slot,
 		.backend = p.backend,
 		.params_json = pj,
-		.token_hash = known ? NULL : hash,
+		.token_hash = hash[0] ? hash : NULL,
 		.device_id = devid,
 		.create_device = !known,
 		.group = bound ? bdev.group : tok.group,
@@ -1158,26 +1165,26 @@ static void handle_cert(struct worker *w, const char *key, const Fleetgate__Enve
 		.facts_json = fj,
 		.now = now,
 	};
-	r = bound ? store_job_admit_bound(w->st, &adm, err, sizeof err)
-		  : store_job_admit(w->st, &adm, err, sizeof err);
-	if (r == STORE_E_NOT_REGISTERED) {
+	rc = bound ? store_job_admit_bound(w->st, &adm, err, sizeof err)
+		   : store_job_admit(w->st, &adm, err, sizeof err);
+	if (rc == STORE_E_NOT_REGISTERED) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
 		goto out;
 	}
-	if (r == STORE_E_TOKEN) {
+	if (rc == STORE_E_TOKEN) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
 			     "the enrollment token %s was used up by another request a moment ago; ask the operator for a new bundle",
 			     tok.id);
 		goto out;
 	}
-	if (r == STORE_E_DUPLICATE || r == STORE_E_KEY_TAKEN) {
+	if (rc == STORE_E_DUPLICATE || rc == STORE_E_KEY_TAKEN) {
 		/* A concurrent twin of this request (same key) got in first:
 		 * the agent retries and gets that one's answer. */
 		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, 1, out, len,
 			     "a concurrent request from this device is in progress; retry in a second");
 		goto out;
 	}
-	if (r != 0) {
+	if (rc != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
 		goto out;
 	}
@@ -1350,13 +1357,15 @@ static enum stats_result reply_result(const uint8_t *reply, size_t len)
 }
 
 /* handle_cert, counted for /metrics: backend, result and time to answer. */
-static void handle_cert_counted(struct worker *w, const char *key, const Fleetgate__Envelope *env,
-				int renew, uint8_t **reply, size_t *reply_len)
+void worker_enroll(struct worker *w, const struct enroll_req *r, uint8_t **reply,
+		   size_t *reply_len)
 {
 	uint64_t t0 = fg_mono_ns();
 
+	*reply = NULL;
+	*reply_len = 0;
 	w->stats_backend[0] = '\0';
-	handle_cert(w, key, env, renew, reply, reply_len);
+	handle_cert(w, r, reply, reply_len);
 	stats_enroll(w->stats_backend, reply_result(*reply, *reply_len),
 		     (double)(fg_mono_ns() - t0) / 1e9);
 }
@@ -1378,12 +1387,28 @@ void worker_handle(struct worker *w, const char *curve_key, const uint8_t *req, 
 		return;
 	}
 	switch (env->body_case) {
-	case FLEETGATE__ENVELOPE__BODY_ENROLL:
-		handle_cert_counted(w, curve_key, env, 0, reply, reply_len);
+	case FLEETGATE__ENVELOPE__BODY_ENROLL: {
+		const Fleetgate__EnrollRequest *er = env->enroll;
+		struct enroll_req r = {
+			.protocol = "zmq", .key = curve_key, .request_id = env->request_id,
+			.slot = er->slot, .csr = er->csr_der.data, .csr_len = er->csr_der.len,
+			.token = er->token, .facts = er->facts,
+		};
+		worker_enroll(w, &r, reply, reply_len);
 		break;
-	case FLEETGATE__ENVELOPE__BODY_RENEW:
-		handle_cert_counted(w, curve_key, env, 1, reply, reply_len);
+	}
+	case FLEETGATE__ENVELOPE__BODY_RENEW: {
+		const Fleetgate__RenewRequest *rr = env->renew;
+		struct enroll_req r = {
+			.protocol = "zmq", .key = curve_key, .request_id = env->request_id,
+			.renew = 1, .slot = rr->slot, .csr = rr->csr_der.data,
+			.csr_len = rr->csr_der.len, .facts = rr->facts,
+			.cur_cert = rr->current_cert_der.data, .cur_cert_len = rr->current_cert_der.len,
+			.pop = rr->pop_signature.data, .pop_len = rr->pop_signature.len,
+		};
+		worker_enroll(w, &r, reply, reply_len);
 		break;
+	}
 	case FLEETGATE__ENVELOPE__BODY_CHECKIN:
 		handle_checkin(w, curve_key, env, reply, reply_len);
 		stats_checkin();

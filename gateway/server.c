@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "enroll.h"
+#include "est.h"
 #include "fg_curve.h"
 #include "fg_log.h"
 #include "fg_util.h"
@@ -255,6 +256,7 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 	struct zap *zap = NULL;
 	struct worker_thread *threads = NULL;
 	struct policy_reload *pr = NULL;
+	struct est *est = NULL;
 	struct policy_limits lim = { cfg->policy_memory, cfg->policy_instructions };
 	struct poller poller = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 	char pub[41], sec[41];
@@ -313,6 +315,10 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 		goto out;
 	}
 	poller.started = 1;
+
+	/* The EST front-end: HTTPS into the same enrollment core (est.h). */
+	if (cfg->est_listen[0] != '\0' && (est = est_start(cfg, bs, pr, err, errlen)) == NULL)
+		goto out;
 
 	router = zmq_socket(ctx, ZMQ_ROUTER);
 	int64_t maxmsg = (int64_t)cfg->max_message;
@@ -381,6 +387,7 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 	rc = 0;
 out:
 	OPENSSL_cleanse(sec, sizeof sec);
+	est_stop(est);
 	if (router)
 		zmq_close(router);
 	if (work)
