@@ -614,7 +614,20 @@ static void on_enroll(struct est *e, struct evhttp_request *req, const char *lab
 		.profile = profile,
 	};
 
-	if (!reenroll) {
+	/* RFC 7030 3.7: a registration authority (another gateway, say)
+	 * re-enrolls for its end entities with its own credential, not with
+	 * their certificates, whose keys it does not hold. A simplereenroll
+	 * without a client certificate but with an enrollment token in HTTP
+	 * Basic is taken as such: admitted by the token like a simpleenroll. */
+	int by_token = !reenroll;
+	if (reenroll) {
+		peer = SSL_get1_peer_certificate(ssl);
+		if (peer == NULL && basic_password(req, token, sizeof token) == 1) {
+			by_token = 1;
+			fg_info("est", rid, "simplereenroll from a registration authority (HTTP Basic token, no client certificate)");
+		}
+	}
+	if (by_token) {
 		int b = basic_password(req, token, sizeof token);
 		if (b <= 0) {
 			evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
@@ -642,10 +655,9 @@ static void on_enroll(struct est *e, struct evhttp_request *req, const char *lab
 	} else {
 		/* the TLS client certificate, verified against the gateway's
 		 * CAs, names the device (its serial is in the store) */
-		peer = SSL_get1_peer_certificate(ssl);
 		if (peer == NULL) {
 			reply_text(req, 401, "Unauthorized",
-				   "simplereenroll needs the certificate being renewed as the TLS client certificate (with its key); present it, or use simpleenroll with a token");
+				   "simplereenroll needs the certificate being renewed as the TLS client certificate (with its key), or a registration authority's enrollment token as the HTTP Basic password; present one, or use simpleenroll with a token");
 			goto out;
 		}
 		long vr = SSL_get_verify_result(ssl);
