@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# The EST backend (plugins/est, RFC 7030 client) against a real EST server:
+# the EST front-end of a second fleetgated (gateway B, its own local CA),
+# all on 127.0.0.1. Agents enroll through gateway A, whose policy routes to
+# backends of the est plugin served by B:
+#  - est-corp: implicit trust anchor pinned by ca_fingerprint (bootstrap),
+#    HTTP Basic with an enrollment token of B; enroll, renew (through
+#    /simplereenroll with Basic), B down and back;
+#  - est-pend: explicit trust anchor (tls_ca_file), Basic plus the gateway's
+#    TLS client certificate; B routes these to a SCEP backend pointed at
+#    tests/tools/scep-responder in its PENDING mode, so B answers 202 with
+#    Retry-After; A is killed -9 and restarted while its job is pending;
+#  - est-bad: a wrong Basic password.
+# A's and B's certificate records must agree on serial and subject.
+source "$(dirname "$0")/lib.sh"
+
+RESPONDER="$FG_BUILD/tests/scep-responder"
+GWB="$T/gwb"
+B_PID= RS_PID=
+
+free_port() {
+  local p
+  for _ in $(seq 20); do
+    p=$((10000 + RANDOM % 22000))
+    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
+  done
+  die "no free port"
+}
+
+stop_b() {
+  if [ -n "$B_PID" ]; then kill -TERM "$B_PID" 2>/dev/null || true; wait "$B_PID" 2>/dev/null || true; fi
+  B_PID=
+}
+stop_responder() {
+  if [ -n "$RS_PID" ]; then kill "$RS_PID" 2>/dev/null || true; wait "$RS_PID" 2>/dev/null || true; fi
+  RS_PID=
+}
+AG_PID=
+stop_agent() {
+  if [ -n "$AG_PID" ]; then kill -9 "$AG_PID" 2>/dev/null || true; wait "$AG_PID" 2>/dev/null || true; fi
+  AG_PID=
+}
+on_exit() {
+  local rc=$1
+  set +e
+  stop_agent; stop_b; stop_responder
+  if [ "$rc" -ne 0 ] || [ "$FAILS" -ne 0 ]; then
+    echo "---- gateway B log ($T/gwb.log) ----"; tail -n 40 "$T/gwb.log" 2>/dev/null
+  fi
+  (exit "$rc")
+  cleanup
+}
+trap 'on_exit $?' EXIT
+
+# loopback only: no proxy from the environment for curl or the plugin's libcurl
+export no_proxy='*' NO_PROXY='*'
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+
+# ---- the SCEP responder behind B, answering PENDING twice ----
+RS_PORT=$(free_port)
+"$RESPONDER" --dir "$T/responder" --port "$RS_PORT" --pending 2 >>"$T/responder.out" 2>>"$T/responder.log" &
+RS_PID=$!
+for _ in $(seq 300); do
+  curl -fs "http://127.0.0.1:$RS_PORT/scep?operation=GetCACaps" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+RS_FP=$(openssl x509 -in "$T/responder/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)
+
+# ---- gateway B: local CA, EST front-end, a SCEP backend for group pend ----
+B_ZPORT=$(free_port)
+B_EPORT=$(free_port)
+"$FLEETGATE" init --state "$GWB" --listen "tcp://127.0.0.1:$B_ZPORT" --est "127.0.0.1:$B_EPORT" >"$T/initb.out" ||
+  die "fleetgate init (B) failed: $(cat "$T/initb.out")"
+cat >>"$GWB/fleetgated.conf" <<EOF
+backends["scep-pend"] = { plugin = "scep", url = "http://127.0.0.1:$RS_PORT/scep",
+                          ca_fingerprint = "$RS_FP", poll_interval = 2, timeout = 5 }
+profiles.pend = { backend = "scep-pend", key_usage = { "digitalSignature" },
+                  extended_key_usage = { "clientAuth" }, max_validity = "90d",
+                  default_validity = "30d", names = { "cn", "dns" } }
+est.labels = { pend = "pend" }
+EOF
+cat >"$GWB/policy.lua" <<'EOF'
+-- Gateway B: EST clients named after their CSR's CN; the label "pend"
+-- (slot and profile pend) goes to the SCEP CA that answers PENDING, and only
+-- tokens of group pend may use it.
+function enroll(req)
+  if not req.renew and req.token == nil and req.new_device then
+    return deny("no enrollment token")
+  end
+  local name = string.lower(req.csr.cn or "")
+  if name == "" then return deny("no CN") end
+  local d = { cn = name, dns = { name }, validity = fleet.days(30) }
+  if (req.device.group == "pend") ~= (req.slot == "pend") then
+    return deny("group " .. tostring(req.device.group) .. " does not go with this label")
+  end
+  return allow(d)
+end
+function checkin(dev) return {} end
+EOF
+start_b() {
+  : >>"$T/gwb.log"
+  local before
+  before=$(grep -c "listening on" "$T/gwb.log" || true)
+  "$FLEETGATED" --state "$GWB" --log-level debug 2>>"$T/gwb.log" &
+  B_PID=$!
+  for _ in $(seq 200); do
+    [ "$(grep -c "listening on" "$T/gwb.log" || true)" -gt "$before" ] &&
+      (exec 3<>"/dev/tcp/127.0.0.1/$B_EPORT") 2>/dev/null && return 0
+    kill -0 "$B_PID" 2>/dev/null || die "gateway B exited: $(tail -n 5 "$T/gwb.log")"
+    sleep 0.05
+  done
+  die "gateway B did not start"
+}
+start_b
+B_CA="$GWB/ca/ca.crt"
+B_FP=$(openssl x509 -in "$B_CA" -noout -fingerprint -sha256 | cut -d= -f2)
+tok() { "$FLEETGATE" token create --state "$GWB" --group "$1" --uses "$2" --json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p'; }
+TOK_CORP=$(tok ra 50)
+TOK_PEND=$(tok pend 10)
+check "B made enrollment tokens for gateway A" test -n "$TOK_CORP" -a -n "$TOK_PEND"
+
+# gateway A's RA certificate from B's CA, for TLS client authentication
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/ra.key" \
+  -subj "/CN=gateway-a RA" -out "$T/ra.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' >"$T/ra.ext"
+openssl x509 -req -in "$T/ra.csr" -CA "$B_CA" -CAkey "$GWB/ca/ca.key" -CAcreateserial -days 2 \
+  -extfile "$T/ra.ext" -out "$T/ra.crt" 2>/dev/null || die "cannot make the RA certificate"
+
+# ---- gateway A: three EST backends, routed by group ----
+gw_init
+printf '%s\n' "$TOK_CORP" >"$GW/est-corp.secret"
+chmod 600 "$GW/est-corp.secret"
+cat >>"$GW/fleetgated.conf" <<EOF
+backends["est-corp"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT", ca_fingerprint = "$B_FP",
+                         username = "gateway-a", password_file = "est-corp.secret", timeout = 5 }
+backends["est-pend"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT/", label = "pend", tls_ca_file = "$B_CA",
+                         username = "gateway-a", password = "$TOK_PEND",
+                         client_cert = "$T/ra.crt", client_key = "$T/ra.key", timeout = 5 }
+backends["est-bad"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT", tls_ca_file = "$B_CA",
+                        username = "gateway-a", password = "fgt_00000000000000000000000000000000", timeout = 5 }
+EOF
+cat >"$GW/policy.lua" <<'EOF'
+local routes = { corp = "est-corp", pend = "est-pend", bad = "est-bad" }
+function enroll(req)
+  if req.new_device and req.token == nil and not req.renew then
+    return deny("no token")
+  end
+  local name = string.lower(req.facts.hostname or "")
+  -- a name the agent's own first CSR does not carry: the EST CA copies
+  -- names from the CSR, so the device must rebuild it
+  name = name .. ".fleet.test"
+  return allow{ cn = name, dns = { name }, validity = fleet.days(30),
+                backend = routes[req.device.group] }
+end
+function checkin(dev) return {} end
+EOF
+GW_LOG_LEVEL=debug gw_start
+
+agent_for() { # NAME HOSTNAME GROUP
+  local name=$1 host=$2
+  GROUP=$3 bundle "$name"
+  agent_conf "$name" >/dev/null
+  mkdir -p "$T/facts/$name/proc/sys/kernel"
+  echo "$host" >"$T/facts/$name/proc/sys/kernel/hostname"
+}
+run_agent() { # NAME [args]
+  local name=$1; shift
+  local rc=0
+  FLEETGATE_FACTS_ROOT="$T/facts/$name" "$AGENT" --config "$T/agents/$name/agent.conf" --once "$@" \
+    >"$T/$name.out" 2>&1 || rc=$?
+  return $rc
+}
+crt() { echo "$T/agents/$1/default.crt"; }
+serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
+# "SERIAL SUBJECT" of a serial in a gateway's `fleetgate cert list --json`
+record() { # STATE SERIAL
+  "$FLEETGATE" cert list --state "$1" --json | python3 -c '
+import json, sys
+want = sys.argv[1].upper().lstrip("0")
+for c in json.load(sys.stdin):
+    s = c["serial"].upper().lstrip("0")
+    if s == want:
+        print(s, c.get("subject", ""))
+' "$2"
+}
+
+# ---- 1. enroll: A -> EST -> B ----
+agent_for c1 corp-one corp
+check "agent enrolls through gateway A, routed to EST at gateway B" run_agent c1
+check "the certificate chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt c1)"
+check "the certificate does not chain to A's own CA" bash -c "! openssl verify -CAfile '$GW/ca/ca.crt' '$(crt c1)' >/dev/null 2>&1"
+expect_match "subject CN is the name A's policy decided" "$(openssl x509 -in "$(crt c1)" -noout -subject)" "CN ?= ?corp-one.fleet.test$"
+expect_match "SAN is the name A's policy decided" "$(openssl x509 -in "$(crt c1)" -noout -ext subjectAltName)" "DNS:corp-one.fleet.test$"
+expect_match "the device was told to rebuild its CSR with the decided names" "$(cat "$T/c1.out")" "CSR rebuilt"
+expect_eq "the key never left the device" \
+  "$(openssl x509 -in "$(crt c1)" -noout -pubkey | openssl sha256)" \
+  "$(openssl pkey -in "$T/agents/c1/default.key" -pubout | openssl sha256)"
+S1=$(serial_of "$(crt c1)")
+recA=$(record "$GW" "$S1"); recB=$(record "$GWB" "$S1")
+check "A records the certificate" test -n "$recA"
+check "B records the certificate" test -n "$recB"
+expect_eq "A's and B's records agree on serial and subject" "$recA" "$recB"
+expect_eq "A records it under backend est-corp" "$(sql "select backend from certificates where ltrim(serial_hex, '0') = ltrim('$S1', '0')")" "est-corp"
+expect_match "B served it through simpleenroll" "$(cat "$T/gwb.log")" "simpleenroll: "
+check "A pinned B's CA as the implicit trust anchor" test -s "$GW/est/est-corp/implicit-ta.pem"
+expect_eq "the implicit trust anchor is B's CA" \
+  "$(openssl x509 -in "$GW/est/est-corp/implicit-ta.pem" -noout -fingerprint -sha256 | cut -d= -f2)" "$B_FP"
+expect_eq "A's backend cacerts is B's CA (from /cacerts)" \
+  "$("$FLEETGATE" backend cacerts --state "$GW" est-corp | openssl x509 -noout -fingerprint -sha256 | cut -d= -f2)" "$B_FP"
+check "the agent's chain file carries B's CA" openssl verify -CAfile "$T/agents/c1/default-chain.crt" "$(crt c1)"
+
+# ---- 2. renewal through /simplereenroll (HTTP Basic as an RA) ----
+before=$(grep -c "simplereenroll: " "$T/gwb.log" || true)
+old_key=$(openssl pkey -in "$T/agents/c1/default.key" -pubout | openssl sha256)
+check "renewal through gateway A" run_agent c1 --renew-now
+S2=$(serial_of "$(crt c1)")
+check "renewal: a new serial" test "$S1" != "$S2"
+check "renewal: a new key" test "$old_key" != "$(openssl pkey -in "$T/agents/c1/default.key" -pubout | openssl sha256)"
+check "renewal: chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt c1)"
+expect_eq "renewal: B served one simplereenroll" "$(grep -c "simplereenroll: " "$T/gwb.log")" "$((before + 1))"
+expect_match "renewal: B saw a registration authority's re-enrollment" "$(cat "$T/gwb.log")" "simplereenroll from a registration authority"
+recA=$(record "$GW" "$S2"); recB=$(record "$GWB" "$S2")
+check "renewal: both record the new certificate" test -n "$recA" -a -n "$recB"
+expect_eq "renewal: A's and B's records agree" "$recA" "$recB"
+expect_eq "renewal recorded as cert.renew at A" "$(sql "select count(*) from audit where kind = 'cert.renew'")" "1"
+
+# ---- 3. a wrong Basic password is a clear refusal ----
+agent_for bad1 bad-one bad
+rc=0; run_agent bad1 || rc=$?
+expect_eq "wrong password: the agent exits 1 (refused)" "$rc" "1"
+expect_match "wrong password: the device is told the EST server refused the gateway" "$(cat "$T/bad1.out")" "refused the gateway's credentials \(HTTP 401\)"
+expect_match "wrong password: the operator is told what to check" "$(cat "$T/gw.log")" "backend est-bad: the EST server refused the gateway's credentials for /simpleenroll .*check username and password in backends.est-bad"
+check "wrong password: no certificate installed" test ! -e "$(crt bad1)"
+
+# ---- 4. B down: retry, then the same request completes ----
+stop_b
+agent_for d1 down-one corp
+rc=0; run_agent d1 || rc=$?
+expect_eq "B down: the agent exits 3 (try later)" "$rc" "3"
+expect_match "B down: the device is told the EST server is unreachable" "$(cat "$T/d1.out")" "cannot reach the EST server at https://127.0.0.1:$B_EPORT"
+expect_eq "B down: A keeps the job open" "$(sql "select count(*) from jobs where state in (0, 1) and backend = 'est-corp'")" "1"
+start_b
+check "B back: the same request completes" run_agent d1
+check "B back: the certificate chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt d1)"
+expect_eq "B back: no job left open at A" "$(sql "select count(*) from jobs where state in (0, 1) and backend = 'est-corp'")" "0"
+S3=$(serial_of "$(crt d1)")
+expect_eq "B back: A's and B's records agree" "$(record "$GW" "$S3")" "$(record "$GWB" "$S3")"
+
+# ---- 5. 202 Accepted: a durable pending job across a kill -9 of A ----
+agent_for p1 pend-one pend
+FLEETGATE_FACTS_ROOT="$T/facts/p1" "$AGENT" --config "$T/agents/p1/agent.conf" --once >"$T/p1.out" 2>&1 &
+AG_PID=$!
+for _ in $(seq 150); do grep -q "pending at the EST server" "$T/gw.log" && break; sleep 0.1; done
+expect_match "202: A logs the EST server's Retry-After" "$(cat "$T/gw.log")" "backend est-pend: /simpleenroll accepted, pending at the EST server; asking again in [0-9]+ s"
+expect_eq "202: A holds a pending job" "$(sql "select count(*) from jobs where state = 1 and backend = 'est-pend'")" "1"
+expect_eq "202: A's job state says pending" "$(sql "select cast(value as text) from job_state where key = 'est.state'")" "pending"
+gw_kill9
+GW_LOG_LEVEL=debug gw_start
+rc=0; wait "$AG_PID" || rc=$?; AG_PID=
+expect_eq "202: after A's restart the agent gets its certificate" "$rc" "0"
+check "202: the certificate chains to the SCEP CA behind B" openssl verify -CAfile "$T/responder/ca.crt" "$(crt p1)"
+expect_match "202: the SCEP CA answered PENDING first" "$(cat "$T/responder.log")" "-> PENDING"
+expect_eq "202: one certificate issued for the transaction" "$(ls "$T/responder/issued" | wc -l)" "1"
+expect_eq "202: no job left open at A" "$(sql "select count(*) from jobs where state in (0, 1)")" "0"
+S4=$(serial_of "$(crt p1)")
+expect_eq "202: A's and B's records agree" "$(record "$GW" "$S4")" "$(record "$GWB" "$S4")"
+check "audit chain verifies at A" "$FLEETGATE" audit verify --state "$GW"
+check "audit chain verifies at B" "$FLEETGATE" audit verify --state "$GWB"
+finish
