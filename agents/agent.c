@@ -210,7 +210,11 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 			return OUT_REFUSED;
 		}
 		r->resubmits++;
-		say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided", s->name);
+		if (cr->csr_template->key_type != NULL && cr->csr_template->key_type[0] != '\0')
+			say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided and a new %s key (the CA takes %s keys only)",
+			    s->name, cr->csr_template->key_type, cr->csr_template->key_type);
+		else
+			say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided", s->name);
 		return OUT_RESUBMIT;
 	case FLEETGATE__STATUS__STATUS_INTERNAL:
 		say(a, FG_LOG_WARN, r->rid, "slot %s: the gateway failed (%s); retrying later", s->name,

@@ -883,6 +883,52 @@ static void fill_policy_facts(struct policy_facts *pf, const Fleetgate__Facts *f
 	pf->tpm_present = f->tpm_present;
 }
 
+#define MAX_CSRATTRS_BACKENDS 16
+#define MAX_CSRATTRS_OIDS 32
+
+/* What the backends' CAs ask of CSRs, for req.backend_csrattrs: the
+ * strings live in a[], the policy's view points into them. */
+struct csrattrs_set {
+	struct policy_csrattrs v[MAX_CSRATTRS_BACKENDS];
+	struct fg_csr_attrs a[MAX_CSRATTRS_BACKENDS];
+	const char *oids[MAX_CSRATTRS_BACKENDS][MAX_CSRATTRS_OIDS];
+	size_t n;
+};
+
+/* Ask every backend that offers csr_attrs (EST: its cached /csrattrs). A
+ * backend that cannot say now is left out, with a debug line: the policy
+ * sees no entry rather than a guess. */
+static void csrattrs_collect(struct worker *w, struct csrattrs_set *cs, const char *rid)
+{
+	char err[512];
+	cs->n = 0;
+	for (size_t i = 0; i < w->cfg->nbackends && cs->n < MAX_CSRATTRS_BACKENDS; i++) {
+		struct backend *b = backends_find(w->bs, w->cfg->backends[i].name);
+		if (b == NULL || b->ops->csr_attrs == NULL)
+			continue;
+		struct fg_csr_attrs *a = &cs->a[cs->n];
+		memset(a, 0, sizeof *a);
+		err[0] = '\0';
+		int r = b->ops->csr_attrs(b->state, a, err, sizeof err);
+		if (r < 0)
+			fg_debug("enroll", rid, "backend %s cannot say what its CA asks of CSRs: %s", b->name, err);
+		if (r != 1)
+			continue;
+		a->key_type[sizeof a->key_type - 1] = '\0';
+		a->oids[sizeof a->oids - 1] = '\0';
+		struct policy_csrattrs *v = &cs->v[cs->n];
+		v->backend = b->name;
+		v->key_type = a->key_type;
+		v->oids = cs->oids[cs->n];
+		v->noids = 0;
+		char *save = NULL;
+		for (char *t = strtok_r(a->oids, " ", &save); t != NULL && v->noids < MAX_CSRATTRS_OIDS;
+		     t = strtok_r(NULL, " ", &save))
+			cs->oids[cs->n][v->noids++] = t;
+		cs->n++;
+	}
+}
+
 /*
  * A CA that takes the CSR as it is (SCEP, most EST servers) must get one
  * naming exactly what the policy decided, with its challengePassword: the
@@ -915,6 +961,9 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		.n_email = p->nemail,
 		.profile = p->profile,
 		.challenge = p->challenge[0] ? p->challenge : NULL,
+		.csr_der = csr,
+		.csr_len = csr_len,
+		.csr_needs_size = sizeof needs,
 	};
 	memset(&needs, 0, sizeof needs);
 	if (b->ops->csr_needs(b->state, &ir, &needs, err, sizeof err) != 0) {
@@ -923,7 +972,14 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		return 0;
 	}
 	needs.challenge[sizeof needs.challenge - 1] = '\0';
-	if (!needs.names_from_csr && needs.challenge[0] == '\0')
+	needs.key_type[sizeof needs.key_type - 1] = '\0';
+	if (needs.key_type[0] != '\0' && fg_key_type_parse(needs.key_type) < 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "backend %s asks for key type '%s', which no agent makes; tell the operator",
+			     p->backend, needs.key_type);
+		return 0;
+	}
+	if (!needs.names_from_csr && needs.challenge[0] == '\0' && needs.key_type[0] == '\0')
 		return 1;
 	/* the template always names what the policy decided */
 	struct fg_csr_names want = {
@@ -936,7 +992,9 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		.nemail = p->nemail,
 		.challenge = needs.challenge,
 	};
-	if (fg_csr_matches(csr, csr_len, &want, why, sizeof why))
+	if (needs.key_type[0] != '\0')
+		snprintf(why, sizeof why, "the CA takes no key of this type; make a %s key", needs.key_type);
+	else if (fg_csr_matches(csr, csr_len, &want, why, sizeof why))
 		return 1;
 
 	char msg[512];
@@ -954,6 +1012,7 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 	tpl.email = (char **)p->email;
 	tpl.n_email = p->nemail;
 	tpl.challenge_password = needs.challenge;
+	tpl.key_type = needs.key_type;
 	cr.status = FLEETGATE__STATUS__STATUS_RESUBMIT;
 	cr.message = msg;
 	cr.csr_template = &tpl;
@@ -1078,6 +1137,8 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 	}
 
 	/* 4. The policy decides. */
+	struct csrattrs_set cas;
+	csrattrs_collect(w, &cas, rid);
 	struct policy_request preq = {
 		.protocol = r->protocol ? r->protocol : "zmq",
 		.request_id = rid,
@@ -1099,6 +1160,8 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		.device_serial = nz(serial),
 		.device_attrs_json = attrs,
 		.token_bound_json = known ? NULL : ti.bound_json,
+		.backend_csrattrs = cas.v,
+		.nbackend_csrattrs = cas.n,
 	};
 	fill_policy_facts(&preq.facts, facts);
 	if (policy_enroll(w->pol, &preq, &dec, err, sizeof err) != 0) {

@@ -283,6 +283,22 @@ static void push_request(lua_State *L, const struct policy_request *r)
 		lua_setfield(L, -2, "key_bits");
 	}
 	lua_setfield(L, -2, "csr");
+
+	/* backend_csrattrs["est-corp"] = { key_type = "ec", oids = { ... } } */
+	lua_createtable(L, 0, (int)(r->nbackend_csrattrs < 64 ? r->nbackend_csrattrs : 64));
+	for (size_t i = 0; i < r->nbackend_csrattrs; i++) {
+		const struct policy_csrattrs *a = &r->backend_csrattrs[i];
+		lua_createtable(L, 0, 2);
+		set_str(L, "key_type", a->key_type);
+		lua_createtable(L, (int)(a->noids < 64 ? a->noids : 64), 0);
+		for (size_t j = 0; j < a->noids; j++) {
+			lua_pushstring(L, a->oids[j]);
+			lua_rawseti(L, -2, (lua_Integer)j + 1);
+		}
+		lua_setfield(L, -2, "oids");
+		lua_setfield(L, -2, a->backend);
+	}
+	lua_setfield(L, -2, "backend_csrattrs");
 }
 
 /* ---- decision ---- */

@@ -49,6 +49,14 @@ struct policy_facts {
 	int tpm_present;
 };
 
+/* What one backend's CA asks of CSRs (EST /csrattrs), for req.backend_csrattrs. */
+struct policy_csrattrs {
+	const char *backend;
+	const char *key_type;           /* "p256", "ec", "rsa", ... or "" */
+	const char *const *oids;
+	size_t noids;
+};
+
 struct policy_request {
 	const char *protocol;
 	const char *request_id;
@@ -70,6 +78,9 @@ struct policy_request {
 	const char *device_serial;      /* pre-registered serial, or NULL */
 	const char *device_attrs_json;  /* JSON object of the free attributes, or NULL */
 	const char *token_bound_json;   /* JSON object of the token's bindings, or NULL */
+	/* what the backends' CAs ask of CSRs (EST /csrattrs), by backend */
+	const struct policy_csrattrs *backend_csrattrs;
+	size_t nbackend_csrattrs;
 };
 
 #define POLICY_MAX_NAMES 32

@@ -53,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1181,16 +1182,66 @@ out:
 	return 0;
 }
 
+/* The agent key type to ask for when the CSR's key does not fit. */
+static const char *suggest_key_type(const struct csr_wants *w)
+{
+	if (strcmp(w->key_type, "ec") == 0)
+		return "p256";
+	if (strcmp(w->key_type, "rsa") == 0)
+		return w->rsa_bits > 3072 ? "rsa4096" : w->rsa_bits > 2048 ? "rsa3072" : "rsa2048";
+	return w->key_type;
+}
+
+/* Names come from the CSR (an EST CA copies them). When /csrattrs asks for
+ * a key type the CSR's key is not, and the host can take it, the key type
+ * to make instead: the device then rebuilds its CSR with such a key. The
+ * server being away is no reason to refuse here: issue says so later. */
 static int est_csr_needs(void *state, const struct fg_issue_request *req, struct fg_csr_needs *needs,
 			 char *err, size_t errlen)
 {
-	(void)state;
-	(void)req;
+	struct est *s = state;
 	(void)err;
 	(void)errlen;
 	memset(needs, 0, sizeof *needs);
 	needs->names_from_csr = 1;
+	if (req->struct_size < offsetof(struct fg_issue_request, csr_needs_size) + sizeof req->csr_needs_size ||
+	    req->csr_needs_size < offsetof(struct fg_csr_needs, key_type) + sizeof needs->key_type ||
+	    req->csr_der == NULL)
+		return 0;
+	char why[512];
+	struct ca_view *v = view_get(s, why, sizeof why);
+	if (v == NULL) {
+		elog(s, FG_LEVEL_DEBUG, req->request_id, "backend %s: %s; the key type is checked later", s->name, why);
+		return 0;
+	}
+	const unsigned char *q = req->csr_der;
+	X509_REQ *csr = d2i_X509_REQ(NULL, &q, (long)req->csr_len);
+	if (csr != NULL && v->have_wants && !key_fits(&v->wants, X509_REQ_get0_pubkey(csr), why, sizeof why)) {
+		snprintf(needs->key_type, sizeof needs->key_type, "%s", suggest_key_type(&v->wants));
+		elog(s, FG_LEVEL_INFO, req->request_id, "backend %s: %s; the device is asked for a %s key",
+		     s->name, why, needs->key_type);
+	}
+	ERR_clear_error();
+	X509_REQ_free(csr);
+	view_put(s, v);
 	return 0;
+}
+
+/* What /csrattrs asked, for the policy: 1, 0 when it asked nothing. */
+static int est_csr_attrs(void *state, struct fg_csr_attrs *out, char *err, size_t errlen)
+{
+	struct est *s = state;
+	struct ca_view *v = view_get(s, err, errlen);
+	memset(out, 0, sizeof *out);
+	if (v == NULL)
+		return -1;
+	int rc = v->have_wants;
+	if (rc) {
+		snprintf(out->key_type, sizeof out->key_type, "%s", v->wants.key_type);
+		snprintf(out->oids, sizeof out->oids, "%s", v->wants.text);
+	}
+	view_put(s, v);
+	return rc;
 }
 
 /* The /cacerts chain last fetched, from plugin state, so that bundles can
@@ -1590,6 +1641,7 @@ static const struct fg_backend_ops est_ops = {
 	.cacerts = est_cacerts,
 	.close = est_close,
 	.csr_needs = est_csr_needs,
+	.csr_attrs = est_csr_attrs,
 };
 
 __attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void);

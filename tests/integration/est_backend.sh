@@ -136,12 +136,21 @@ backends["est-corp"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT", ca_
 backends["est-pend"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT/", label = "pend", tls_ca_file = "$B_CA",
                          username = "gateway-a", password = "$TOK_PEND",
                          client_cert = "$T/ra.crt", client_key = "$T/ra.key", timeout = 5 }
+backends["est-bearer"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT", tls_ca_file = "$B_CA",
+                           bearer_token = "not-a-basic-token", timeout = 5 }
 backends["est-bad"] = { plugin = "est", url = "https://127.0.0.1:$B_EPORT", tls_ca_file = "$B_CA",
                         username = "gateway-a", password = "fgt_00000000000000000000000000000000", timeout = 5 }
 EOF
 cat >"$GW/policy.lua" <<'EOF'
-local routes = { corp = "est-corp", pend = "est-pend", bad = "est-bad" }
+local routes = { corp = "est-corp", pend = "est-pend", bad = "est-bad", bearer = "est-bearer" }
 function enroll(req)
+  if req.device.group == "attrs" then
+    -- what the EST CA's /csrattrs asked, as the policy sees it
+    local a = req.backend_csrattrs["est-corp"]
+    if a == nil then return deny("no csrattrs for est-corp") end
+    return deny("csrattrs of est-corp: key_type=" .. tostring(a.key_type) ..
+                " oids=" .. table.concat(a.oids, ","))
+  end
   if req.new_device and req.token == nil and not req.renew then
     return deny("no token")
   end
@@ -209,6 +218,23 @@ expect_eq "A's backend cacerts is B's CA (from /cacerts)" \
   "$("$FLEETGATE" backend cacerts --state "$GW" est-corp | openssl x509 -noout -fingerprint -sha256 | cut -d= -f2)" "$B_FP"
 check "the agent's chain file carries B's CA" openssl verify -CAfile "$T/agents/c1/default-chain.crt" "$(crt c1)"
 
+# ---- 1b. /csrattrs: the policy sees it; a key the CA does not take is remade ----
+agent_for a1 attrs-one attrs
+rc=0; run_agent a1 || rc=$?
+expect_eq "csrattrs: the policy's deny reaches the agent" "$rc" "1"
+expect_match "csrattrs: the policy sees B's /csrattrs (key type and OIDs)" "$(cat "$T/a1.out")" \
+  "csrattrs of est-corp: key_type=ec oids=([^ ]*,)?ecdsa-with-SHA256"
+agent_for k1 rsa-one corp
+sed -i 's/^key_type = .*/key_type = rsa2048/' "$T/agents/k1/agent.conf"
+check "csrattrs: an agent with an RSA slot enrolls through est-corp" run_agent k1
+expect_match "csrattrs: A asked the device for an EC key" "$(cat "$T/gw.log")" "backend est-corp: the EST CA asks for a ec key .*the device is asked for a p256 key"
+expect_match "csrattrs: the agent made a P-256 key for the request" "$(cat "$T/k1.out")" "CSR rebuilt .*a new p256 key \(the CA takes p256 keys only\)"
+expect_match "csrattrs: the installed key is P-256" "$(openssl pkey -in "$T/agents/k1/default.key" -noout -text 2>&1)" "prime256v1|P-256"
+expect_eq "csrattrs: the certificate certifies that key" \
+  "$(openssl x509 -in "$(crt k1)" -noout -pubkey | openssl sha256)" \
+  "$(openssl pkey -in "$T/agents/k1/default.key" -pubout | openssl sha256)"
+check "csrattrs: the certificate chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt k1)"
+
 # ---- 2. renewal through /simplereenroll (HTTP Basic as an RA) ----
 before=$(grep -c "simplereenroll: " "$T/gwb.log" || true)
 old_key=$(openssl pkey -in "$T/agents/c1/default.key" -pubout | openssl sha256)
@@ -231,6 +257,12 @@ expect_eq "wrong password: the agent exits 1 (refused)" "$rc" "1"
 expect_match "wrong password: the device is told the EST server refused the gateway" "$(cat "$T/bad1.out")" "refused the gateway's credentials \(HTTP 401\)"
 expect_match "wrong password: the operator is told what to check" "$(cat "$T/gw.log")" "backend est-bad: the EST server refused the gateway's credentials for /simpleenroll .*check username and password in backends.est-bad"
 check "wrong password: no certificate installed" test ! -e "$(crt bad1)"
+
+agent_for br1 bearer-one bearer
+rc=0; run_agent br1 || rc=$?
+expect_eq "bearer token B does not take: the agent exits 1" "$rc" "1"
+expect_match "bearer token B does not take: the operator is told to check it" "$(cat "$T/gw.log")" \
+  "backend est-bearer: the EST server refused the gateway's credentials .*check bearer_token in backends.est-bearer"
 
 # ---- 4. B down: retry, then the same request completes ----
 stop_b

@@ -129,6 +129,11 @@ struct fg_issue_request {
 	size_t n_eku;
 	const char *profile;                /* profile name */
 	const char *challenge;              /* SCEP challenge from policy, or NULL */
+
+	/* Appended during ABI 1 for EST csrattrs: sizeof(struct fg_csr_needs)
+	 * of the host, so that a plugin writes fg_csr_needs.key_type only
+	 * into a host that has it (read only when struct_size covers it). */
+	size_t csr_needs_size;
 };
 
 enum fg_issue_status {
@@ -190,6 +195,19 @@ struct fg_csr_needs {
 	/* The challengePassword (PKCS#9, RFC 2985 5.4.1) the CSR must carry,
 	 * "" for none. */
 	char challenge[256];
+
+	/* Appended during ABI 1 for EST csrattrs: the key type the CA asks
+	 * for when the CSR's key is not one it takes ("p256", "p384",
+	 * "rsa2048", "rsa3072", "rsa4096", "ed25519"), else "". The device
+	 * then rebuilds its CSR with a new key of that type. Written only when
+	 * the request's csr_needs_size covers it. */
+	char key_type[16];
+};
+
+/* What a CA asks of CSRs (EST /csrattrs, RFC 7030 4.5), for the policy. */
+struct fg_csr_attrs {
+	char key_type[16];                  /* "p256", "p384", "ec", "rsa", "ed25519" or "" for any */
+	char oids[1024];                    /* the OIDs asked for, short names or dotted, space-separated */
 };
 
 /* CRL reason codes (RFC 5280 5.3.1) used by revoke. */
@@ -304,6 +322,13 @@ struct fg_backend_ops {
 	int (*ocsp_respond)(void *state, const unsigned char *req, size_t req_len,
 			    fg_cert_status_fn status, void *status_arg, int64_t now,
 			    unsigned char **resp, size_t *resp_len, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for EST csrattrs: what the CA asks of CSRs,
+	 * for the policy (req.backend_csrattrs). 1 with out filled, 0 when
+	 * the CA states nothing, -1 with err when it cannot be known now.
+	 * Called from worker threads before each policy call: a plugin
+	 * answers from a cache. May be NULL. */
+	int (*csr_attrs)(void *state, struct fg_csr_attrs *out, char *err, size_t errlen);
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
