@@ -38,6 +38,13 @@
  * duplicate serials under concurrent requests (see main). The bare crypto
  * figures are local-CA figures and are not measured in this mode.
  *
+ * --mode est measures the EST front-end next to the ZeroMQ path in the same
+ * run: the fresh gateway is made with `fleetgate init --est`, the ZeroMQ
+ * phase runs as in local mode, and then C client threads (--est-clients,
+ * libcurl, one kept-alive TLS connection each) POST M simpleenroll requests
+ * with their own pre-made P-256 CSRs and a token of M uses (bench_est.h).
+ * Both go to the same local CA; both are reported with their ratio.
+ *
  * docs/benchmarks.md explains every figure and holds measured results.
  */
 #include <errno.h>
@@ -73,6 +80,7 @@
 #include <openssl/x509.h>
 #include <zmq.h>
 
+#include "bench_est.h"
 #include "fg_util.h"
 #include "fg_wire.h"
 #include "fg_x509.h"
@@ -94,6 +102,7 @@ extern char **environ;
 enum bench_mode {
 	BENCH_MODE_LOCAL,                /* local CA of a fresh gateway (the default) */
 	BENCH_MODE_SCEP,                 /* scep backend to a scepserver the bench runs */
+	BENCH_MODE_EST,                  /* local CA, ZeroMQ path and then the EST front-end */
 	BENCH_MODE_MAX
 };
 
@@ -109,6 +118,7 @@ struct bench_opts {
 	char bin_dir[PATH_MAX];          /* holds fleetgate and fleetgated */
 	long direct_requests;            /* scep mode: direct scepclient enrollments */
 	int direct_parallel;             /* scep mode: scepclient processes at once */
+	int est_clients;                 /* est mode: client threads (connections) */
 };
 
 /* The gateway under test. */
@@ -121,6 +131,7 @@ struct gateway {
 	int workers;                     /* as configured, 0 when unknown */
 	pid_t pid;                       /* fleetgated, 0 when not running */
 	pid_t upstream_pid;              /* scep mode: scepserver, CPU also measured; else 0 */
+	char est_url[128];               /* est mode: https://127.0.0.1:PORT/.well-known/est */
 };
 
 /* CSRs made before the run. Local mode: BENCH_POOL CSRs shared by all
@@ -231,6 +242,8 @@ struct results {
 	double ca_cpu_per;               /* scepserver CPU per gateway enrollment; -1 unknown */
 	const struct scep_ca *ca;
 	struct direct_results direct;
+	/* est mode only */
+	struct est_bench_results est;
 };
 
 /* ---- helper processes ---- */
@@ -456,7 +469,21 @@ static int gateway_init(struct gateway *gw, const struct bench_opts *o, char *er
 		return -1;
 	snprintf(listen, sizeof listen, "tcp://127.0.0.1:%d", port);
 	snprintf(bin, sizeof bin, "%s/fleetgate", o->bin_dir);
-	char *argv[] = { bin, (char *)"init", (char *)"--state", gw->state, (char *)"--listen", listen, NULL };
+	char estl[64];
+	char *argv[] = { bin, (char *)"init", (char *)"--state", gw->state, (char *)"--listen", listen,
+			 NULL, NULL, NULL };
+	if (o->mode == BENCH_MODE_EST) {
+		int eport;
+		do
+			eport = free_port(err, errlen);
+		while (eport == port);
+		if (eport < 0)
+			return -1;
+		snprintf(estl, sizeof estl, "127.0.0.1:%d", eport);
+		snprintf(gw->est_url, sizeof gw->est_url, "https://%s/.well-known/est", estl);
+		argv[6] = (char *)"--est";
+		argv[7] = estl;
+	}
 	int r = run_capture(argv, out, sizeof out, errout, sizeof errout, err, errlen);
 	if (r != 0) {
 		if (r > 0) {
@@ -560,15 +587,15 @@ static void gateway_stop(struct gateway *gw)
 
 /* Create the bench token (group bench, one use per agent). The token is
  * read from the CLI's stdout and wiped by the caller. */
-static int gateway_token(const struct gateway *gw, const struct bench_opts *o, char token[64],
-			 char *err, size_t errlen)
+static int gateway_token(const struct gateway *gw, const struct bench_opts *o, long nuses,
+			 char token[64], char *err, size_t errlen)
 {
 	char bin[PATH_MAX + 16], uses[32], out[BENCH_OUTPUT_MAX], errout[BENCH_OUTPUT_MAX];
 	char state[PATH_MAX];
 	int rc = -1;
 
 	snprintf(bin, sizeof bin, "%s/fleetgate", o->bin_dir);
-	snprintf(uses, sizeof uses, "%d", o->agents);
+	snprintf(uses, sizeof uses, "%ld", nuses);
 	fg_strlcpy(state, gw->state, sizeof state);
 	char *argv[] = { bin, (char *)"token", (char *)"create", (char *)"--state", state,
 			 (char *)"--group", (char *)"bench", (char *)"--uses", uses,
@@ -1875,6 +1902,22 @@ static void report_text(const struct results *r)
 	if (r->ok > 0)
 		printf("  ratio gateway/bare:        %.2f\n", r->bare_per > 0 ? r->gw_cpu_per / r->bare_per : 0);
 	printf("  gateway RSS at the end:    %ld KiB\n", r->rss_kib);
+	if (r->mode == BENCH_MODE_EST) {
+		const struct est_bench_results *e = &r->est;
+		printf("EST front-end (same gateway, same local CA): %d client connection%s, %ld enrollments\n",
+		       e->clients, e->clients == 1 ? "" : "s", e->requests);
+		printf("  failed:                    %ld", e->failed);
+		if (e->failed)
+			printf("\n  first failure:             %s", e->first_err);
+		printf("\n  wall time:                 %.3f s\n", e->wall_s);
+		printf("  enrollments/s:             %.0f\n", e->rate);
+		printf("  latency ms:                p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", e->p50_ms,
+		       e->p90_ms, e->p99_ms, e->max_ms);
+		printf("  gateway CPU:               %.2f s, %.1f us per enrollment\n", e->gw_cpu_s,
+		       e->gw_cpu_per * 1e6);
+		printf("  ratio EST/ZeroMQ:          throughput %.2f, gateway CPU per enrollment %.2f\n",
+		       ratio(e->rate, r->rate), ratio(e->gw_cpu_per, r->gw_cpu_per));
+	}
 }
 
 /* Scep mode in the JSON report: the local-CA bare-crypto keys go, and
@@ -1942,6 +1985,25 @@ static int report_json(const struct results *r)
 		json_decref(o);
 		return -1;
 	}
+	if (r->mode == BENCH_MODE_EST) {
+		const struct est_bench_results *e = &r->est;
+		json_t *ej = json_pack("{s:I, s:i, s:I, s:s?, s:f, s:f, s:{s:f, s:f, s:f, s:f}, s:f, s:f}",
+				       "requests", (json_int_t)e->requests, "clients", e->clients,
+				       "failed", (json_int_t)e->failed,
+				       "first_failure", e->failed ? e->first_err : NULL,
+				       "wall_s", e->wall_s, "enrollments_per_s", e->rate,
+				       "latency_ms", "p50", e->p50_ms, "p90", e->p90_ms, "p99", e->p99_ms,
+				       "max", e->max_ms,
+				       "gateway_cpu_s", e->gw_cpu_s,
+				       "gateway_cpu_s_per_enrollment", e->gw_cpu_per);
+		if (ej == NULL || json_object_set_new(o, "mode", json_string("est")) != 0 ||
+		    json_object_set_new(o, "est", ej) != 0 ||
+		    json_object_set_new(o, "ratio_throughput_est_to_zmq", json_real(ratio(e->rate, r->rate))) != 0 ||
+		    json_object_set_new(o, "ratio_cpu_est_to_zmq", json_real(ratio(e->gw_cpu_per, r->gw_cpu_per))) != 0) {
+			json_decref(o);
+			return -1;
+		}
+	}
 	int rc = json_dumpf(o, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6));
 	printf("\n");
 	json_decref(o);
@@ -1972,7 +2034,11 @@ static void usage(FILE *f)
 		"                M2 scepclient enrollments straight to scepserver, P at a\n"
 		"                time, and report both and their ratios. Defaults:\n"
 		"                M2 = min(M, %d), P = 1 and W = 1, because scepserver's\n"
-		"                file depot mixes up serials under concurrent requests\n", BENCH_DIRECT_MAX);
+		"                file depot mixes up serials under concurrent requests\n"
+		"  --mode est    the local-mode run, then M simpleenroll requests through the\n"
+		"                gateway's EST front-end (fleetgate init --est) from C client\n"
+		"                connections (--est-clients C, default 4), reported side by\n"
+		"                side with the ZeroMQ figures\n", BENCH_DIRECT_MAX);
 }
 
 /* Parse a whole number in [lo, hi]; -1 on anything else. */
@@ -2000,6 +2066,7 @@ int main(int argc, char **argv)
 		{ "mode", required_argument, NULL, 'm' },
 		{ "direct-requests", required_argument, NULL, 'D' },
 		{ "direct-parallel", required_argument, NULL, 'P' },
+		{ "est-clients", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -2018,17 +2085,27 @@ int main(int argc, char **argv)
 	memset(&pool, 0, sizeof pool);
 	memset(&res, 0, sizeof res);
 	memset(&ca, 0, sizeof ca);
-	while ((c = getopt_long(argc, argv, "a:r:w:s:b:c:jkhm:D:P:", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "a:r:w:s:b:c:jkhm:D:P:E:", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (strcmp(optarg, "local") == 0) {
 				o.mode = BENCH_MODE_LOCAL;
 			} else if (strcmp(optarg, "scep") == 0) {
 				o.mode = BENCH_MODE_SCEP;
+			} else if (strcmp(optarg, "est") == 0) {
+				o.mode = BENCH_MODE_EST;
 			} else {
-				fprintf(stderr, "fleetgate-bench: --mode '%s' is unknown; use local or scep\n", optarg);
+				fprintf(stderr, "fleetgate-bench: --mode '%s' is unknown; use local, scep or est\n", optarg);
 				return 2;
 			}
+			break;
+		case 'E':
+			v = parse_num(optarg, 1, 256);
+			if (v < 0) {
+				fprintf(stderr, "fleetgate-bench: --est-clients '%s' is out of range (1..256)\n", optarg);
+				return 2;
+			}
+			o.est_clients = (int)v;
 			break;
 		case 'D':
 		case 'P':
@@ -2080,6 +2157,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "fleetgate-bench: --direct-requests and --direct-parallel only apply to --mode scep\n");
 		return 2;
 	}
+	if (o.mode != BENCH_MODE_EST && o.est_clients) {
+		fprintf(stderr, "fleetgate-bench: --est-clients only applies to --mode est\n");
+		return 2;
+	}
+	if (o.mode == BENCH_MODE_EST && o.state != NULL) {
+		fprintf(stderr, "fleetgate-bench: --mode est makes its own gateway with the EST front-end; "
+			"leave out --state\n");
+		return 2;
+	}
+	if (o.est_clients == 0)
+		o.est_clients = 4;
 	if (o.mode == BENCH_MODE_SCEP && o.state != NULL) {
 		fprintf(stderr, "fleetgate-bench: --mode scep makes its own gateway and SCEP backend; "
 			"leave out --state\n");
@@ -2146,7 +2234,7 @@ int main(int argc, char **argv)
 		goto out;
 	if (gateway_start(&gw, &o, err, sizeof err) != 0)
 		goto out;
-	if (gateway_token(&gw, &o, token, err, sizeof err) != 0)
+	if (gateway_token(&gw, &o, o.agents, token, err, sizeof err) != 0)
 		goto out;
 	if (o.mode == BENCH_MODE_SCEP ? pool_build_scep(&pool, o.agents, &ca, err, sizeof err) != 0
 				      : pool_build(&pool, err, sizeof err) != 0)
@@ -2164,12 +2252,21 @@ int main(int argc, char **argv)
 		if (ca_key == NULL || bare_crypto(&pool, ca_key, o.crypto_iters, &res, err, sizeof err) != 0)
 			goto out;
 	}
+	if (o.mode == BENCH_MODE_EST) {
+		char cafile[PATH_MAX + 16];
+		OPENSSL_cleanse(token, sizeof token);
+		snprintf(cafile, sizeof cafile, "%s/ca/ca.crt", gw.state);
+		if (gateway_token(&gw, &o, o.requests, token, err, sizeof err) != 0 ||
+		    est_bench_run(gw.est_url, cafile, token, o.est_clients, o.requests, gw.pid, &res.est,
+				  err, sizeof err) != 0)
+			goto out;
+	}
 	if (o.json ? report_json(&res) != 0 : (report_text(&res), 0)) {
 		fg_seterr(err, sizeof err, "cannot write the JSON report");
 		goto out;
 	}
 	fflush(stdout);
-	rc = res.failed > 0 || res.direct.failed > 0 ? 1 : 0;
+	rc = res.failed > 0 || res.direct.failed > 0 || res.est.failed > 0 ? 1 : 0;
 	err[0] = '\0';
 out:
 	if (err[0])

@@ -1162,6 +1162,7 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		.token_bound_json = known ? NULL : ti.bound_json,
 		.backend_csrattrs = cas.v,
 		.nbackend_csrattrs = cas.n,
+		.profile = r->profile,
 	};
 	fill_policy_facts(&preq.facts, facts);
 	if (policy_enroll(w->pol, &preq, &dec, err, sizeof err) != 0) {

@@ -232,6 +232,7 @@ static void push_request(lua_State *L, const struct policy_request *r)
 	set_str(L, "protocol", r->protocol ? r->protocol : "zmq");
 	set_str(L, "request_id", r->request_id);
 	set_str(L, "slot", r->slot);
+	set_str(L, "profile", r->profile);
 	set_bool(L, "renew", r->renew);
 	set_bool(L, "new_device", r->new_device);
 

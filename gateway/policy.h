@@ -11,7 +11,9 @@
  * table (fleet.has_suffix, fleet.days, fleet.hours, fleet.log).
  *
  * req (a read-only view):
- *   req.protocol      "zmq"
+ *   req.protocol      "zmq" (agents) or "est" (the EST front-end, est.h)
+ *   req.profile       the profile the front-end asks for (an EST label's
+ *                     profile), or nil
  *   req.request_id, req.slot
  *   req.renew         true for a renewal
  *   req.new_device    true when this request creates the device
@@ -81,6 +83,7 @@ struct policy_request {
 	/* what the backends' CAs ask of CSRs (EST /csrattrs), by backend */
 	const struct policy_csrattrs *backend_csrattrs;
 	size_t nbackend_csrattrs;
+	const char *profile;            /* req.profile: the EST label's profile, or NULL */
 };
 
 #define POLICY_MAX_NAMES 32

@@ -49,7 +49,7 @@ struct fx_field {
 static const struct fx_field top_fields[] = {
 	RQ("protocol", FX_STR, protocol), RQ("request_id", FX_STR, request_id),
 	RQ("slot", FX_STR, slot), RQ("renew", FX_BOOL, renew),
-	RQ("new_device", FX_BOOL, new_device), { NULL, 0, 0 },
+	RQ("new_device", FX_BOOL, new_device), RQ("profile", FX_STR, profile), { NULL, 0, 0 },
 };
 static const struct fx_field device_fields[] = {
 	RQ("id", FX_STR, device_id), RQ("group", FX_STR, device_group),

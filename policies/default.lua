@@ -33,7 +33,7 @@ function enroll(req)
     return deny("hostname '" .. name .. "' is not a valid DNS name")
   end
   return allow{
-    profile = "default",
+    profile = req.profile or "default",   -- an EST label's profile, else "default"
     cn = name,
     dns = { name },
     validity = fleet.days(30),

@@ -498,6 +498,66 @@ static void test_http(void **state)
 	assert_null(config_http_text("nonsense"));
 }
 
+/* est = { listen, cert, key, labels }: parsed, paths resolved, labels
+ * checked against the profiles; the text init appends loads. */
+static void test_est(void **state)
+{
+	struct fixture *f = *state;
+	struct gw_config *cfg;
+	const char *head = "backends = { [\"local\"] = { plugin = \"local\" } }\n"
+			   "profiles = { default = {}, vpn = {} }\n";
+	char text[4096];
+
+	write_min(f, "");
+	cfg = must_load(f);
+	assert_string_equal(cfg->est_listen, "");
+	assert_int_equal(cfg->nest_labels, 0);
+	config_free(cfg);
+
+	snprintf(text, sizeof text, "%sest = { listen = \"127.0.0.1:8443\", cert = \"est/s.crt\", "
+		 "key = \"/abs/s.key\", labels = { vpn = \"vpn\", base = \"default\" } }\n", head);
+	write_conf(f, text);
+	cfg = must_load(f);
+	assert_string_equal(cfg->est_listen, "127.0.0.1:8443");
+	assert_non_null(strstr(cfg->est_cert, "/est/s.crt"));
+	assert_true(cfg->est_cert[0] == '/');
+	assert_string_equal(cfg->est_key, "/abs/s.key");
+	assert_int_equal(cfg->nest_labels, 2);
+	assert_string_equal(cfg->est_labels[0].name, "base");     /* sorted */
+	assert_string_equal(config_est_label(cfg, "vpn")->profile, "vpn");
+	assert_null(config_est_label(cfg, "other"));
+	config_free(cfg);
+
+	snprintf(text, sizeof text, "%sest = { listen = \"127.0.0.1:8443\" }\n", head);
+	expect_error(f, text, "est: cert and key");
+	snprintf(text, sizeof text, "%sest = { listen = \"8443\", cert = \"a\", key = \"b\" }\n", head);
+	expect_error(f, text, "est.listen: '8443' is not HOST:PORT");
+	snprintf(text, sizeof text, "%sest = { listen = \"127.0.0.1:1\", cert = \"a\", key = \"b\", "
+		 "labels = { x = \"nosuch\" } }\n", head);
+	expect_error(f, text, "est.labels.x: no profile named 'nosuch'");
+	snprintf(text, sizeof text, "%sest = { labels = { cacerts = \"vpn\" } }\n", head);
+	expect_error(f, text, "'cacerts' is not a usable label");
+	snprintf(text, sizeof text, "%sest = { labels = { [\"a/b\"] = \"vpn\" } }\n", head);
+	expect_error(f, text, "'a/b' is not a usable label");
+	snprintf(text, sizeof text, "%sest = { port = 1 }\n", head);
+	expect_error(f, text, "est: unknown field 'port'");
+
+	for (int on = 0; on < 2; on++) {
+		char *base = config_default_text("tcp://127.0.0.1:7700");
+		char *est = config_est_text(on ? "127.0.0.1:8443" : "");
+		assert_non_null(base);
+		assert_non_null(est);
+		snprintf(text, sizeof text, "%s%s", base, est);
+		free(base);
+		free(est);
+		write_conf(f, text);
+		cfg = must_load(f);
+		assert_string_equal(cfg->est_listen, on ? "127.0.0.1:8443" : "");
+		config_free(cfg);
+	}
+	assert_null(config_est_text("nonsense"));
+}
+
 static void test_key_usage_bits(void **state)
 {
 	(void)state;
@@ -515,6 +575,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_default_text_loads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_est, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_default_text_quoting, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_minimal_defaults, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_values, setup, teardown),

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The EST front-end (RFC 7030, docs/est.md) against real clients on loopback:
+#  - Debian's strongSwan pki (--estca, --est; its own TLS stack, the openssl
+#    plugin of libstrongswan-standard-plugins for EC keys): CA
+#    certificates, enrollment with a token, re-enrollment with the issued
+#    certificate, a wrong token refused;
+#  - curl + openssl for the error cases: wrong content type, bad base64, bad
+#    CSR signature, expired token, re-enrollment with another subject,
+#    tls-unique under TLS 1.3 and a wrong tls-unique under TLS 1.2;
+#  - a label routed to a SCEP backend (tests/tools/scep-responder in its
+#    PENDING mode): 202 + Retry-After, the gateway restarted while the job
+#    is open, the same request resent until it completes.
+source "$(dirname "$0")/lib.sh"
+
+PKI=$(command -v pki) || die "pki not found: apt-get install strongswan-pki libstrongswan-standard-plugins"
+RESPONDER="$FG_BUILD/tests/scep-responder"
+export no_proxy='*' NO_PROXY='*'
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+
+free_port() {
+  local p
+  for _ in $(seq 20); do
+    p=$((10000 + RANDOM % 22000))
+    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
+  done
+  die "no free port"
+}
+
+RS_PID=
+stop_responder() {
+  if [ -n "$RS_PID" ]; then kill "$RS_PID" 2>/dev/null || true; wait "$RS_PID" 2>/dev/null || true; fi
+  RS_PID=
+}
+trap 'rc=$?; set +e; stop_responder; cleanup; exit $rc' EXIT
+
+# pki prints plugin warnings on stderr; keep them out of the checks
+pki() { "$PKI" "$@" 2>>"$T/pki.log"; }
+
+# ---- an upstream SCEP CA that answers PENDING twice ----
+RS_PORT=$(free_port)
+"$RESPONDER" --dir "$T/responder" --port "$RS_PORT" --pending 2 >>"$T/responder.out" 2>>"$T/responder.log" &
+RS_PID=$!
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$RS_PORT/scep?operation=GetCACaps" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+RS_FP=$(openssl x509 -in "$T/responder/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)
+
+# ---- the gateway with EST ----
+EST_PORT=$(free_port)
+gw_init --est "127.0.0.1:$EST_PORT"
+check "init --est made a TLS key (0600) and a certificate for 127.0.0.1" \
+  bash -c "[ \"\$(stat -c %a '$GW/est/server.key')\" = 600 ] && openssl x509 -in '$GW/est/server.crt' -noout -ext subjectAltName | grep -q 'IP Address:127.0.0.1'"
+python3 - "$GW/fleetgated.conf" "$RS_PORT" "$RS_FP" <<'EOF'
+import sys
+p, rs_port, rs_fp = sys.argv[1:]
+s = open(p).read()
+s = s.replace('backends = {\n', f'''backends = {{
+  ["scep-pend"] = {{ plugin = "scep", url = "http://127.0.0.1:{rs_port}/scep",
+                    ca_fingerprint = "{rs_fp}", timeout = 5, poll_interval = 1 }},
+''', 1)
+s = s.replace('profiles = {\n', '''profiles = {
+  pend = { backend = "scep-pend", key_usage = { "digitalSignature" },
+           extended_key_usage = { "clientAuth" }, names = { "cn", "dns" } },
+''', 1)
+s = s.replace('labels = { }', 'labels = { pend = "pend" }')
+open(p, "w").write(s)
+EOF
+gw_start
+URL="https://127.0.0.1:$EST_PORT"
+EST="$URL/.well-known/est"
+CA="$GW/ca/ca.crt"
+
+token() { # token [args]: a fresh token for group "est"
+  "$FLEETGATE" token create --state "$GW" --group est "$@" 2>/dev/null | tail -n 1
+}
+# post OP CSR_DER [curl args...]: base64 POST; status in $CODE, body in $T/body, headers in $T/hdr
+post() {
+  local op=$1 der=$2; shift 2
+  base64 -w0 "$der" >"$T/req.b64"
+  CODE=$(curl -s --cacert "$CA" -o "$T/body" -D "$T/hdr" -w '%{http_code}' \
+    -H "Content-Type: ${CTYPE:-application/pkcs10}" --data-binary @"$T/req.b64" "$@" "$EST/$op")
+}
+csr() { # csr NAME CN [openssl req args...]: $T/NAME.key and DER $T/NAME.csr
+  local name=$1 cn=$2; shift 2
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/$name.key" \
+    -subj "/CN=$cn" -addext "subjectAltName=DNS:$cn" -outform DER -out "$T/$name.csr" "$@" 2>/dev/null
+}
+
+# ---- strongSwan pki ----
+check "pki --estca fetches the CA certificates" \
+  pki --estca --url "$URL" --cacert "$CA" --caout "$T/estca.pem" --outform pem --force
+expect_eq "the EST CA is the gateway's local CA" \
+  "$(openssl x509 -in "$T/estca.pem" -noout -fingerprint -sha256 2>/dev/null)" \
+  "$(openssl x509 -in "$CA" -noout -fingerprint -sha256)"
+
+pki --gen --type ecdsa --size 256 --outform pem >"$T/s1.key"
+pki --req --in "$T/s1.key" --type priv --dn "CN=router1.example" --san router1.example --outform der >"$T/s1.csr"
+TOK=$(token)
+check "pki --est enrolls with a token as the Basic password" \
+  pki --est --url "$URL" --in "$T/s1.csr" --cacert "$CA" --userpass "router1:$TOK" --outform pem
+pki --est --url "$URL" --in "$T/s1.csr" --cacert "$CA" --userpass "router1:$TOK" --outform pem >"$T/s1.crt" || true
+expect_eq "the certificate names the CSR's CN" \
+  "$(openssl x509 -in "$T/s1.crt" -noout -subject 2>/dev/null)" "subject=CN = router1.example"
+check "the certificate chains to the local CA" openssl verify -CAfile "$CA" "$T/s1.crt"
+S1=$(openssl x509 -in "$T/s1.crt" -noout -serial | cut -d= -f2)
+expect_eq "the certificate is recorded in slot est" \
+  "$(sql "SELECT slot FROM certificates WHERE serial_hex = '$S1'")" "est"
+DEV1=$(sql "SELECT device_id FROM certificates WHERE serial_hex = '$S1'")
+expect_match "the EST device is identified by its key (est: identity)" \
+  "$(sql "SELECT curve_key FROM devices WHERE id = '$DEV1'")" '^est:[0-9a-f]{36}$'
+expect_eq "the token was consumed" \
+  "$(sql "SELECT uses_left FROM tokens ORDER BY rowid DESC LIMIT 1")" "0"
+
+pki --gen --type ecdsa --size 256 --outform pem >"$T/s2.key"
+pki --req --in "$T/s2.key" --type priv --dn "CN=router2.example" --san router2.example --outform der >"$T/s2.csr"
+rc=0
+pki --est --url "$URL" --in "$T/s2.csr" --cacert "$CA" --userpass "router2:fgt_00000000000000000000000000000000" \
+  --outform pem >"$T/s2.crt" || rc=$?
+check "pki --est with a wrong token fails" [ "$rc" -ne 0 ]
+check "... and gets no certificate" [ ! -s "$T/s2.crt" ]
+
+pki --gen --type ecdsa --size 256 --outform pem >"$T/s1b.key"
+pki --req --in "$T/s1b.key" --type priv --dn "CN=router1.example" --san router1.example --outform der >"$T/s1b.csr"
+check "pki --est re-enrolls with the issued certificate (simplereenroll, new key)" \
+  pki --est --url "$URL" --in "$T/s1b.csr" --cacert "$CA" --cert "$T/s1.crt" --key "$T/s1.key" --outform pem
+pki --est --url "$URL" --in "$T/s1b.csr" --cacert "$CA" --cert "$T/s1.crt" --key "$T/s1.key" --outform pem >"$T/s1b.crt" || true
+S1B=$(openssl x509 -in "$T/s1b.crt" -noout -serial 2>/dev/null | cut -d= -f2)
+check "the renewal is a new certificate" [ -n "$S1B" ] && [ "$S1B" != "$S1" ]
+expect_eq "the renewal belongs to the same device" \
+  "$(sql "SELECT device_id FROM certificates WHERE serial_hex = '$S1B'")" "$DEV1"
+check "the renewal certifies the new key" \
+  bash -c "[ \"\$(openssl x509 -in '$T/s1b.crt' -noout -pubkey)\" = \"\$(openssl pkey -in '$T/s1b.key' -pubout)\" ]"
+expect_match "the audit log calls it a renewal" \
+  "$(sql "SELECT kind FROM audit WHERE detail LIKE '%$S1B%'")" 'cert.renew'
+
+# ---- curl + openssl: what the front-end refuses ----
+csr c1 curl1.example
+TOK=$(token)
+CTYPE=text/plain post simpleenroll "$T/c1.csr" -u "x:$TOK"
+expect_eq "a wrong content type gets 415" "$CODE" "415"
+expect_match "... saying what to send" "$(cat "$T/body")" 'application/pkcs10'
+
+printf 'this is not base64!!' >"$T/bad.b64"
+CODE=$(curl -s --cacert "$CA" -o "$T/body" -w '%{http_code}' -u "x:$TOK" \
+  -H 'Content-Type: application/pkcs10' --data-binary @"$T/bad.b64" "$EST/simpleenroll")
+expect_eq "bad base64 gets 400" "$CODE" "400"
+expect_match "... saying the body is not base64" "$(cat "$T/body")" 'not base64'
+
+# flip a bit in the last byte of the signature: still DER, no longer valid
+python3 - "$T/c1.csr" "$T/c1bad.csr" <<'EOF'
+import sys
+d = bytearray(open(sys.argv[1], 'rb').read())
+d[-1] ^= 0x01
+open(sys.argv[2], 'wb').write(d)
+EOF
+post simpleenroll "$T/c1bad.csr" -u "x:$TOK"
+expect_eq "a CSR with a bad signature gets 400" "$CODE" "400"
+expect_match "... naming the CSR" "$(cat "$T/body")" 'bad CSR'
+expect_eq "... and the token is not consumed" \
+  "$(sql "SELECT uses_left FROM tokens ORDER BY rowid DESC LIMIT 1")" "1"
+
+post simpleenroll "$T/c1.csr"
+expect_eq "no credentials get 401" "$CODE" "401"
+expect_match "... with a Basic challenge" "$(cat "$T/hdr")" 'WWW-Authenticate: Basic realm='
+
+TOKX=$(token)
+TOKX_ID=$(sql "SELECT id FROM tokens ORDER BY rowid DESC LIMIT 1")
+sql "UPDATE tokens SET expires_at = strftime('%s','now') - 60 WHERE id = '$TOKX_ID'"
+csr cx expired.example
+post simpleenroll "$T/cx.csr" -u "x:$TOKX"
+expect_eq "an expired token gets 401" "$CODE" "401"
+expect_match "... saying it expired and what to do" "$(cat "$T/body")" "expired at .*ask the operator"
+
+post simpleenroll "$T/c1.csr" -u "x:$TOK"
+expect_eq "a good request with curl gets 200" "$CODE" "200"
+expect_match "... as PKCS#7 certs-only" "$(cat "$T/hdr")" 'Content-Type: application/pkcs7-mime; smime-type=certs-only'
+expect_match "... base64 transfer encoding" "$(cat "$T/hdr")" 'Content-Transfer-Encoding: base64'
+base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/c1.crt" 2>/dev/null || true
+expect_eq "... holding the certificate for the CSR" \
+  "$(openssl x509 -in "$T/c1.crt" -noout -subject 2>/dev/null)" "subject=CN = curl1.example"
+C1=$(openssl x509 -in "$T/c1.crt" -noout -serial | cut -d= -f2)
+post simpleenroll "$T/c1.csr" -u "x:$TOK"
+base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs 2>/dev/null | openssl x509 -noout -serial >"$T/again" 2>/dev/null || true
+expect_eq "the same request again gets the same certificate (the token is spent)" \
+  "$(cut -d= -f2 "$T/again")" "$C1"
+
+csr c2 other.example
+post simplereenroll "$T/c2.csr" --cert "$T/c1.crt" --key "$T/c1.key"
+expect_eq "re-enrollment with another subject gets 400" "$CODE" "400"
+expect_match "... citing RFC 7030 4.2.2" "$(cat "$T/body")" 'subject .* differs .*4\.2\.2'
+post simplereenroll "$T/c2.csr"
+expect_eq "re-enrollment without a client certificate gets 401" "$CODE" "401"
+
+CODE=$(curl -s --cacert "$CA" -o "$T/body" -w '%{http_code}' "$EST/nosuchlabel/cacerts")
+expect_eq "an unknown label gets 404" "$CODE" "404"
+CODE=$(curl -s --cacert "$CA" -o "$T/body" -D "$T/hdr" -w '%{http_code}' "$EST/csrattrs")
+expect_eq "csrattrs answers 200" "$CODE" "200"
+expect_match "... as application/csrattrs" "$(cat "$T/hdr")" 'Content-Type: application/csrattrs'
+expect_match "... advising challengePassword" \
+  "$(base64 -d "$T/body" | openssl asn1parse -inform DER 2>&1)" 'challengePassword'
+
+# tls-unique (RFC 7030 3.5): a challengePassword binds the CSR to the session
+cat >"$T/chal.cnf" <<'EOF'
+[req]
+prompt = no
+distinguished_name = dn
+attributes = attrs
+[dn]
+CN = bound.example
+[attrs]
+challengePassword = AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
+EOF
+# (no -subj: it would drop the attributes section)
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/c3.key" \
+  -config "$T/chal.cnf" -addext "subjectAltName=DNS:bound.example" -outform DER -out "$T/c3.csr" 2>/dev/null
+TOK3=$(token)
+post simpleenroll "$T/c3.csr" -u "x:$TOK3" --tlsv1.3
+expect_eq "a channel-bound CSR over TLS 1.3 gets 400" "$CODE" "400"
+expect_match "... saying TLS 1.3 has no tls-unique" "$(cat "$T/body")" 'TLSv1.3.*no tls-unique'
+post simpleenroll "$T/c3.csr" -u "x:$TOK3" --tlsv1.2 --tls-max 1.2
+expect_eq "a CSR bound to another TLS 1.2 session gets 400" "$CODE" "400"
+expect_match "... saying the value is not this session's" "$(cat "$T/body")" "not this TLS session's tls-unique"
+expect_eq "... and the token is kept" \
+  "$(sql "SELECT uses_left FROM tokens ORDER BY rowid DESC LIMIT 1")" "1"
+
+# ---- a pending upstream CA: 202, restart, the same request completes ----
+csr p1 pend1.example
+TOKP=$(token)
+post pend/simpleenroll "$T/p1.csr" -u "x:$TOKP"
+expect_eq "a PENDING upstream CA gets 202" "$CODE" "202"
+expect_match "... with Retry-After" "$(cat "$T/hdr")" 'Retry-After: [0-9]+'
+expect_eq "the job is durable and pending (JOB_PENDING = 1)" \
+  "$(sql "SELECT state FROM jobs WHERE backend = 'scep-pend'")" "1"
+PRID=$(sql "SELECT request_id FROM jobs WHERE backend = 'scep-pend'")
+gw_stop
+gw_start
+got=
+for _ in $(seq 60); do
+  post pend/simpleenroll "$T/p1.csr" -u "x:$TOKP"
+  [ "$CODE" = 200 ] && { got=1; break; }
+  [ "$CODE" = 202 ] || break
+  sleep 0.5
+done
+expect_eq "after the restart, the resent request completes" "${got:-$CODE}" "1"
+base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/p1.crt" 2>/dev/null || true
+check "... with a certificate of the SCEP CA" openssl verify -CAfile "$T/responder/ca.crt" "$T/p1.crt"
+expect_eq "... recorded in slot pend" \
+  "$(sql "SELECT slot FROM certificates WHERE backend = 'scep-pend'")" "pend"
+expect_eq "one token use for the whole exchange" \
+  "$(sql "SELECT count(*) FROM audit WHERE kind = 'token.use' AND request_id = '$PRID'")" "1"
+
+check "the gateway is still up" gw_alive
+finish
