@@ -186,6 +186,14 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 	char err[1024] = "";
 	switch (cr->status) {
 	case FLEETGATE__STATUS__STATUS_OK:
+		if (cr->encrypted_key.len > 0) {
+			if (slot_request_take_server_key(r, cr, err, sizeof err) != 0) {
+				say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: %s", s->name, err);
+				return OUT_INSTALL;
+			}
+			say(a, FG_LOG_INFO, r->rid, "slot %s: the CA generated the key; it came encrypted to this request's key",
+			    s->name);
+		}
 		if (slot_install(&a->cfg, s, r, cr, a->bundle.anchors_pem, err, sizeof err) != 0) {
 			say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: %s", s->name, err);
 			return OUT_INSTALL;

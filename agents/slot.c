@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/cms.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "fg_log.h"
 #include "fg_util.h"
@@ -316,6 +319,47 @@ out:
 	free(sig);
 	X509_free(cur);
 	EVP_PKEY_free(cur_key);
+	return rc;
+}
+
+/* See slot.h. CMS_decrypt with no certificate tries every recipient with
+ * the key, so the gateway's recipient identifier does not matter. The
+ * clear PKCS#8 exists only in memory and is wiped. */
+int slot_request_take_server_key(struct slot_request *r, const Fleetgate__CertReply *cr, char *err,
+				 size_t errlen)
+{
+	const unsigned char *q = cr->encrypted_key.data;
+	CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &q, (long)cr->encrypted_key.len);
+	BIO *out = BIO_new(BIO_s_mem());
+	EVP_PKEY *k = NULL;
+	int rc = -1;
+
+	if (cms == NULL || out == NULL || CMS_decrypt(cms, r->key, NULL, NULL, out, 0) != 1) {
+		unsigned long e = ERR_peek_last_error();
+		char buf[256] = "";
+		if (e)
+			ERR_error_string_n(e, buf, sizeof buf);
+		fg_seterr(err, errlen, "the server-generated key cannot be decrypted with this request's key (%s); it is not installed",
+			  buf[0] ? buf : "not a CMS EnvelopedData");
+		goto out;
+	}
+	char *p = NULL;
+	long n = BIO_get_mem_data(out, &p);
+	const unsigned char *pq = (const unsigned char *)p;
+	k = n > 0 ? d2i_AutoPrivateKey(NULL, &pq, n) : NULL;
+	if (n > 0)
+		OPENSSL_cleanse(p, (size_t)n);
+	if (k == NULL) {
+		fg_seterr(err, errlen, "the server-generated key is not a PKCS#8 private key; it is not installed");
+		goto out;
+	}
+	EVP_PKEY_free(r->key);
+	r->key = k;
+	rc = 0;
+out:
+	ERR_clear_error();
+	BIO_free(out);
+	CMS_ContentInfo_free(cms);
 	return rc;
 }
 

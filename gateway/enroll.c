@@ -68,6 +68,7 @@ struct params {
 	char *eku[CONFIG_MAX_EKU];
 	size_t neku;
 	char challenge[256];
+	int server_keygen;      /* the CA makes the key (policy keygen = "server") */
 	unsigned char *csr;
 	size_t csr_len;
 };
@@ -344,6 +345,15 @@ static int params_from_decision(const struct worker *w, const struct policy_deci
 		p->neku = i + 1;
 	}
 	fg_strlcpy(p->challenge, d->challenge, sizeof p->challenge);
+	if (strcmp(d->keygen, "server") == 0) {
+		const struct backend *b = backends_find(w->bs, bname);
+		if (!b->ops->server_keygen) {
+			fg_seterr(err, errlen, "policy asked for a server-generated key, which backend '%s' cannot make; route such slots to an est backend",
+				  bname);
+			return -1;
+		}
+		p->server_keygen = 1;
+	}
 	return 0;
 }
 
@@ -370,6 +380,8 @@ static char *params_to_json(const struct params *p)
 			      "key_usage", (json_int_t)p->key_usage,
 			      "challenge", p->challenge, "csr", hex);
 	if (o != NULL) {
+		if (p->server_keygen)
+			json_object_set_new(o, "keygen", json_string("server"));
 		json_object_set_new(o, "dns", names_json(p->dns, p->ndns));
 		json_object_set_new(o, "ip", names_json(p->ip, p->nip));
 		json_object_set_new(o, "email", names_json(p->email, p->nemail));
@@ -420,6 +432,8 @@ static int params_from_json(const char *text, struct params *p)
 	fg_strlcpy(p->backend, be, sizeof p->backend);
 	fg_strlcpy(p->cn, cn, sizeof p->cn);
 	fg_strlcpy(p->challenge, chal, sizeof p->challenge);
+	const char *kg = json_string_value(json_object_get(o, "keygen"));
+	p->server_keygen = kg != NULL && strcmp(kg, "server") == 0;
 	p->not_before = nb;
 	p->not_after = na;
 	p->key_usage = (uint32_t)ku;
@@ -486,6 +500,7 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		.n_eku = p->neku,
 		.profile = p->profile,
 		.challenge = p->challenge[0] ? p->challenge : NULL,
+		.server_keygen = p->server_keygen,
 	};
 	if (poll && b->ops->poll != NULL)
 		b->ops->poll(b->state, &ir, &res);
@@ -538,6 +553,12 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		goto out;
 	}
 
+	if (p->server_keygen && (res.enc_key == NULL || res.enc_key_len == 0)) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "backend %s issued without the server-generated key the policy asked for; tell the operator",
+			     p->backend);
+		goto out;
+	}
 	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
 	Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
 	ProtobufCBinaryData chain[8];
@@ -555,6 +576,8 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 	cr.chain_der = chain;
 	cr.device_id = (char *)p->device_id;
 	cr.not_after = ci.not_after;
+	if (p->server_keygen)
+		cr.encrypted_key = (ProtobufCBinaryData){ res.enc_key_len, res.enc_key };
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
 	pack_env(&env, rid, out, len);
@@ -964,6 +987,7 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		.csr_der = csr,
 		.csr_len = csr_len,
 		.csr_needs_size = sizeof needs,
+		.server_keygen = p->server_keygen,
 	};
 	memset(&needs, 0, sizeof needs);
 	if (b->ops->csr_needs(b->state, &ir, &needs, err, sizeof err) != 0) {

@@ -41,9 +41,9 @@ struct enroll_ctx {
 };
 
 static const char *const allow_fields[] = {
-	"allow", "profile", "backend", "cn", "dns", "ip", "email", "validity", "challenge",
+	"allow", "profile", "backend", "cn", "dns", "ip", "email", "validity", "challenge", "keygen",
 };
-#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge"
+#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge, keygen"
 
 static int allow_field_known(const char *k)
 {
@@ -421,6 +421,16 @@ static int take_allow_field(lua_State *L, const char *k, struct enroll_ctx *c)
 		return take_str(L, v, "allow{}", "cn", d->cn, sizeof d->cn, c);
 	if (strcmp(k, "challenge") == 0)
 		return take_str(L, v, "allow{}", "challenge", d->challenge, sizeof d->challenge, c);
+	if (strcmp(k, "keygen") == 0) {
+		if (take_str(L, v, "allow{}", "keygen", d->keygen, sizeof d->keygen, c) != 0)
+			return -1;
+		if (strcmp(d->keygen, "server") != 0 && strcmp(d->keygen, "device") != 0) {
+			fg_seterr(c->err, c->errlen, "%s: allow{}: keygen must be \"server\" or \"device\", not '%s'",
+				  c->p->name, d->keygen);
+			return -1;
+		}
+		return 0;
+	}
 	if (strcmp(k, "dns") == 0)
 		return take_names(L, v, "dns", d->dns, &d->ndns, c);
 	if (strcmp(k, "ip") == 0)

@@ -102,6 +102,7 @@ struct policy_decision {
 	size_t nemail;
 	int64_t validity;        /* seconds; 0 = profile default */
 	char challenge[256];
+	char keygen[16];         /* "server": the CA makes the key (EST serverkeygen); "" or "device" */
 };
 void policy_decision_clear(struct policy_decision *d);
 

@@ -67,6 +67,7 @@
 #include <curl/curl.h>
 #include <openssl/asn1t.h>
 #include <openssl/bn.h>
+#include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -334,7 +335,7 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
 struct reply {
 	long code;
 	struct body body;
-	char ctype[128];
+	char ctype[256];
 	int64_t retry_after;          /* seconds, -1 when absent */
 	int64_t now;
 };
@@ -1035,6 +1036,215 @@ oom:
 	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 }
 
+/* ---- serverkeygen (RFC 7030 4.4) ---- */
+
+/* One part of a multipart body: its Content-Type and body (pointers into
+ * the reply). */
+struct part {
+	char ctype[128];
+	const unsigned char *p;
+	size_t n;
+};
+
+static const unsigned char *mem_find(const unsigned char *h, size_t hn, const char *needle, size_t nn)
+{
+	for (size_t i = 0; nn <= hn && i <= hn - nn; i++)
+		if (memcmp(h + i, needle, nn) == 0)
+			return h + i;
+	return NULL;
+}
+
+/* Split a multipart/mixed body (RFC 2046 5.1.1) into at most max parts.
+ * libcurl parses no multipart answers, so this reads the boundary
+ * delimiters itself: "--boundary" lines, part headers up to an empty line,
+ * the close delimiter "--boundary--". Returns the count, -1 when the body
+ * is not multipart. */
+static int split_multipart(const struct reply *r, struct part *parts, int max)
+{
+	const char *b = strcasestr(r->ctype, "boundary=");
+	char delim[128];
+	size_t bl;
+	if (strncasecmp(r->ctype, "multipart/", 10) != 0 || b == NULL)
+		return -1;
+	b += 9;
+	if (*b == '"') {
+		b++;
+		bl = strcspn(b, "\"");
+	} else {
+		bl = strcspn(b, "; \t");
+	}
+	if (bl == 0 || bl > 70)
+		return -1;
+	int dl = snprintf(delim, sizeof delim, "--%.*s", (int)bl, b);
+	const unsigned char *body = r->body.p, *end = body + r->body.n;
+	const unsigned char *at = mem_find(body, r->body.n, delim, (size_t)dl);
+	int n = 0;
+	while (at != NULL && n < max) {
+		const unsigned char *q = at + dl;
+		if (end - q >= 2 && q[0] == '-' && q[1] == '-')
+			break;                              /* close delimiter */
+		const unsigned char *eol = memchr(q, '\n', (size_t)(end - q));
+		if (eol == NULL)
+			return -1;
+		q = eol + 1;
+		/* part headers, up to an empty line */
+		struct part *pt = &parts[n];
+		memset(pt, 0, sizeof *pt);
+		for (;;) {
+			eol = memchr(q, '\n', (size_t)(end - q));
+			if (eol == NULL)
+				return -1;
+			size_t ll = (size_t)(eol - q);
+			if (ll > 0 && q[ll - 1] == '\r')
+				ll--;
+			if (ll == 0) {
+				q = eol + 1;
+				break;
+			}
+			if (ll > 13 && strncasecmp((const char *)q, "Content-Type:", 13) == 0) {
+				const unsigned char *v = q + 13;
+				while (v < q + ll && (*v == ' ' || *v == '\t'))
+					v++;
+				snprintf(pt->ctype, sizeof pt->ctype, "%.*s", (int)(q + ll - v), (const char *)v);
+			}
+			q = eol + 1;
+		}
+		const unsigned char *next = mem_find(q, (size_t)(end - q), delim, (size_t)dl);
+		if (next == NULL)
+			return -1;
+		const unsigned char *pe = next;
+		if (pe > q && pe[-1] == '\n')
+			pe--;
+		if (pe > q && pe[-1] == '\r')
+			pe--;
+		pt->p = q;
+		pt->n = (size_t)(pe - q);
+		n++;
+		at = next;
+	}
+	return n;
+}
+
+/* A certificate to address the device's transport key in CMS: the CSR's
+ * subject and public key. It is never signed or sent; CMS takes the
+ * recipient's key and identifier from it, and the agent decrypts without
+ * a certificate (trying its key on every recipient). */
+static X509 *transport_recipient(X509_REQ *csr)
+{
+	X509 *x = X509_new();
+	if (x == NULL || X509_set_version(x, 2) != 1 ||
+	    ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 ||
+	    X509_set_subject_name(x, X509_REQ_get_subject_name(csr)) != 1 ||
+	    X509_set_issuer_name(x, X509_REQ_get_subject_name(csr)) != 1 ||
+	    X509_set_pubkey(x, X509_REQ_get0_pubkey(csr)) != 1 ||
+	    X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
+	    X509_gmtime_adj(X509_getm_notAfter(x), 3600) == NULL) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+/* Encrypt the PKCS#8 DER to the CSR's key: CMS EnvelopedData with
+ * AES-256-CBC (key transport for RSA, ECDH key agreement for EC, RFC
+ * 5652/5753). malloc'd DER in *out, or -1 with err. */
+static int encrypt_to_csr(X509_REQ *csr, const unsigned char *der, size_t dl, unsigned char **out,
+			  size_t *outlen, char *err, size_t errlen)
+{
+	X509 *rc_cert = transport_recipient(csr);
+	STACK_OF(X509) *rcpt = sk_X509_new_null();
+	BIO *in = BIO_new_mem_buf(der, (int)dl);
+	CMS_ContentInfo *cms = NULL;
+	unsigned char *enc = NULL;
+	int n = -1, rc = -1;
+
+	if (rc_cert == NULL || rcpt == NULL || in == NULL || sk_X509_push(rcpt, rc_cert) <= 0) {
+		ssl_err(err, errlen, "cannot prepare the key's encryption");
+		goto out;
+	}
+	cms = CMS_encrypt(rcpt, in, EVP_aes_256_cbc(), CMS_BINARY);
+	if (cms == NULL || (n = i2d_CMS_ContentInfo(cms, &enc)) <= 0) {
+		ssl_err(err, errlen, "cannot encrypt the server-generated key to the device's request key (an RSA or EC key is needed)");
+		goto out;
+	}
+	if ((*out = malloc((size_t)n)) == NULL) {
+		seterr(err, errlen, "out of memory");
+		goto out;
+	}
+	memcpy(*out, enc, (size_t)n);
+	*outlen = (size_t)n;
+	rc = 0;
+out:
+	OPENSSL_free(enc);
+	CMS_ContentInfo_free(cms);
+	BIO_free(in);
+	sk_X509_free(rcpt);
+	X509_free(rc_cert);
+	return rc;
+}
+
+/* A /serverkeygen answer (RFC 7030 4.4.2): multipart/mixed with the
+ * private key (application/pkcs8, base64) and the certificate
+ * (application/pkcs7-mime certs-only). The key is checked against the
+ * certificate, encrypted to the CSR's key into res->enc_key, and wiped: it
+ * is never written anywhere in clear. */
+static void take_server_key(struct est *s, const struct ca_view *v, const struct fg_issue_request *req,
+			    X509_REQ *csr, const struct reply *r, struct fg_issue_result *res)
+{
+	struct part parts[4];
+	unsigned char *kder = NULL;
+	size_t kl = 0;
+	EVP_PKEY *key = NULL;
+	STACK_OF(X509) *certs = NULL;
+	char err[512];
+	int np = split_multipart(r, parts, 4);
+
+	if (np < 2) {
+		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS,
+			   "the EST server answered /serverkeygen with %s, not multipart/mixed with a key and a certificate (RFC 7030 4.4.2)",
+			   r->ctype[0] ? r->ctype : "no Content-Type");
+		return;
+	}
+	for (int i = 0; i < np; i++) {
+		if (strncasecmp(parts[i].ctype, "application/pkcs8", 17) == 0 && kder == NULL) {
+			kder = b64_decode(parts[i].p, parts[i].n, &kl);
+		} else if (strncasecmp(parts[i].ctype, "application/pkcs7-mime", 22) == 0) {
+			if (strcasestr(parts[i].ctype, "server-generated-key") != NULL) {
+				set_result(res, FG_ISSUE_REJECTED, 0,
+					   "the EST server sent the key encrypted (smime-type=server-generated-key), which this gateway does not take; have it send application/pkcs8 over TLS");
+				goto out;
+			}
+			if (certs == NULL && (certs = certs_only(s, "serverkeygen", parts[i].p, parts[i].n, err, sizeof err)) == NULL) {
+				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+				goto out;
+			}
+		}
+	}
+	const unsigned char *q = kder;
+	if (kder == NULL || (key = d2i_AutoPrivateKey(NULL, &q, (long)kl)) == NULL || certs == NULL) {
+		ERR_clear_error();
+		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS,
+			   "the EST server's /serverkeygen answer lacks %s", key == NULL ? "a readable application/pkcs8 private key" : "the certificate");
+		goto out;
+	}
+	take_certificate(s, v, req, key, certs, "serverkeygen", res);
+	if (res->status != FG_ISSUE_OK)
+		goto out;
+	if (encrypt_to_csr(csr, kder, kl, &res->enc_key, &res->enc_key_len, err, sizeof err) != 0) {
+		fg_issue_result_clear(res);
+		set_result(res, FG_ISSUE_REJECTED, 0, "%s", err);
+		goto out;
+	}
+	set_result(res, FG_ISSUE_OK, 0, "issued by the EST server with a server-generated key (/serverkeygen)");
+out:
+	if (kder != NULL) {
+		OPENSSL_cleanse(kder, kl);
+		free(kder);
+	}
+	EVP_PKEY_free(key);
+	sk_X509_pop_free(certs, X509_free);
+}
+
 /* A job state value as text: 1 found, 0 not, -1 error. */
 static int job_text(const struct est *s, struct fg_job *job, const char *key, char *out, size_t outlen)
 {
@@ -1069,7 +1279,9 @@ static uint32_t clamp_retry(int64_t v, uint32_t def)
 static int run_job(void *state, const struct fg_issue_request *req, struct fg_issue_result *res)
 {
 	struct est *s = state;
-	const char *op = req->renewal ? "simplereenroll" : "simpleenroll";
+	int keygen = req->struct_size >= offsetof(struct fg_issue_request, server_keygen) + sizeof req->server_keygen &&
+		     req->server_keygen;
+	const char *op = keygen ? "serverkeygen" : req->renewal ? "simplereenroll" : "simpleenroll";
 	char st[16] = "", err[512] = "", text[256];
 	const unsigned char *q = req->csr_der;
 	X509_REQ *csr = d2i_X509_REQ(NULL, &q, (long)req->csr_len);
@@ -1093,7 +1305,8 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 		goto out;
 	}
-	if (v->have_wants && !key_fits(&v->wants, X509_REQ_get0_pubkey(csr), err, sizeof err)) {
+	/* with serverkeygen the CSR's key only carries the new key home */
+	if (!keygen && v->have_wants && !key_fits(&v->wants, X509_REQ_get0_pubkey(csr), err, sizeof err)) {
 		elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: %s", s->name, err);
 		set_result(res, FG_ISSUE_REJECTED, 0, "%s", err);
 		goto out;
@@ -1116,6 +1329,13 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	snippet(&r, text, sizeof text);
 	switch (r.code) {
 	case 200:
+		if (keygen) {
+			take_server_key(s, v, req, csr, &r, res);
+			if (res->status == FG_ISSUE_OK)
+				elog(s, FG_LEVEL_INFO, req->request_id, "backend %s: certificate and server-generated key through /serverkeygen; the key goes to the device encrypted",
+				     s->name);
+			break;
+		}
 		if ((certs = certs_only(s, op, r.body.p, r.body.n, err, sizeof err)) == NULL) {
 			elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: %s", s->name, err);
 			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
@@ -1174,6 +1394,8 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	}
 	}
 out:
+	if (keygen && r.body.p != NULL)
+		OPENSSL_cleanse(r.body.p, r.body.n);     /* it held the key in clear */
 	free(r.body.p);
 	free(b64);
 	sk_X509_pop_free(certs, X509_free);
@@ -1209,6 +1431,19 @@ static int est_csr_needs(void *state, const struct fg_issue_request *req, struct
 	    req->csr_der == NULL)
 		return 0;
 	char why[512];
+	int keygen = req->struct_size >= offsetof(struct fg_issue_request, server_keygen) + sizeof req->server_keygen &&
+		     req->server_keygen;
+	if (keygen) {
+		/* the CSR's key only carries the new key home: CMS needs RSA or EC */
+		const unsigned char *q = req->csr_der;
+		X509_REQ *csr = d2i_X509_REQ(NULL, &q, (long)req->csr_len);
+		int id = csr ? EVP_PKEY_get_base_id(X509_REQ_get0_pubkey(csr)) : EVP_PKEY_NONE;
+		if (csr != NULL && id != EVP_PKEY_RSA && id != EVP_PKEY_EC)
+			snprintf(needs->key_type, sizeof needs->key_type, "p256");
+		ERR_clear_error();
+		X509_REQ_free(csr);
+		return 0;
+	}
 	struct ca_view *v = view_get(s, why, sizeof why);
 	if (v == NULL) {
 		elog(s, FG_LEVEL_DEBUG, req->request_id, "backend %s: %s; the key type is checked later", s->name, why);
@@ -1642,6 +1877,7 @@ static const struct fg_backend_ops est_ops = {
 	.close = est_close,
 	.csr_needs = est_csr_needs,
 	.csr_attrs = est_csr_attrs,
+	.server_keygen = 1,
 };
 
 __attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void);

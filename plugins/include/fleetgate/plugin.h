@@ -134,6 +134,14 @@ struct fg_issue_request {
 	 * of the host, so that a plugin writes fg_csr_needs.key_type only
 	 * into a host that has it (read only when struct_size covers it). */
 	size_t csr_needs_size;
+
+	/* Appended during ABI 1 for EST serverkeygen: 1 when the policy
+	 * marked the slot server-generated. The CA makes the key; the
+	 * plugin returns it only encrypted to the CSR's public key (the
+	 * device's one-time transport key) in fg_issue_result.enc_key, and
+	 * never keeps it in clear. Only sent to a plugin whose ops say
+	 * server_keygen = 1. */
+	int server_keygen;
 };
 
 enum fg_issue_status {
@@ -153,6 +161,14 @@ struct fg_issue_result {
 	size_t *chain_len;                  /* malloc'd */
 	size_t n_chain;
 	char message[512];                  /* for the operator and the device */
+
+	/* Appended during ABI 1 for EST serverkeygen: with server_keygen, the
+	 * CA-made private key as a DER CMS EnvelopedData (RFC 5652) whose
+	 * content is the PKCS#8 PrivateKeyInfo, encrypted to the CSR's public
+	 * key; malloc'd. Written only when req->struct_size covers
+	 * server_keygen. */
+	unsigned char *enc_key;
+	size_t enc_key_len;
 };
 
 /* Free what a plugin put in res and zero it. */
@@ -165,6 +181,7 @@ static inline void fg_issue_result_clear(struct fg_issue_result *res)
 		free(res->chain_der[i]);
 	free(res->chain_der);
 	free(res->chain_len);
+	free(res->enc_key);
 	memset(res, 0, sizeof *res);
 }
 
@@ -329,6 +346,10 @@ struct fg_backend_ops {
 	 * Called from worker threads before each policy call: a plugin
 	 * answers from a cache. May be NULL. */
 	int (*csr_attrs)(void *state, struct fg_csr_attrs *out, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for EST serverkeygen: 1 when issue honours
+	 * fg_issue_request.server_keygen (see there), else 0. */
+	int server_keygen;
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
