@@ -158,8 +158,14 @@ function enroll(req)
   -- a name the agent's own first CSR does not carry: the EST CA copies
   -- names from the CSR, so the device must rebuild it
   name = name .. ".fleet.test"
+  local g = req.device.group
+  if g == "skg" then
+    return allow{ cn = name, dns = { name }, backend = "est-corp", keygen = "server" }
+  elseif g == "skglocal" then
+    return allow{ cn = name, dns = { name }, keygen = "server" }
+  end
   return allow{ cn = name, dns = { name }, validity = fleet.days(30),
-                backend = routes[req.device.group] }
+                backend = routes[g] }
 end
 function checkin(dev) return {} end
 EOF
@@ -234,6 +240,61 @@ expect_eq "csrattrs: the certificate certifies that key" \
   "$(openssl x509 -in "$(crt k1)" -noout -pubkey | openssl sha256)" \
   "$(openssl pkey -in "$T/agents/k1/default.key" -pubout | openssl sha256)"
 check "csrattrs: the certificate chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt k1)"
+
+# ---- 1c. /serverkeygen: B makes the key, it reaches the agent encrypted ----
+agent_for g1 keygen-one skg
+check "serverkeygen: the agent enrolls with a key the CA made" run_agent g1
+expect_match "serverkeygen: the agent was told the key came encrypted" "$(cat "$T/g1.out")" \
+  "the CA generated the key; it came encrypted to this request's key"
+expect_match "serverkeygen: B served /serverkeygen" "$(cat "$T/gwb.log")" "serverkeygen: issued serial"
+expect_match "serverkeygen: A used /serverkeygen" "$(cat "$T/gw.log")" "backend est-corp: certificate and server-generated key through /serverkeygen"
+check "serverkeygen: the certificate chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt g1)"
+expect_eq "serverkeygen: the installed key is the certificate's" \
+  "$(openssl x509 -in "$(crt g1)" -noout -pubkey | openssl sha256)" \
+  "$(openssl pkey -in "$T/agents/g1/default.key" -pubout | openssl sha256)"
+expect_eq "serverkeygen: the installed key is private to its owner" "$(stat -c %a "$T/agents/g1/default.key")" "600"
+sql "select params_json from jobs where backend = 'est-corp' and params_json like '%keygen-one%'" |
+  python3 -c 'import json, sys; sys.stdout.buffer.write(bytes.fromhex(json.loads(sys.stdin.read())["csr"]))' >"$T/g1.csr.der"
+h_csr=$(openssl req -inform DER -in "$T/g1.csr.der" -noout -pubkey 2>/dev/null | openssl pkey -pubin -outform DER 2>/dev/null | openssl sha256 -r | cut -c1-64)
+h_crt=$(openssl x509 -in "$(crt g1)" -noout -pubkey | openssl pkey -pubin -outform DER | openssl sha256 -r | cut -c1-64)
+check "serverkeygen: A's job holds the device's CSR" test -n "$h_csr"
+check "serverkeygen: the device's CSR carried another key (its one-time transport key)" test "$h_csr" != "$h_crt"
+G1=$(serial_of "$(crt g1)")
+expect_eq "serverkeygen: A's and B's records agree" "$(record "$GW" "$G1")" "$(record "$GWB" "$G1")"
+# the private key's secret (the EC scalar) and its PKCS#8 DER appear
+# nowhere in A's state directory (store, WAL, plugin files) nor in A's log
+openssl pkey -in "$T/agents/g1/default.key" -outform DER -out "$T/g1.p8.der" 2>/dev/null
+openssl pkey -in "$T/agents/g1/default.key" -noout -text 2>/dev/null |
+  awk '/^priv:/ { on = 1; next } /^[a-zA-Z]/ { on = 0 } on' | tr -d ' :\n' >"$T/g1.priv.hex"
+check "serverkeygen: the key's secret was read for the search" test "$(wc -c <"$T/g1.priv.hex")" -ge 60
+scan_for_key() { # DIR-OR-FILE...: exit 0 when neither the scalar nor the DER is in any file
+  python3 - "$T/g1.priv.hex" "$T/g1.p8.der" "$@" <<'PY'
+import os, sys
+priv = bytes.fromhex(open(sys.argv[1]).read().strip())[-32:]
+der = open(sys.argv[2], 'rb').read()
+found = []
+for top in sys.argv[3:]:
+    paths = [top] if os.path.isfile(top) else [os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
+    for p in paths:
+        data = open(p, 'rb').read()
+        if priv in data or der in data or priv.hex().encode() in data.lower():
+            found.append(p)
+print(" ".join(found))
+sys.exit(1 if found else 0)
+PY
+}
+check "serverkeygen: A never stored the key in clear (state directory and log)" scan_for_key "$GW" "$T/gw.log"
+mkdir -p "$T/keyctl"
+cp "$GW/fleetgate.db" "$T/keyctl/"
+openssl pkey -in "$T/agents/g1/default.key" -outform DER -out "$T/keyctl/found.der" 2>/dev/null
+rc=0; scan_for_key "$T/keyctl" >/dev/null || rc=$?
+expect_eq "serverkeygen: the same search finds the key in a directory that holds it" "$rc" "1"
+# ---- 1d. keygen = "server" where the backend cannot make keys ----
+agent_for g2 keygen-two skglocal
+rc=0; run_agent g2 || rc=$?
+expect_eq "serverkeygen on the local CA: refused" "$rc" "1"
+expect_match "serverkeygen on the local CA: the message says what to do" "$(cat "$T/g2.out")" \
+  "server-generated key, which backend 'local' cannot make; route such slots to an est backend"
 
 # ---- 2. renewal through /simplereenroll (HTTP Basic as an RA) ----
 before=$(grep -c "simplereenroll: " "$T/gwb.log" || true)
