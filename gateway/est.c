@@ -831,8 +831,13 @@ static void on_enroll(struct est *e, struct evhttp_request *req, const char *lab
 			goto out;
 		}
 		fg_strlcpy(key, dev.curve_key, sizeof key);
-		if (!label[0] && strcmp(rec.slot, EST_DEFAULT_SLOT) != 0 && config_est_label(e->cfg, rec.slot))
-			fg_strlcpy(slot, rec.slot, sizeof slot);   /* renewed where it was issued */
+		/* without a label, a certificate issued under one is renewed
+		 * under it (its slot and profile) */
+		const struct config_est_label *was = label[0] ? NULL : config_est_label(e->cfg, rec.slot);
+		if (was != NULL) {
+			fg_strlcpy(slot, was->name, sizeof slot);
+			r.profile = was->profile;
+		}
 		peer_len = i2d_X509(peer, &peer_der);
 		if (peer_len <= 0) {
 			reply_text(req, 500, "Internal Server Error", "out of memory; retry");
@@ -1008,6 +1013,9 @@ static int tls_setup(struct est *e, char *err, size_t errlen)
 	if (names != NULL)
 		SSL_CTX_set_client_CA_list(e->ssl, names);
 	SSL_CTX_set_verify(e->ssl, SSL_VERIFY_PEER, verify_any);
+	/* a certificate renews itself whatever its extended key usage (a
+	 * router's serverAuth certificate too): the store says whose it is */
+	SSL_CTX_set_purpose(e->ssl, X509_PURPOSE_ANY);
 	return 0;
 }
 
