@@ -232,7 +232,7 @@ static void test_load_errors(void **state)
 		      " {\"name\": \"typo\", \"request\": {\"facts\": {\"secureboot\": true}}, \"expect\": {\"allow\": true}}]",
 		   "case 2 'typo': request.facts: unknown field 'secureboot'; valid fields are hostname,");
 	load_fails(f, "{\"name\": \"n\", \"request\": {\"cnn\": 1}, \"expect\": {\"allow\": true}}",
-		   "request: unknown field 'cnn'; valid fields are protocol, request_id, slot, renew, new_device, device, token, facts, csr");
+		   "request: unknown field 'cnn'; valid fields are protocol, request_id, slot, renew, new_device, profile, device, token, facts, csr");
 	load_fails(f, "{\"name\": \"n\", \"request\": {\"renew\": \"yes\"}, \"expect\": {\"allow\": true}}",
 		   "request.renew must be true or false");
 	load_fails(f, "{\"name\": \"n\", \"request\": {\"csr\": {\"dns\": \"a\"}}, \"expect\": {\"allow\": true}}",
