@@ -69,6 +69,7 @@ struct params {
 	size_t neku;
 	char challenge[256];
 	int server_keygen;      /* the CA makes the key (policy keygen = "server") */
+	int anchors;            /* the reply carries the backend's CA chain (policy anchors = true) */
 	unsigned char *csr;
 	size_t csr_len;
 };
@@ -354,6 +355,7 @@ static int params_from_decision(const struct worker *w, const struct policy_deci
 		}
 		p->server_keygen = 1;
 	}
+	p->anchors = d->anchors;
 	return 0;
 }
 
@@ -382,6 +384,8 @@ static char *params_to_json(const struct params *p)
 	if (o != NULL) {
 		if (p->server_keygen)
 			json_object_set_new(o, "keygen", json_string("server"));
+		if (p->anchors)
+			json_object_set_new(o, "anchors", json_true());
 		json_object_set_new(o, "dns", names_json(p->dns, p->ndns));
 		json_object_set_new(o, "ip", names_json(p->ip, p->nip));
 		json_object_set_new(o, "email", names_json(p->email, p->nemail));
@@ -434,6 +438,7 @@ static int params_from_json(const char *text, struct params *p)
 	fg_strlcpy(p->challenge, chal, sizeof p->challenge);
 	const char *kg = json_string_value(json_object_get(o, "keygen"));
 	p->server_keygen = kg != NULL && strcmp(kg, "server") == 0;
+	p->anchors = json_is_true(json_object_get(o, "anchors"));
 	p->not_before = nb;
 	p->not_after = na;
 	p->key_usage = (uint32_t)ku;
@@ -578,9 +583,25 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 	cr.not_after = ci.not_after;
 	if (p->server_keygen)
 		cr.encrypted_key = (ProtobufCBinaryData){ res.enc_key_len, res.enc_key };
+	/* the backend's CA chain as trust anchors, when the policy says so */
+	struct fg_cert_list anchors;
+	ProtobufCBinaryData adata[8];
+	memset(&anchors, 0, sizeof anchors);
+	if (p->anchors && b->ops->cacerts != NULL) {
+		if (b->ops->cacerts(b->state, &anchors, err, sizeof err) == 0) {
+			cr.n_trust_anchors_der = anchors.n < 8 ? anchors.n : 8;
+			for (size_t i = 0; i < cr.n_trust_anchors_der; i++)
+				adata[i] = (ProtobufCBinaryData){ anchors.len[i], anchors.der[i] };
+			cr.trust_anchors_der = adata;
+		} else {
+			fg_warn("enroll", rid, "the policy asked to hand backend %s's CA certificates to the device, which cannot be had now: %s",
+				p->backend, err);
+		}
+	}
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
 	pack_env(&env, rid, out, len);
+	fg_cert_list_clear(&anchors);
 	if (*out == NULL)
 		goto out;
 

@@ -42,8 +42,9 @@ struct enroll_ctx {
 
 static const char *const allow_fields[] = {
 	"allow", "profile", "backend", "cn", "dns", "ip", "email", "validity", "challenge", "keygen",
+	"anchors",
 };
-#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge, keygen"
+#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge, keygen, anchors"
 
 static int allow_field_known(const char *k)
 {
@@ -421,6 +422,15 @@ static int take_allow_field(lua_State *L, const char *k, struct enroll_ctx *c)
 		return take_str(L, v, "allow{}", "cn", d->cn, sizeof d->cn, c);
 	if (strcmp(k, "challenge") == 0)
 		return take_str(L, v, "allow{}", "challenge", d->challenge, sizeof d->challenge, c);
+	if (strcmp(k, "anchors") == 0) {
+		if (lua_type(L, v) != LUA_TBOOLEAN) {
+			fg_seterr(c->err, c->errlen, "%s: allow{}: anchors must be true or false, not %s",
+				  c->p->name, luaL_typename(L, v));
+			return -1;
+		}
+		d->anchors = lua_toboolean(L, v);
+		return 0;
+	}
 	if (strcmp(k, "keygen") == 0) {
 		if (take_str(L, v, "allow{}", "keygen", d->keygen, sizeof d->keygen, c) != 0)
 			return -1;

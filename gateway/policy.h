@@ -103,6 +103,7 @@ struct policy_decision {
 	int64_t validity;        /* seconds; 0 = profile default */
 	char challenge[256];
 	char keygen[16];         /* "server": the CA makes the key (EST serverkeygen); "" or "device" */
+	int anchors;             /* 1: hand the backend's CA chain to the agent as trust anchors */
 };
 void policy_decision_clear(struct policy_decision *d);
 

@@ -161,6 +161,8 @@ function enroll(req)
   local g = req.device.group
   if g == "skg" then
     return allow{ cn = name, dns = { name }, backend = "est-corp", keygen = "server" }
+  elseif g == "trust" then
+    return allow{ cn = name, dns = { name }, backend = "est-corp", anchors = true }
   elseif g == "skglocal" then
     return allow{ cn = name, dns = { name }, keygen = "server" }
   end
@@ -295,6 +297,42 @@ rc=0; run_agent g2 || rc=$?
 expect_eq "serverkeygen on the local CA: refused" "$rc" "1"
 expect_match "serverkeygen on the local CA: the message says what to do" "$(cat "$T/g2.out")" \
   "server-generated key, which backend 'local' cannot make; route such slots to an est backend"
+
+# ---- 1e. B's CA handed to the agent as a trust anchor when the policy says so ----
+# bundles whose only anchor is A's own CA (as if made before est-corp existed)
+strip_anchors() { # NAME
+  python3 - "$T/$1.bundle" "$GW/ca/ca.crt" <<'PY'
+import sys
+b, ca = sys.argv[1], sys.argv[2]
+head = open(b).read().split("-----BEGIN")[0]
+open(b, "w").write(head + open(ca).read())
+PY
+}
+anchor_fps() { # BUNDLE: SHA-256 fingerprints of its certificates
+  python3 - "$1" <<'PY' | while read -r f; do openssl x509 -in "$f" -noout -fingerprint -sha256 | cut -d= -f2; rm -f "$f"; done
+import sys, tempfile
+text = open(sys.argv[1]).read()
+for part in text.split("-----BEGIN CERTIFICATE-----")[1:]:
+    f = tempfile.NamedTemporaryFile("w", delete=False, suffix=".pem")
+    f.write("-----BEGIN CERTIFICATE-----" + part.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+    f.close()
+    print(f.name)
+PY
+}
+agent_for t0 notrust-one corp
+strip_anchors t0
+fps0=$(anchor_fps "$T/t0.bundle")
+expect_eq "anchors: the stripped bundle holds A's CA only" "$fps0" "$(openssl x509 -in "$GW/ca/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)"
+rc=0; run_agent t0 || rc=$?
+check "anchors: without anchors = true the certificate from B is not installed" test "$rc" -ne 0 -a ! -e "$(crt t0)"
+expect_match "anchors: the agent says the certificate does not chain to its anchors" "$(cat "$T/t0.out")" "does not chain to the trust anchors"
+agent_for t1 trust-one trust
+strip_anchors t1
+check "anchors: with anchors = true the agent enrolls" run_agent t1
+expect_match "anchors: the agent added B's CA to its bundle" "$(cat "$T/t1.out")" "1 trust anchor\(s\) of the issuing CA added to $T/t1.bundle"
+expect_match "anchors: the bundle now holds B's CA" "$(anchor_fps "$T/t1.bundle")" "$B_FP"
+expect_match "anchors: and still A's own CA" "$(anchor_fps "$T/t1.bundle")" "$(openssl x509 -in "$GW/ca/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)"
+check "anchors: the certificate chains to B's CA" openssl verify -CAfile "$B_CA" "$(crt t1)"
 
 # ---- 2. renewal through /simplereenroll (HTTP Basic as an RA) ----
 before=$(grep -c "simplereenroll: " "$T/gwb.log" || true)

@@ -278,6 +278,8 @@ static void test_keygen_and_csrattrs(void **state)
 		"  if req.slot == 'attrs' then\n"
 		"    return deny(a.key_type .. '|' .. #a.oids .. '|' .. a.oids[2] .. '|' .. tostring(req.backend_csrattrs.other))\n"
 		"  end\n"
+		"  if req.slot == 'anchors' then return allow{ anchors = true } end\n"
+		"  if req.slot == 'badanchors' then return allow{ anchors = 'yes' } end\n"
 		"  return allow{ keygen = req.slot }\n"
 		"end\n";
 	static const char *const oids[] = { "challengePassword", "ecdsa-with-SHA384" };
@@ -299,6 +301,17 @@ static void test_keygen_and_csrattrs(void **state)
 	assert_int_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
 	assert_true(d.allow);
 	assert_string_equal(d.keygen, "server");
+	policy_decision_clear(&d);
+
+	r.slot = "anchors";
+	assert_int_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_true(d.allow);
+	assert_true(d.anchors);
+	policy_decision_clear(&d);
+
+	r.slot = "badanchors";
+	assert_int_not_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_non_null(strstr(err, "anchors must be true or false, not string"));
 	policy_decision_clear(&d);
 
 	r.slot = "tpm";
