@@ -149,6 +149,7 @@ struct est {
 	int64_t cache_ttl;
 	pthread_mutex_t mu;
 	struct ca_view *view;         /* cached, may be NULL */
+	int64_t peek_failed;          /* when csr_attrs last failed to fetch (under mu) */
 };
 
 static void elog(const struct est *s, enum fg_level lvl, const char *rid, const char *fmt, ...)
@@ -672,11 +673,24 @@ static void wants_from_oid(struct csr_wants *w, const ASN1_OBJECT *o, const ASN1
 	}
 }
 
+/* An OID as the policy sees it: its OpenSSL short name (no spaces), else
+ * dotted. */
+static int oid_text(const ASN1_OBJECT *o, char *buf, size_t len)
+{
+	int nid = OBJ_obj2nid(o);
+	const char *sn = nid != NID_undef ? OBJ_nid2sn(nid) : NULL;
+	if (sn != NULL && strchr(sn, ' ') == NULL) {
+		snprintf(buf, len, "%s", sn);
+		return 0;
+	}
+	return OBJ_obj2txt(buf, (int)len, o, 1) > 0 ? 0 : -1;
+}
+
 static void wants_text_add(struct csr_wants *w, const ASN1_OBJECT *o)
 {
 	char buf[128];
 	size_t used = strlen(w->text);
-	if (OBJ_obj2txt(buf, sizeof buf, o, 0) <= 0)
+	if (oid_text(o, buf, sizeof buf) != 0)
 		return;
 	snprintf(w->text + used, sizeof w->text - used, "%s%s", used ? " " : "", buf);
 }
@@ -718,7 +732,7 @@ static int parse_csrattrs(const struct est *s, const unsigned char *body, size_t
 			if (t != NULL && t->type == V_ASN1_OBJECT) {
 				size_t used = strlen(w->text);
 				char buf[128];
-				if (OBJ_obj2txt(buf, sizeof buf, t->value.object, 0) > 0)
+				if (oid_text(t->value.object, buf, sizeof buf) == 0)
 					snprintf(w->text + used, sizeof w->text - used, "=%s", buf);
 			}
 			wants_from_oid(w, o, t);
@@ -1462,14 +1476,42 @@ static int est_csr_needs(void *state, const struct fg_issue_request *req, struct
 	return 0;
 }
 
-/* What /csrattrs asked, for the policy: 1, 0 when it asked nothing. */
+#define PEEK_RETRY 30             /* seconds between csr_attrs fetches that failed */
+
+/* What /csrattrs asked, for the policy: 1, 0 when it asked nothing. This
+ * runs before every policy call, whatever backend the request goes to, so
+ * it must not hold requests up: it answers from the cache, stale or not,
+ * and fetches only when nothing is cached, at most once per PEEK_RETRY
+ * seconds while the server is away. */
 static int est_csr_attrs(void *state, struct fg_csr_attrs *out, char *err, size_t errlen)
 {
 	struct est *s = state;
-	struct ca_view *v = view_get(s, err, errlen);
+	struct ca_view *v = NULL;
+	int64_t now = s->host->now(s->host->ctx);
+	int try_fetch = 0;
+
 	memset(out, 0, sizeof *out);
-	if (v == NULL)
+	pthread_mutex_lock(&s->mu);
+	if (s->view != NULL) {
+		v = s->view;
+		v->refs++;
+	} else if (now - s->peek_failed >= PEEK_RETRY) {
+		s->peek_failed = now;       /* one fetch at a time; cleared on success */
+		try_fetch = 1;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (v == NULL && !try_fetch) {
+		seterr(err, errlen, "the EST server at %s could not be asked lately; asking again within %d s",
+		       s->base, PEEK_RETRY);
 		return -1;
+	}
+	if (v == NULL && (v = view_get(s, err, errlen)) == NULL)
+		return -1;
+	if (try_fetch) {
+		pthread_mutex_lock(&s->mu);
+		s->peek_failed = 0;
+		pthread_mutex_unlock(&s->mu);
+	}
 	int rc = v->have_wants;
 	if (rc) {
 		snprintf(out->key_type, sizeof out->key_type, "%s", v->wants.key_type);

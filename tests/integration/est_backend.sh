@@ -12,11 +12,16 @@
 #    Retry-After; A is killed -9 and restarted while its job is pending;
 #  - est-bad: a wrong Basic password.
 # A's and B's certificate records must agree on serial and subject.
+# Last, `openssl s_server -WWW` (OpenSSL's own static HTTPS server, not an
+# EST implementation) serves fixed /cacerts and /csrattrs files: the
+# csrattrs example of RFC 7030 4.5.2 (an ecPublicKey attribute naming
+# secp384r1), an impostor that does not chain to the pinned CA, and a
+# server that fails the explicit trust anchor.
 source "$(dirname "$0")/lib.sh"
 
 RESPONDER="$FG_BUILD/tests/scep-responder"
 GWB="$T/gwb"
-B_PID= RS_PID=
+B_PID= RS_PID= SW_PIDS=
 
 free_port() {
   local p
@@ -44,6 +49,7 @@ on_exit() {
   local rc=$1
   set +e
   stop_agent; stop_b; stop_responder
+  for p in $SW_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ "$rc" -ne 0 ] || [ "$FAILS" -ne 0 ]; then
     echo "---- gateway B log ($T/gwb.log) ----"; tail -n 40 "$T/gwb.log" 2>/dev/null
   fi
@@ -159,6 +165,14 @@ function enroll(req)
   -- names from the CSR, so the device must rebuild it
   name = name .. ".fleet.test"
   local g = req.device.group
+  if g == "fileattrs" then
+    local a = req.backend_csrattrs["est-file"]
+    if a == nil then return deny("no csrattrs for est-file") end
+    return deny("csrattrs of est-file: key_type=" .. tostring(a.key_type) ..
+                " oids=" .. table.concat(a.oids, ","))
+  elseif g == "file" then
+    return allow{ cn = name, dns = { name }, backend = "est-file" }
+  end
   if g == "skg" then
     return allow{ cn = name, dns = { name }, backend = "est-corp", keygen = "server" }
   elseif g == "trust" then
@@ -395,6 +409,70 @@ expect_eq "202: one certificate issued for the transaction" "$(ls "$T/responder/
 expect_eq "202: no job left open at A" "$(sql "select count(*) from jobs where state in (0, 1)")" "0"
 S4=$(serial_of "$(crt p1)")
 expect_eq "202: A's and B's records agree" "$(record "$GW" "$S4")" "$(record "$GWB" "$S4")"
+# ---- 6. fixed files over openssl s_server: RFC 7030's csrattrs example, bad servers ----
+SW="$T/sw"
+mkdir -p "$SW/www/.well-known/est"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$SW/ca.key" \
+  -subj "/CN=static EST test CA" -days 2 -out "$SW/ca.crt" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$SW/srv.key" \
+  -subj /CN=127.0.0.1 -out "$SW/srv.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$SW/srv.ext"
+openssl x509 -req -in "$SW/srv.csr" -CA "$SW/ca.crt" -CAkey "$SW/ca.key" -CAcreateserial -days 2 \
+  -extfile "$SW/srv.ext" -out "$SW/srv.crt" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$SW/imp.key" \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -days 2 -out "$SW/imp.crt" 2>/dev/null
+# /cacerts with line breaks in the base64 (RFC 8951), and RFC 7030 4.5.2's csrattrs example
+openssl crl2pkcs7 -nocrl -certfile "$SW/ca.crt" -outform DER | openssl base64 >"$SW/www/.well-known/est/cacerts"
+echo "MEEGCSqGSIb3DQEJBzASBgcqhkjOPQIBMQcGBSuBBAAiMBYGCSqGSIb3DQEJDjEJBgcrBgEBAQEWBggqhkjOPQQDAw==" \
+  >"$SW/www/.well-known/est/csrattrs"
+SW_FP=$(openssl x509 -in "$SW/ca.crt" -noout -fingerprint -sha256 | cut -d= -f2)
+start_sw() { # PORT CERT KEY
+  (cd "$SW/www" && exec openssl s_server -WWW -accept "127.0.0.1:$1" -cert "$2" -key "$3" -quiet) \
+    >>"$SW/s_server.log" 2>&1 &
+  SW_PIDS="$SW_PIDS $!"
+  for _ in $(seq 100); do
+    curl -s -k -o /dev/null "https://127.0.0.1:$1/.well-known/est/cacerts" && return 0
+    sleep 0.05
+  done
+  die "openssl s_server did not start on $1"
+}
+SW_PORT=$(free_port); start_sw "$SW_PORT" "$SW/srv.crt" "$SW/srv.key"
+IMP_PORT=$(free_port); start_sw "$IMP_PORT" "$SW/imp.crt" "$SW/imp.key"
+{
+  echo "backends[\"est-file\"] = { plugin = \"est\", url = \"https://127.0.0.1:$SW_PORT\", ca_fingerprint = \"$SW_FP\", timeout = 2 }"
+  echo "backends[\"est-impostor\"] = { plugin = \"est\", url = \"https://127.0.0.1:$IMP_PORT\", ca_fingerprint = \"$SW_FP\", timeout = 2 }"
+  echo "backends[\"est-wrongta\"] = { plugin = \"est\", url = \"https://127.0.0.1:$SW_PORT\", tls_ca_file = \"$B_CA\", timeout = 2 }"
+} >>"$GW/fleetgated.conf"
+gw_stop
+GW_LOG_LEVEL=debug gw_start
+
+expect_eq "pinned bootstrap over s_server: cacerts is the pinned CA" \
+  "$("$FLEETGATE" backend cacerts --state "$GW" est-file | openssl x509 -noout -fingerprint -sha256 | cut -d= -f2)" "$SW_FP"
+agent_for f1 file-attrs fileattrs
+rc=0; run_agent f1 || rc=$?
+expect_eq "RFC 7030 csrattrs example: the policy's deny reaches the agent" "$rc" "1"
+expect_match "RFC 7030 csrattrs example: the policy sees key type p384 from the ecPublicKey attribute" \
+  "$(cat "$T/f1.out")" "csrattrs of est-file: key_type=p384 oids="
+expect_match "RFC 7030 csrattrs example: every OID and attribute, by short name" "$(cat "$T/f1.out")" \
+  "oids=challengePassword,id-ecPublicKey=secp384r1,extReq=1.3.6.1.1.1.1.22,ecdsa-with-SHA384"
+agent_for f2 file-two file
+rc=0; run_agent f2 || rc=$?
+expect_match "RFC 7030 csrattrs example: a P-256 slot is asked for a P-384 key" "$(cat "$T/f2.out")" \
+  "CSR rebuilt .*a new p384 key \(the CA takes p384 keys only\)"
+# (s_server does not take the POST: the enrollment itself is not expected to finish)
+expect_eq "RFC 7030 csrattrs example: the request key in flight is P-384" \
+  "$(openssl pkey -in "$T/agents/f2/state/default.key.new" -noout -text 2>/dev/null | sed -n 's/^ASN1 OID: //p')" "secp384r1"
+rc=0; "$FLEETGATE" backend cacerts --state "$GW" est-impostor >/dev/null 2>"$T/imp.err" || rc=$?
+expect_eq "impostor: a server that does not chain to the pinned CA is refused" "$rc" "1"
+expect_match "impostor: the message says why" "$(cat "$T/imp.err")" \
+  "the TLS certificate of the EST server at https://127.0.0.1:$IMP_PORT/.well-known/est does not chain to the pinned CA"
+check "impostor: nothing was pinned for it" test ! -e "$GW/est/est-impostor/implicit-ta.pem"
+rc=0; "$FLEETGATE" backend cacerts --state "$GW" est-wrongta >/dev/null 2>"$T/wrongta.err" || rc=$?
+expect_eq "explicit trust anchor: a server it does not vouch for is refused" "$rc" "1"
+expect_match "explicit trust anchor: the message says what to check" "$(cat "$T/wrongta.err")" \
+  "failed TLS verification: .*check tls_ca_file"
+
 check "audit chain verifies at A" "$FLEETGATE" audit verify --state "$GW"
 check "audit chain verifies at B" "$FLEETGATE" audit verify --state "$GWB"
 finish
