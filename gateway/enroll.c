@@ -15,6 +15,12 @@
  *      of the signature through the job), and store_job_finish records the
  *      certificate and the reply together.
  * Bad input is answered and writes nothing.
+ *
+ * Two front-ends feed it through struct enroll_req (enroll.h): the ZeroMQ
+ * workers (worker_handle, identity = the ZAP-authenticated CURVE key) and
+ * the EST front-end (est.c, identity = "est:" + the CSR key's hash, or the
+ * device of the TLS client certificate). The reply is always an Envelope
+ * frame, which is also what a finished job stores for retries.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -799,8 +805,8 @@ static int token_check(struct worker *w, const char *token, char hash[65], struc
 static void fill_policy_facts(struct policy_facts *pf, const Fleetgate__Facts *f);
 
 static int token_bindings(struct worker *w, const char *hash, const Fleetgate__Facts *facts,
-			  const char *rid, struct store_token_info *ti, struct store_device *bdev,
-			  int *bound, char *err, size_t errlen)
+			  const char *protocol, const char *rid, struct store_token_info *ti,
+			  struct store_device *bdev, int *bound, char *err, size_t errlen)
 {
 	struct policy_facts pf;
 	char why[512] = "";
@@ -813,8 +819,12 @@ static int token_bindings(struct worker *w, const char *hash, const Fleetgate__F
 	}
 	fill_policy_facts(&pf, facts);
 	if (binding_check(ti->bound_json, &pf, why, sizeof why) != 0) {
-		fg_seterr(err, errlen, "enrollment token %s refused: %s; run the agent on the device the token was made for, or ask the operator for a new bundle",
-			  ti->t.id, why);
+		if (protocol != NULL && strcmp(protocol, "est") == 0)   /* no facts to match */
+			fg_seterr(err, errlen, "enrollment token %s refused: %s; it is bound to device facts, which EST does not carry: ask the operator for a token without --bind",
+				  ti->t.id, why);
+		else
+			fg_seterr(err, errlen, "enrollment token %s refused: %s; run the agent on the device the token was made for, or ask the operator for a new bundle",
+				  ti->t.id, why);
 		json_t *d = json_pack("{s:s, s:s}", "token", ti->t.id, "reason", why);
 		char *ds = d ? json_dumps(d, JSON_COMPACT) : NULL;
 		store_audit(w->st, "token.mismatch", ti->device_id, rid, ds ? ds : "{}", fg_now(), NULL, 0);
@@ -1144,8 +1154,16 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
 		goto out;
 	}
-	if (!known && token_bindings(w, hash, facts, rid, &ti, &bdev, &bound, err, sizeof err) != 0) {
+	if (hash[0] && token_bindings(w, hash, facts, r->protocol, rid, &ti, &bdev, &bound, err,
+				   sizeof err) != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len, "%s", err);
+		goto out;
+	}
+	/* a known device presenting a token (EST): not one made for another device */
+	if (known && bound) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_UNAUTHORIZED, 0, out, len,
+			     "enrollment token %s was made for device %s, but this key belongs to device %s; use a token of this device's group",
+			     ti.t.id, bdev.id, dev.id);
 		goto out;
 	}
 	/* what the policy sees of a pre-registered device: serial, attributes */
@@ -1204,7 +1222,7 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		.csr_key_bits = ci.key_bits,
 		.device_serial = nz(serial),
 		.device_attrs_json = attrs,
-		.token_bound_json = known ? NULL : ti.bound_json,
+		.token_bound_json = hash[0] ? ti.bound_json : NULL,
 		.backend_csrattrs = cas.v,
 		.nbackend_csrattrs = cas.n,
 		.profile = r->profile,

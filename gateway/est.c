@@ -1,10 +1,10 @@
 /*
  * est.c: the EST front-end of fleetgated (see est.h and docs/est.md).
  *
- * Everything below runs on the EST thread except est_start (setup in the
+ * Everything below runs on the EST threads except est_start (setup in the
  * caller, so that a bad certificate or a bind failure stops the daemon
- * before it serves) and est_stop. The thread owns a worker (enroll.h): an
- * enrollment is handled synchronously on this thread, exactly as a ZeroMQ
+ * before it serves) and est_stop. Each thread owns a worker (enroll.h): an
+ * enrollment is handled synchronously on its thread, exactly as a ZeroMQ
  * worker handles one.
  *
  * Identity of an EST device (it has no CURVE key): the enrollment core keys
@@ -19,6 +19,7 @@
  * resumed), across gateway restarts.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -64,17 +66,28 @@
 #define EST_DEFAULT_SLOT "est"      /* slot of an enrollment without label */
 #define EST_REALM "fleetgate EST"
 
-struct est {
-	const struct gw_config *cfg;
-	struct backends *bs;
-	struct policy_reload *pr;
-	uint64_t policy_gen;
-	struct worker *w;             /* the thread's own enrollment worker */
-	SSL_CTX *ssl;
+struct est;
+
+/* One EST thread: its own event loop and evhttp on the shared listening
+ * socket, and its own enrollment worker. */
+struct est_thread {
+	struct est *e;
+	int index;
+	struct worker *w;             /* store connection and policy state */
+	uint64_t policy_gen;          /* generation w's policy was compiled from */
 	struct event_base *base;
 	struct evhttp *http;
 	pthread_t thread;
 	int started;
+};
+
+struct est {
+	const struct gw_config *cfg;
+	struct backends *bs;
+	struct policy_reload *pr;
+	SSL_CTX *ssl;                 /* shared: OpenSSL makes SSL_new thread-safe */
+	struct est_thread *t;
+	int nthreads;
 };
 
 enum est_op { OP_CACERTS, OP_CSRATTRS, OP_ENROLL, OP_REENROLL, OP_SERVERKEYGEN, OP_MAX };
@@ -455,21 +468,22 @@ out:
 
 /* Between requests: take the newest validated policy, as a ZeroMQ worker
  * does (server.c). */
-static void refresh_policy(struct est *e)
+static void refresh_policy(struct est_thread *t)
 {
 	char err[1024] = "";
 	uint64_t gen;
+	struct policy_reload *pr = t->e->pr;
 
-	if (e->pr == NULL || policy_reload_generation(e->pr) == e->policy_gen)
+	if (pr == NULL || policy_reload_generation(pr) == t->policy_gen)
 		return;
-	struct policy *p = policy_reload_compile(e->pr, &gen, err, sizeof err);
-	e->policy_gen = gen;
+	struct policy *p = policy_reload_compile(pr, &gen, err, sizeof err);
+	t->policy_gen = gen;
 	if (p == NULL) {
-		fg_err("est", NULL, "the EST front-end keeps its previous policy: cannot compile generation %llu: %s",
-		       (unsigned long long)gen, err);
+		fg_err("est", NULL, "EST thread %d keeps its previous policy: cannot compile generation %llu: %s",
+		       t->index, (unsigned long long)gen, err);
 		return;
 	}
-	worker_set_policy(e->w, p);
+	worker_set_policy(t->w, p);
 }
 
 /* The enrollment core's answer (an Envelope frame) as an EST response. */
@@ -660,9 +674,10 @@ out:
 	fg_wire_free(env);
 }
 
-static void on_enroll(struct est *e, struct evhttp_request *req, const char *label,
+static void on_enroll(struct est_thread *t, struct evhttp_request *req, const char *label,
 		      const char *profile, int reenroll)
 {
+	struct est *e = t->e;
 	/* reenroll: 0 simpleenroll, 1 simplereenroll, 2 serverkeygen (a
 	 * simpleenroll whose key the gateway makes) */
 	int keygen = reenroll == 2;
@@ -818,13 +833,13 @@ static void on_enroll(struct est *e, struct evhttp_request *req, const char *lab
 			reply_text(req, 400, "Bad Request", "the client certificate is unreadable: %s", err);
 			goto out;
 		}
-		int g = store_cert_get(worker_store(e->w), ci.serial_hex, &rec, err, sizeof err);
+		int g = store_cert_get(worker_store(t->w), ci.serial_hex, &rec, err, sizeof err);
 		if (g < 0) {
 			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "10");
 			reply_text(req, 503, "Service Unavailable", "%s; retry later", err);
 			goto out;
 		}
-		if (g == 0 || store_device_get(worker_store(e->w), rec.device_id, &dev, err, sizeof err) != 1) {
+		if (g == 0 || store_device_get(worker_store(t->w), rec.device_id, &dev, err, sizeof err) != 1) {
 			reply_text(req, 401, "Unauthorized",
 				   "certificate serial %s is not one this gateway issued to a known device; enroll with simpleenroll and a token",
 				   ci.serial_hex);
@@ -866,8 +881,8 @@ static void on_enroll(struct est *e, struct evhttp_request *req, const char *lab
 		r.csr = newder;
 		r.csr_len = (size_t)nl;
 	}
-	refresh_policy(e);
-	worker_enroll(e->w, &r, &frame, &flen);
+	refresh_policy(t);
+	worker_enroll(t->w, &r, &frame, &flen);
 	if (keygen)
 		answer_keygen(req, frame, flen, newkey);
 	else
@@ -887,7 +902,8 @@ out:
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
-	struct est *e = arg;
+	struct est_thread *t = arg;
+	struct est *e = t->e;
 	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
 	const char *path = u ? evhttp_uri_get_path(u) : NULL;
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -920,9 +936,9 @@ static void on_request(struct evhttp_request *req, void *arg)
 	switch (op) {
 	case OP_CACERTS: on_cacerts(e, req, profile); break;
 	case OP_CSRATTRS: on_csrattrs(req); break;
-	case OP_ENROLL: on_enroll(e, req, label, profile, 0); break;
-	case OP_REENROLL: on_enroll(e, req, label, profile, 1); break;
-	case OP_SERVERKEYGEN: on_enroll(e, req, label, profile, 2); break;
+	case OP_ENROLL: on_enroll(t, req, label, profile, 0); break;
+	case OP_REENROLL: on_enroll(t, req, label, profile, 1); break;
+	case OP_SERVERKEYGEN: on_enroll(t, req, label, profile, 2); break;
 	default: break;
 	}
 }
@@ -941,8 +957,8 @@ static int verify_any(int ok, X509_STORE_CTX *ctx)
 
 static struct bufferevent *make_bev(struct event_base *base, void *arg)
 {
-	struct est *e = arg;
-	SSL *ssl = SSL_new(e->ssl);
+	struct est_thread *t = arg;
+	SSL *ssl = SSL_new(t->e->ssl);
 	if (ssl == NULL)
 		return NULL;
 	return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
@@ -971,6 +987,10 @@ static int tls_setup(struct est *e, char *err, size_t errlen)
 		return -1;
 	}
 	SSL_CTX_set_options(e->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/* with client certificates asked for, a resumed session needs a
+	 * session id context, or OpenSSL fails the handshake */
+	static const unsigned char sid_ctx[] = "fleetgate-est";
+	SSL_CTX_set_session_id_context(e->ssl, sid_ctx, sizeof sid_ctx - 1);
 	if (SSL_CTX_use_certificate_chain_file(e->ssl, cfg->est_cert) != 1) {
 		snprintf(what, sizeof what, "cannot load the EST TLS certificate %s (est.cert; fleetgate init --est makes one)",
 			 cfg->est_cert);
@@ -1021,11 +1041,41 @@ static int tls_setup(struct est *e, char *err, size_t errlen)
 
 static void *est_main(void *arg)
 {
-	struct est *e = arg;
-	event_base_dispatch(e->base);
+	struct est_thread *t = arg;
+	event_base_dispatch(t->base);
 	return NULL;
 }
 
+/* Thread i's worker, event loop and evhttp, with the EST settings. */
+static int thread_setup(struct est *e, int i, char *err, size_t errlen)
+{
+	struct est_thread *t = &e->t[i];
+
+	t->e = e;
+	t->index = i;
+	t->policy_gen = e->pr ? policy_reload_generation(e->pr) : 0;
+	if ((t->w = worker_new(e->cfg, e->bs, -1 - i, err, errlen)) == NULL)
+		return -1;
+	if ((t->base = event_base_new()) == NULL || (t->http = evhttp_new(t->base)) == NULL) {
+		fg_seterr(err, errlen, "cannot set up the EST server (libevent): out of memory?");
+		return -1;
+	}
+	evhttp_set_bevcb(t->http, make_bev, t);
+	evhttp_set_max_body_size(t->http, EST_MAX_BODY);
+	evhttp_set_max_headers_size(t->http, EST_MAX_HEADERS);
+	evhttp_set_timeout(t->http, EST_TIMEOUT);
+	evhttp_set_allowed_methods(t->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	evhttp_set_gencb(t->http, on_request, t);
+	return 0;
+}
+
+/*
+ * As many EST threads as the gateway has workers, all accepting on one
+ * listening socket (each event loop has its own copy of the descriptor;
+ * the kernel hands each connection to one of them). A thread runs an
+ * enrollment to its end, backend call included, so several threads keep a
+ * slow upstream CA from holding up every EST client.
+ */
 struct est *est_start(const struct gw_config *cfg, struct backends *bs, struct policy_reload *pr,
 		      char *err, size_t errlen)
 {
@@ -1042,51 +1092,57 @@ struct est *est_start(const struct gw_config *cfg, struct backends *bs, struct p
 		fg_seterr(err, errlen, "libevent has no pthreads support; install libevent-pthreads");
 		return NULL;
 	}
-	if ((e = calloc(1, sizeof *e)) == NULL) {
+	if ((e = calloc(1, sizeof *e)) == NULL ||
+	    (e->t = calloc((size_t)(cfg->workers > 0 ? cfg->workers : 1), sizeof *e->t)) == NULL) {
+		free(e);
 		fg_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	e->cfg = cfg;
 	e->bs = bs;
 	e->pr = pr;
-	e->policy_gen = pr ? policy_reload_generation(pr) : 0;
-	if ((e->w = worker_new(cfg, bs, -1, err, errlen)) == NULL)
-		goto fail;
+	e->nthreads = cfg->workers > 0 ? cfg->workers : 1;
 	if (tls_setup(e, err, errlen) != 0)
 		goto fail;
-	if ((e->base = event_base_new()) == NULL || (e->http = evhttp_new(e->base)) == NULL) {
-		fg_seterr(err, errlen, "cannot set up the EST server (libevent): out of memory?");
-		goto fail;
-	}
-	evhttp_set_bevcb(e->http, make_bev, e);
-	evhttp_set_max_body_size(e->http, EST_MAX_BODY);
-	evhttp_set_max_headers_size(e->http, EST_MAX_HEADERS);
-	evhttp_set_timeout(e->http, EST_TIMEOUT);
-	evhttp_set_allowed_methods(e->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-	evhttp_set_gencb(e->http, on_request, e);
-	struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(e->http, host, (ev_uint16_t)port);
+	for (int i = 0; i < e->nthreads; i++)
+		if (thread_setup(e, i, err, errlen) != 0)
+			goto fail;
+	struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(e->t[0].http, host, (ev_uint16_t)port);
 	if (bound == NULL) {
 		fg_seterr(err, errlen, "cannot listen for EST on %s: %s; change est.listen in fleetgated.conf or stop what uses the port",
 			  cfg->est_listen, strerror(errno));
 		goto fail;
 	}
+	int lfd = evhttp_bound_socket_get_fd(bound);
 	/* Accepted sockets inherit TCP_NODELAY on Linux. Without it an answer
 	 * written as several TLS records waits for the client's delayed ACK
 	 * (Nagle): 40 ms per request. */
 	int one = 1;
-	if (setsockopt(evhttp_bound_socket_get_fd(bound), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
+	if (setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
 		fg_warn("est", NULL, "cannot set TCP_NODELAY on the EST socket: %s", strerror(errno));
+	for (int i = 1; i < e->nthreads; i++) {
+		int fd = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0 || evhttp_accept_socket_with_handle(e->t[i].http, fd) == NULL) {
+			fg_seterr(err, errlen, "cannot share the EST socket with thread %d: %s", i, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			goto fail;
+		}
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int r = pthread_create(&e->thread, NULL, est_main, e);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (r != 0) {
-		fg_seterr(err, errlen, "cannot start the EST thread: %s", strerror(r));
-		goto fail;
+	for (int i = 0; i < e->nthreads; i++) {
+		int r = pthread_create(&e->t[i].thread, NULL, est_main, &e->t[i]);
+		if (r != 0) {
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
+			fg_seterr(err, errlen, "cannot start EST thread %d: %s", i, strerror(r));
+			goto fail;
+		}
+		e->t[i].started = 1;
 	}
-	e->started = 1;
-	fg_info("est", NULL, "EST on https://%s" EST_PREFIX " (%zu labels)", cfg->est_listen,
-		cfg->nest_labels);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	fg_info("est", NULL, "EST on https://%s" EST_PREFIX " (%zu labels, %d threads)", cfg->est_listen,
+		cfg->nest_labels, e->nthreads);
 	return e;
 fail:
 	est_stop(e);
@@ -1097,15 +1153,20 @@ void est_stop(struct est *e)
 {
 	if (e == NULL)
 		return;
-	if (e->started) {
-		event_base_loopexit(e->base, NULL);
-		pthread_join(e->thread, NULL);
+	for (int i = 0; i < e->nthreads; i++)
+		if (e->t[i].started)
+			event_base_loopexit(e->t[i].base, NULL);
+	for (int i = 0; i < e->nthreads; i++) {
+		struct est_thread *t = &e->t[i];
+		if (t->started)
+			pthread_join(t->thread, NULL);
+		if (t->http)
+			evhttp_free(t->http);
+		if (t->base)
+			event_base_free(t->base);
+		worker_free(t->w);
 	}
-	if (e->http)
-		evhttp_free(e->http);
-	if (e->base)
-		event_base_free(e->base);
 	SSL_CTX_free(e->ssl);
-	worker_free(e->w);
+	free(e->t);
 	free(e);
 }

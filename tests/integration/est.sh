@@ -7,6 +7,8 @@
 #  - curl + openssl for the error cases: wrong content type, bad base64, bad
 #    CSR signature, expired token, re-enrollment with another subject,
 #    tls-unique under TLS 1.3 and a wrong tls-unique under TLS 1.2;
+#  - tests/tools/est-tls-unique.py (Python's ssl and http.client) for a CSR
+#    bound to its own TLS 1.2 session, which curl cannot make;
 #  - a label routed to a SCEP backend (tests/tools/scep-responder in its
 #    PENDING mode): 202 + Retry-After, the gateway restarted while the job
 #    is open, the same request resent until it completes.
@@ -202,6 +204,33 @@ expect_match "... as application/csrattrs" "$(cat "$T/hdr")" 'Content-Type: appl
 expect_match "... advising challengePassword" \
   "$(base64 -d "$T/body" | openssl asn1parse -inform DER 2>&1)" 'challengePassword'
 
+# bulk provisioning: a token from device import enrolls its pre-registered device
+printf 'serial,hostname\nRTR-9,rtr9.example\nRTR-10,rtr10.example\n' >"$T/fleet.csv"
+"$FLEETGATE" device import --state "$GW" "$T/fleet.csv" --group est --bundles "$T/bundles" >/dev/null 2>&1 ||
+  fail "device import failed"
+TOKI=$(sed -n 's/^token = //p' "$T/bundles/RTR-9.bundle")
+csr i1 rtr9.example
+post simpleenroll "$T/i1.csr" -u "x:$TOKI"
+expect_eq "an imported device's token enrolls over EST" "$CODE" "200"
+base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/i1.crt" 2>/dev/null || true
+I1=$(openssl x509 -in "$T/i1.crt" -noout -serial 2>/dev/null | cut -d= -f2) || true
+expect_eq "... as the pre-registered device, now active" \
+  "$(sql "SELECT d.serial || '/' || d.state FROM devices d JOIN certificates c ON c.device_id = d.id WHERE c.serial_hex = '$I1'")" \
+  "RTR-9/0"   # DEVICE_ACTIVE
+TOKJ=$(sed -n 's/^token = //p' "$T/bundles/RTR-10.bundle")
+openssl req -new -key "$T/s1.key" -subj /CN=router1.example -addext subjectAltName=DNS:router1.example \
+  -outform DER -out "$T/s1c.csr" 2>/dev/null
+post simpleenroll "$T/s1c.csr" -u "x:$TOKJ"
+expect_eq "a known key with another device's token gets 401" "$CODE" "401"
+expect_match "... naming both devices" "$(cat "$T/body")" "made for device dev_.*this key belongs to device $DEV1"
+expect_eq "... and RTR-10 stays registered (DEVICE_REGISTERED = 3)" "$(sql "SELECT state FROM devices WHERE serial = 'RTR-10'")" "3"
+
+TOKB=$(token --bind serial=HW-1)
+csr b1 bound1.example
+post simpleenroll "$T/b1.csr" -u "x:$TOKB"
+expect_eq "a token bound to facts gets 401 over EST" "$CODE" "401"
+expect_match "... saying EST carries no facts" "$(cat "$T/body")" 'EST does not carry.*without --bind'
+
 # a label selects a profile; a re-enrollment without label stays in it
 csr v1 vpn1.example
 post vpn/simpleenroll "$T/v1.csr" -u "x:$(token)"
@@ -241,6 +270,21 @@ expect_eq "a CSR bound to another TLS 1.2 session gets 400" "$CODE" "400"
 expect_match "... saying the value is not this session's" "$(cat "$T/body")" "not this TLS session's tls-unique"
 expect_eq "... and the token is kept" \
   "$(sql "SELECT uses_left FROM tokens ORDER BY rowid DESC LIMIT 1")" "1"
+# the positive case needs a client that makes its CSR on the open connection
+python3 "$FG_SOURCE_ROOT/tests/tools/est-tls-unique.py" 127.0.0.1 "$EST_PORT" "$CA" "$TOK3" "$T" bound.example \
+  >"$T/tu.out" 2>&1 || true
+expect_eq "a CSR carrying this TLS 1.2 session's tls-unique gets 200" "$(head -n 1 "$T/tu.out")" "200"
+tail -n +2 "$T/tu.out" | base64 -d 2>/dev/null | openssl pkcs7 -inform DER -print_certs -out "$T/tu.crt" 2>/dev/null || true
+check "... and the certificate is for its key" \
+  bash -c "[ \"\$(openssl x509 -in '$T/tu.crt' -noout -pubkey)\" = \"\$(openssl pkey -in '$T/tls-unique.key' -pubout)\" ]"
+
+# TLS session resumption works with client certificates asked for
+for v in -tls1_2 -tls1_3; do
+  # (stdin open for a second: a TLS 1.3 ticket comes after the handshake)
+  sleep 1 | timeout 10 openssl s_client $v -connect "127.0.0.1:$EST_PORT" -CAfile "$CA" -sess_out "$T/sess.pem" >/dev/null 2>&1 || true
+  expect_match "a $v session is resumed" \
+    "$(echo | timeout 10 openssl s_client $v -connect "127.0.0.1:$EST_PORT" -CAfile "$CA" -sess_in "$T/sess.pem" 2>&1)" '^Reused, TLSv1\.[23]'
+done
 
 # ---- a pending upstream CA: 202, restart, the same request completes ----
 csr p1 pend1.example
@@ -267,6 +311,46 @@ expect_eq "... recorded in slot pend" \
   "$(sql "SELECT slot FROM certificates WHERE backend = 'scep-pend'")" "pend"
 expect_eq "one token use for the whole exchange" \
   "$(sql "SELECT count(*) FROM audit WHERE kind = 'token.use' AND request_id = '$PRID'")" "1"
+
+# an upstream CA that hangs holds up one EST thread, not the others: the
+# responder is frozen (SIGSTOP: the kernel still accepts, nothing answers)
+kill -STOP "$RS_PID"
+csr p2 pend2.example
+base64 -w0 "$T/p2.csr" >"$T/p2.b64"
+curl -s --cacert "$CA" -o "$T/p2.body" -w '%{http_code}' -u "x:$(token)" \
+  -H 'Content-Type: application/pkcs10' --data-binary @"$T/p2.b64" "$EST/pend/simpleenroll" >"$T/p2.code" &
+SLOW=$!
+for _ in $(seq 100); do
+  [ "$(sql "SELECT count(*) FROM jobs WHERE backend = 'scep-pend' AND state = 0")" = 1 ] && break
+  sleep 0.1
+done
+expect_eq "the request to the frozen CA is admitted and waiting" \
+  "$(sql "SELECT count(*) FROM jobs WHERE backend = 'scep-pend' AND state = 0")" "1"
+csr f1 fast.example
+post simpleenroll "$T/f1.csr" -u "x:$(token)"
+expect_eq "meanwhile another EST request is answered" "$CODE" "200"
+check "... while the first is still waiting for the CA" kill -0 "$SLOW"
+kill -CONT "$RS_PID"
+wait "$SLOW" || true
+expect_match "the waiting request gets an answer once the CA is back (or its timeout)" \
+  "$(cat "$T/p2.code")" '^(200|202|503)$'
+
+# the EST front-end follows a policy reload, and the policy sees req.protocol
+python3 - "$GW/policy.lua" <<'EOF'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+s = s.replace('function enroll(req)\n', 'function enroll(req)\n  if req.protocol == "est" then return deny("EST is closed today") end\n', 1)
+open(p, "w").write(s)
+EOF
+for _ in $(seq 100); do
+  grep -q "policy reloaded (generation 1)" "$T/gw.log" && break
+  sleep 0.1
+done
+csr d1 denied.example
+post simpleenroll "$T/d1.csr" -u "x:$(token)"
+expect_eq "after a policy reload denying EST, EST gets 403" "$CODE" "403"
+expect_match "... with the policy's reason" "$(cat "$T/body")" 'denied by policy: EST is closed today'
 
 check "the gateway is still up" gw_alive
 finish
