@@ -50,6 +50,7 @@
  */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1737,6 +1738,21 @@ static int mkdirs(const char *path, mode_t mode)
 	return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* Keep libcurl (and what it loaded) mapped after the host unloads this
+ * plugin: its libraries keep thread-local state, and freeing that under a
+ * process that goes on (or under LeakSanitizer's scan at exit) is not
+ * safe. The global init above is never undone either, as libcurl asks. */
+static void pin_libcurl(void)
+{
+	Dl_info di;
+	union { CURL *(*fn)(void); void *p; } u = { curl_easy_init };
+	if (dladdr(u.p, &di) != 0 && di.dli_fname != NULL) {
+		void *h = dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+		if (h != NULL)
+			dlclose(h);    /* the mapping stays: RTLD_NODELETE */
+	}
+}
+
 static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
 		    char *err, size_t errlen)
 {
@@ -1899,6 +1915,7 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 		seterr(err, errlen, "backends.%s: libcurl would not initialise", s->name);
 		goto fail;
 	}
+	pin_libcurl();
 	*state = s;
 	return 0;
 fail:
