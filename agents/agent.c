@@ -187,6 +187,55 @@ static void report_issued(const struct agent *a, const struct agent_slot *s, con
 	X509_free(c);
 }
 
+/* The policy handed the backend's CA chain along (allow{ anchors = true }):
+ * the certificates not yet among the bundle's trust anchors are added, on
+ * disk and in use, before the issued certificate is checked against them.
+ * The count added, or -1 with err (the bundle unchanged). */
+static int add_anchors(struct agent *a, const Fleetgate__CertReply *cr, char *err, size_t errlen)
+{
+	const char *old = a->bundle.anchors_pem ? a->bundle.anchors_pem : "";
+	char *pem = NULL;
+	size_t len = 0;
+	int added = 0;
+	FILE *f = open_memstream(&pem, &len);
+	if (f == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	fputs(old, f);
+	for (size_t i = 0; i < cr->n_trust_anchors_der; i++) {
+		X509 *x = fg_cert_from_der(cr->trust_anchors_der[i].data, cr->trust_anchors_der[i].len, NULL, 0);
+		char *one = x ? fg_cert_to_pem(x) : NULL;
+		if (one != NULL && strstr(old, one) == NULL) {
+			if (len > 0 && pem[len - 1] != '\n')
+				fputc('\n', f);
+			fputs(one, f);
+			fflush(f);
+			added++;
+		}
+		free(one);
+		X509_free(x);
+	}
+	if (fclose(f) != 0) {
+		free(pem);
+		fg_seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	if (added == 0) {
+		free(pem);
+		return 0;
+	}
+	struct fg_bundle nb = a->bundle;
+	nb.anchors_pem = pem;
+	if (fg_bundle_write(a->cfg.bundle, &nb, err, errlen) != 0) {
+		free(pem);
+		return -1;
+	}
+	free(a->bundle.anchors_pem);
+	a->bundle.anchors_pem = pem;
+	return added;
+}
+
 /* Act on a CertReply for the request r of slot s. */
 static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, struct slot_request *r,
 				  const Fleetgate__CertReply *cr)
@@ -194,6 +243,25 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 	char err[1024] = "";
 	switch (cr->status) {
 	case FLEETGATE__STATUS__STATUS_OK:
+		if (cr->n_trust_anchors_der > 0) {
+			int n = add_anchors(a, cr, err, sizeof err);
+			if (n < 0) {
+				say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: cannot add the CA's trust anchors to %s: %s",
+				    s->name, a->cfg.bundle, err);
+				return OUT_INSTALL;
+			}
+			if (n > 0)
+				say(a, FG_LOG_INFO, r->rid, "slot %s: %d trust anchor(s) of the issuing CA added to %s",
+				    s->name, n, a->cfg.bundle);
+		}
+		if (cr->encrypted_key.len > 0) {
+			if (slot_request_take_server_key(r, cr, err, sizeof err) != 0) {
+				say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: %s", s->name, err);
+				return OUT_INSTALL;
+			}
+			say(a, FG_LOG_INFO, r->rid, "slot %s: the CA generated the key; it came encrypted to this request's key",
+			    s->name);
+		}
 		if (slot_install(&a->cfg, s, r, cr, a->bundle.anchors_pem, err, sizeof err) != 0) {
 			say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: %s", s->name, err);
 			return OUT_INSTALL;
@@ -218,7 +286,11 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 			return OUT_REFUSED;
 		}
 		r->resubmits++;
-		say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided", s->name);
+		if (cr->csr_template->key_type != NULL && cr->csr_template->key_type[0] != '\0')
+			say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided and a new %s key (the CA takes %s keys only)",
+			    s->name, cr->csr_template->key_type, cr->csr_template->key_type);
+		else
+			say(a, FG_LOG_INFO, r->rid, "slot %s: CSR rebuilt with the names the gateway decided", s->name);
 		return OUT_RESUBMIT;
 	case FLEETGATE__STATUS__STATUS_INTERNAL:
 		say(a, FG_LOG_WARN, r->rid, "slot %s: the gateway failed (%s); retrying later", s->name,

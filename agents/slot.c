@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/cms.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "fg_log.h"
 #include "fg_util.h"
@@ -360,11 +363,100 @@ out:
 	return rc;
 }
 
+/* See slot.h. CMS_decrypt with no certificate tries every recipient with
+ * the key, so the gateway's recipient identifier does not matter. The
+ * clear PKCS#8 exists only in memory and is wiped. */
+int slot_request_take_server_key(struct slot_request *r, const Fleetgate__CertReply *cr, char *err,
+				 size_t errlen)
+{
+	const unsigned char *q = cr->encrypted_key.data;
+	CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &q, (long)cr->encrypted_key.len);
+	BIO *out = BIO_new(BIO_s_mem());
+	EVP_PKEY *k = NULL;
+	int rc = -1;
+
+	if (cms == NULL || out == NULL || CMS_decrypt(cms, r->key, NULL, NULL, out, 0) != 1) {
+		unsigned long e = ERR_peek_last_error();
+		char buf[256] = "";
+		if (e)
+			ERR_error_string_n(e, buf, sizeof buf);
+		fg_seterr(err, errlen, "the server-generated key cannot be decrypted with this request's key (%s); it is not installed",
+			  buf[0] ? buf : "not a CMS EnvelopedData");
+		goto out;
+	}
+	char *p = NULL;
+	long n = BIO_get_mem_data(out, &p);
+	const unsigned char *pq = (const unsigned char *)p;
+	k = n > 0 ? d2i_AutoPrivateKey(NULL, &pq, n) : NULL;
+	if (n > 0)
+		OPENSSL_cleanse(p, (size_t)n);
+	if (k == NULL) {
+		fg_seterr(err, errlen, "the server-generated key is not a PKCS#8 private key; it is not installed");
+		goto out;
+	}
+	EVP_PKEY_free(r->key);
+	r->key = k;
+	rc = 0;
+out:
+	ERR_clear_error();
+	BIO_free(out);
+	CMS_ContentInfo_free(cms);
+	return rc;
+}
+
+/* Is k a key of type t? */
+static int key_is_type(EVP_PKEY *k, enum fg_key_type t)
+{
+	char group[64] = "";
+	size_t gl = 0;
+	switch (t) {
+	case FG_KEY_P256:
+	case FG_KEY_P384:
+		if (EVP_PKEY_get_base_id(k) != EVP_PKEY_EC ||
+		    EVP_PKEY_get_utf8_string_param(k, "group", group, sizeof group, &gl) != 1)
+			return 0;
+		return strcmp(group, t == FG_KEY_P256 ? "prime256v1" : "secp384r1") == 0;
+	case FG_KEY_RSA2048:
+	case FG_KEY_RSA3072:
+	case FG_KEY_RSA4096:
+		return EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA &&
+		       EVP_PKEY_get_bits(k) == (t == FG_KEY_RSA2048 ? 2048 : t == FG_KEY_RSA3072 ? 3072 : 4096);
+	case FG_KEY_ED25519:
+		return EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519;
+	default:
+		return 0;
+	}
+}
+
 int slot_request_resubmit(const struct agent_config *cfg, const struct agent_slot *s,
 			  const struct fg_bundle *b, const struct agent_facts *f,
 			  struct slot_request *r, const Fleetgate__CsrTemplate *tpl, char *err,
 			  size_t errlen)
 {
+	/* The CA takes keys of another type only (EST csrattrs): a new key of
+	 * that type replaces the one in flight, durably before it is used,
+	 * under the same request id (nothing was admitted for the old one). */
+	if (tpl->key_type != NULL && tpl->key_type[0] != '\0') {
+		int t = fg_key_type_parse(tpl->key_type);
+		char keynew[STATE_PATH_MAX];
+		if (t < 0) {
+			fg_seterr(err, errlen, "slot %s: the gateway asks for key type '%s', which this agent cannot make; update the agent",
+				  s->name, tpl->key_type);
+			return -1;
+		}
+		if (!key_is_type(r->key, (enum fg_key_type)t)) {
+			EVP_PKEY *k = fg_key_generate((enum fg_key_type)t, err, errlen);
+			state_path(cfg, s, ".key.new", keynew, sizeof keynew);
+			if (k == NULL || fg_key_save(keynew, k, 0600, (uid_t)-1, (gid_t)-1, err, errlen) != 0) {
+				EVP_PKEY_free(k);
+				return -1;
+			}
+			EVP_PKEY_free(r->key);
+			r->key = k;
+			fg_debug("agent", r->rid, "slot %s: made a new %s key for this request (slot key_type %s)",
+				 s->name, tpl->key_type, fg_key_type_name((enum fg_key_type)s->key_type));
+		}
+	}
 	struct fg_csr_names nm = {
 		.cn = tpl->subject_cn,
 		.dns = (const char *const *)tpl->dns,

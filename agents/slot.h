@@ -87,6 +87,14 @@ int slot_request_resubmit(const struct agent_config *cfg, const struct agent_slo
  * (challenges_ready), the acknowledgement the gateway waits for. 0 or -1. */
 int slot_request_set_ready(struct slot_request *r, char *const *tokens, size_t n);
 
+/* The CA made the key (EST serverkeygen): decrypt the reply's
+ * encrypted_key (CMS EnvelopedData of a PKCS#8 key, encrypted to r's
+ * request key) and make it r->key, for slot_install. The request key stays
+ * in the pending state, so a retried request id decrypts the same stored
+ * reply again. 0, or -1 with err (r unchanged). */
+int slot_request_take_server_key(struct slot_request *r, const Fleetgate__CertReply *cr, char *err,
+				 size_t errlen);
+
 /* Drop the in-flight request (after a final refusal). */
 void slot_request_forget(const struct agent_config *cfg, const struct agent_slot *s);
 

@@ -75,6 +75,8 @@ struct params {
 	size_t neku;
 	char challenge[256];
 	char acme_challenge[32];  /* "" = the backend's challenge setting */
+	int server_keygen;      /* the CA makes the key (policy keygen = "server") */
+	int anchors;            /* the reply carries the backend's CA chain (policy anchors = true) */
 	unsigned char *csr;
 	size_t csr_len;
 };
@@ -358,6 +360,16 @@ static int params_from_decision(const struct worker *w, const struct policy_deci
 		return -1;
 	}
 	fg_strlcpy(p->acme_challenge, d->acme_challenge, sizeof p->acme_challenge);
+	if (strcmp(d->keygen, "server") == 0) {
+		const struct backend *b = backends_find(w->bs, bname);
+		if (!b->ops->server_keygen) {
+			fg_seterr(err, errlen, "policy asked for a server-generated key, which backend '%s' cannot make; route such slots to an est backend",
+				  bname);
+			return -1;
+		}
+		p->server_keygen = 1;
+	}
+	p->anchors = d->anchors;
 	return 0;
 }
 
@@ -384,6 +396,10 @@ static char *params_to_json(const struct params *p)
 			      "key_usage", (json_int_t)p->key_usage,
 			      "challenge", p->challenge, "csr", hex);
 	if (o != NULL) {
+		if (p->server_keygen)
+			json_object_set_new(o, "keygen", json_string("server"));
+		if (p->anchors)
+			json_object_set_new(o, "anchors", json_true());
 		json_object_set_new(o, "dns", names_json(p->dns, p->ndns));
 		json_object_set_new(o, "ip", names_json(p->ip, p->nip));
 		json_object_set_new(o, "email", names_json(p->email, p->nemail));
@@ -439,6 +455,9 @@ static int params_from_json(const char *text, struct params *p)
 	/* absent in jobs admitted before acme_challenge existed */
 	const char *ac = json_string_value(json_object_get(o, "acme_challenge"));
 	fg_strlcpy(p->acme_challenge, ac ? ac : "", sizeof p->acme_challenge);
+	const char *kg = json_string_value(json_object_get(o, "keygen"));
+	p->server_keygen = kg != NULL && strcmp(kg, "server") == 0;
+	p->anchors = json_is_true(json_object_get(o, "anchors"));
 	p->not_before = nb;
 	p->not_after = na;
 	p->key_usage = (uint32_t)ku;
@@ -550,6 +569,7 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		.acme_challenge = p->acme_challenge[0] ? p->acme_challenge : NULL,
 		.challenges_ready = (const char *const *)ready,
 		.n_challenges_ready = n_ready,
+		.server_keygen = p->server_keygen,
 	};
 	if (poll && b->ops->poll != NULL)
 		b->ops->poll(b->state, &ir, &res);
@@ -603,6 +623,12 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		goto out;
 	}
 
+	if (p->server_keygen && (res.enc_key == NULL || res.enc_key_len == 0)) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "backend %s issued without the server-generated key the policy asked for; tell the operator",
+			     p->backend);
+		goto out;
+	}
 	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
 	Fleetgate__CertReply cr = FLEETGATE__CERT_REPLY__INIT;
 	ProtobufCBinaryData chain[8];
@@ -620,9 +646,27 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 	cr.chain_der = chain;
 	cr.device_id = (char *)p->device_id;
 	cr.not_after = ci.not_after;
+	if (p->server_keygen)
+		cr.encrypted_key = (ProtobufCBinaryData){ res.enc_key_len, res.enc_key };
+	/* the backend's CA chain as trust anchors, when the policy says so */
+	struct fg_cert_list anchors;
+	ProtobufCBinaryData adata[8];
+	memset(&anchors, 0, sizeof anchors);
+	if (p->anchors && b->ops->cacerts != NULL) {
+		if (b->ops->cacerts(b->state, &anchors, err, sizeof err) == 0) {
+			cr.n_trust_anchors_der = anchors.n < 8 ? anchors.n : 8;
+			for (size_t i = 0; i < cr.n_trust_anchors_der; i++)
+				adata[i] = (ProtobufCBinaryData){ anchors.len[i], anchors.der[i] };
+			cr.trust_anchors_der = adata;
+		} else {
+			fg_warn("enroll", rid, "the policy asked to hand backend %s's CA certificates to the device, which cannot be had now: %s",
+				p->backend, err);
+		}
+	}
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
 	pack_env(&env, rid, out, len);
+	fg_cert_list_clear(&anchors);
 	if (*out == NULL)
 		goto out;
 
@@ -955,6 +999,52 @@ static void fill_policy_facts(struct policy_facts *pf, const Fleetgate__Facts *f
 	pf->tpm_present = f->tpm_present;
 }
 
+#define MAX_CSRATTRS_BACKENDS 16
+#define MAX_CSRATTRS_OIDS 32
+
+/* What the backends' CAs ask of CSRs, for req.backend_csrattrs: the
+ * strings live in a[], the policy's view points into them. */
+struct csrattrs_set {
+	struct policy_csrattrs v[MAX_CSRATTRS_BACKENDS];
+	struct fg_csr_attrs a[MAX_CSRATTRS_BACKENDS];
+	const char *oids[MAX_CSRATTRS_BACKENDS][MAX_CSRATTRS_OIDS];
+	size_t n;
+};
+
+/* Ask every backend that offers csr_attrs (EST: its cached /csrattrs). A
+ * backend that cannot say now is left out, with a debug line: the policy
+ * sees no entry rather than a guess. */
+static void csrattrs_collect(struct worker *w, struct csrattrs_set *cs, const char *rid)
+{
+	char err[512];
+	cs->n = 0;
+	for (size_t i = 0; i < w->cfg->nbackends && cs->n < MAX_CSRATTRS_BACKENDS; i++) {
+		struct backend *b = backends_find(w->bs, w->cfg->backends[i].name);
+		if (b == NULL || b->ops->csr_attrs == NULL)
+			continue;
+		struct fg_csr_attrs *a = &cs->a[cs->n];
+		memset(a, 0, sizeof *a);
+		err[0] = '\0';
+		int r = b->ops->csr_attrs(b->state, a, err, sizeof err);
+		if (r < 0)
+			fg_debug("enroll", rid, "backend %s cannot say what its CA asks of CSRs: %s", b->name, err);
+		if (r != 1)
+			continue;
+		a->key_type[sizeof a->key_type - 1] = '\0';
+		a->oids[sizeof a->oids - 1] = '\0';
+		struct policy_csrattrs *v = &cs->v[cs->n];
+		v->backend = b->name;
+		v->key_type = a->key_type;
+		v->oids = cs->oids[cs->n];
+		v->noids = 0;
+		char *save = NULL;
+		for (char *t = strtok_r(a->oids, " ", &save); t != NULL && v->noids < MAX_CSRATTRS_OIDS;
+		     t = strtok_r(NULL, " ", &save))
+			cs->oids[cs->n][v->noids++] = t;
+		cs->n++;
+	}
+}
+
 /*
  * A CA that takes the CSR as it is (SCEP, most EST servers) must get one
  * naming exactly what the policy decided, with its challengePassword: the
@@ -988,6 +1078,10 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		.profile = p->profile,
 		.challenge = p->challenge[0] ? p->challenge : NULL,
 		.acme_challenge = p->acme_challenge[0] ? p->acme_challenge : NULL,
+		.csr_der = csr,
+		.csr_len = csr_len,
+		.csr_needs_size = sizeof needs,
+		.server_keygen = p->server_keygen,
 	};
 	memset(&needs, 0, sizeof needs);
 	if (b->ops->csr_needs(b->state, &ir, &needs, err, sizeof err) != 0) {
@@ -996,7 +1090,14 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		return 0;
 	}
 	needs.challenge[sizeof needs.challenge - 1] = '\0';
-	if (!needs.names_from_csr && needs.challenge[0] == '\0')
+	needs.key_type[sizeof needs.key_type - 1] = '\0';
+	if (needs.key_type[0] != '\0' && fg_key_type_parse(needs.key_type) < 0) {
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "backend %s asks for key type '%s', which no agent makes; tell the operator",
+			     p->backend, needs.key_type);
+		return 0;
+	}
+	if (!needs.names_from_csr && needs.challenge[0] == '\0' && needs.key_type[0] == '\0')
 		return 1;
 	/* the template always names what the policy decided */
 	struct fg_csr_names want = {
@@ -1009,7 +1110,9 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 		.nemail = p->nemail,
 		.challenge = needs.challenge,
 	};
-	if (fg_csr_matches(csr, csr_len, &want, why, sizeof why))
+	if (needs.key_type[0] != '\0')
+		snprintf(why, sizeof why, "the CA takes no key of this type; make a %s key", needs.key_type);
+	else if (fg_csr_matches(csr, csr_len, &want, why, sizeof why))
 		return 1;
 
 	char msg[512];
@@ -1027,6 +1130,7 @@ static int csr_needs_met(struct worker *w, const struct params *p, const uint8_t
 	tpl.email = (char **)p->email;
 	tpl.n_email = p->nemail;
 	tpl.challenge_password = needs.challenge;
+	tpl.key_type = needs.key_type;
 	cr.status = FLEETGATE__STATUS__STATUS_RESUBMIT;
 	cr.message = msg;
 	cr.csr_template = &tpl;
@@ -1159,6 +1263,8 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 	}
 
 	/* 4. The policy decides. */
+	struct csrattrs_set cas;
+	csrattrs_collect(w, &cas, rid);
 	struct policy_request preq = {
 		.protocol = r->protocol ? r->protocol : "zmq",
 		.request_id = rid,
@@ -1180,6 +1286,8 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		.device_serial = nz(serial),
 		.device_attrs_json = attrs,
 		.token_bound_json = hash[0] ? ti.bound_json : NULL,
+		.backend_csrattrs = cas.v,
+		.nbackend_csrattrs = cas.n,
 		.profile = r->profile,
 	};
 	fill_policy_facts(&preq.facts, facts);

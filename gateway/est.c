@@ -42,6 +42,9 @@
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/pkcs7.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/ec.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -87,7 +90,7 @@ struct est {
 	int nthreads;
 };
 
-enum est_op { OP_CACERTS, OP_CSRATTRS, OP_ENROLL, OP_REENROLL, OP_MAX };
+enum est_op { OP_CACERTS, OP_CSRATTRS, OP_ENROLL, OP_REENROLL, OP_SERVERKEYGEN, OP_MAX };
 
 /* ---- replies ---- */
 
@@ -259,7 +262,7 @@ static int basic_password(struct evhttp_request *req, char *pass, size_t passlen
 static int parse_path(const char *path, char *label, size_t labellen, enum est_op *op)
 {
 	static const char *const names[OP_MAX] = { "cacerts", "csrattrs", "simpleenroll",
-						   "simplereenroll" };
+						   "simplereenroll", "serverkeygen" };
 	const char *rest, *slash, *opname;
 
 	if (strncmp(path, EST_PREFIX, strlen(EST_PREFIX)) != 0)
@@ -543,11 +546,146 @@ static void answer(struct evhttp_request *req, const uint8_t *frame, size_t len,
 	fg_wire_free(env);
 }
 
+/* ---- serverkeygen (RFC 7030 4.4) ---- */
+
+/* A new key like the CSR's (same curve, or RSA of at least 2048 bits). */
+static EVP_PKEY *keygen_like(EVP_PKEY *pub)
+{
+	char group[64] = "";
+	size_t gl = 0;
+	switch (EVP_PKEY_get_base_id(pub)) {
+	case EVP_PKEY_EC:
+		if (EVP_PKEY_get_utf8_string_param(pub, "group", group, sizeof group, &gl) != 1)
+			return NULL;
+		return EVP_EC_gen(group);
+	case EVP_PKEY_RSA: {
+		int bits = EVP_PKEY_get_bits(pub);
+		return EVP_RSA_gen((unsigned int)(bits < 2048 ? 2048 : bits > 4096 ? 4096 : bits));
+	}
+	case EVP_PKEY_ED25519:
+		return EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	default:
+		return EVP_EC_gen("P-256");
+	}
+}
+
+/* The request's subject and extensions (names) in a CSR of the new key.
+ * DER in *der (OPENSSL_malloc'd), or -1. */
+static int keygen_csr(X509_REQ *orig, EVP_PKEY *key, unsigned char **der, int *len)
+{
+	X509_REQ *n = X509_REQ_new();
+	STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(orig);
+	const EVP_MD *md = EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519 ? NULL : EVP_sha256();
+	int rc = -1;
+
+	*der = NULL;
+	if (n != NULL && X509_REQ_set_version(n, 0) == 1 &&
+	    X509_REQ_set_subject_name(n, X509_REQ_get_subject_name(orig)) == 1 &&
+	    (exts == NULL || sk_X509_EXTENSION_num(exts) == 0 || X509_REQ_add_extensions(n, exts) == 1) &&
+	    X509_REQ_set_pubkey(n, key) == 1 && X509_REQ_sign(n, key, md) > 0 &&
+	    (*len = i2d_X509_REQ(n, der)) > 0)
+		rc = 0;
+	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+	X509_REQ_free(n);
+	return rc;
+}
+
+/* Base64 of der with line breaks, appended to b. 0 or -1. */
+static int add_base64(struct evbuffer *b, const unsigned char *der, size_t len)
+{
+	BIO *b64 = BIO_new(BIO_f_base64()), *mem = BIO_new(BIO_s_mem());
+	char *p = NULL;
+	int rc = -1;
+	if (b64 == NULL || mem == NULL) {
+		BIO_free(b64);
+		BIO_free(mem);
+		return -1;
+	}
+	b64 = BIO_push(b64, mem);
+	if (BIO_write(b64, der, (int)len) == (int)len && BIO_flush(b64) == 1) {
+		long n = BIO_get_mem_data(b64, &p);
+		rc = evbuffer_add(b, p, (size_t)n);
+		OPENSSL_cleanse(p, (size_t)n);
+	}
+	BIO_free_all(b64);
+	return rc;
+}
+
+/* The enrollment core's answer to a serverkeygen: on success
+ * multipart/mixed (RFC 7030 4.4.2) with the new key as application/pkcs8
+ * (unprotected but for TLS) and the certificate as certs-only; the key
+ * exists only in this request's memory and is wiped. Anything else is
+ * answered as an enrollment would be, except pending: the key would be
+ * gone by the time the CA issues. */
+static void answer_keygen(struct evhttp_request *req, const uint8_t *frame, size_t len, EVP_PKEY *key)
+{
+	char err[256] = "", boundary[48], ctype[96];
+	unsigned char rnd[12], *p8 = NULL, *p7 = NULL;
+	size_t p7len = 0;
+	int p8len = -1;
+	Fleetgate__Envelope *env = frame ? fg_wire_unpack(frame, len, SIZE_MAX, err, sizeof err) : NULL;
+	struct evbuffer *b = NULL;
+
+	if (env == NULL || env->body_case != FLEETGATE__ENVELOPE__BODY_CERT_REPLY ||
+	    env->cert_reply->status != FLEETGATE__STATUS__STATUS_OK) {
+		if (env != NULL && env->body_case == FLEETGATE__ENVELOPE__BODY_CERT_REPLY &&
+		    env->cert_reply->status == FLEETGATE__STATUS__STATUS_PENDING)
+			reply_text(req, 501, "Not Implemented",
+				   "the CA behind this label holds requests for approval (%s); serverkeygen needs a CA that issues at once, because the generated key is not kept",
+				   env->cert_reply->message);
+		else
+			answer(req, frame, len, 0);
+		fg_wire_free(env);
+		return;
+	}
+	PKCS8_PRIV_KEY_INFO *pki = EVP_PKEY2PKCS8(key);
+	if (pki != NULL)
+		p8len = i2d_PKCS8_PRIV_KEY_INFO(pki, &p8);
+	PKCS8_PRIV_KEY_INFO_free(pki);
+	ProtobufCBinaryData *c = &env->cert_reply->cert_der;
+	p7 = certs_only(&c->data, &c->len, 1, &p7len);
+	if (p8len <= 0 || p7 == NULL || RAND_bytes(rnd, sizeof rnd) != 1 || (b = evbuffer_new()) == NULL) {
+		ERR_clear_error();
+		reply_text(req, 500, "Internal Server Error", "cannot pack the generated key and certificate; send a new request");
+		goto out;
+	}
+	char hex[2 * sizeof rnd + 1];
+	fg_hex(rnd, sizeof rnd, hex);
+	snprintf(boundary, sizeof boundary, "fleetgate-%s", hex);
+	snprintf(ctype, sizeof ctype, "multipart/mixed; boundary=%s", boundary);
+	if (evbuffer_add_printf(b, "--%s\r\nContent-Type: application/pkcs8\r\nContent-Transfer-Encoding: base64\r\n\r\n", boundary) < 0 ||
+	    add_base64(b, p8, (size_t)p8len) != 0 ||
+	    evbuffer_add_printf(b, "\r\n--%s\r\nContent-Type: application/pkcs7-mime; smime-type=certs-only\r\nContent-Transfer-Encoding: base64\r\n\r\n", boundary) < 0 ||
+	    add_base64(b, p7, p7len) != 0 || evbuffer_add_printf(b, "\r\n--%s--\r\n", boundary) < 0) {
+		reply_text(req, 500, "Internal Server Error", "out of memory packing the answer; send a new request");
+		goto out;
+	}
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+	evhttp_send_reply(req, 200, "OK", b);
+	fg_info("est", NULL, "serverkeygen: %s", env->cert_reply->message);
+out:
+	if (b != NULL)
+		evbuffer_free(b);
+	if (p8 != NULL) {
+		OPENSSL_cleanse(p8, (size_t)p8len);
+		OPENSSL_free(p8);
+	}
+	free(p7);
+	fg_wire_free(env);
+}
+
 static void on_enroll(struct est_thread *t, struct evhttp_request *req, const char *label,
 		      const char *profile, int reenroll)
 {
 	struct est *e = t->e;
-	const char *op = reenroll ? "simplereenroll" : "simpleenroll";
+	/* reenroll: 0 simpleenroll, 1 simplereenroll, 2 serverkeygen (a
+	 * simpleenroll whose key the gateway makes) */
+	int keygen = reenroll == 2;
+	if (keygen)
+		reenroll = 0;
+	const char *op = keygen ? "serverkeygen" : reenroll ? "simplereenroll" : "simpleenroll";
+	EVP_PKEY *newkey = NULL;
+	unsigned char *newder = NULL;
 	const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	size_t blen = evbuffer_get_length(in), derlen = 0, csrlen;
@@ -633,7 +771,20 @@ static void on_enroll(struct est_thread *t, struct evhttp_request *req, const ch
 		.profile = label[0] ? profile : NULL,   /* req.profile: nil without label */
 	};
 
-	if (!reenroll) {
+	/* RFC 7030 3.7: a registration authority (another gateway, say)
+	 * re-enrolls for its end entities with its own credential, not with
+	 * their certificates, whose keys it does not hold. A simplereenroll
+	 * without a client certificate but with an enrollment token in HTTP
+	 * Basic is taken as such: admitted by the token like a simpleenroll. */
+	int by_token = !reenroll;
+	if (reenroll) {
+		peer = SSL_get1_peer_certificate(ssl);
+		if (peer == NULL && basic_password(req, token, sizeof token) == 1) {
+			by_token = 1;
+			fg_info("est", rid, "simplereenroll from a registration authority (HTTP Basic token, no client certificate)");
+		}
+	}
+	if (by_token) {
 		int b = basic_password(req, token, sizeof token);
 		if (b <= 0) {
 			evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
@@ -661,10 +812,9 @@ static void on_enroll(struct est_thread *t, struct evhttp_request *req, const ch
 	} else {
 		/* the TLS client certificate, verified against the gateway's
 		 * CAs, names the device (its serial is in the store) */
-		peer = SSL_get1_peer_certificate(ssl);
 		if (peer == NULL) {
 			reply_text(req, 401, "Unauthorized",
-				   "simplereenroll needs the certificate being renewed as the TLS client certificate (with its key); present it, or use simpleenroll with a token");
+				   "simplereenroll needs the certificate being renewed as the TLS client certificate (with its key), or a registration authority's enrollment token as the HTTP Basic password; present one, or use simpleenroll with a token");
 			goto out;
 		}
 		long vr = SSL_get_verify_result(ssl);
@@ -714,10 +864,32 @@ static void on_enroll(struct est_thread *t, struct evhttp_request *req, const ch
 		r.pop_by_tls = 1;
 	}
 
+	if (keygen) {
+		/* a new key, the request's names in a CSR of it, and a request
+		 * id of its own: a retry is a new request, since the key is
+		 * never kept */
+		int nl = 0;
+		unsigned char rnd[30];
+		if ((newkey = keygen_like(X509_REQ_get0_pubkey(csr))) == NULL ||
+		    keygen_csr(csr, newkey, &newder, &nl) != 0 || RAND_bytes(rnd, sizeof rnd) != 1) {
+			ERR_clear_error();
+			reply_text(req, 500, "Internal Server Error", "cannot generate the key; retry");
+			goto out;
+		}
+		fg_hex(rnd, sizeof rnd, hex);
+		snprintf(rid, sizeof rid, "skg-%.60s", hex);
+		r.csr = newder;
+		r.csr_len = (size_t)nl;
+	}
 	refresh_policy(t);
 	worker_enroll(t->w, &r, &frame, &flen);
-	answer(req, frame, flen, reenroll);
+	if (keygen)
+		answer_keygen(req, frame, flen, newkey);
+	else
+		answer(req, frame, flen, reenroll);
 out:
+	EVP_PKEY_free(newkey);
+	OPENSSL_free(newder);
 	OPENSSL_cleanse(token, sizeof token);
 	free(frame);
 	free(der);
@@ -745,7 +917,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	}
 	if (pr == -2) {
 		reply_text(req, 404, "Not Found",
-			   "unknown EST operation; this gateway serves cacerts, csrattrs, simpleenroll and simplereenroll (serverkeygen and fullcmc are not offered)");
+			   "unknown EST operation; this gateway serves cacerts, csrattrs, simpleenroll, simplereenroll and serverkeygen (fullcmc is not offered)");
 		return;
 	}
 	const char *profile = label_profile(e, label);
@@ -754,7 +926,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 			   "no EST label '%s' is configured; use one of est.labels in fleetgated.conf, or none", label);
 		return;
 	}
-	int want_post = op == OP_ENROLL || op == OP_REENROLL;
+	int want_post = op == OP_ENROLL || op == OP_REENROLL || op == OP_SERVERKEYGEN;
 	if (want_post ? cmd != EVHTTP_REQ_POST : cmd != EVHTTP_REQ_GET) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", want_post ? "POST" : "GET");
 		reply_text(req, 405, "Method Not Allowed", "this EST operation takes %s",
@@ -766,6 +938,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	case OP_CSRATTRS: on_csrattrs(req); break;
 	case OP_ENROLL: on_enroll(t, req, label, profile, 0); break;
 	case OP_REENROLL: on_enroll(t, req, label, profile, 1); break;
+	case OP_SERVERKEYGEN: on_enroll(t, req, label, profile, 2); break;
 	default: break;
 	}
 }

@@ -42,9 +42,9 @@ struct enroll_ctx {
 
 static const char *const allow_fields[] = {
 	"allow", "profile", "backend", "cn", "dns", "ip", "email", "validity", "challenge",
-	"acme_challenge",
+	"acme_challenge", "keygen", "anchors",
 };
-#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge, acme_challenge"
+#define ALLOW_FIELDS_TEXT "profile, backend, cn, dns, ip, email, validity, challenge, acme_challenge, keygen, anchors"
 
 static int allow_field_known(const char *k)
 {
@@ -285,6 +285,22 @@ static void push_request(lua_State *L, const struct policy_request *r)
 		lua_setfield(L, -2, "key_bits");
 	}
 	lua_setfield(L, -2, "csr");
+
+	/* backend_csrattrs["est-corp"] = { key_type = "ec", oids = { ... } } */
+	lua_createtable(L, 0, (int)(r->nbackend_csrattrs < 64 ? r->nbackend_csrattrs : 64));
+	for (size_t i = 0; i < r->nbackend_csrattrs; i++) {
+		const struct policy_csrattrs *a = &r->backend_csrattrs[i];
+		lua_createtable(L, 0, 2);
+		set_str(L, "key_type", a->key_type);
+		lua_createtable(L, (int)(a->noids < 64 ? a->noids : 64), 0);
+		for (size_t j = 0; j < a->noids; j++) {
+			lua_pushstring(L, a->oids[j]);
+			lua_rawseti(L, -2, (lua_Integer)j + 1);
+		}
+		lua_setfield(L, -2, "oids");
+		lua_setfield(L, -2, a->backend);
+	}
+	lua_setfield(L, -2, "backend_csrattrs");
 }
 
 /* ---- decision ---- */
@@ -409,6 +425,25 @@ static int take_allow_field(lua_State *L, const char *k, struct enroll_ctx *c)
 	if (strcmp(k, "acme_challenge") == 0)
 		return take_str(L, v, "allow{}", "acme_challenge", d->acme_challenge,
 				sizeof d->acme_challenge, c);
+	if (strcmp(k, "anchors") == 0) {
+		if (lua_type(L, v) != LUA_TBOOLEAN) {
+			fg_seterr(c->err, c->errlen, "%s: allow{}: anchors must be true or false, not %s",
+				  c->p->name, luaL_typename(L, v));
+			return -1;
+		}
+		d->anchors = lua_toboolean(L, v);
+		return 0;
+	}
+	if (strcmp(k, "keygen") == 0) {
+		if (take_str(L, v, "allow{}", "keygen", d->keygen, sizeof d->keygen, c) != 0)
+			return -1;
+		if (strcmp(d->keygen, "server") != 0 && strcmp(d->keygen, "device") != 0) {
+			fg_seterr(c->err, c->errlen, "%s: allow{}: keygen must be \"server\" or \"device\", not '%s'",
+				  c->p->name, d->keygen);
+			return -1;
+		}
+		return 0;
+	}
 	if (strcmp(k, "dns") == 0)
 		return take_names(L, v, "dns", d->dns, &d->ndns, c);
 	if (strcmp(k, "ip") == 0)

@@ -52,6 +52,14 @@ struct policy_facts {
 	int tpm_present;
 };
 
+/* What one backend's CA asks of CSRs (EST /csrattrs), for req.backend_csrattrs. */
+struct policy_csrattrs {
+	const char *backend;
+	const char *key_type;           /* "p256", "ec", "rsa", ... or "" */
+	const char *const *oids;
+	size_t noids;
+};
+
 struct policy_request {
 	const char *protocol;
 	const char *request_id;
@@ -73,6 +81,9 @@ struct policy_request {
 	const char *device_serial;      /* pre-registered serial, or NULL */
 	const char *device_attrs_json;  /* JSON object of the free attributes, or NULL */
 	const char *token_bound_json;   /* JSON object of the token's bindings, or NULL */
+	/* what the backends' CAs ask of CSRs (EST /csrattrs), by backend */
+	const struct policy_csrattrs *backend_csrattrs;
+	size_t nbackend_csrattrs;
 	const char *profile;            /* req.profile: the EST label's profile, or NULL */
 };
 
@@ -93,6 +104,8 @@ struct policy_decision {
 	int64_t validity;        /* seconds; 0 = profile default */
 	char challenge[256];
 	char acme_challenge[32]; /* "" = the ACME backend's challenge setting */
+	char keygen[16];         /* "server": the CA makes the key (EST serverkeygen); "" or "device" */
+	int anchors;             /* 1: hand the backend's CA chain to the agent as trust anchors */
 };
 void policy_decision_clear(struct policy_decision *d);
 

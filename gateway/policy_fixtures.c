@@ -73,7 +73,7 @@ static const struct fx_field csr_fields[] = {
 
 static const char *const expect_keys[] = {
 	"allow", "profile", "backend", "cn", "dns", "ip", "email", "validity", "challenge",
-	"acme_challenge", "reason", "reason_match", NULL,
+	"acme_challenge", "keygen", "reason", "reason_match", NULL,
 };
 
 /* Prefix for messages about case i: "cases.json: case 3 'name'". */
@@ -261,7 +261,7 @@ static int check_expect(json_t *ex, char *msg, size_t msglen)
 			e++;
 		if (*e == NULL) {
 			fg_seterr(msg, msglen, "expect: unknown field '%s'; valid fields are allow, profile, "
-				  "backend, cn, dns, ip, email, validity, challenge, acme_challenge (allowed) or reason, "
+				  "backend, cn, dns, ip, email, validity, challenge, acme_challenge, keygen (allowed) or reason, "
 				  "reason_match (denied)", k);
 			return -1;
 		}
@@ -521,6 +521,7 @@ static void compare(struct diff *d, json_t *ex, const struct policy_decision *de
 			 (long long)json_integer_value(w), dec->validity == 0 ? " (none: the profile's default)" : "");
 	cmp_str(d, ex, "challenge", dec->challenge);
 	cmp_str(d, ex, "acme_challenge", dec->acme_challenge);
+	cmp_str(d, ex, "keygen", dec->keygen);
 }
 
 int policy_fixtures_run(const struct policy_fixtures *fx, struct policy *p, FILE *report,

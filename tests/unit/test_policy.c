@@ -268,6 +268,59 @@ static void test_helpers(void **state)
 	policy_free(p);
 }
 
+/* keygen = "server" | "device" is taken, anything else refused;
+ * req.backend_csrattrs shows what the backends' CAs ask of CSRs. */
+static void test_keygen_and_csrattrs(void **state)
+{
+	static const char text[] =
+		"function enroll(req)\n"
+		"  local a = req.backend_csrattrs['est-corp']\n"
+		"  if req.slot == 'attrs' then\n"
+		"    return deny(a.key_type .. '|' .. #a.oids .. '|' .. a.oids[2] .. '|' .. tostring(req.backend_csrattrs.other))\n"
+		"  end\n"
+		"  if req.slot == 'anchors' then return allow{ anchors = true } end\n"
+		"  if req.slot == 'badanchors' then return allow{ anchors = 'yes' } end\n"
+		"  return allow{ keygen = req.slot }\n"
+		"end\n";
+	static const char *const oids[] = { "challengePassword", "ecdsa-with-SHA384" };
+	struct policy_csrattrs ca = { "est-corp", "p384", oids, 2 };
+	struct policy *p = must_load(*state, text, NULL);
+	struct policy_request r = sample_request();
+	struct policy_decision d;
+	char err[512] = "";
+
+	r.backend_csrattrs = &ca;
+	r.nbackend_csrattrs = 1;
+	r.slot = "attrs";
+	assert_int_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_false(d.allow);
+	assert_string_equal(d.reason, "p384|2|ecdsa-with-SHA384|nil");
+	policy_decision_clear(&d);
+
+	r.slot = "server";
+	assert_int_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_true(d.allow);
+	assert_string_equal(d.keygen, "server");
+	policy_decision_clear(&d);
+
+	r.slot = "anchors";
+	assert_int_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_true(d.allow);
+	assert_true(d.anchors);
+	policy_decision_clear(&d);
+
+	r.slot = "badanchors";
+	assert_int_not_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_non_null(strstr(err, "anchors must be true or false, not string"));
+	policy_decision_clear(&d);
+
+	r.slot = "tpm";
+	assert_int_not_equal(policy_enroll(p, &r, &d, err, sizeof err), 0);
+	assert_non_null(strstr(err, "keygen must be \"server\" or \"device\", not 'tpm'"));
+	policy_decision_clear(&d);
+	policy_free(p);
+}
+
 /* ---- load-time errors ---- */
 
 static void test_syntax_error(void **state)
@@ -635,6 +688,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_default_renew_allows, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_request_shape, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_helpers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keygen_and_csrattrs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_syntax_error, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_enroll, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),

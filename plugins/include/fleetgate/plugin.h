@@ -147,6 +147,19 @@ struct fg_issue_request {
 	const char *const *challenges_ready; /* tokens the device says it serves
 					     * (its acknowledgement), for this call */
 	size_t n_challenges_ready;
+
+	/* Appended during ABI 1 for EST csrattrs: sizeof(struct fg_csr_needs)
+	 * of the host, so that a plugin writes fg_csr_needs.key_type only
+	 * into a host that has it (read only when struct_size covers it). */
+	size_t csr_needs_size;
+
+	/* Appended during ABI 1 for EST serverkeygen: 1 when the policy
+	 * marked the slot server-generated. The CA makes the key; the
+	 * plugin returns it only encrypted to the CSR's public key (the
+	 * device's one-time transport key) in fg_issue_result.enc_key, and
+	 * never keeps it in clear. Only sent to a plugin whose ops say
+	 * server_keygen = 1. */
+	int server_keygen;
 };
 
 /* Appended during ABI 1: an ACME challenge (RFC 8555 8) the device serves
@@ -181,6 +194,14 @@ struct fg_issue_result {
 	 * when req->struct_size covers acme_challenge (a host that knows them). */
 	struct fg_challenge *challenges;    /* malloc'd array */
 	size_t n_challenges;
+
+	/* Appended during ABI 1 for EST serverkeygen: with server_keygen, the
+	 * CA-made private key as a DER CMS EnvelopedData (RFC 5652) whose
+	 * content is the PKCS#8 PrivateKeyInfo, encrypted to the CSR's public
+	 * key; malloc'd. Written only when req->struct_size covers
+	 * server_keygen. */
+	unsigned char *enc_key;
+	size_t enc_key_len;
 };
 
 /* Free what a plugin put in res and zero it. */
@@ -194,6 +215,7 @@ static inline void fg_issue_result_clear(struct fg_issue_result *res)
 	free(res->chain_der);
 	free(res->chain_len);
 	free(res->challenges);
+	free(res->enc_key);
 	memset(res, 0, sizeof *res);
 }
 
@@ -224,6 +246,19 @@ struct fg_csr_needs {
 	/* The challengePassword (PKCS#9, RFC 2985 5.4.1) the CSR must carry,
 	 * "" for none. */
 	char challenge[256];
+
+	/* Appended during ABI 1 for EST csrattrs: the key type the CA asks
+	 * for when the CSR's key is not one it takes ("p256", "p384",
+	 * "rsa2048", "rsa3072", "rsa4096", "ed25519"), else "". The device
+	 * then rebuilds its CSR with a new key of that type. Written only when
+	 * the request's csr_needs_size covers it. */
+	char key_type[16];
+};
+
+/* What a CA asks of CSRs (EST /csrattrs, RFC 7030 4.5), for the policy. */
+struct fg_csr_attrs {
+	char key_type[16];                  /* "p256", "p384", "ec", "rsa", "ed25519" or "" for any */
+	char oids[1024];                    /* the OIDs asked for, short names or dotted, space-separated */
 };
 
 /* CRL reason codes (RFC 5280 5.3.1) used by revoke. */
@@ -338,6 +373,17 @@ struct fg_backend_ops {
 	int (*ocsp_respond)(void *state, const unsigned char *req, size_t req_len,
 			    fg_cert_status_fn status, void *status_arg, int64_t now,
 			    unsigned char **resp, size_t *resp_len, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for EST csrattrs: what the CA asks of CSRs,
+	 * for the policy (req.backend_csrattrs). 1 with out filled, 0 when
+	 * the CA states nothing, -1 with err when it cannot be known now.
+	 * Called from worker threads before each policy call: a plugin
+	 * answers from a cache. May be NULL. */
+	int (*csr_attrs)(void *state, struct fg_csr_attrs *out, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for EST serverkeygen: 1 when issue honours
+	 * fg_issue_request.server_keygen (see there), else 0. */
+	int server_keygen;
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
