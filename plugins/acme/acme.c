@@ -55,6 +55,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -76,6 +77,9 @@ struct acme {
 	char tls_ca_file[PATH_MAX];
 	char root_url[1024];
 	char contact[256];
+	char eab_kid[256];            /* RFC 8555 7.3.4, "" for none */
+	unsigned char eab_key[128];   /* the decoded HMAC key */
+	size_t eab_key_len;
 	long timeout;                 /* seconds per HTTP exchange */
 	uint32_t poll_interval;       /* seconds, when no Retry-After */
 	long inline_wait;             /* seconds one call may wait */
@@ -85,7 +89,10 @@ struct acme {
 	char new_nonce[1024];         /* RFC 8555 7.1.1 directory */
 	char new_account[1024];
 	char new_order[1024];
+	char key_change[1024];        /* "" when the CA offers none (7.3.5) */
+	char revoke_cert[1024];       /* "" when the CA offers none (7.6) */
 	EVP_PKEY *key;                /* account key, P-256 */
+	unsigned char key_digest[32]; /* SHA-256 of the stored PEM a->key came from */
 	char kid[1024];               /* account URL, "" before newAccount */
 	char nonce[256];              /* one spare Replay-Nonce, "" if none */
 	struct fg_cert_list roots;    /* last answer of root_url */
@@ -178,6 +185,51 @@ static char *b64url(const unsigned char *p, size_t n)
 static char *b64url_str(const char *s)
 {
 	return b64url((const unsigned char *)s, strlen(s));
+}
+
+/* Decodes base64url text (padding optional) into out (outcap bytes).
+ * The length, or -1 when the text is not base64url or does not fit. */
+static long b64url_decode(const char *text, unsigned char *out, size_t outcap)
+{
+	size_t n = strlen(text);
+	while (n > 0 && text[n - 1] == '=')
+		n--;
+	if (n == 0 || n % 4 == 1 || n > 4096)
+		return -1;
+	size_t padded = (n + 3) / 4 * 4;
+	char *t = malloc(padded + 1);
+	unsigned char *raw = malloc(padded / 4 * 3 + 1);
+	long len = -1;
+	if (t == NULL || raw == NULL)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		char c = text[i];
+		if (c == '-')
+			c = '+';
+		else if (c == '_')
+			c = '/';
+		else if (c == '+' || c == '/')
+			goto out;       /* base64, not base64url */
+		t[i] = c;
+	}
+	for (size_t i = n; i < padded; i++)
+		t[i] = '=';
+	t[padded] = 0;
+	int l = EVP_DecodeBlock(raw, (unsigned char *)t, (int)padded);
+	if (l < 0)
+		goto out;
+	l -= (int)(padded - n);      /* EVP_DecodeBlock counts the padding as zero bytes */
+	if (l <= 0 || (size_t)l > outcap)
+		goto out;
+	memcpy(out, raw, (size_t)l);
+	len = l;
+out:
+	ERR_clear_error();
+	if (raw != NULL)
+		OPENSSL_cleanse(raw, padded / 4 * 3 + 1);
+	free(raw);
+	free(t);
+	return len;
 }
 
 /* ---- HTTP (libcurl) ---- */
@@ -391,15 +443,16 @@ out:
 }
 
 /* A flattened JWS (RFC 7515 7.2.2) of payload (NULL: POST-as-GET, an empty
- * payload, RFC 8555 6.3) for url with nonce; "jwk" when kid is NULL, else
- * "kid". Malloc'd JSON text, or NULL with err. */
+ * payload, RFC 8555 6.3) for url with nonce (NULL: none, for the inner JWS
+ * of keyChange, RFC 8555 7.3.5); "jwk" when kid is NULL, else "kid".
+ * Malloc'd JSON text, or NULL with err. */
 static char *jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
 		 const char *payload, char *err, size_t errlen)
 {
-	json_t *prot = json_pack("{s:s, s:s, s:s}", "alg", "ES256", "nonce", nonce, "url", url);
+	json_t *prot = json_pack("{s:s, s:s}", "alg", "ES256", "url", url);
 	json_t *env = NULL;
 	char *ptext = NULL, *p64 = NULL, *pl64 = NULL, *input = NULL, *sig = NULL, *out = NULL;
-	if (prot == NULL)
+	if (prot == NULL || (nonce != NULL && json_object_set_new(prot, "nonce", json_string(nonce)) != 0))
 		goto oom;
 	if (kid != NULL) {
 		if (json_object_set_new(prot, "kid", json_string(kid)) != 0)
@@ -465,6 +518,10 @@ static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
 	snprintf(a->new_nonce, sizeof a->new_nonce, "%s", nn);
 	snprintf(a->new_account, sizeof a->new_account, "%s", na);
 	snprintf(a->new_order, sizeof a->new_order, "%s", no);
+	const char *kc = json_string_value(json_object_get(j, "keyChange"));
+	const char *rv = json_string_value(json_object_get(j, "revokeCert"));
+	snprintf(a->key_change, sizeof a->key_change, "%s", kc ? kc : "");
+	snprintf(a->revoke_cert, sizeof a->revoke_cert, "%s", rv ? rv : "");
 	a->have_dir = 1;
 	rc = ACME_OK;
 out:
@@ -549,33 +606,46 @@ static enum acme_rc post(struct acme *a, EVP_PKEY *key, const char *kid, const c
 }
 
 /* The account key from plugin state, made and stored on first use.
- * Called with a->mu held. */
+ * Called with a->mu held, on every use of the account: the stored key is
+ * read each time and a->key replaced when it changed, so that a key rolled
+ * over by the operator (fleetgate backend acme-rollover, another process)
+ * is taken up by a running gateway at its next request. */
 static int key_load(struct acme *a, char *err, size_t errlen)
 {
-	unsigned char *pem = NULL;
+	unsigned char *pem = NULL, dg[32];
 	size_t len = 0;
 	BIO *b = NULL;
 	EVP_PKEY *k = NULL;
 	int rc = -1;
-	if (a->key != NULL)
-		return 0;
 	int g = a->host->state_get(a->host->ctx, "account.key", &pem, &len);
 	if (g < 0) {
 		seterr(err, errlen, "backend %s: cannot read the ACME account key from the plugin state", a->name);
 		goto out;
 	}
-	if (g == 1) {
+	if (g == 1 && len > 0) {
+		if (EVP_Digest(pem, len, dg, NULL, EVP_sha256(), NULL) != 1) {
+			ssl_err(err, errlen, "backend %s: cannot hash the stored ACME account key", a->name);
+			goto out;
+		}
+		if (a->key != NULL && memcmp(dg, a->key_digest, sizeof dg) == 0) {
+			rc = 0;
+			goto out;
+		}
 		if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
 		    (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL) {
 			ssl_err(err, errlen, "backend %s: the stored ACME account key cannot be read", a->name);
 			goto out;
 		}
+		if (a->key != NULL)
+			alog(a, FG_LEVEL_INFO, NULL, "backend %s: the ACME account key changed in the plugin state (rollover); using the new key",
+			     a->name);
 	} else {
 		char *p = NULL;
 		long n;
 		if ((k = EVP_EC_gen("P-256")) == NULL || (b = BIO_new(BIO_s_mem())) == NULL ||
 		    PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1 ||
-		    (n = BIO_get_mem_data(b, &p)) <= 0) {
+		    (n = BIO_get_mem_data(b, &p)) <= 0 ||
+		    EVP_Digest(p, (size_t)n, dg, NULL, EVP_sha256(), NULL) != 1) {
 			ssl_err(err, errlen, "backend %s: cannot make an ACME account key", a->name);
 			goto out;
 		}
@@ -587,7 +657,9 @@ static int key_load(struct acme *a, char *err, size_t errlen)
 		}
 		alog(a, FG_LEVEL_INFO, NULL, "backend %s: made a new ACME account key (P-256)", a->name);
 	}
+	EVP_PKEY_free(a->key);
 	a->key = k;
+	memcpy(a->key_digest, dg, sizeof dg);
 	k = NULL;
 	rc = 0;
 out:
@@ -598,6 +670,59 @@ out:
 	BIO_free(b);
 	EVP_PKEY_free(k);
 	return rc;
+}
+
+/* The externalAccountBinding of a newAccount request (RFC 8555 7.3.4): a
+ * flattened JWS, HS256 with the CA's MAC key, whose protected header names
+ * eab_kid and the newAccount URL and whose payload is the account's public
+ * JWK. A new json object, or NULL with err. */
+static json_t *eab_binding(const struct acme *a, EVP_PKEY *key, const char *url, char *err, size_t errlen)
+{
+	json_t *prot = json_pack("{s:s, s:s, s:s}", "alg", "HS256", "kid", a->eab_kid, "url", url);
+	json_t *jwk = jwk_of(key), *out = NULL;
+	char *ptext = NULL, *jtext = NULL, *p64 = NULL, *pl64 = NULL, *input = NULL, *sig64 = NULL;
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	if (prot == NULL || jwk == NULL || (ptext = json_dumps(prot, JSON_COMPACT)) == NULL ||
+	    (jtext = json_dumps(jwk, JSON_COMPACT)) == NULL || (p64 = b64url_str(ptext)) == NULL ||
+	    (pl64 = b64url_str(jtext)) == NULL || asprintf(&input, "%s.%s", p64, pl64) < 0) {
+		input = NULL;
+		seterr(err, errlen, "out of memory building the external account binding");
+		goto out;
+	}
+	if (HMAC(EVP_sha256(), a->eab_key, (int)a->eab_key_len, (const unsigned char *)input, strlen(input),
+		 mac, &maclen) == NULL) {
+		ssl_err(err, errlen, "backend %s: cannot compute the external account binding's HS256 MAC", a->name);
+		goto out;
+	}
+	if ((sig64 = b64url(mac, maclen)) == NULL ||
+	    (out = json_pack("{s:s, s:s, s:s}", "protected", p64, "payload", pl64, "signature", sig64)) == NULL)
+		seterr(err, errlen, "out of memory building the external account binding");
+out:
+	OPENSSL_cleanse(mac, sizeof mac);
+	json_decref(prot);
+	json_decref(jwk);
+	free(ptext);
+	free(jtext);
+	free(p64);
+	free(pl64);
+	free(input);
+	free(sig64);
+	return out;
+}
+
+/* Adds what the operator should do to a refused newAccount's message:
+ * the CA wants an external account binding, or refused the one sent. */
+static void account_hint(const struct acme *a, char *err, size_t errlen)
+{
+	char base[1024];
+	snprintf(base, sizeof base, "%s", err);
+	if (strstr(base, "externalAccountRequired") != NULL && a->eab_kid[0] == 0)
+		seterr(err, errlen, "%s; this CA requires an external account binding: set eab_kid and eab_hmac_key (base64url) in backends.%s to the values the CA gave you",
+		       base, a->name);
+	else if (a->eab_kid[0] && (strstr(base, "unauthorized") != NULL || strstr(base, "malformed") != NULL))
+		seterr(err, errlen, "%s; the CA refused the external account binding for key id '%s': check backends.%s.eab_kid and eab_hmac_key against what the CA gave you",
+		       base, a->eab_kid, a->name);
 }
 
 /* The account (RFC 8555 7.3): directory, key and kid ready, registering
@@ -635,6 +760,12 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 		p = json_pack("{s:b}", "termsOfServiceAgreed", 1);
 		if (p != NULL && a->contact[0])
 			json_object_set_new(p, "contact", json_pack("[s]", a->contact));
+		if (p != NULL && a->eab_kid[0]) {
+			json_t *eab = eab_binding(a, a->key, a->new_account, err, errlen);
+			if (eab == NULL)
+				goto out;
+			json_object_set_new(p, "externalAccountBinding", eab);
+		}
 		if (p == NULL || (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
 			seterr(err, errlen, "out of memory");
 			goto out;
@@ -650,8 +781,10 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 		rc = post(a, k, NULL, url_na, payload, NULL, &r, err, errlen);
 		EVP_PKEY_free(k);
 		pthread_mutex_lock(&a->mu);
-		if (rc != ACME_OK)
+		if (rc != ACME_OK) {
+			account_hint(a, err, errlen);
 			goto out;
+		}
 		rc = ACME_RETRY;
 		if (r.location[0] == 0 || strlen(r.location) >= sizeof a->kid) {
 			seterr(err, errlen, "the ACME CA's newAccount answer has no usable Location");
@@ -1320,6 +1453,7 @@ static void acme_close(void *state)
 	if (a == NULL)
 		return;
 	EVP_PKEY_free(a->key);
+	OPENSSL_cleanse(a->eab_key, sizeof a->eab_key);
 	fg_cert_list_clear(&a->roots);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
@@ -1342,6 +1476,34 @@ static int num_setting(const struct fg_kv *kv, size_t n, const char *key, long d
 	return 0;
 }
 
+/* eab_kid and eab_hmac_key (RFC 8555 7.3.4): both or neither; the key is
+ * base64url as CAs hand it out. 0, or -1 with err. */
+static int eab_setting(struct acme *a, const struct fg_kv *kv, size_t n, char *err, size_t errlen)
+{
+	const char *kid = fg_kv_get(kv, n, "eab_kid"), *key = fg_kv_get(kv, n, "eab_hmac_key");
+	if (kid == NULL && key == NULL)
+		return 0;
+	if (kid == NULL || key == NULL || kid[0] == 0) {
+		seterr(err, errlen, "backends.%s: set both eab_kid and eab_hmac_key (the external account binding the CA gave you), or neither",
+		       a->name);
+		return -1;
+	}
+	if (strlen(kid) >= sizeof a->eab_kid) {
+		seterr(err, errlen, "backends.%s.eab_kid: longer than %zu characters", a->name, sizeof a->eab_kid - 1);
+		return -1;
+	}
+	long l = b64url_decode(key, a->eab_key, sizeof a->eab_key);
+	if (l < 16) {
+		seterr(err, errlen, "backends.%s.eab_hmac_key: not a base64url HMAC key of 16 to %zu bytes; copy it exactly as the CA gave it",
+		       a->name, sizeof a->eab_key);
+		OPENSSL_cleanse(a->eab_key, sizeof a->eab_key);
+		return -1;
+	}
+	a->eab_key_len = (size_t)l;
+	snprintf(a->eab_kid, sizeof a->eab_kid, "%s", kid);
+	return 0;
+}
+
 static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
 		     char *err, size_t errlen)
 {
@@ -1358,13 +1520,13 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	a->host = host;
 	snprintf(a->name, sizeof a->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "acme");
 	static const char *known[] = { "name", "state_dir", "create", "directory", "tls_ca_file", "root_url",
-		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl", NULL };
+		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl", "eab_kid", "eab_hmac_key", NULL };
 	for (size_t i = 0; i < n; i++) {
 		size_t k = 0;
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait, cache_ttl)",
+			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, eab_kid, eab_hmac_key, timeout, poll_interval, inline_wait, cache_ttl)",
 			       a->name, kv[i].key);
 			goto fail;
 		}
@@ -1388,6 +1550,8 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		}
 		snprintf(a->contact, sizeof a->contact, "%s", v);
 	}
+	if (eab_setting(a, kv, n, err, errlen) != 0)
+		goto fail;
 	if (num_setting(kv, n, "timeout", 30, 1, 600, &a->timeout) != 0) {
 		seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", a->name);
 		goto fail;
