@@ -1445,6 +1445,230 @@ static int acme_revoke(void *state, const unsigned char *cert_der, size_t cert_l
 	return -1;
 }
 
+/* ---- operator commands: account key rollover (RFC 8555 7.3.5) ---- */
+
+/* PEM (PKCS#8) of key, malloc'd and NUL-terminated, length in *len; NULL
+ * on error. The caller wipes and frees it. */
+static char *key_pem(EVP_PKEY *key, size_t *len)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *p = NULL, *out = NULL;
+	long n;
+	if (b != NULL && PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL) == 1 &&
+	    (n = BIO_get_mem_data(b, &p)) > 0 && (out = malloc((size_t)n + 1)) != NULL) {
+		memcpy(out, p, (size_t)n);
+		out[n] = 0;
+		*len = (size_t)n;
+		OPENSSL_cleanse(p, (size_t)n);
+	}
+	ERR_clear_error();
+	BIO_free(b);
+	return out;
+}
+
+/* The RFC 7638 JWK thumbprint of key, base64url, malloc'd; NULL on error. */
+static char *thumbprint(EVP_PKEY *key)
+{
+	json_t *jwk = jwk_of(key);
+	char *text = jwk ? json_dumps(jwk, JSON_COMPACT | JSON_SORT_KEYS) : NULL, *out = NULL;
+	unsigned char dg[32];
+	if (text != NULL && EVP_Digest(text, strlen(text), dg, NULL, EVP_sha256(), NULL) == 1)
+		out = b64url(dg, sizeof dg);
+	json_decref(jwk);
+	free(text);
+	return out;
+}
+
+/* Asks the CA which account key belongs to (newAccount with
+ * onlyReturnExisting, RFC 8555 7.3.1). ACME_OK with the account URL in
+ * url; ACME_FINAL when the CA knows no account with that key. */
+static enum acme_rc account_lookup(struct acme *a, EVP_PKEY *key, char *url, size_t urllen, char *err,
+				   size_t errlen)
+{
+	struct resp r = { .retry_after = -1 };
+	char na[1024];
+	pthread_mutex_lock(&a->mu);
+	snprintf(na, sizeof na, "%s", a->new_account);
+	pthread_mutex_unlock(&a->mu);
+	enum acme_rc rc = post(a, key, NULL, na, "{\"onlyReturnExisting\":true}", NULL, &r, err, errlen);
+	if (rc == ACME_OK)
+		snprintf(url, urllen, "%s", r.location);
+	else if (strstr(err, "accountDoesNotExist") != NULL)
+		rc = ACME_FINAL;
+	resp_clear(&r);
+	return rc;
+}
+
+/* Makes pem (the new key) the account key, in the state and in memory,
+ * and forgets the pending one. 0 or -1 with err. */
+static int key_adopt(struct acme *a, EVP_PKEY *key, const char *pem, size_t len, char *err, size_t errlen)
+{
+	unsigned char dg[32];
+	if (EVP_Digest(pem, len, dg, NULL, EVP_sha256(), NULL) != 1 ||
+	    a->host->state_put(a->host->ctx, "account.key", (const unsigned char *)pem, len) != 0) {
+		ERR_clear_error();
+		seterr(err, errlen, "backend %s: the CA took the new account key, but it cannot be written to the plugin state; the new key is kept as account.key.next: fix the store and run acme-rollover again, which adopts it",
+		       a->name);
+		return -1;
+	}
+	a->host->state_put(a->host->ctx, "account.key.next", (const unsigned char *)"", 0);
+	pthread_mutex_lock(&a->mu);
+	EVP_PKEY_free(a->key);
+	EVP_PKEY_up_ref(key);
+	a->key = key;
+	memcpy(a->key_digest, dg, sizeof dg);
+	pthread_mutex_unlock(&a->mu);
+	return 0;
+}
+
+/* A rollover that was interrupted after the new key was kept as
+ * account.key.next: when the CA already knows the account by that key,
+ * it is adopted (1); when not, it is dropped (0). -1 with err when the
+ * CA cannot tell now. */
+static int rollover_resume(struct acme *a, const char *kid, char **out, char *err, size_t errlen)
+{
+	unsigned char *pem = NULL;
+	size_t len = 0;
+	BIO *b = NULL;
+	EVP_PKEY *k = NULL;
+	char url[1024] = "";
+	int rc = 0;
+	int g = a->host->state_get(a->host->ctx, "account.key.next", &pem, &len);
+	if (g < 0) {
+		seterr(err, errlen, "backend %s: cannot read account.key.next from the plugin state", a->name);
+		return -1;
+	}
+	if (g == 0 || len == 0)
+		goto out;
+	if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
+	    (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL) {
+		ERR_clear_error();
+		goto out;       /* unreadable: the new rollover replaces it */
+	}
+	enum acme_rc lr = account_lookup(a, k, url, sizeof url, err, errlen);
+	if (lr == ACME_RETRY) {
+		rc = -1;
+		goto out;
+	}
+	if (lr == ACME_OK && strcmp(url, kid) == 0) {
+		if (key_adopt(a, k, (const char *)pem, len, err, errlen) != 0) {
+			rc = -1;
+			goto out;
+		}
+		if (asprintf(out, "backend %s: an earlier rollover had reached the CA; its key is now the account key of %s",
+			     a->name, kid) < 0)
+			*out = NULL;
+		rc = 1;
+	}
+out:
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, len);
+		free(pem);
+	}
+	BIO_free(b);
+	EVP_PKEY_free(k);
+	return rc;
+}
+
+/* keyChange (RFC 8555 7.3.5): a new P-256 key replaces the account key at
+ * the CA. The inner JWS, signed by the new key with its jwk and no nonce,
+ * carries {account, oldKey}; the outer one is an ordinary request signed
+ * by the old key. The new key is written ahead as account.key.next, so
+ * that a rollover cut short after the CA took it can be finished by
+ * running the command again (rollover_resume). On success account.key
+ * holds the new key; a running gateway reads it at its next request. */
+static int rollover(struct acme *a, char **out, char *err, size_t errlen)
+{
+	EVP_PKEY *old = NULL, *newk = NULL;
+	char kid[1024], kc[1024], *pem = NULL, *payload = NULL, *inner = NULL, *tp = NULL;
+	size_t pem_len = 0;
+	json_t *p = NULL, *oldjwk = NULL;
+	struct resp r = { .retry_after = -1 };
+	int rc = -1;
+
+	if (account(a, &old, kid, sizeof kid, err, errlen) != ACME_OK)
+		goto out;
+	pthread_mutex_lock(&a->mu);
+	snprintf(kc, sizeof kc, "%s", a->key_change);
+	pthread_mutex_unlock(&a->mu);
+	if (kc[0] == 0) {
+		seterr(err, errlen, "backend %s: the ACME CA's directory has no keyChange; it cannot roll over account keys",
+		       a->name);
+		goto out;
+	}
+	int resumed = rollover_resume(a, kid, out, err, errlen);
+	if (resumed != 0) {
+		rc = resumed > 0 ? 0 : -1;
+		goto out;
+	}
+	if ((newk = EVP_EC_gen("P-256")) == NULL || (pem = key_pem(newk, &pem_len)) == NULL) {
+		ssl_err(err, errlen, "backend %s: cannot make a new ACME account key", a->name);
+		goto out;
+	}
+	if (a->host->state_put(a->host->ctx, "account.key.next", (unsigned char *)pem, pem_len) != 0) {
+		seterr(err, errlen, "backend %s: cannot write the new account key to the plugin state; nothing was changed",
+		       a->name);
+		goto out;
+	}
+	if ((oldjwk = jwk_of(old)) == NULL ||
+	    (p = json_pack("{s:s, s:O}", "account", kid, "oldKey", oldjwk)) == NULL ||
+	    (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
+		seterr(err, errlen, "out of memory");
+		goto out;
+	}
+	if ((inner = jws(newk, NULL, NULL, kc, payload, err, errlen)) == NULL)
+		goto out;
+	enum acme_rc prc = post(a, old, kid, kc, inner, NULL, &r, err, errlen);
+	if (prc != ACME_OK) {
+		char base[600];
+		snprintf(base, sizeof base, "%s", err);
+		if (prc == ACME_FINAL) {
+			a->host->state_put(a->host->ctx, "account.key.next", (const unsigned char *)"", 0);
+			seterr(err, errlen, "backend %s: the CA refused the key rollover (%s); the old key stays in use",
+			       a->name, base);
+		} else {
+			seterr(err, errlen, "backend %s: the key rollover did not complete (%s); run the command again: it first checks whether the CA took the new key",
+			       a->name, base);
+		}
+		goto out;
+	}
+	if (key_adopt(a, newk, pem, pem_len, err, errlen) != 0)
+		goto out;
+	tp = thumbprint(newk);
+	if (asprintf(out, "backend %s: account %s now uses a new key (JWK thumbprint %s); the old key is no longer accepted by the CA",
+		     a->name, kid, tp ? tp : "?") < 0)
+		*out = NULL;
+	alog(a, FG_LEVEL_INFO, NULL, "backend %s: ACME account key rolled over (thumbprint %s)", a->name, tp ? tp : "?");
+	rc = 0;
+out:
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, pem_len);
+		free(pem);
+	}
+	EVP_PKEY_free(old);
+	EVP_PKEY_free(newk);
+	json_decref(p);
+	json_decref(oldjwk);
+	free(payload);
+	free(inner);
+	free(tp);
+	resp_clear(&r);
+	return rc;
+}
+
+/* Operator commands (fleetgate backend acme-rollover). */
+static int acme_admin(void *state, const char *verb, const char *const *args, size_t n_args, char **out,
+		      char *err, size_t errlen)
+{
+	struct acme *a = state;
+	(void)args;
+	*out = NULL;
+	if (strcmp(verb, "account-rollover") == 0 && n_args == 0)
+		return rollover(a, out, err, errlen);
+	seterr(err, errlen, "backend %s: the acme plugin knows no command '%s' (known: account-rollover)", a->name, verb);
+	return -1;
+}
+
 /* ---- open/close ---- */
 
 static void acme_close(void *state)
@@ -1593,6 +1817,7 @@ static const struct fg_backend_ops acme_ops = {
 	.cacerts = acme_cacerts,
 	.close = acme_close,
 	.csr_needs = acme_csr_needs,
+	.admin = acme_admin,
 };
 
 __attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void);

@@ -111,4 +111,52 @@ out=$("$FLEETGATE" backend cacerts --state "$GW" acme-bad 2>&1 || true)
 expect_match "a key that is not base64url: refused" "$out" "eab_hmac_key: not a base64url HMAC key"
 cp "$T/conf.good" "$GW/fleetgated.conf"
 
+# ---- 2. the account key is kept in the store and reused across a restart ----
+PUB0=$(state_pub acme)
+expect_match "the account key is in the store" "$PUB0" "^[0-9a-f]{64}$"
+gw_stop
+gw_start
+agent_for a2 acme-two.test acme
+check "after a restart: a second device enrolls" run_agent a2
+expect_eq "after a restart: the same account key" "$(state_pub acme)" "$PUB0"
+expect_eq "after a restart: no new account key made" "$(grep -c 'backend acme: made a new ACME account key' "$T/gw.log")" "1"
+expect_eq "after a restart: no second registration" "$(grep -c 'backend acme: ACME account https' "$T/gw.log")" "1"
+
+# ---- 3. key rollover (RFC 8555 7.3.5), the gateway running ----
+state_of acme account.key > "$T/old.key"
+out=$("$FLEETGATE" backend acme-rollover --state "$GW" acme 2>&1) || fail "acme-rollover failed: $out"
+expect_match "rollover: the operator is told" "$out" "account $ACCT now uses a new key \(JWK thumbprint [A-Za-z0-9_-]{43}\)"
+PUB1=$(state_pub acme)
+expect_match "rollover: the state holds a key" "$PUB1" "^[0-9a-f]{64}$"
+check "rollover: the state holds a new key" test "$PUB1" != "$PUB0"
+expect_eq "rollover: no pending key left" "$(state_of acme account.key.next)" ""
+expect_eq "rollover: the account URL is unchanged" "$(state_of acme account.url)" "$ACCT"
+expect_match "rollover: audited" "$("$FLEETGATE" audit tail --state "$GW" -n 3)" "backend.admin"
+agent_for r1 acme-roll.test acme
+check "rollover: the running gateway enrolls with the new key" run_agent r1
+check "rollover: that certificate chains to pebble's root" \
+  openssl verify -CAfile "$P/root.pem" -untrusted "$(chain r1)" "$(crt r1)"
+expect_match "rollover: the gateway took up the new key" "$(cat "$T/gw.log")" "account key changed in the plugin state"
+expect_eq "rollover: still one registration" "$(grep -c 'backend acme: ACME account https' "$T/gw.log")" "1"
+
+# the old key is refused by pebble: put it back in the state (as if the
+# rollover had reached the CA but not the store, the new key pending)
+state_of acme account.key > "$T/new.key"
+sql "update plugin_state set value = readfile('$T/old.key') where backend = 'acme' and key = 'account.key'"
+sql "insert or replace into plugin_state (backend, key, value) values ('acme', 'account.key.next', readfile('$T/new.key'))"
+agent_for o1 acme-old.test acme
+rc=0; run_agent o1 || rc=$?
+check "old key: pebble refuses it (the enrollment fails)" test "$rc" -ne 0
+expect_match "old key: pebble's refusal reaches the device" "$(cat "$T/o1.out")" "the ACME CA says malformed: JWS verification error"
+check "old key: no certificate written" test ! -e "$(crt o1)"
+out=$("$FLEETGATE" backend acme-rollover --state "$GW" acme 2>&1) || fail "acme-rollover (resume) failed: $out"
+expect_match "an interrupted rollover is finished by running it again" "$out" "an earlier rollover had reached the CA"
+expect_eq "resume: the state holds the key pebble knows" "$(state_pub acme)" "$PUB1"
+agent_for r2 acme-roll2.test acme
+check "resume: a later enrollment succeeds" run_agent r2
+check "resume: that certificate chains to pebble's root" \
+  openssl verify -CAfile "$P/root.pem" -untrusted "$(chain r2)" "$(crt r2)"
+out=$("$FLEETGATE" backend acme-rollover --state "$GW" local 2>&1 || true)
+expect_match "rollover on a backend that is not ACME: refused" "$out" "has no such command; it works on ACME backends only"
+
 finish

@@ -297,6 +297,17 @@ struct fg_backend_ops {
 	int (*ocsp_respond)(void *state, const unsigned char *req, size_t req_len,
 			    fg_cert_status_fn status, void *status_arg, int64_t now,
 			    unsigned char **resp, size_t *resp_len, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for operator commands on a backend's own
+	 * account or material (fleetgate backend acme-rollover: the ACME
+	 * account key rollover). verb names the command ("account-rollover");
+	 * args are its arguments, if any. Called from the CLI, in a process
+	 * of its own, while fleetgated may be running: durable changes go
+	 * through the host's state_put. On success 0 and *out is a malloc'd
+	 * text for the operator (or NULL); -1 with err otherwise, also for a
+	 * verb the plugin does not know. May be NULL. */
+	int (*admin)(void *state, const char *verb, const char *const *args, size_t n_args,
+		     char **out, char *err, size_t errlen);
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
