@@ -1432,17 +1432,69 @@ static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t
 	return rc;
 }
 
+/* revokeCert (RFC 8555 7.6): the certificate (base64url DER) and the
+ * reason code (RFC 5280 5.3.1, the same numbers as enum fg_revoke_reason),
+ * signed by the account key with its kid. The CA accepts it from the
+ * account that ordered the certificate. A certificate the CA already
+ * revoked (alreadyRevoked) counts as revoked. 0, or -1 with err saying
+ * whether to try again (the host has marked the certificate revoked in its
+ * store either way). */
 static int acme_revoke(void *state, const unsigned char *cert_der, size_t cert_len,
 		       enum fg_revoke_reason reason, char *err, size_t errlen)
 {
 	struct acme *a = state;
-	(void)cert_der;
-	(void)cert_len;
-	(void)reason;
-	/* XXX revokeCert (RFC 8555 7.6) is not implemented yet */
-	seterr(err, errlen, "backend %s: ACME revocation is not implemented yet; revoke the certificate at the CA yourself (fleetgate has marked it revoked)",
-	       a->name);
-	return -1;
+	EVP_PKEY *key = NULL;
+	char kid[1024], url[1024], *c64 = NULL, *payload = NULL;
+	json_t *p = NULL;
+	struct resp r = { .retry_after = -1 };
+	int rc = -1;
+	enum acme_rc arc;
+
+	if ((arc = account(a, &key, kid, sizeof kid, err, errlen)) != ACME_OK)
+		goto failed;
+	pthread_mutex_lock(&a->mu);
+	snprintf(url, sizeof url, "%s", a->revoke_cert);
+	pthread_mutex_unlock(&a->mu);
+	if (url[0] == 0) {
+		seterr(err, errlen, "the ACME CA's directory has no revokeCert");
+		arc = ACME_FINAL;
+		goto failed;
+	}
+	if ((c64 = b64url(cert_der, cert_len)) == NULL ||
+	    (p = json_pack("{s:s, s:i}", "certificate", c64, "reason", (int)reason)) == NULL ||
+	    (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
+		seterr(err, errlen, "out of memory");
+		arc = ACME_RETRY;
+		goto failed;
+	}
+	arc = post(a, key, kid, url, payload, NULL, &r, err, errlen);
+	if (arc != ACME_OK && strstr(err, "alreadyRevoked") != NULL) {
+		alog(a, FG_LEVEL_INFO, NULL, "backend %s: the ACME CA had already revoked the certificate", a->name);
+		arc = ACME_OK;
+	}
+	if (arc == ACME_OK) {
+		alog(a, FG_LEVEL_INFO, NULL, "backend %s: the ACME CA revoked a certificate (reason %d)", a->name,
+		     (int)reason);
+		rc = 0;
+		goto out;
+	}
+	if (strstr(err, "accountDoesNotExist") != NULL)
+		account_lost(a, kid);
+failed:
+	{
+		char base[600];
+		snprintf(base, sizeof base, "%s", err);
+		seterr(err, errlen, "backend %s: the ACME CA did not revoke the certificate: %s; %s", a->name, base,
+		       arc == ACME_RETRY ? "try again when the CA answers, or revoke it at the CA"
+					 : "revoke it at the CA with the account that ordered it");
+	}
+out:
+	EVP_PKEY_free(key);
+	json_decref(p);
+	free(payload);
+	free(c64);
+	resp_clear(&r);
+	return rc;
 }
 
 /* ---- operator commands: account key rollover (RFC 8555 7.3.5) ---- */

@@ -159,4 +159,34 @@ check "resume: that certificate chains to pebble's root" \
 out=$("$FLEETGATE" backend acme-rollover --state "$GW" local 2>&1 || true)
 expect_match "rollover on a backend that is not ACME: refused" "$out" "has no such command; it works on ACME backends only"
 
+# ---- 4. revocation (RFC 8555 7.6) reaches pebble ----
+# pebble's management interface: /cert-status-by-serial/<lower-case hex,
+# no leading zeros>
+serial_of() { openssl x509 -in "$1" -noout -serial | sed 's/^serial=//'; }
+dev_of() { sql "select device_id from certificates where serial_hex = '$1'"; }
+pebble_status() { pebble_mgmt "/cert-status-by-serial/$(tr A-F a-f <<<"$1" | sed 's/^0*//')"; }
+S1=$(serial_of "$(crt a1)")
+D1=$(dev_of "$S1")
+expect_match "revoke: pebble knows the certificate as valid first" "$(pebble_status "$S1")" '"Status": *"Valid"'
+out=$("$FLEETGATE" device revoke --state "$GW" "$D1" 2>&1) || fail "device revoke failed: $out"
+expect_match "device revoke: the operator is told the CA revoked it" "$out" "revoked certificate $S1 \(backend acme\)"
+check "device revoke: no warning" test "$(grep -c warning <<<"$out")" = 0
+st=$(pebble_status "$S1")
+expect_match "device revoke: pebble shows the certificate revoked" "$st" '"Status": *"Revoked"'
+expect_match "device revoke: with reason cessationOfOperation (5)" "$st" '"Reason": *5'
+S2=$(serial_of "$(crt a2)")
+out=$("$FLEETGATE" device retire --state "$GW" "$(dev_of "$S2")" 2>&1) || fail "device retire failed: $out"
+expect_match "device retire: the operator is told the CA revoked it" "$out" "revoked certificate $S2 \(backend acme\)"
+expect_match "device retire: pebble shows the certificate revoked" "$(pebble_status "$S2")" '"Status": *"Revoked"'
+expect_match "a certificate not revoked stays valid at pebble" "$(pebble_status "$(serial_of "$(crt r1)")")" '"Status": *"Valid"'
+# revoking at a CA that is down: fleetgate revokes, the operator is told to act
+S3=$(serial_of "$(crt r2)")
+kill -STOP "$PB_PID"
+out=$("$FLEETGATE" device revoke --state "$GW" "$(dev_of "$S3")" 2>&1 || true)
+kill -CONT "$PB_PID"
+expect_match "CA down: the operator is told the CA did not revoke" "$out" \
+  "could not revoke certificate $S3: backend acme: the ACME CA did not revoke the certificate: cannot reach the ACME server.*try again when the CA answers, or revoke it at the CA"
+expect_eq "CA down: revoked in fleetgate all the same" "$(sql "select revoked from certificates where serial_hex = '$S3'")" "1"
+expect_match "CA down: still valid at pebble" "$(pebble_status "$S3")" '"Status": *"Valid"'
+
 finish
