@@ -189,4 +189,20 @@ expect_match "CA down: the operator is told the CA did not revoke" "$out" \
 expect_eq "CA down: revoked in fleetgate all the same" "$(sql "select revoked from certificates where serial_hex = '$S3'")" "1"
 expect_match "CA down: still valid at pebble" "$(pebble_status "$S3")" '"Status": *"Valid"'
 
+# ---- 5. one policy, two CAs: group "local" goes to the local CA ----
+agent_for l1 local-one.test local
+check "local group: enrolls in the same run" run_agent l1
+"$FLEETGATE" backend cacerts --state "$GW" local > "$T/local-ca.pem"
+check "local group: certificate chains to the local CA" \
+  openssl verify -CAfile "$T/local-ca.pem" "$(crt l1)"
+check "local group: not issued by pebble" \
+  bash -c "! openssl verify -CAfile '$P/root.pem' -untrusted '$(chain l1)' '$(crt l1)' >/dev/null 2>&1"
+expect_eq "local group: recorded with backend local" \
+  "$(sql "select backend from certificates where serial_hex = '$(serial_of "$(crt l1)")'")" "local"
+expect_eq "acme group: recorded with backend acme" \
+  "$(sql "select backend from certificates where serial_hex = '$(serial_of "$(crt r1)")'")" "acme"
+expect_eq "the local CA's device is unknown to pebble" \
+  "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$P/tls-ca.pem" "https://127.0.0.1:$MGMT_PORT/cert-status-by-serial/$(serial_of "$(crt l1)" | tr A-F a-f | sed 's/^0*//')")" "404"
+
+check "audit chain verifies" "$FLEETGATE" audit verify --state "$GW"
 finish
