@@ -63,7 +63,7 @@
 
 #define MAX_BODY (1 << 20)        /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
-#define NONCE_TRIES 3             /* badNonce retries (RFC 8555 6.5) */
+#define NONCE_TRIES 16            /* tries of one request while the CA says badNonce (RFC 8555 6.5) */
 #define ERR_PREFIX "urn:ietf:params:acme:error:"
 
 /* Outcome of one ACME exchange: ACME_RETRY is worth trying again later
@@ -602,6 +602,8 @@ static enum acme_rc post(struct acme *a, EVP_PKEY *key, const char *kid, const c
 		json_decref(p);
 		if (!bad_nonce || tries + 1 >= NONCE_TRIES)
 			return rc;
+		alog(a, FG_LEVEL_DEBUG, NULL, "backend %s: badNonce from %s; retrying with the nonce that came with it",
+		     a->name, url);
 	}
 }
 
@@ -934,6 +936,7 @@ struct job {
 	char order[1024];             /* order URL (RFC 8555 7.1.3) */
 	char err[512];
 	long retry_after;             /* the CA's last Retry-After, -1 none */
+	long http_code;               /* HTTP status of the last answer, 0 none */
 };
 
 /* A signed POST for the job; parses a JSON answer into *out when out is
@@ -945,6 +948,7 @@ static enum acme_rc job_post(struct job *j, const char *url, const char *payload
 	if (rc != ACME_OK && strstr(j->err, "accountDoesNotExist") != NULL)
 		account_lost(j->a, j->kid);
 	j->retry_after = r.retry_after;
+	j->http_code = r.code;
 	if (rc == ACME_OK && out != NULL) {
 		*out = json_loads(r.body ? r.body : "", 0, NULL);
 		if (!json_is_object(*out)) {
@@ -1156,6 +1160,23 @@ static int names_orderable(const struct fg_issue_request *req, char *msg, size_t
 	return 0;
 }
 
+/* The stored order is gone at the CA (HTTP 404: expired and purged, or a
+ * CA that lost its state while still knowing the account): forget it so
+ * that the job orders again, once per call. The device still receives
+ * one certificate: the job delivers only what the new order issues.
+ * 1 when the caller should order again. */
+static int order_gone(struct job *j, int again)
+{
+	if (again || j->http_code != 404)
+		return 0;
+	alog(j->a, FG_LEVEL_WARN, j->req->request_id, "backend %s: the ACME CA no longer knows order %s (%s); ordering again",
+	     j->a->name, j->order, j->err);
+	if (j->a->host->job_put(j->req->job, "acme.order", (const unsigned char *)"", 0) != 0)
+		return 0;
+	j->order[0] = 0;
+	return 1;
+}
+
 /* issue and poll: drives the job's order as far as it goes within
  * inline_wait seconds. The order URL is in the job, so a resumed or polled
  * job continues its order rather than placing another. */
@@ -1201,8 +1222,15 @@ start:
 	for (;;) {
 		json_decref(o);
 		o = NULL;
-		if ((rc = job_post(&j, j.order, NULL, &o)) != ACME_OK)
+		if ((rc = job_post(&j, j.order, NULL, &o)) != ACME_OK) {
+			if (order_gone(&j, again)) {
+				again = 1;
+				EVP_PKEY_free(j.key);
+				j.key = NULL;
+				goto start;
+			}
 			goto failed;
+		}
 		const char *st = json_string_value(json_object_get(o, "status"));
 		if (st == NULL)
 			st = "";
