@@ -299,6 +299,7 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.job_get = h_job_get,
 		.job_put = h_job_put,
 		.serial_reserve = h_serial_reserve,
+		.result_size = sizeof(struct fg_issue_result),
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);

@@ -550,6 +550,10 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 	cr.chain_der = chain;
 	cr.device_id = (char *)p->device_id;
 	cr.not_after = ci.not_after;
+	/* the CA's suggested renewal time (ARI), passed on only when it falls
+	 * within the certificate's life */
+	if (res.renew_after > ci.not_before && res.renew_after < ci.not_after)
+		cr.renew_after = res.renew_after;
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
 	pack_env(&env, rid, out, len);
@@ -581,10 +585,12 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 			     "could not record the certificate (%s); retry with the same request id", err);
 		goto out;
 	}
-	char until[32];
-	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %s (backend %s)",
+	char until[32], ra[32];
+	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %s (backend %s)%s%s",
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
-		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend);
+		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend,
+		cr.renew_after ? "; the CA suggests renewal at " : "",
+		cr.renew_after ? fg_time_iso(cr.renew_after, ra, sizeof ra) : "");
 out:
 	X509_free(cert);
 	fg_issue_result_clear(&res);

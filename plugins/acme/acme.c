@@ -91,6 +91,7 @@ struct acme {
 	char new_order[1024];
 	char key_change[1024];        /* "" when the CA offers none (7.3.5) */
 	char revoke_cert[1024];       /* "" when the CA offers none (7.6) */
+	char renewal_info[1024];      /* "" when the CA offers no ARI (RFC 9773 3) */
 	EVP_PKEY *key;                /* account key, P-256 */
 	unsigned char key_digest[32]; /* SHA-256 of the stored PEM a->key came from */
 	char kid[1024];               /* account URL, "" before newAccount */
@@ -522,6 +523,8 @@ static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
 	const char *rv = json_string_value(json_object_get(j, "revokeCert"));
 	snprintf(a->key_change, sizeof a->key_change, "%s", kc ? kc : "");
 	snprintf(a->revoke_cert, sizeof a->revoke_cert, "%s", rv ? rv : "");
+	const char *ri = json_string_value(json_object_get(j, "renewalInfo"));
+	snprintf(a->renewal_info, sizeof a->renewal_info, "%s", ri ? ri : "");
 	a->have_dir = 1;
 	rc = ACME_OK;
 out:
@@ -1139,6 +1142,139 @@ out:
 	sk_X509_pop_free(certs, X509_free);
 }
 
+/* ---- ARI: renewal information (RFC 9773) ---- */
+
+/* The certID of a certificate (RFC 9773 4.1): base64url of the
+ * keyIdentifier of its authorityKeyIdentifier, ".", base64url of the
+ * serial number's DER content octets (a leading 0x00 kept). Malloc'd, or
+ * NULL with err (a certificate without an AKI keyIdentifier has none). */
+static char *ari_cert_id(X509 *x, char *err, size_t errlen)
+{
+	const ASN1_OCTET_STRING *kid = X509_get0_authority_key_id(x);
+	const ASN1_INTEGER *sn = X509_get0_serialNumber(x);
+	unsigned char *der = NULL;
+	char *k64 = NULL, *s64 = NULL, *out = NULL;
+	long clen = 0;
+	int tag = 0, cls = 0;
+	if (kid == NULL || ASN1_STRING_length(kid) <= 0) {
+		seterr(err, errlen, "the certificate has no authority key identifier, so it has no ARI certID");
+		goto out;
+	}
+	int n = sn ? i2d_ASN1_INTEGER(sn, &der) : -1;
+	const unsigned char *q = der;
+	if (n <= 0 || (ASN1_get_object(&q, &clen, &tag, &cls, n) & 0x80) || tag != V_ASN1_INTEGER || clen <= 0) {
+		ssl_err(err, errlen, "cannot encode the certificate's serial number");
+		goto out;
+	}
+	if ((k64 = b64url(ASN1_STRING_get0_data(kid), (size_t)ASN1_STRING_length(kid))) == NULL ||
+	    (s64 = b64url(q, (size_t)clen)) == NULL || asprintf(&out, "%s.%s", k64, s64) < 0) {
+		out = NULL;
+		seterr(err, errlen, "out of memory");
+	}
+out:
+	ERR_clear_error();
+	OPENSSL_free(der);
+	free(k64);
+	free(s64);
+	return out;
+}
+
+/* An RFC 3339 date-time ("2025-01-02T04:00:00Z", fractional seconds and a
+ * numeric offset allowed) as Unix seconds. 0, or -1 when it is not one. */
+static int rfc3339_time(const char *text, int64_t *out)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *p = text ? strptime(text, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+	if (p == NULL)
+		return -1;
+	if (*p == '.') {
+		p++;
+		if (!isdigit((unsigned char)*p))
+			return -1;
+		while (isdigit((unsigned char)*p))
+			p++;
+	}
+	long off = 0;
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		int hh, mm, used = 0;
+		if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &used) != 2 || used != 5 || hh > 23 || mm > 59)
+			return -1;
+		off = (hh * 3600L + mm * 60L) * (*p == '-' ? -1 : 1);
+		p += 6;
+	} else {
+		return -1;
+	}
+	if (*p != 0)
+		return -1;
+	time_t t = timegm(&tm);
+	if (t == (time_t)-1)
+		return -1;
+	*out = (int64_t)t - off;
+	return 0;
+}
+
+/* The suggestedWindow of a RenewalInfo object (RFC 9773 4.2). 0 with
+ * start < end, or -1 when the answer is not one. */
+static int ari_window(const char *body, int64_t *start, int64_t *end)
+{
+	json_t *j = json_loads(body ? body : "", 0, NULL);
+	json_t *w = json_object_get(j, "suggestedWindow");
+	int rc = -1;
+	if (json_is_object(w) && rfc3339_time(json_string_value(json_object_get(w, "start")), start) == 0 &&
+	    rfc3339_time(json_string_value(json_object_get(w, "end")), end) == 0 && *start < *end)
+		rc = 0;
+	json_decref(j);
+	return rc;
+}
+
+/* When the CA's directory has renewalInfo: asks it about the certificate
+ * just issued and, with a valid window, puts a time drawn uniformly from
+ * it (RFC 9773 4.2) in res->renew_after, for the agent's schedule. An
+ * answer that is missing or wrong only costs the suggestion: the agent's
+ * own schedule applies. */
+static void ari_advise(struct job *j, const unsigned char *der, size_t len, struct fg_issue_result *res)
+{
+	struct acme *a = j->a;
+	struct resp r = { .retry_after = -1 };
+	char base[1024], err[512] = "", *id = NULL, *url = NULL;
+	const unsigned char *q = der;
+	X509 *x = NULL;
+	int64_t start, end;
+	uint64_t rnd = 0;
+
+	pthread_mutex_lock(&a->mu);
+	snprintf(base, sizeof base, "%s", a->renewal_info);
+	pthread_mutex_unlock(&a->mu);
+	if (base[0] == 0 || !FG_RESULT_HAS(a->host, renew_after))
+		return;
+	if ((x = d2i_X509(NULL, &q, (long)len)) == NULL || (id = ari_cert_id(x, err, sizeof err)) == NULL ||
+	    asprintf(&url, "%s%s%s", base, base[strlen(base) - 1] == '/' ? "" : "/", id) < 0) {
+		url = NULL;
+		ERR_clear_error();
+		goto out;
+	}
+	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) != 0 || r.code != 200 ||
+	    ari_window(r.body, &start, &end) != 0) {
+		alog(a, FG_LEVEL_WARN, j->req->request_id,
+		     "backend %s: no usable renewal information at %s (%s); the agent's own schedule applies", a->name,
+		     url, err[0] ? err : "no suggestedWindow");
+		goto out;
+	}
+	if (a->host->random(a->host->ctx, &rnd, sizeof rnd) != 0)
+		rnd = 0;
+	res->renew_after = start + (int64_t)(rnd % (uint64_t)(end - start));
+	alog(a, FG_LEVEL_INFO, j->req->request_id, "backend %s: the ACME CA suggests renewal between %lld and %lld",
+	     a->name, (long long)start, (long long)end);
+out:
+	X509_free(x);
+	free(id);
+	free(url);
+	resp_clear(&r);
+}
+
 /* The request must be expressible as ACME identifiers. 0 or -1 with msg. */
 static int names_orderable(const struct fg_issue_request *req, char *msg, size_t msglen)
 {
@@ -1268,8 +1404,11 @@ start:
 				goto out;
 			}
 			rc = post(a, j.key, j.kid, cu, NULL, "application/pem-certificate-chain", &r, j.err, sizeof j.err);
-			if (rc == ACME_OK)
+			if (rc == ACME_OK) {
 				take_chain(&j, r.body ? r.body : "", r.n, X509_REQ_get0_pubkey(csr), res);
+				if (res->status == FG_ISSUE_OK)
+					ari_advise(&j, res->cert_der, res->cert_len, res);
+			}
 			resp_clear(&r);
 			if (rc != ACME_OK)
 				goto failed;

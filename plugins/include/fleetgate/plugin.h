@@ -84,6 +84,11 @@ struct fg_host {
 	/* Reserve a certificate serial (upper-case hex) for this backend: 0 when
 	 * reserved, 1 when already taken (draw another), -1 on error. */
 	int (*serial_reserve)(void *ctx, const char *serial_hex);
+
+	/* Appended during ABI 1 for ARI (RFC 9773): sizeof(struct
+	 * fg_issue_result) of the host, so that a plugin writes a result field
+	 * only when the host's struct has it (see FG_RESULT_HAS below). */
+	uint32_t result_size;
 };
 
 /* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
@@ -141,7 +146,19 @@ struct fg_issue_result {
 	size_t *chain_len;                  /* malloc'd */
 	size_t n_chain;
 	char message[512];                  /* for the operator and the device */
+
+	/* Appended during ABI 1 for ARI (RFC 9773): when the device should
+	 * renew this certificate, Unix seconds, as the CA suggested; 0 when
+	 * the CA said nothing (the agent's own schedule applies). Write it
+	 * only when FG_RESULT_HAS(host, renew_after). */
+	int64_t renew_after;
 };
+
+/* 1 when the host's struct fg_issue_result has the named field. */
+#define FG_RESULT_HAS(host, field)                                                          \
+	((host)->struct_size >= offsetof(struct fg_host, result_size) + sizeof(uint32_t) &&  \
+	 (host)->result_size >= offsetof(struct fg_issue_result, field) +                     \
+					sizeof(((struct fg_issue_result *)0)->field))
 
 /* Free what a plugin put in res and zero it. */
 static inline void fg_issue_result_clear(struct fg_issue_result *res)
