@@ -1349,6 +1349,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		j.order[vlen] = 0;
 	}
 	int again = 0;
+	long backoff_ms = 100;       /* inline polling without Retry-After */
 start:
 	if ((rc = account(a, &j.key, j.kid, sizeof j.kid, j.err, sizeof j.err)) != ACME_OK)
 		goto failed;
@@ -1445,8 +1446,21 @@ start:
 			set_result(res, FG_ISSUE_PENDING, ra ? ra : 1, "ACME order %s is %s at the CA", j.order, st);
 			goto out;
 		}
-		/* XXX sleeps on a worker thread; fine for a first slice */
-		sleep((unsigned)(wait > 2 ? 2 : wait));
+		/* XXX sleeps on a worker thread. Without a Retry-After the
+		 * order is asked again after 100 ms, doubling up to 1 s: a CA
+		 * that validates at once (pebble) is not kept waiting a whole
+		 * second per step. */
+		struct timespec ts;
+		if (j.retry_after >= 0) {
+			ts.tv_sec = wait > 2 ? 2 : wait;
+			ts.tv_nsec = 0;
+		} else {
+			ts.tv_sec = backoff_ms / 1000;
+			ts.tv_nsec = (backoff_ms % 1000) * 1000000L;
+			backoff_ms = backoff_ms * 2 > 1000 ? 1000 : backoff_ms * 2;
+		}
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+			;
 	}
 
 failed:
