@@ -20,6 +20,8 @@
  *   root_url       URL of the CA's root certificate(s), PEM, for cacerts
  *                  (pebble: https://localhost:15000/roots/0); ACME has none
  *   contact        mailto: address for the account (optional)
+ *   eab_kid        external account binding key id (RFC 8555 7.3.4), with
+ *   eab_hmac_key   its MAC key, base64url; both or neither
  *   timeout        seconds for one HTTP exchange (default 30)
  *   poll_interval  seconds the host waits before asking again about a
  *                  pending order when the CA gives no Retry-After (default 5)
@@ -27,10 +29,15 @@
  *                  returns PENDING (default 10)
  *   cache_ttl      seconds the root_url answer is reused (default 3600)
  *
- * Plugin state: "account.key" (PEM, the account key) and "account.url"
- * (the account's kid). Job state: "acme.order" (the order URL, written as
+ * Plugin state: "account.key" (PEM, the account key), "account.url"
+ * (the account's kid) and "account.key.next" (a rolled-over key written
+ * ahead, "" when none; see rollover). Job state: "acme.order" (the order URL, written as
  * soon as newOrder answers), so a resumed job polls its order rather than
  * ordering again.
+ *
+ * Also: revocation (revokeCert, 7.6), account key rollover (keyChange,
+ * 7.3.5, through the admin op) and renewal information (RFC 9773) when the
+ * directory offers it.
  *
  * Threads: issue, poll and cacerts may run concurrently. The account, the
  * directory and the cached nonce are behind a mutex; HTTP exchanges run
