@@ -937,6 +937,25 @@ static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uin
 	va_end(ap);
 }
 
+/* How much of struct fg_issue_result the host has: a host older than a
+ * field appended to it must not see that field written, not even zeroed. */
+static size_t result_size(const struct acme *a)
+{
+	return FG_RESULT_HAS(a->host, renew_after) ? sizeof(struct fg_issue_result)
+						    : offsetof(struct fg_issue_result, renew_after);
+}
+
+/* fg_issue_result_clear within the host's size (see result_size). */
+static void result_reset(const struct acme *a, struct fg_issue_result *res)
+{
+	free(res->cert_der);
+	for (size_t i = 0; i < res->n_chain; i++)
+		free(res->chain_der[i]);
+	free(res->chain_der);
+	free(res->chain_len);
+	memset(res, 0, result_size(a));
+}
+
 /* One issuance in flight: what run_job's steps share. */
 struct job {
 	struct acme *a;
@@ -995,6 +1014,8 @@ static enum acme_rc new_order(struct job *j)
 	snprintf(url, sizeof url, "%s", j->a->new_order);
 	pthread_mutex_unlock(&j->a->mu);
 	rc = post(j->a, j->key, j->kid, url, payload, NULL, &r, j->err, sizeof j->err);
+	j->retry_after = r.retry_after;       /* a rateLimited newOrder says when */
+	j->http_code = r.code;
 	if (rc != ACME_OK) {
 		if (strstr(j->err, "accountDoesNotExist") != NULL)
 			account_lost(j->a, j->kid);
@@ -1143,7 +1164,7 @@ static void take_chain(struct job *j, const char *pem, size_t len, EVP_PKEY *csr
 	set_result(res, FG_ISSUE_OK, 0, "issued by the ACME CA (order %s)", j->order);
 	goto out;
 oom:
-	fg_issue_result_clear(res);
+	result_reset(j->a, res);
 	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 out:
 	sk_X509_pop_free(certs, X509_free);
@@ -1336,7 +1357,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	enum acme_rc rc;
 	int64_t deadline = a->host->now(a->host->ctx) + a->inline_wait;
 
-	memset(res, 0, sizeof *res);
+	memset(res, 0, result_size(a));
 	if (csr == NULL) {
 		ERR_clear_error();
 		set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
@@ -1482,8 +1503,13 @@ failed:
 			goto start;
 	}
 	if (rc == ACME_RETRY) {
-		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s; will try again", a->name, j.err);
-		set_result(res, FG_ISSUE_ERROR, j.retry_after > 0 ? (uint32_t)j.retry_after : RETRY_SECONDS, "%s", j.err);
+		uint32_t ra = j.retry_after > 0 ? (uint32_t)j.retry_after : RETRY_SECONDS;
+		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s; will try again in %u s", a->name, j.err, ra);
+		if (strstr(j.err, "rateLimited") != NULL)
+			set_result(res, FG_ISSUE_ERROR, ra, "%s; the CA's rate limit: the request is kept and asked again in %u s%s",
+				   j.err, ra, j.retry_after > 0 ? " (the CA's Retry-After)" : "");
+		else
+			set_result(res, FG_ISSUE_ERROR, ra, "%s", j.err);
 	} else {
 		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: refused: %s", a->name, j.err);
 		set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);

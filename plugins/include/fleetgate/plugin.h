@@ -154,7 +154,10 @@ struct fg_issue_result {
 	int64_t renew_after;
 };
 
-/* 1 when the host's struct fg_issue_result has the named field. */
+/* 1 when the host's struct fg_issue_result has the named field. A plugin
+ * built with this header zeroes or clears (fg_issue_result_clear) only as
+ * much of a result as the host has: offsetof(..., renew_after) when
+ * FG_RESULT_HAS(host, renew_after) is 0. */
 #define FG_RESULT_HAS(host, field)                                                          \
 	((host)->struct_size >= offsetof(struct fg_host, result_size) + sizeof(uint32_t) &&  \
 	 (host)->result_size >= offsetof(struct fg_issue_result, field) +                     \
