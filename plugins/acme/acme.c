@@ -90,6 +90,8 @@ struct acme {
 	long timeout;                 /* seconds per HTTP exchange */
 	uint32_t poll_interval;       /* seconds, when no Retry-After */
 	long inline_wait;             /* seconds one call may wait */
+	CURLSH *share;                /* connections and TLS sessions kept across exchanges */
+	pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST]; /* share's locks, one per kind of data */
 	pthread_mutex_t mu;
 	/* under mu: */
 	int have_dir;
@@ -328,6 +330,8 @@ static int http(const struct acme *a, const char *method, const char *url, const
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "fleetgate-acme/1");
+	if (a->share != NULL)
+		curl_easy_setopt(c, CURLOPT_SHARE, a->share);
 	if (a->tls_ca_file[0])
 		curl_easy_setopt(c, CURLOPT_CAINFO, a->tls_ca_file);
 	if (accept != NULL) {
@@ -1378,6 +1382,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	}
 	int again = 0;
 	long backoff_ms = 100;       /* inline polling without Retry-After */
+	char waited_on[16] = "";     /* the order status of the last wait */
 start:
 	if ((rc = account(a, &j.key, j.kid, sizeof j.kid, j.err, sizeof j.err)) != ACME_OK)
 		goto failed;
@@ -1475,10 +1480,16 @@ start:
 			goto out;
 		}
 		/* XXX sleeps on a worker thread. Without a Retry-After the
-		 * order is asked again after 100 ms, doubling up to 1 s: a CA
-		 * that validates at once (pebble) is not kept waiting a whole
-		 * second per step. */
+		 * order is asked again after 100 ms, doubling up to 1 s, and
+		 * from 100 ms again at each new status: a CA that validates at
+		 * once (pebble) is not kept waiting a whole second per step. */
 		struct timespec ts;
+		if (strcmp(waited_on, st) != 0) {
+			/* a new stage (authorizations, then processing) starts
+			 * again at the shortest interval */
+			snprintf(waited_on, sizeof waited_on, "%s", st);
+			backoff_ms = 100;
+		}
 		if (j.retry_after >= 0) {
 			ts.tv_sec = wait > 2 ? 2 : wait;
 			ts.tv_nsec = 0;
@@ -1937,11 +1948,58 @@ static int acme_admin(void *state, const char *verb, const char *const *args, si
 
 /* ---- open/close ---- */
 
+/* libcurl's share lock callbacks: one mutex per kind of shared data. */
+static void share_lock(CURL *c, curl_lock_data data, curl_lock_access access, void *arg)
+{
+	struct acme *a = arg;
+	(void)c;
+	(void)access;
+	if ((int)data >= 0 && data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_lock(&a->share_mu[data]);
+}
+
+static void share_unlock(CURL *c, curl_lock_data data, void *arg)
+{
+	struct acme *a = arg;
+	(void)c;
+	if ((int)data >= 0 && data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_unlock(&a->share_mu[data]);
+}
+
+/* One connection cache and TLS session cache for all of the instance's
+ * exchanges (each exchange still has a curl handle of its own, so threads
+ * never share one): an order is some ten exchanges with the same server,
+ * and a new TLS connection for each cost most of the gateway's CPU per
+ * enrollment. Without a share (out of memory) every exchange connects
+ * anew, which still works. */
+static void share_setup(struct acme *a)
+{
+	CURLSH *sh = curl_share_init();
+	if (sh == NULL)
+		return;
+	if (curl_share_setopt(sh, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_USERDATA, a) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
+		curl_share_cleanup(sh);
+		alog(a, FG_LEVEL_WARN, NULL, "backend %s: libcurl cannot share connections; each exchange connects anew",
+		     a->name);
+		return;
+	}
+	a->share = sh;
+}
+
 static void acme_close(void *state)
 {
 	struct acme *a = state;
 	if (a == NULL)
 		return;
+	if (a->share != NULL)
+		curl_share_cleanup(a->share);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_destroy(&a->share_mu[i]);
 	EVP_PKEY_free(a->key);
 	OPENSSL_cleanse(a->eab_key, sizeof a->eab_key);
 	fg_cert_list_clear(&a->roots);
@@ -2007,6 +2065,8 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		return -1;
 	}
 	pthread_mutex_init(&a->mu, NULL);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&a->share_mu[i], NULL);
 	a->host = host;
 	snprintf(a->name, sizeof a->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "acme");
 	static const char *known[] = { "name", "state_dir", "create", "directory", "tls_ca_file", "root_url",
@@ -2064,6 +2124,7 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
 		goto fail;
 	}
+	share_setup(a);
 	*state = a;
 	return 0;
 fail:
