@@ -1381,7 +1381,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		j.order[vlen] = 0;
 	}
 	int again = 0;
-	long backoff_ms = 100;       /* inline polling without Retry-After */
+	long backoff_ms = 25;        /* inline polling without Retry-After */
 	char waited_on[16] = "";     /* the order status of the last wait */
 start:
 	if ((rc = account(a, &j.key, j.kid, sizeof j.kid, j.err, sizeof j.err)) != ACME_OK)
@@ -1480,15 +1480,15 @@ start:
 			goto out;
 		}
 		/* XXX sleeps on a worker thread. Without a Retry-After the
-		 * order is asked again after 100 ms, doubling up to 1 s, and
-		 * from 100 ms again at each new status: a CA that validates at
+		 * order is asked again after 25 ms, doubling up to 1 s, and
+		 * from 25 ms again at each new status: a CA that validates at
 		 * once (pebble) is not kept waiting a whole second per step. */
 		struct timespec ts;
 		if (strcmp(waited_on, st) != 0) {
 			/* a new stage (authorizations, then processing) starts
 			 * again at the shortest interval */
 			snprintf(waited_on, sizeof waited_on, "%s", st);
-			backoff_ms = 100;
+			backoff_ms = 25;
 		}
 		if (j.retry_after >= 0) {
 			ts.tv_sec = wait > 2 ? 2 : wait;
