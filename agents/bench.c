@@ -103,6 +103,7 @@ enum bench_mode {
 	BENCH_MODE_LOCAL,                /* local CA of a fresh gateway (the default) */
 	BENCH_MODE_SCEP,                 /* scep backend to a scepserver the bench runs */
 	BENCH_MODE_EST,                  /* local CA, ZeroMQ path and then the EST front-end */
+	BENCH_MODE_ACME,                 /* acme backend to a pebble the bench runs */
 	BENCH_MODE_MAX
 };
 
@@ -144,13 +145,19 @@ struct csr_pool {
 	int per_agent;                   /* agent i always sends der[i] */
 };
 
-/* The upstream SCEP CA (scep mode): a scepserver child process. */
-struct scep_ca {
-	char dir[PATH_MAX];              /* <gateway temp dir>/scep: depot, log, direct/ */
-	char server[PATH_MAX];           /* scepserver binary */
-	char client[PATH_MAX];           /* scepclient binary */
-	char log[PATH_MAX + 32];         /* scepserver's stdout and stderr */
-	char url[128];                   /* http://127.0.0.1:PORT/scep */
+/* The upstream CA: a scepserver child process (scep mode) or a pebble one
+ * (acme mode), and the direct client run against it. */
+struct upstream {
+	int acme;                        /* 1 in acme mode */
+	const char *server_name;         /* "scepserver" or "pebble", for the report */
+	const char *client_name;         /* "scepclient" or "lego" */
+	char dir[PATH_MAX];              /* <gateway temp dir>/scep or /acme: depot, log, direct/ */
+	char server[PATH_MAX];           /* scepserver or pebble binary */
+	char client[PATH_MAX];           /* scepclient or lego binary */
+	char log[PATH_MAX + 32];         /* the server's stdout and stderr */
+	char url[128];                   /* http://127.0.0.1:PORT/scep, or pebble's directory URL */
+	char root_url[128];              /* acme: pebble's root on its management port */
+	char tls_ca[PATH_MAX + 32];      /* acme: trust anchor of pebble's TLS (a throwaway CA) */
 	char fingerprint[128];           /* SHA-256 of depot/ca.pem, AA:BB:... */
 	char challenge[33];              /* random per run, hex */
 	EVP_PKEY *keys[BENCH_SCEP_KEYS]; /* RSA-2048 keys behind the CSRs and scepclient runs */
@@ -240,7 +247,7 @@ struct results {
 	/* scep mode only */
 	enum bench_mode mode;
 	double ca_cpu_per;               /* scepserver CPU per gateway enrollment; -1 unknown */
-	const struct scep_ca *ca;
+	const struct upstream *ca;
 	struct direct_results direct;
 	/* est mode only */
 	struct est_bench_results est;
@@ -830,7 +837,7 @@ static int pool_build(struct csr_pool *pool, char *err, size_t errlen)
  * decides for its hostname bench-<i> (cn = the lower-cased hostname, dns =
  * { hostname }) and the CA's challengePassword. The keys come from ca->keys
  * in rotation: RSA key generation is slow and is no part of what is measured. */
-static int pool_build_scep(struct csr_pool *pool, int agents, const struct scep_ca *ca, char *err,
+static int pool_build_scep(struct csr_pool *pool, int agents, const struct upstream *ca, char *err,
 			   size_t errlen)
 {
 	pool->per_agent = 1;
@@ -1415,7 +1422,7 @@ static int port_open(int port)
  * (its log in <tmp>/scep/scepserver.log), wait until it accepts
  * connections, and make the RSA-2048 keys the CSRs and scepclient runs use.
  * On failure the caller still calls scep_ca_stop. */
-static int scep_ca_start(struct scep_ca *ca, const char *tmp, char *err, size_t errlen)
+static int scep_ca_start(struct upstream *ca, const char *tmp, char *err, size_t errlen)
 {
 	char depot[PATH_MAX + 16], capem[PATH_MAX + 32], port_s[16], tail[400];
 	char out[BENCH_OUTPUT_MAX], errout[BENCH_OUTPUT_MAX];
@@ -1498,7 +1505,7 @@ static int scep_ca_start(struct scep_ca *ca, const char *tmp, char *err, size_t 
 
 /* Kill scepserver (it does not stop on SIGTERM; nothing of its state is
  * kept) and free the keys. */
-static void scep_ca_stop(struct scep_ca *ca)
+static void scep_ca_stop(struct upstream *ca)
 {
 	if (ca->pid > 0) {
 		kill(ca->pid, SIGKILL);
@@ -1513,7 +1520,7 @@ static void scep_ca_stop(struct scep_ca *ca)
 /* Add a `scep` backend for ca to the fresh gateway's config and make it the
  * default profile's backend. The config is Lua run once, so statements
  * appended at the end amend the tables it built. */
-static int config_add_scep(const char *conf, const struct scep_ca *ca, char *err, size_t errlen)
+static int config_add_scep(const char *conf, const struct upstream *ca, char *err, size_t errlen)
 {
 	char *text = NULL, *outbuf = NULL;
 	size_t len = 0, add = 1024;
@@ -1548,9 +1555,217 @@ out:
 	return rc;
 }
 
+/* ---- acme mode: pebble and lego ---- */
+
+/* Run argv and fail with its stderr when it exits non-zero. */
+static int run_checked(char *const argv[], char *err, size_t errlen)
+{
+	char out[BENCH_OUTPUT_MAX], errout[BENCH_OUTPUT_MAX];
+	int r = run_capture(argv, out, sizeof out, errout, sizeof errout, err, errlen);
+	if (r > 0) {
+		chomp(errout);
+		fg_seterr(err, errlen, "%s failed (exit %d): %s", argv[0], r, errout);
+	}
+	return r == 0 ? 0 : -1;
+}
+
+/* Start Debian's pebble on free loopback ports in <tmp>/acme, as the
+ * integration tests do: a throwaway TLS CA and a certificate for
+ * localhost/127.0.0.1 made with openssl (the package ships none), and
+ * PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1 (nothing serves challenges
+ * yet: docs/acme.md). LEGO_CA_CERTIFICATES is set to the TLS CA for the
+ * lego runs. On failure the caller still calls acme_ca_stop. */
+static int acme_ca_start(struct upstream *ca, const char *tmp, char *err, size_t errlen)
+{
+	char openssl[PATH_MAX], cakey[PATH_MAX + 32], key[PATH_MAX + 32], csr[PATH_MAX + 32], crt[PATH_MAX + 32];
+	char ext[PATH_MAX + 32], conf[PATH_MAX + 32], srl[PATH_MAX + 32], json[2 * PATH_MAX + 512], tail[400];
+	int port, mgmt, hport, tport, status;
+
+	ca->acme = 1;
+	if (find_program("pebble", ca->server, sizeof ca->server) != 0 ||
+	    find_program("lego", ca->client, sizeof ca->client) != 0 ||
+	    find_program("openssl", openssl, sizeof openssl) != 0) {
+		fg_seterr(err, errlen, "--mode acme needs pebble, lego and openssl in PATH "
+			  "(Debian: apt-get install pebble lego openssl)");
+		return -1;
+	}
+	if (fg_path_join(tmp, "acme", ca->dir, sizeof ca->dir) != 0 ||
+	    fg_mkdirs(ca->dir, 0700, err, errlen) != 0) {
+		if (!err[0])
+			fg_seterr(err, errlen, "temp dir path %s is too long", tmp);
+		return -1;
+	}
+	snprintf(cakey, sizeof cakey, "%s/tls-ca.key", ca->dir);
+	snprintf(ca->tls_ca, sizeof ca->tls_ca, "%s/tls-ca.pem", ca->dir);
+	snprintf(key, sizeof key, "%s/key.pem", ca->dir);
+	snprintf(csr, sizeof csr, "%s/srv.csr", ca->dir);
+	snprintf(crt, sizeof crt, "%s/cert.pem", ca->dir);
+	snprintf(ext, sizeof ext, "%s/ext", ca->dir);
+	snprintf(srl, sizeof srl, "%s/tls-ca.srl", ca->dir);
+	snprintf(conf, sizeof conf, "%s/pebble.json", ca->dir);
+	snprintf(ca->log, sizeof ca->log, "%s/pebble.log", ca->dir);
+	static const char sanext[] = "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+	char *mkca[] = { openssl, (char *)"req", (char *)"-x509", (char *)"-newkey", (char *)"ec", (char *)"-pkeyopt",
+			 (char *)"ec_paramgen_curve:P-256", (char *)"-nodes", (char *)"-keyout", cakey, (char *)"-out",
+			 ca->tls_ca, (char *)"-days", (char *)"2", (char *)"-subj",
+			 (char *)"/CN=fleetgate-bench pebble TLS CA", NULL };
+	char *mkcsr[] = { openssl, (char *)"req", (char *)"-newkey", (char *)"ec", (char *)"-pkeyopt",
+			  (char *)"ec_paramgen_curve:P-256", (char *)"-nodes", (char *)"-keyout", key, (char *)"-out",
+			  csr, (char *)"-subj", (char *)"/CN=localhost", NULL };
+	char *sign[] = { openssl, (char *)"x509", (char *)"-req", (char *)"-in", csr, (char *)"-CA", ca->tls_ca,
+			 (char *)"-CAkey", cakey, (char *)"-CAserial", srl, (char *)"-CAcreateserial", (char *)"-out",
+			 crt, (char *)"-days", (char *)"2", (char *)"-extfile", ext, NULL };
+	if (run_checked(mkca, err, errlen) != 0 || run_checked(mkcsr, err, errlen) != 0 ||
+	    write_small_file(ext, sanext, sizeof sanext - 1, 0600, err, errlen) != 0 ||
+	    run_checked(sign, err, errlen) != 0)
+		return -1;
+	if ((port = free_port(err, errlen)) < 0 || (mgmt = free_port(err, errlen)) < 0 ||
+	    (hport = free_port(err, errlen)) < 0 || (tport = free_port(err, errlen)) < 0)
+		return -1;
+	if (mgmt == port || hport == port || tport == port || hport == mgmt || tport == mgmt || tport == hport) {
+		fg_seterr(err, errlen, "could not draw four distinct free ports; run again");
+		return -1;
+	}
+	int n = snprintf(json, sizeof json,
+			 "{\"pebble\": {\"listenAddress\": \"127.0.0.1:%d\", \"managementListenAddress\": \"127.0.0.1:%d\",\n"
+			 "  \"certificate\": \"%s\", \"privateKey\": \"%s\", \"httpPort\": %d, \"tlsPort\": %d,\n"
+			 "  \"ocspResponderURL\": \"\", \"externalAccountBindingRequired\": false}}\n",
+			 port, mgmt, crt, key, hport, tport);
+	if (n < 0 || (size_t)n >= sizeof json || write_small_file(conf, json, (size_t)n, 0600, err, errlen) != 0) {
+		if (!err[0])
+			fg_seterr(err, errlen, "pebble config too long");
+		return -1;
+	}
+	snprintf(ca->url, sizeof ca->url, "https://127.0.0.1:%d/dir", port);
+	snprintf(ca->root_url, sizeof ca->root_url, "https://127.0.0.1:%d/roots/0", mgmt);
+	/* inherited by pebble (and harmlessly by fleetgated and lego) */
+	if (setenv("PEBBLE_VA_NOSLEEP", "1", 1) != 0 || setenv("PEBBLE_VA_ALWAYS_VALID", "1", 1) != 0 ||
+	    setenv("PEBBLE_WFE_NONCEREJECT", "0", 1) != 0 || setenv("LEGO_CA_CERTIFICATES", ca->tls_ca, 1) != 0 ||
+	    setenv("no_proxy", "*", 1) != 0 || setenv("NO_PROXY", "*", 1) != 0) {
+		fg_seterr(err, errlen, "cannot set the environment for pebble and lego: %s", strerror(errno));
+		return -1;
+	}
+	char *run_argv[] = { ca->server, (char *)"-config", conf, NULL };
+	ca->pid = spawn_logged(run_argv, ca->dir, ca->log, err, errlen);
+	if (ca->pid < 0) {
+		ca->pid = 0;
+		return -1;
+	}
+	uint64_t deadline = fg_mono_ns() + (uint64_t)BENCH_SCEP_READY_S * 1000000000ull;
+	while (!port_open(port) || !port_open(mgmt)) {
+		int exited = waitpid(ca->pid, &status, WNOHANG) == ca->pid;
+		if (exited || fg_mono_ns() > deadline) {
+			log_tail(ca->log, tail, sizeof tail);
+			fg_seterr(err, errlen, "pebble on port %d %s (log %s): %s", port,
+				  exited ? "exited before it listened" : "did not accept connections in 10 s", ca->log,
+				  tail);
+			if (exited)
+				ca->pid = 0;
+			return -1;
+		}
+		usleep(20000);
+	}
+	return 0;
+}
+
+/* Stop pebble (SIGTERM; nothing of its state is kept). */
+static void acme_ca_stop(struct upstream *ca)
+{
+	if (ca->acme && ca->pid > 0) {
+		kill(ca->pid, SIGTERM);
+		waitpid(ca->pid, NULL, 0);
+		ca->pid = 0;
+	}
+}
+
+/* Add an `acme` backend for pebble to the fresh gateway's config and make
+ * it the default profile's backend (see config_add_scep). */
+static int config_add_acme(const char *conf, const struct upstream *ca, char *err, size_t errlen)
+{
+	char *text = NULL, *outbuf = NULL;
+	size_t len = 0, add = 2048;
+	int rc = -1, n;
+
+	if (fg_read_file(conf, 1024 * 1024, &text, &len, err, errlen) != 0)
+		goto out;
+	if ((outbuf = malloc(len + add)) == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		goto out;
+	}
+	memcpy(outbuf, text, len);
+	n = snprintf(outbuf + len, add,
+		     "\n-- fleetgate-bench --mode acme: the pebble it started\n"
+		     "backends[\"acme\"] = { plugin = \"acme\", directory = \"%s\",\n"
+		     "  tls_ca_file = \"%s\", root_url = \"%s\", poll_interval = 1 }\n"
+		     "profiles.default.backend = \"acme\"\n",
+		     ca->url, ca->tls_ca, ca->root_url);
+	if (n < 0 || (size_t)n >= add) {
+		fg_seterr(err, errlen, "ACME backend settings too long for %s", conf);
+		goto out;
+	}
+	if (fg_write_file_atomic(conf, outbuf, len + (size_t)n, 0640, (uid_t)-1, (gid_t)-1, err, errlen) != 0)
+		goto out;
+	rc = 0;
+out:
+	free(outbuf);
+	free(text);
+	return rc;
+}
+
+/* ACME mode: one P-256 CSR per agent naming exactly what the default
+ * policy decides for its hostname bench-<i> (an ACME CA copies the CSR). */
+static int pool_build_acme(struct csr_pool *pool, int agents, char *err, size_t errlen)
+{
+	pool->per_agent = 1;
+	if (pool_alloc(pool, agents, err, errlen) != 0)
+		return -1;
+	for (int i = 0; i < agents; i++) {
+		char cn[32];
+		snprintf(cn, sizeof cn, "bench-%d", i);
+		const char *const dns[1] = { cn };
+		EVP_PKEY *k = fg_key_generate(FG_KEY_P256, err, errlen);
+		if (k == NULL)
+			return -1;
+		int r = fg_csr_build(k, cn, dns, 1, &pool->der[i], &pool->len[i], err, errlen);
+		EVP_PKEY_free(k);
+		if (r != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Before the direct clock starts: one lego run registers the account in
+ * <acme dir>/lego that every measured run then reuses, as the gateway
+ * reuses its one account. */
+static int lego_account(const struct upstream *ca, char *err, size_t errlen)
+{
+	char lego_path[PATH_MAX + 16], webroot[PATH_MAX + 16], logpath[PATH_MAX + 32], tail[400];
+	int status;
+	snprintf(lego_path, sizeof lego_path, "%s/lego", ca->dir);
+	snprintf(webroot, sizeof webroot, "%s/webroot", ca->dir);
+	snprintf(logpath, sizeof logpath, "%s/lego-warmup.log", ca->dir);
+	if (fg_mkdirs(webroot, 0700, err, errlen) != 0)
+		return -1;
+	char *argv[] = { (char *)ca->client, (char *)"--server", (char *)ca->url, (char *)"--accept-tos",
+			 (char *)"--email", (char *)"bench@fleetgate.test", (char *)"--path", lego_path,
+			 (char *)"--key-type", (char *)"ec256", (char *)"--domains", (char *)"warmup.test",
+			 (char *)"--http", (char *)"--http.webroot", webroot, (char *)"run", NULL };
+	pid_t pid = spawn_logged(argv, ca->dir, logpath, err, errlen);
+	if (pid < 0)
+		return -1;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		log_tail(logpath, tail, sizeof tail);
+		fg_seterr(err, errlen, "lego's warm-up run against %s failed (log %s): %s", ca->url, logpath, tail);
+		return -1;
+	}
+	return 0;
+}
+
 /* State the direct scepclient threads share. */
 struct direct_shared {
-	const struct scep_ca *ca;
+	const struct upstream *ca;
 	char base[PATH_MAX + 16];        /* <scep dir>/direct: one subdir per enrollment */
 	long total;
 	atomic_long next;
@@ -1585,11 +1800,11 @@ static void direct_failure(struct direct_shared *ds, const char *fmt, ...)
 static void *direct_main(void *arg)
 {
 	struct direct_shared *ds = arg;
-	const struct scep_ca *ca = ds->ca;
+	const struct upstream *ca = ds->ca;
 
 	for (;;) {
 		long i = atomic_fetch_add(&ds->next, 1);
-		char dir[PATH_MAX + 48], logpath[PATH_MAX + 80], crt[PATH_MAX + 80], cn[32], err[512] = "";
+		char dir[PATH_MAX + 48], logpath[PATH_MAX + 80], crt[PATH_MAX + 200], cn[32], err[512] = "";
 		char tail[400];
 		struct rusage ru;
 		struct stat st;
@@ -1598,15 +1813,29 @@ static void *direct_main(void *arg)
 		if (i >= ds->total)
 			break;
 		snprintf(dir, sizeof dir, "%s/%ld", ds->base, i);
-		snprintf(logpath, sizeof logpath, "%s/scepclient.log", dir);
+		snprintf(logpath, sizeof logpath, "%s/%s.log", dir, ca->client_name);
 		snprintf(crt, sizeof crt, "%s/c.pem", dir);
 		snprintf(cn, sizeof cn, "direct-%ld", i);
 		/* XXX the challenge in argv: scepclient has no other way. */
 		char *argv[] = { (char *)ca->client, (char *)"-server-url", (char *)ca->url,
 				 (char *)"-challenge", (char *)ca->challenge, (char *)"-private-key",
 				 (char *)"k.pem", (char *)"-certificate", (char *)"c.pem", (char *)"-cn", cn, NULL };
+		/* lego: the account made before the clock started (in the
+		 * shared --path), a P-256 key made by lego for each
+		 * certificate, http-01 "served" from a webroot that pebble
+		 * (PEBBLE_VA_ALWAYS_VALID) does not read */
+		char domain[48], lego_path[PATH_MAX + 16], webroot[PATH_MAX + 16];
+		snprintf(domain, sizeof domain, "direct-%ld.test", i);
+		snprintf(lego_path, sizeof lego_path, "%s/lego", ca->dir);
+		snprintf(webroot, sizeof webroot, "%s/webroot", ca->dir);
+		char *largv[] = { (char *)ca->client, (char *)"--server", (char *)ca->url, (char *)"--accept-tos",
+				  (char *)"--email", (char *)"bench@fleetgate.test", (char *)"--path", lego_path,
+				  (char *)"--key-type", (char *)"ec256", (char *)"--domains", domain, (char *)"--http",
+				  (char *)"--http.webroot", webroot, (char *)"run", NULL };
+		if (ca->acme)
+			snprintf(crt, sizeof crt, "%s/certificates/%s.crt", lego_path, domain);
 		uint64_t t0 = fg_mono_ns();
-		pid_t pid = spawn_logged(argv, dir, logpath, err, sizeof err);
+		pid_t pid = spawn_logged(ca->acme ? largv : argv, dir, logpath, err, sizeof err);
 		if (pid < 0) {
 			direct_failure(ds, "%s", err);
 			continue;
@@ -1623,10 +1852,10 @@ static void *direct_main(void *arg)
 		}
 		log_tail(logpath, tail, sizeof tail);
 		if (WIFEXITED(status))
-			direct_failure(ds, "scepclient in %s exited %d%s: %s", dir, WEXITSTATUS(status),
-				       WEXITSTATUS(status) == 0 ? " but wrote no c.pem" : "", tail);
+			direct_failure(ds, "%s in %s exited %d%s: %s", ca->client_name, dir, WEXITSTATUS(status),
+				       WEXITSTATUS(status) == 0 ? " but wrote no certificate" : "", tail);
 		else
-			direct_failure(ds, "scepclient in %s was killed by signal %d: %s", dir,
+			direct_failure(ds, "%s in %s was killed by signal %d: %s", ca->client_name, dir,
 				       WIFSIGNALED(status) ? WTERMSIG(status) : 0, tail);
 	}
 	return NULL;
@@ -1703,7 +1932,7 @@ static int direct_duplicates(struct direct_shared *ds, struct direct_results *d)
  * self-signed certificate in its working directory and would reuse it), all
  * made before the clock starts. Returns -1 when the phase could not run;
  * failed enrollments are counted in d, not errors. */
-static int direct_run(const struct bench_opts *o, const struct scep_ca *ca, struct direct_results *d,
+static int direct_run(const struct bench_opts *o, const struct upstream *ca, struct direct_results *d,
 		      char *err, size_t errlen)
 {
 	struct direct_shared *ds = NULL;
@@ -1728,7 +1957,8 @@ static int direct_run(const struct bench_opts *o, const struct scep_ca *ca, stru
 	ds->ca = ca;
 	ds->total = o->direct_requests;
 	snprintf(ds->base, sizeof ds->base, "%s/direct", ca->dir);
-	/* scepclient reads PKCS#1 ("RSA PRIVATE KEY") PEM. */
+	/* scepclient reads PKCS#1 ("RSA PRIVATE KEY") PEM. (acme: no keys,
+	 * lego makes its own; nkeys is 0) */
 	for (int k = 0; k < ca->nkeys; k++) {
 		BIO *b = BIO_new(BIO_s_mem());
 		char *data;
@@ -1748,9 +1978,12 @@ static int direct_run(const struct bench_opts *o, const struct scep_ca *ca, stru
 		snprintf(dir, sizeof dir, "%s/%ld", ds->base, i);
 		snprintf(key, sizeof key, "%s/k.pem", dir);
 		if (fg_mkdirs(dir, 0700, err, errlen) != 0 ||
-		    write_small_file(key, pem[i % ca->nkeys], pemlen[i % ca->nkeys], 0600, err, errlen) != 0)
+		    (!ca->acme &&
+		     write_small_file(key, pem[i % ca->nkeys], pemlen[i % ca->nkeys], 0600, err, errlen) != 0))
 			goto out;
 	}
+	if (ca->acme && lego_account(ca, err, errlen) != 0)
+		goto out;
 
 	up0 = proc_cpu_s(ca->pid);
 	t0 = fg_mono_ns();
@@ -1758,7 +1991,7 @@ static int direct_run(const struct bench_opts *o, const struct scep_ca *ca, stru
 		if (pthread_create(&threads[started], NULL, direct_main, ds) != 0) {
 			/* The threads already running finish the whole total. */
 			if (started == 0) {
-				fg_seterr(err, errlen, "cannot start a scepclient runner thread");
+				fg_seterr(err, errlen, "cannot start a %s runner thread", ca->client_name);
 				goto out;
 			}
 			break;
@@ -1772,7 +2005,7 @@ static int direct_run(const struct bench_opts *o, const struct scep_ca *ca, stru
 	d->requests = o->direct_requests;
 	d->parallel = started;
 	d->ok = atomic_load(&ds->ok);
-	if (direct_duplicates(ds, d) != 0) {
+	if (!ca->acme && direct_duplicates(ds, d) != 0) {
 		fg_strlcpy(err, "out of memory checking the direct certificates' serials", errlen);
 		goto out;
 	}
@@ -1826,8 +2059,13 @@ static void report_scep_text(const struct results *r)
 	char a[64], b[64];
 
 	printf("  gateway RSS at the end:    %ld KiB\n", r->rss_kib);
-	printf("SCEP upstream: scepserver at %s (RSA-2048 CA); RSA-2048 keys on both sides\n", r->ca->url);
-	printf("                             %-24s %s\n", "through the gateway", "scepclient direct");
+	char hd[64], cpu_label[64];
+	if (r->ca->acme)
+		printf("ACME upstream: pebble at %s (PEBBLE_VA_ALWAYS_VALID); P-256 keys on both sides\n", r->ca->url);
+	else
+		printf("SCEP upstream: scepserver at %s (RSA-2048 CA); RSA-2048 keys on both sides\n", r->ca->url);
+	snprintf(hd, sizeof hd, "%s direct", r->ca->client_name);
+	printf("                             %-24s %s\n", "through the gateway", hd);
 	snprintf(a, sizeof a, "%d agents", r->agents);
 	snprintf(b, sizeof b, "%d processes", d->parallel);
 	printf("  concurrency:               %-24s %s\n", a, b);
@@ -1851,16 +2089,16 @@ static void report_scep_text(const struct results *r)
 	printf("  latency max ms:            %-24s %s\n", a, b);
 	snprintf(a, sizeof a, "%.0f us", r->ca_cpu_per * 1e6);
 	snprintf(b, sizeof b, "%.0f us", d->ca_cpu_per * 1e6);
-	printf("  scepserver CPU/enrollment: %-24s %s\n", r->ca_cpu_per >= 0 ? a : "n/a",
-	       d->ca_cpu_per >= 0 ? b : "n/a");
+	snprintf(cpu_label, sizeof cpu_label, "%s CPU/enrollment:", r->ca->server_name);
+	printf("  %-26s %-24s %s\n", cpu_label, r->ca_cpu_per >= 0 ? a : "n/a", d->ca_cpu_per >= 0 ? b : "n/a");
 	snprintf(a, sizeof a, "%.0f us fleetgated", r->gw_cpu_per * 1e6);
-	snprintf(b, sizeof b, "%.0f us scepclient", d->client_cpu_per * 1e6);
+	snprintf(b, sizeof b, "%.0f us %s", d->client_cpu_per * 1e6, r->ca->client_name);
 	printf("  client-side CPU/enroll.:   %-24s %s\n", a, b);
 	snprintf(a, sizeof a, "%.0f us bench", r->client_cpu_per * 1e6);
 	printf("                             %s\n", a);
 	if (d->failed)
 		printf("  first direct failure:      %s\n", d->first_err);
-	if (r->workers > 1 || d->parallel > 1)
+	if (!r->ca->acme && (r->workers > 1 || d->parallel > 1))
 		printf("  note: scepserver's file depot is not safe with concurrent requests (duplicate serials,\n"
 		       "        badRequest); failures above may be its own, see docs/benchmarks.md\n");
 	printf("  ratio gateway/direct:      throughput %.2f, p50 latency %.2f\n", ratio(r->rate, d->rate),
@@ -1890,7 +2128,7 @@ static void report_text(const struct results *r)
 	} else {
 		printf("  gateway CPU:               %.2f s, per enrollment n/a (none succeeded)\n", r->gw_cpu_s);
 	}
-	if (r->mode == BENCH_MODE_SCEP) {
+	if (r->mode == BENCH_MODE_SCEP || r->mode == BENCH_MODE_ACME) {
 		report_scep_text(r);
 		return;
 	}
@@ -1927,8 +2165,11 @@ static int scep_json(json_t *o, const struct results *r)
 	static const char *const local_only[] = { "bare_crypto_s_per_enrollment", "csr_verify_s", "cert_sign_s",
 						  "ecdsa_p256_sign_s", "ecdsa_p256_verify_s", "ratio_gateway_to_bare" };
 	const struct direct_results *d = &r->direct;
+	char ckey[64], skey[64];
 	json_t *dj;
 
+	snprintf(ckey, sizeof ckey, "%s_cpu_s_per_enrollment", r->ca->client_name);
+	snprintf(skey, sizeof skey, "%s_cpu_s_per_enrollment", r->ca->server_name);
 	for (size_t i = 0; i < sizeof local_only / sizeof local_only[0]; i++)
 		json_object_del(o, local_only[i]);
 	dj = json_pack("{s:I, s:i, s:I, s:s?, s:f, s:f, s:{s:f, s:f, s:f, s:f}, s:f, s:f}",
@@ -1939,12 +2180,12 @@ static int scep_json(json_t *o, const struct results *r)
 		       "wall_s", d->wall_s,
 		       "enrollments_per_s", d->rate,
 		       "latency_ms", "p50", d->p50_ms, "p90", d->p90_ms, "p99", d->p99_ms, "max", d->max_ms,
-		       "scepclient_cpu_s_per_enrollment", d->client_cpu_per,
-		       "scepserver_cpu_s_per_enrollment", d->ca_cpu_per);
+		       ckey, d->client_cpu_per,
+		       skey, d->ca_cpu_per);
 	if (dj == NULL ||
-	    json_object_set_new(o, "mode", json_string("scep")) != 0 ||
-	    json_object_set_new(o, "scep_url", json_string(r->ca->url)) != 0 ||
-	    json_object_set_new(o, "scepserver_cpu_s_per_enrollment", json_real(r->ca_cpu_per)) != 0 ||
+	    json_object_set_new(o, "mode", json_string(r->ca->acme ? "acme" : "scep")) != 0 ||
+	    json_object_set_new(o, r->ca->acme ? "acme_directory" : "scep_url", json_string(r->ca->url)) != 0 ||
+	    json_object_set_new(o, skey, json_real(r->ca_cpu_per)) != 0 ||
 	    json_object_set_new(o, "direct", dj) != 0 ||
 	    json_object_set_new(o, "ratio_throughput_gateway_to_direct", json_real(ratio(r->rate, d->rate))) != 0 ||
 	    json_object_set_new(o, "ratio_p50_gateway_to_direct", json_real(ratio(r->p50_ms, d->p50_ms))) != 0)
@@ -1981,7 +2222,7 @@ static int report_json(const struct results *r)
 		"gateway_rss_kib", (json_int_t)r->rss_kib);
 	if (o == NULL)
 		return -1;
-	if (r->mode == BENCH_MODE_SCEP && scep_json(o, r) != 0) {
+	if ((r->mode == BENCH_MODE_SCEP || r->mode == BENCH_MODE_ACME) && scep_json(o, r) != 0) {
 		json_decref(o);
 		return -1;
 	}
@@ -2017,7 +2258,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: fleetgate-bench [--agents N] [--requests M] [--workers W] [--json] [--keep]\n"
 		"                       [--state DIR] [--bin-dir DIR] [--crypto-iterations K]\n"
-		"       fleetgate-bench --mode scep [--agents N] [--requests M] [--workers W]\n"
+		"       fleetgate-bench --mode scep|acme [--agents N] [--requests M] [--workers W]\n"
 		"                       [--direct-requests M2] [--direct-parallel P] [--json] [--keep]\n"
 		"\n"
 		"Start a gateway with a fresh local P-256 CA, enroll N simulated agents once\n"
@@ -2038,7 +2279,14 @@ static void usage(FILE *f)
 		"  --mode est    the local-mode run, then M simpleenroll requests through the\n"
 		"                gateway's EST front-end (fleetgate init --est) from C client\n"
 		"                connections (--est-clients C, default 4), reported side by\n"
-		"                side with the ZeroMQ figures\n", BENCH_DIRECT_MAX);
+		"                side with the ZeroMQ figures\n"
+		"  --mode acme   instead: run pebble (Debian package pebble) with\n"
+		"                PEBBLE_VA_ALWAYS_VALID and a throwaway TLS CA, make an acme\n"
+		"                backend for it the default, measure M enrollments through\n"
+		"                the gateway with P-256 CSRs, then M2 lego runs (package\n"
+		"                lego) straight to pebble, P at a time, with one account;\n"
+		"                report both and their ratios. Defaults: M2 = min(M, %d),\n"
+		"                P = 1, W = 2\n", BENCH_DIRECT_MAX, BENCH_DIRECT_MAX);
 }
 
 /* Parse a whole number in [lo, hi]; -1 on anything else. */
@@ -2074,7 +2322,7 @@ int main(int argc, char **argv)
 	struct gateway gw;
 	struct csr_pool pool;
 	struct results res;
-	struct scep_ca ca;
+	struct upstream ca;
 	struct rlimit rl;
 	EVP_PKEY *ca_key = NULL;
 	char err[1024] = "", token[64] = "";
@@ -2094,8 +2342,10 @@ int main(int argc, char **argv)
 				o.mode = BENCH_MODE_SCEP;
 			} else if (strcmp(optarg, "est") == 0) {
 				o.mode = BENCH_MODE_EST;
+			} else if (strcmp(optarg, "acme") == 0) {
+				o.mode = BENCH_MODE_ACME;
 			} else {
-				fprintf(stderr, "fleetgate-bench: --mode '%s' is unknown; use local, scep or est\n", optarg);
+				fprintf(stderr, "fleetgate-bench: --mode '%s' is unknown; use local, scep, est or acme\n", optarg);
 				return 2;
 			}
 			break;
@@ -2153,8 +2403,9 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (o.mode != BENCH_MODE_SCEP && (o.direct_requests || o.direct_parallel)) {
-		fprintf(stderr, "fleetgate-bench: --direct-requests and --direct-parallel only apply to --mode scep\n");
+	int upstream = o.mode == BENCH_MODE_SCEP || o.mode == BENCH_MODE_ACME;
+	if (!upstream && (o.direct_requests || o.direct_parallel)) {
+		fprintf(stderr, "fleetgate-bench: --direct-requests and --direct-parallel only apply to --mode scep or acme\n");
 		return 2;
 	}
 	if (o.mode != BENCH_MODE_EST && o.est_clients) {
@@ -2168,9 +2419,9 @@ int main(int argc, char **argv)
 	}
 	if (o.est_clients == 0)
 		o.est_clients = 4;
-	if (o.mode == BENCH_MODE_SCEP && o.state != NULL) {
-		fprintf(stderr, "fleetgate-bench: --mode scep makes its own gateway and SCEP backend; "
-			"leave out --state\n");
+	if (upstream && o.state != NULL) {
+		fprintf(stderr, "fleetgate-bench: --mode %s makes its own gateway and backend; leave out --state\n",
+			o.mode == BENCH_MODE_SCEP ? "scep" : "acme");
 		return 2;
 	}
 	/* scepserver 2.1.0 (Debian's) keeps its next serial in a file that it
@@ -2181,7 +2432,7 @@ int main(int argc, char **argv)
 	 * its SCEP exchange) and one scepclient at a time. */
 	if (o.workers == 0)
 		o.workers = o.mode == BENCH_MODE_SCEP ? 1 : 2;
-	if (o.mode == BENCH_MODE_SCEP) {
+	if (upstream) {
 		if (o.direct_requests == 0)
 			o.direct_requests = o.requests < BENCH_DIRECT_MAX ? o.requests : BENCH_DIRECT_MAX;
 		if (o.direct_parallel == 0)
@@ -2225,8 +2476,19 @@ int main(int argc, char **argv)
 	if (o.mode == BENCH_MODE_SCEP) {
 		char conf[PATH_MAX + 32];
 		snprintf(conf, sizeof conf, "%s/fleetgated.conf", gw.state);
+		ca.server_name = "scepserver";
+		ca.client_name = "scepclient";
 		if (scep_ca_start(&ca, gw.tmp, err, sizeof err) != 0 ||
 		    config_add_scep(conf, &ca, err, sizeof err) != 0)
+			goto out;
+		gw.upstream_pid = ca.pid;
+	} else if (o.mode == BENCH_MODE_ACME) {
+		char conf[PATH_MAX + 32];
+		snprintf(conf, sizeof conf, "%s/fleetgated.conf", gw.state);
+		ca.server_name = "pebble";
+		ca.client_name = "lego";
+		if (acme_ca_start(&ca, gw.tmp, err, sizeof err) != 0 ||
+		    config_add_acme(conf, &ca, err, sizeof err) != 0)
 			goto out;
 		gw.upstream_pid = ca.pid;
 	}
@@ -2236,14 +2498,15 @@ int main(int argc, char **argv)
 		goto out;
 	if (gateway_token(&gw, &o, o.agents, token, err, sizeof err) != 0)
 		goto out;
-	if (o.mode == BENCH_MODE_SCEP ? pool_build_scep(&pool, o.agents, &ca, err, sizeof err) != 0
-				      : pool_build(&pool, err, sizeof err) != 0)
+	if (o.mode == BENCH_MODE_SCEP   ? pool_build_scep(&pool, o.agents, &ca, err, sizeof err) != 0
+	    : o.mode == BENCH_MODE_ACME ? pool_build_acme(&pool, o.agents, err, sizeof err) != 0
+					: pool_build(&pool, err, sizeof err) != 0)
 		goto out;
 	if (bench_run(&o, &gw, token, &pool, &res, err, sizeof err) != 0)
 		goto out;
 	res.workers = gw.workers;
 	res.mode = o.mode;
-	if (o.mode == BENCH_MODE_SCEP) {
+	if (upstream) {
 		res.ca = &ca;
 		if (direct_run(&o, &ca, &res.direct, err, sizeof err) != 0)
 			goto out;
@@ -2275,7 +2538,10 @@ out:
 	EVP_PKEY_free(ca_key);
 	pool_free(&pool);
 	gateway_stop(&gw);
-	scep_ca_stop(&ca);
+	if (ca.acme)
+		acme_ca_stop(&ca);
+	else
+		scep_ca_stop(&ca);
 	if (gw.tmp[0]) {
 		if (o.keep || rc != 0)
 			fprintf(stderr, "fleetgate-bench: gateway state and log kept in %s\n", gw.tmp);

@@ -96,6 +96,30 @@ int64_t slot_renew_due(const struct agent_slot *s, X509 *cert)
 	return due;
 }
 
+/* The CA's suggested renewal time (ARI, RFC 9773) kept for the installed
+ * certificate: "<slot>.renew_after" holds "SERIAL UNIX-SECONDS", written
+ * by slot_install from CertReply.renew_after. It replaces the computed
+ * due time when it names this certificate's serial and falls within its
+ * life, but never later than the safety margin before expiry that the
+ * own schedule keeps. Returns due unchanged otherwise. */
+static int64_t ari_due(const struct agent_config *cfg, const struct agent_slot *s,
+		       const struct fg_cert_info *ci, int64_t due)
+{
+	char p[STATE_PATH_MAX], serial[80] = "", buf[160];
+	long long when = 0;
+	FILE *f;
+	state_path(cfg, s, ".renew_after", p, sizeof p);
+	if ((f = fopen(p, "r")) == NULL)
+		return due;
+	int ok = fgets(buf, sizeof buf, f) != NULL && sscanf(buf, "%79s %lld", serial, &when) == 2;
+	fclose(f);
+	if (!ok || strcmp(serial, ci->serial_hex) != 0 || when <= ci->not_before || when >= ci->not_after)
+		return due;
+	int64_t life = ci->not_after - ci->not_before;
+	int64_t margin = life / 10 < 3600 ? life / 10 : 3600;
+	return when < ci->not_after - margin ? (int64_t)when : ci->not_after - margin;
+}
+
 enum slot_action slot_decide(const struct agent_config *cfg, const struct agent_slot *s,
 			     int64_t now, int force, int64_t *due, int64_t *not_after)
 {
@@ -115,7 +139,7 @@ enum slot_action slot_decide(const struct agent_config *cfg, const struct agent_
 		X509_free(c);
 		return SLOT_ENROLL;
 	}
-	int64_t d = slot_renew_due(s, c);
+	int64_t d = ari_due(cfg, s, &ci, slot_renew_due(s, c));
 	X509_free(c);
 	if (due)
 		*due = d;
@@ -687,6 +711,28 @@ static int chain_of(const Fleetgate__CertReply *cr, STACK_OF(X509) *chain, char 
 	return 0;
 }
 
+/* Keeps the CA's suggested renewal time for the certificate just installed
+ * (see ari_due), or removes an older one when the CA suggested none. A
+ * failure only costs the suggestion: the own schedule applies. */
+static void ari_keep(const struct agent_config *cfg, const struct agent_slot *s, X509 *leaf,
+		     int64_t renew_after, const char *rid)
+{
+	char p[STATE_PATH_MAX], line[160], err[256], when[32];
+	struct fg_cert_info ci;
+	state_path(cfg, s, ".renew_after", p, sizeof p);
+	if (renew_after <= 0 || fg_cert_info(leaf, &ci, NULL, 0) != 0) {
+		unlink(p);
+		return;
+	}
+	int n = snprintf(line, sizeof line, "%s %lld\n", ci.serial_hex, (long long)renew_after);
+	if (fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
+		fg_warn("agent", rid, "slot %s: cannot keep the CA's suggested renewal time (%s); the own schedule applies",
+			s->name, err);
+	else
+		fg_info("agent", rid, "slot %s: the CA suggests renewal at %s", s->name,
+			fg_time_iso(renew_after, when, sizeof when));
+}
+
 int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		 const struct slot_request *r, const Fleetgate__CertReply *cr,
 		 const char *anchors_pem, char *err, size_t errlen)
@@ -753,6 +799,7 @@ int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		goto rollback;
 	if (slot_run_hook(s, SLOT_HOOK_TIMEOUT, err, errlen) != 0)
 		goto rollback;
+	ari_keep(cfg, s, leaf, cr->renew_after, r->rid);
 	slot_request_forget(cfg, s);
 	rc = 0;
 	goto out;

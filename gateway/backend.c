@@ -465,6 +465,7 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.state_incr = h_state_incr,
 		.http01_publish = h_http01_publish,
 		.http01_withdraw = h_http01_withdraw,
+		.result_size = sizeof(struct fg_issue_result),
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);

@@ -18,6 +18,7 @@
  * short transaction on its own connection).
  */
 #include <errno.h>
+#include <stddef.h>
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
@@ -115,6 +116,9 @@ static void usage(FILE *f)
 		"  backend cert --state DIR NAME SERIAL\n"
 		"        ask backend NAME's CA for its certificates, its CRL, or a certificate it\n"
 		"        issued (SCEP GetCert/GetCRL); PEM on stdout\n"
+		"  backend acme-rollover --state DIR NAME\n"
+		"        replace ACME backend NAME's account key at the CA (RFC 8555 keyChange); a running\n"
+		"        fleetgated takes up the new key at its next request\n"
 		"  audit verify --state DIR\n"
 		"        check the audit log's hash chain\n"
 		"  audit tail --state DIR [-n N] [--device DEVICE] [--follow] [--json]\n"
@@ -1213,6 +1217,34 @@ static int cmd_audit(const struct opts *o)
 	return rc;
 }
 
+/* An operator command carried out by a backend's plugin (the admin op,
+ * appended during ABI 1): its text on stdout, an audit record, and the
+ * plugin's message on failure. An exit code. */
+static int backend_admin(struct store *st, struct backend *b, const char *verb, const char *what)
+{
+	char err[1024] = "", *text = NULL;
+	if (b->ops->struct_size < offsetof(struct fg_backend_ops, admin) + sizeof b->ops->admin ||
+	    b->ops->admin == NULL) {
+		fprintf(stderr, "%s: backend %s (plugin %s) has no such command; it works on ACME backends only\n",
+			what, b->name, b->ops->name);
+		return EXIT_FAIL;
+	}
+	if (b->ops->admin(b->state, verb, NULL, 0, &text, err, sizeof err) != 0) {
+		fprintf(stderr, "%s: %s\n", what, err[0] ? err : "the backend failed without saying why");
+		free(text);
+		return EXIT_FAIL;
+	}
+	if (text != NULL)
+		printf("%s\n", text);
+	json_t *d = json_pack("{s:s, s:s}", "backend", b->name, "verb", verb);
+	char *detail = d ? json_dumps(d, JSON_COMPACT) : NULL;
+	store_audit(st, "backend.admin", NULL, NULL, detail ? detail : "{}", fg_now(), NULL, 0);
+	free(detail);
+	json_decref(d);
+	free(text);
+	return EXIT_OK;
+}
+
 static int cmd_backend(const struct opts *o)
 {
 	struct gw_config *cfg = NULL;
@@ -1223,9 +1255,10 @@ static int cmd_backend(const struct opts *o)
 	int rc;
 
 	int want = strcmp(sub, "cert") == 0 ? 3 : 2;
-	if ((strcmp(sub, "cacerts") != 0 && strcmp(sub, "crl") != 0 && strcmp(sub, "cert") != 0) ||
+	if ((strcmp(sub, "cacerts") != 0 && strcmp(sub, "crl") != 0 && strcmp(sub, "cert") != 0 &&
+	     strcmp(sub, "acme-rollover") != 0) ||
 	    o->argc != want) {
-		fprintf(stderr, "fleetgate: usage: fleetgate backend cacerts|crl --state DIR NAME, or backend cert --state DIR NAME SERIAL\n");
+		fprintf(stderr, "fleetgate: usage: fleetgate backend cacerts|crl|acme-rollover --state DIR NAME, or backend cert --state DIR NAME SERIAL\n");
 		return EXIT_USAGE;
 	}
 	rc = open_state(o, &cfg, &st);
@@ -1261,6 +1294,10 @@ static int cmd_backend(const struct opts *o)
 		}
 		fg_cert_list_clear(&l);
 		rc = EXIT_OK;
+		goto out;
+	}
+	if (strcmp(sub, "acme-rollover") == 0) {
+		rc = backend_admin(st, b, "account-rollover", "fleetgate backend acme-rollover");
 		goto out;
 	}
 	if (strcmp(sub, "crl") == 0) {

@@ -663,6 +663,10 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 				p->backend, err);
 		}
 	}
+	/* the CA's suggested renewal time (ARI), passed on only when it falls
+	 * within the certificate's life */
+	if (res.renew_after > ci.not_before && res.renew_after < ci.not_after)
+		cr.renew_after = res.renew_after;
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
 	pack_env(&env, rid, out, len);
@@ -695,10 +699,12 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 			     "could not record the certificate (%s); retry with the same request id", err);
 		goto out;
 	}
-	char until[32];
-	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %s (backend %s)",
+	char until[32], ra[32];
+	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %s (backend %s)%s%s",
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
-		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend);
+		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend,
+		cr.renew_after ? "; the CA suggests renewal at " : "",
+		cr.renew_after ? fg_time_iso(cr.renew_after, ra, sizeof ra) : "");
 out:
 	backends_job_release(w->bs, key, rid);
 	X509_free(cert);

@@ -24,6 +24,8 @@
  *   root_url       URL of the CA's root certificate(s), PEM, for cacerts
  *                  (pebble: https://localhost:15000/roots/0); ACME has none
  *   contact        mailto: address for the account (optional)
+ *   eab_kid        external account binding key id (RFC 8555 7.3.4), with
+ *   eab_hmac_key   its MAC key, base64url; both or neither
  *   timeout        seconds for one HTTP exchange (default 30)
  *   poll_interval  seconds the host waits before asking again about a
  *                  pending order when the CA gives no Retry-After (default 5)
@@ -34,13 +36,18 @@
  *   dns_hook       command publishing/removing _acme-challenge TXT records
  *   hook_timeout   seconds dns_hook may run (default 60)
  *
- * Plugin state: "account.key" (PEM, the account key) and "account.url"
- * (the account's kid). Job state: "acme.order" (the order URL, written as
+ * Plugin state: "account.key" (PEM, the account key), "account.url"
+ * (the account's kid) and "account.key.next" (a rolled-over key written
+ * ahead, "" when none; see rollover). Job state: "acme.order" (the order URL, written as
  * soon as newOrder answers), so a resumed job polls its order rather than
  * ordering again; "acme.http01" (tokens published on the gateway),
  * "acme.ack" (tokens the device acknowledged), "acme.dns" and
  * "acme.dns.ok" (TXT records the hook was asked for and made), each a
  * newline-separated list.
+ *
+ * Also: revocation (revokeCert, 7.6), account key rollover (keyChange,
+ * 7.3.5, through the admin op) and renewal information (RFC 9773) when the
+ * directory offers it.
  *
  * Threads: issue, poll and cacerts may run concurrently. The account, the
  * directory and the cached nonce are behind a mutex; HTTP exchanges run
@@ -65,6 +72,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -73,7 +81,7 @@
 
 #define MAX_BODY (1 << 20)        /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
-#define NONCE_TRIES 3             /* badNonce retries (RFC 8555 6.5) */
+#define NONCE_TRIES 16            /* tries of one request while the CA says badNonce (RFC 8555 6.5) */
 #define ERR_PREFIX "urn:ietf:params:acme:error:"
 
 /* Outcome of one ACME exchange: ACME_RETRY is worth trying again later
@@ -87,16 +95,25 @@ struct acme {
 	char tls_ca_file[PATH_MAX];
 	char root_url[1024];
 	char contact[256];
+	char eab_kid[256];            /* RFC 8555 7.3.4, "" for none */
+	unsigned char eab_key[128];   /* the decoded HMAC key */
+	size_t eab_key_len;
 	long timeout;                 /* seconds per HTTP exchange */
 	uint32_t poll_interval;       /* seconds, when no Retry-After */
 	long inline_wait;             /* seconds one call may wait */
+	CURLSH *share;                /* connections and TLS sessions kept across exchanges */
+	pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST]; /* share's locks, one per kind of data */
 	pthread_mutex_t mu;
 	/* under mu: */
 	int have_dir;
 	char new_nonce[1024];         /* RFC 8555 7.1.1 directory */
 	char new_account[1024];
 	char new_order[1024];
+	char key_change[1024];        /* "" when the CA offers none (7.3.5) */
+	char revoke_cert[1024];       /* "" when the CA offers none (7.6) */
+	char renewal_info[1024];      /* "" when the CA offers no ARI (RFC 9773 3) */
 	EVP_PKEY *key;                /* account key, P-256 */
+	unsigned char key_digest[32]; /* SHA-256 of the stored PEM a->key came from */
 	char kid[1024];               /* account URL, "" before newAccount */
 	char nonce[256];              /* one spare Replay-Nonce, "" if none */
 	struct fg_cert_list roots;    /* last answer of root_url */
@@ -195,6 +212,51 @@ static char *b64url_str(const char *s)
 	return b64url((const unsigned char *)s, strlen(s));
 }
 
+/* Decodes base64url text (padding optional) into out (outcap bytes).
+ * The length, or -1 when the text is not base64url or does not fit. */
+static long b64url_decode(const char *text, unsigned char *out, size_t outcap)
+{
+	size_t n = strlen(text);
+	while (n > 0 && text[n - 1] == '=')
+		n--;
+	if (n == 0 || n % 4 == 1 || n > 4096)
+		return -1;
+	size_t padded = (n + 3) / 4 * 4;
+	char *t = malloc(padded + 1);
+	unsigned char *raw = malloc(padded / 4 * 3 + 1);
+	long len = -1;
+	if (t == NULL || raw == NULL)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		char c = text[i];
+		if (c == '-')
+			c = '+';
+		else if (c == '_')
+			c = '/';
+		else if (c == '+' || c == '/')
+			goto out;       /* base64, not base64url */
+		t[i] = c;
+	}
+	for (size_t i = n; i < padded; i++)
+		t[i] = '=';
+	t[padded] = 0;
+	int l = EVP_DecodeBlock(raw, (unsigned char *)t, (int)padded);
+	if (l < 0)
+		goto out;
+	l -= (int)(padded - n);      /* EVP_DecodeBlock counts the padding as zero bytes */
+	if (l <= 0 || (size_t)l > outcap)
+		goto out;
+	memcpy(out, raw, (size_t)l);
+	len = l;
+out:
+	ERR_clear_error();
+	if (raw != NULL)
+		OPENSSL_cleanse(raw, padded / 4 * 3 + 1);
+	free(raw);
+	free(t);
+	return len;
+}
+
 /* ---- HTTP (libcurl) ---- */
 
 static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
@@ -283,6 +345,8 @@ static int http(const struct acme *a, const char *method, const char *url, const
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "fleetgate-acme/1");
+	if (a->share != NULL)
+		curl_easy_setopt(c, CURLOPT_SHARE, a->share);
 	if (a->tls_ca_file[0])
 		curl_easy_setopt(c, CURLOPT_CAINFO, a->tls_ca_file);
 	if (accept != NULL) {
@@ -406,15 +470,16 @@ out:
 }
 
 /* A flattened JWS (RFC 7515 7.2.2) of payload (NULL: POST-as-GET, an empty
- * payload, RFC 8555 6.3) for url with nonce; "jwk" when kid is NULL, else
- * "kid". Malloc'd JSON text, or NULL with err. */
+ * payload, RFC 8555 6.3) for url with nonce (NULL: none, for the inner JWS
+ * of keyChange, RFC 8555 7.3.5); "jwk" when kid is NULL, else "kid".
+ * Malloc'd JSON text, or NULL with err. */
 static char *jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
 		 const char *payload, char *err, size_t errlen)
 {
-	json_t *prot = json_pack("{s:s, s:s, s:s}", "alg", "ES256", "nonce", nonce, "url", url);
+	json_t *prot = json_pack("{s:s, s:s}", "alg", "ES256", "url", url);
 	json_t *env = NULL;
 	char *ptext = NULL, *p64 = NULL, *pl64 = NULL, *input = NULL, *sig = NULL, *out = NULL;
-	if (prot == NULL)
+	if (prot == NULL || (nonce != NULL && json_object_set_new(prot, "nonce", json_string(nonce)) != 0))
 		goto oom;
 	if (kid != NULL) {
 		if (json_object_set_new(prot, "kid", json_string(kid)) != 0)
@@ -480,6 +545,12 @@ static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
 	snprintf(a->new_nonce, sizeof a->new_nonce, "%s", nn);
 	snprintf(a->new_account, sizeof a->new_account, "%s", na);
 	snprintf(a->new_order, sizeof a->new_order, "%s", no);
+	const char *kc = json_string_value(json_object_get(j, "keyChange"));
+	const char *rv = json_string_value(json_object_get(j, "revokeCert"));
+	snprintf(a->key_change, sizeof a->key_change, "%s", kc ? kc : "");
+	snprintf(a->revoke_cert, sizeof a->revoke_cert, "%s", rv ? rv : "");
+	const char *ri = json_string_value(json_object_get(j, "renewalInfo"));
+	snprintf(a->renewal_info, sizeof a->renewal_info, "%s", ri ? ri : "");
 	a->have_dir = 1;
 	rc = ACME_OK;
 out:
@@ -560,37 +631,52 @@ static enum acme_rc post(struct acme *a, EVP_PKEY *key, const char *kid, const c
 		json_decref(p);
 		if (!bad_nonce || tries + 1 >= NONCE_TRIES)
 			return rc;
+		alog(a, FG_LEVEL_DEBUG, NULL, "backend %s: badNonce from %s; retrying with the nonce that came with it",
+		     a->name, url);
 	}
 }
 
 /* The account key from plugin state, made and stored on first use.
- * Called with a->mu held. */
+ * Called with a->mu held, on every use of the account: the stored key is
+ * read each time and a->key replaced when it changed, so that a key rolled
+ * over by the operator (fleetgate backend acme-rollover, another process)
+ * is taken up by a running gateway at its next request. */
 static int key_load(struct acme *a, char *err, size_t errlen)
 {
-	unsigned char *pem = NULL;
+	unsigned char *pem = NULL, dg[32];
 	size_t len = 0;
 	BIO *b = NULL;
 	EVP_PKEY *k = NULL;
 	int rc = -1;
-	if (a->key != NULL)
-		return 0;
 	int g = a->host->state_get(a->host->ctx, "account.key", &pem, &len);
 	if (g < 0) {
 		seterr(err, errlen, "backend %s: cannot read the ACME account key from the plugin state", a->name);
 		goto out;
 	}
-	if (g == 1) {
+	if (g == 1 && len > 0) {
+		if (EVP_Digest(pem, len, dg, NULL, EVP_sha256(), NULL) != 1) {
+			ssl_err(err, errlen, "backend %s: cannot hash the stored ACME account key", a->name);
+			goto out;
+		}
+		if (a->key != NULL && memcmp(dg, a->key_digest, sizeof dg) == 0) {
+			rc = 0;
+			goto out;
+		}
 		if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
 		    (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL) {
 			ssl_err(err, errlen, "backend %s: the stored ACME account key cannot be read", a->name);
 			goto out;
 		}
+		if (a->key != NULL)
+			alog(a, FG_LEVEL_INFO, NULL, "backend %s: the ACME account key changed in the plugin state (rollover); using the new key",
+			     a->name);
 	} else {
 		char *p = NULL;
 		long n;
 		if ((k = EVP_EC_gen("P-256")) == NULL || (b = BIO_new(BIO_s_mem())) == NULL ||
 		    PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1 ||
-		    (n = BIO_get_mem_data(b, &p)) <= 0) {
+		    (n = BIO_get_mem_data(b, &p)) <= 0 ||
+		    EVP_Digest(p, (size_t)n, dg, NULL, EVP_sha256(), NULL) != 1) {
 			ssl_err(err, errlen, "backend %s: cannot make an ACME account key", a->name);
 			goto out;
 		}
@@ -602,7 +688,9 @@ static int key_load(struct acme *a, char *err, size_t errlen)
 		}
 		alog(a, FG_LEVEL_INFO, NULL, "backend %s: made a new ACME account key (P-256)", a->name);
 	}
+	EVP_PKEY_free(a->key);
 	a->key = k;
+	memcpy(a->key_digest, dg, sizeof dg);
 	k = NULL;
 	rc = 0;
 out:
@@ -613,6 +701,59 @@ out:
 	BIO_free(b);
 	EVP_PKEY_free(k);
 	return rc;
+}
+
+/* The externalAccountBinding of a newAccount request (RFC 8555 7.3.4): a
+ * flattened JWS, HS256 with the CA's MAC key, whose protected header names
+ * eab_kid and the newAccount URL and whose payload is the account's public
+ * JWK. A new json object, or NULL with err. */
+static json_t *eab_binding(const struct acme *a, EVP_PKEY *key, const char *url, char *err, size_t errlen)
+{
+	json_t *prot = json_pack("{s:s, s:s, s:s}", "alg", "HS256", "kid", a->eab_kid, "url", url);
+	json_t *jwk = jwk_of(key), *out = NULL;
+	char *ptext = NULL, *jtext = NULL, *p64 = NULL, *pl64 = NULL, *input = NULL, *sig64 = NULL;
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	if (prot == NULL || jwk == NULL || (ptext = json_dumps(prot, JSON_COMPACT)) == NULL ||
+	    (jtext = json_dumps(jwk, JSON_COMPACT)) == NULL || (p64 = b64url_str(ptext)) == NULL ||
+	    (pl64 = b64url_str(jtext)) == NULL || asprintf(&input, "%s.%s", p64, pl64) < 0) {
+		input = NULL;
+		seterr(err, errlen, "out of memory building the external account binding");
+		goto out;
+	}
+	if (HMAC(EVP_sha256(), a->eab_key, (int)a->eab_key_len, (const unsigned char *)input, strlen(input),
+		 mac, &maclen) == NULL) {
+		ssl_err(err, errlen, "backend %s: cannot compute the external account binding's HS256 MAC", a->name);
+		goto out;
+	}
+	if ((sig64 = b64url(mac, maclen)) == NULL ||
+	    (out = json_pack("{s:s, s:s, s:s}", "protected", p64, "payload", pl64, "signature", sig64)) == NULL)
+		seterr(err, errlen, "out of memory building the external account binding");
+out:
+	OPENSSL_cleanse(mac, sizeof mac);
+	json_decref(prot);
+	json_decref(jwk);
+	free(ptext);
+	free(jtext);
+	free(p64);
+	free(pl64);
+	free(input);
+	free(sig64);
+	return out;
+}
+
+/* Adds what the operator should do to a refused newAccount's message:
+ * the CA wants an external account binding, or refused the one sent. */
+static void account_hint(const struct acme *a, char *err, size_t errlen)
+{
+	char base[1024];
+	snprintf(base, sizeof base, "%s", err);
+	if (strstr(base, "externalAccountRequired") != NULL && a->eab_kid[0] == 0)
+		seterr(err, errlen, "%s; this CA requires an external account binding: set eab_kid and eab_hmac_key (base64url) in backends.%s to the values the CA gave you",
+		       base, a->name);
+	else if (a->eab_kid[0] && (strstr(base, "unauthorized") != NULL || strstr(base, "malformed") != NULL))
+		seterr(err, errlen, "%s; the CA refused the external account binding for key id '%s': check backends.%s.eab_kid and eab_hmac_key against what the CA gave you",
+		       base, a->eab_kid, a->name);
 }
 
 /* The account (RFC 8555 7.3): directory, key and kid ready, registering
@@ -650,6 +791,12 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 		p = json_pack("{s:b}", "termsOfServiceAgreed", 1);
 		if (p != NULL && a->contact[0])
 			json_object_set_new(p, "contact", json_pack("[s]", a->contact));
+		if (p != NULL && a->eab_kid[0]) {
+			json_t *eab = eab_binding(a, a->key, a->new_account, err, errlen);
+			if (eab == NULL)
+				goto out;
+			json_object_set_new(p, "externalAccountBinding", eab);
+		}
 		if (p == NULL || (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
 			seterr(err, errlen, "out of memory");
 			goto out;
@@ -665,8 +812,10 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 		rc = post(a, k, NULL, url_na, payload, NULL, &r, err, errlen);
 		EVP_PKEY_free(k);
 		pthread_mutex_lock(&a->mu);
-		if (rc != ACME_OK)
+		if (rc != ACME_OK) {
+			account_hint(a, err, errlen);
 			goto out;
+		}
 		rc = ACME_RETRY;
 		if (r.location[0] == 0 || strlen(r.location) >= sizeof a->kid) {
 			seterr(err, errlen, "the ACME CA's newAccount answer has no usable Location");
@@ -814,6 +963,27 @@ static const char *const chal_names[CH_MAX] = { "http-01-gateway", "http-01-agen
 
 #define MAX_CHALS 16                  /* authorizations of one order answered by the device */
 
+/* How much of struct fg_issue_result the host has: a host older than a
+ * field appended to it must not see that field written, not even zeroed. */
+static size_t result_size(const struct acme *a)
+{
+	return FG_RESULT_HAS(a->host, renew_after) ? sizeof(struct fg_issue_result)
+						    : offsetof(struct fg_issue_result, renew_after);
+}
+
+/* fg_issue_result_clear within the host's size (see result_size). */
+static void result_reset(const struct acme *a, struct fg_issue_result *res)
+{
+	free(res->cert_der);
+	for (size_t i = 0; i < res->n_chain; i++)
+		free(res->chain_der[i]);
+	free(res->chain_der);
+	free(res->chain_len);
+	free(res->challenges);
+	free(res->enc_key);
+	memset(res, 0, result_size(a));
+}
+
 /* One issuance in flight: what run_job's steps share. */
 struct job {
 	struct acme *a;
@@ -829,6 +999,7 @@ struct job {
 	struct fg_challenge chals[MAX_CHALS]; /* http-01-agent: what the device serves */
 	char chal_urls[MAX_CHALS][1024];     /* their challenge URLs, "" once answered */
 	size_t n_chals;
+	long http_code;               /* HTTP status of the last answer, 0 none */
 };
 
 /* A signed POST for the job; parses a JSON answer into *out when out is
@@ -840,6 +1011,7 @@ static enum acme_rc job_post(struct job *j, const char *url, const char *payload
 	if (rc != ACME_OK && strstr(j->err, "accountDoesNotExist") != NULL)
 		account_lost(j->a, j->kid);
 	j->retry_after = r.retry_after;
+	j->http_code = r.code;
 	if (rc == ACME_OK && out != NULL) {
 		*out = json_loads(r.body ? r.body : "", 0, NULL);
 		if (!json_is_object(*out)) {
@@ -876,6 +1048,8 @@ static enum acme_rc new_order(struct job *j)
 	snprintf(url, sizeof url, "%s", j->a->new_order);
 	pthread_mutex_unlock(&j->a->mu);
 	rc = post(j->a, j->key, j->kid, url, payload, NULL, &r, j->err, sizeof j->err);
+	j->retry_after = r.retry_after;       /* a rateLimited newOrder says when */
+	j->http_code = r.code;
 	if (rc != ACME_OK) {
 		if (strstr(j->err, "accountDoesNotExist") != NULL)
 			account_lost(j->a, j->kid);
@@ -1363,10 +1537,143 @@ static void take_chain(struct job *j, const char *pem, size_t len, EVP_PKEY *csr
 	set_result(res, FG_ISSUE_OK, 0, "issued by the ACME CA (order %s)", j->order);
 	goto out;
 oom:
-	fg_issue_result_clear(res);
+	result_reset(j->a, res);
 	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 out:
 	sk_X509_pop_free(certs, X509_free);
+}
+
+/* ---- ARI: renewal information (RFC 9773) ---- */
+
+/* The certID of a certificate (RFC 9773 4.1): base64url of the
+ * keyIdentifier of its authorityKeyIdentifier, ".", base64url of the
+ * serial number's DER content octets (a leading 0x00 kept). Malloc'd, or
+ * NULL with err (a certificate without an AKI keyIdentifier has none). */
+static char *ari_cert_id(X509 *x, char *err, size_t errlen)
+{
+	const ASN1_OCTET_STRING *kid = X509_get0_authority_key_id(x);
+	const ASN1_INTEGER *sn = X509_get0_serialNumber(x);
+	unsigned char *der = NULL;
+	char *k64 = NULL, *s64 = NULL, *out = NULL;
+	long clen = 0;
+	int tag = 0, cls = 0;
+	if (kid == NULL || ASN1_STRING_length(kid) <= 0) {
+		seterr(err, errlen, "the certificate has no authority key identifier, so it has no ARI certID");
+		goto out;
+	}
+	int n = sn ? i2d_ASN1_INTEGER(sn, &der) : -1;
+	const unsigned char *q = der;
+	if (n <= 0 || (ASN1_get_object(&q, &clen, &tag, &cls, n) & 0x80) || tag != V_ASN1_INTEGER || clen <= 0) {
+		ssl_err(err, errlen, "cannot encode the certificate's serial number");
+		goto out;
+	}
+	if ((k64 = b64url(ASN1_STRING_get0_data(kid), (size_t)ASN1_STRING_length(kid))) == NULL ||
+	    (s64 = b64url(q, (size_t)clen)) == NULL || asprintf(&out, "%s.%s", k64, s64) < 0) {
+		out = NULL;
+		seterr(err, errlen, "out of memory");
+	}
+out:
+	ERR_clear_error();
+	OPENSSL_free(der);
+	free(k64);
+	free(s64);
+	return out;
+}
+
+/* An RFC 3339 date-time ("2025-01-02T04:00:00Z", fractional seconds and a
+ * numeric offset allowed) as Unix seconds. 0, or -1 when it is not one. */
+static int rfc3339_time(const char *text, int64_t *out)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *p = text ? strptime(text, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+	if (p == NULL)
+		return -1;
+	if (*p == '.') {
+		p++;
+		if (!isdigit((unsigned char)*p))
+			return -1;
+		while (isdigit((unsigned char)*p))
+			p++;
+	}
+	long off = 0;
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		int hh, mm, used = 0;
+		if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &used) != 2 || used != 5 || hh > 23 || mm > 59)
+			return -1;
+		off = (hh * 3600L + mm * 60L) * (*p == '-' ? -1 : 1);
+		p += 6;
+	} else {
+		return -1;
+	}
+	if (*p != 0)
+		return -1;
+	time_t t = timegm(&tm);
+	if (t == (time_t)-1)
+		return -1;
+	*out = (int64_t)t - off;
+	return 0;
+}
+
+/* The suggestedWindow of a RenewalInfo object (RFC 9773 4.2). 0 with
+ * start < end, or -1 when the answer is not one. */
+static int ari_window(const char *body, int64_t *start, int64_t *end)
+{
+	json_t *j = json_loads(body ? body : "", 0, NULL);
+	json_t *w = json_object_get(j, "suggestedWindow");
+	int rc = -1;
+	if (json_is_object(w) && rfc3339_time(json_string_value(json_object_get(w, "start")), start) == 0 &&
+	    rfc3339_time(json_string_value(json_object_get(w, "end")), end) == 0 && *start < *end)
+		rc = 0;
+	json_decref(j);
+	return rc;
+}
+
+/* When the CA's directory has renewalInfo: asks it about the certificate
+ * just issued and, with a valid window, puts a time drawn uniformly from
+ * it (RFC 9773 4.2) in res->renew_after, for the agent's schedule. An
+ * answer that is missing or wrong only costs the suggestion: the agent's
+ * own schedule applies. */
+static void ari_advise(struct job *j, const unsigned char *der, size_t len, struct fg_issue_result *res)
+{
+	struct acme *a = j->a;
+	struct resp r = { .retry_after = -1 };
+	char base[1024], err[512] = "", *id = NULL, *url = NULL;
+	const unsigned char *q = der;
+	X509 *x = NULL;
+	int64_t start, end;
+	uint64_t rnd = 0;
+
+	pthread_mutex_lock(&a->mu);
+	snprintf(base, sizeof base, "%s", a->renewal_info);
+	pthread_mutex_unlock(&a->mu);
+	if (base[0] == 0 || !FG_RESULT_HAS(a->host, renew_after))
+		return;
+	if ((x = d2i_X509(NULL, &q, (long)len)) == NULL || (id = ari_cert_id(x, err, sizeof err)) == NULL ||
+	    asprintf(&url, "%s%s%s", base, base[strlen(base) - 1] == '/' ? "" : "/", id) < 0) {
+		url = NULL;
+		ERR_clear_error();
+		goto out;
+	}
+	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) != 0 || r.code != 200 ||
+	    ari_window(r.body, &start, &end) != 0) {
+		alog(a, FG_LEVEL_WARN, j->req->request_id,
+		     "backend %s: no usable renewal information at %s (%s); the agent's own schedule applies", a->name,
+		     url, err[0] ? err : "no suggestedWindow");
+		goto out;
+	}
+	if (a->host->random(a->host->ctx, &rnd, sizeof rnd) != 0)
+		rnd = 0;
+	res->renew_after = start + (int64_t)(rnd % (uint64_t)(end - start));
+	alog(a, FG_LEVEL_INFO, j->req->request_id, "backend %s: the ACME CA suggests renewal between %lld and %lld",
+	     a->name, (long long)start, (long long)end);
+out:
+	X509_free(x);
+	free(id);
+	free(url);
+	resp_clear(&r);
 }
 
 /* The request must be expressible as ACME identifiers. 0 or -1 with msg. */
@@ -1390,6 +1697,23 @@ static int names_orderable(const struct fg_issue_request *req, char *msg, size_t
 	return 0;
 }
 
+/* The stored order is gone at the CA (HTTP 404: expired and purged, or a
+ * CA that lost its state while still knowing the account): forget it so
+ * that the job orders again, once per call. The device still receives
+ * one certificate: the job delivers only what the new order issues.
+ * 1 when the caller should order again. */
+static int order_gone(struct job *j, int again)
+{
+	if (again || j->http_code != 404)
+		return 0;
+	alog(j->a, FG_LEVEL_WARN, j->req->request_id, "backend %s: the ACME CA no longer knows order %s (%s); ordering again",
+	     j->a->name, j->order, j->err);
+	if (j->a->host->job_put(j->req->job, "acme.order", (const unsigned char *)"", 0) != 0)
+		return 0;
+	j->order[0] = 0;
+	return 1;
+}
+
 /* issue and poll: drives the job's order as far as it goes within
  * inline_wait seconds. The order URL is in the job, so a resumed or polled
  * job continues its order rather than placing another. */
@@ -1406,7 +1730,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	enum acme_rc rc;
 	int64_t deadline = a->host->now(a->host->ctx) + a->inline_wait;
 
-	memset(res, 0, sizeof *res);
+	memset(res, 0, result_size(a));
 	j.mode = job_mode(a, req);
 	if (csr == NULL) {
 		ERR_clear_error();
@@ -1427,6 +1751,8 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		j.order[vlen] = 0;
 	}
 	int again = 0;
+	long backoff_ms = 25;        /* inline polling without Retry-After */
+	char waited_on[16] = "";     /* the order status of the last wait */
 start:
 	if ((rc = account(a, &j.key, j.kid, sizeof j.kid, j.err, sizeof j.err)) != ACME_OK)
 		goto failed;
@@ -1437,8 +1763,15 @@ start:
 		json_decref(o);
 		o = NULL;
 		j.n_chals = 0;
-		if ((rc = job_post(&j, j.order, NULL, &o)) != ACME_OK)
+		if ((rc = job_post(&j, j.order, NULL, &o)) != ACME_OK) {
+			if (order_gone(&j, again)) {
+				again = 1;
+				EVP_PKEY_free(j.key);
+				j.key = NULL;
+				goto start;
+			}
 			goto failed;
+		}
 		const char *st = json_string_value(json_object_get(o, "status"));
 		if (st == NULL)
 			st = "";
@@ -1484,8 +1817,11 @@ start:
 				goto out;
 			}
 			rc = post(a, j.key, j.kid, cu, NULL, "application/pem-certificate-chain", &r, j.err, sizeof j.err);
-			if (rc == ACME_OK)
+			if (rc == ACME_OK) {
 				take_chain(&j, r.body ? r.body : "", r.n, X509_REQ_get0_pubkey(csr), res);
+				if (res->status == FG_ISSUE_OK)
+					ari_advise(&j, res->cert_der, res->cert_len, res);
+			}
 			resp_clear(&r);
 			if (rc != ACME_OK)
 				goto failed;
@@ -1526,8 +1862,27 @@ start:
 				chals_to_result(&j, res);   /* a restarted device serves them again */
 			goto out;
 		}
-		/* XXX sleeps on a worker thread; fine for a first slice */
-		sleep((unsigned)(wait > 2 ? 2 : wait));
+		/* XXX sleeps on a worker thread. Without a Retry-After the
+		 * order is asked again after 25 ms, doubling up to 1 s, and
+		 * from 25 ms again at each new status: a CA that validates at
+		 * once (pebble) is not kept waiting a whole second per step. */
+		struct timespec ts;
+		if (strcmp(waited_on, st) != 0) {
+			/* a new stage (authorizations, then processing) starts
+			 * again at the shortest interval */
+			snprintf(waited_on, sizeof waited_on, "%s", st);
+			backoff_ms = 25;
+		}
+		if (j.retry_after >= 0) {
+			ts.tv_sec = wait > 2 ? 2 : wait;
+			ts.tv_nsec = 0;
+		} else {
+			ts.tv_sec = backoff_ms / 1000;
+			ts.tv_nsec = (backoff_ms % 1000) * 1000000L;
+			backoff_ms = backoff_ms * 2 > 1000 ? 1000 : backoff_ms * 2;
+		}
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+			;
 	}
 
 failed:
@@ -1544,8 +1899,13 @@ failed:
 			goto start;
 	}
 	if (rc == ACME_RETRY) {
-		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s; will try again", a->name, j.err);
-		set_result(res, FG_ISSUE_ERROR, j.retry_after > 0 ? (uint32_t)j.retry_after : RETRY_SECONDS, "%s", j.err);
+		uint32_t ra = j.retry_after > 0 ? (uint32_t)j.retry_after : RETRY_SECONDS;
+		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s; will try again in %u s", a->name, j.err, ra);
+		if (strstr(j.err, "rateLimited") != NULL)
+			set_result(res, FG_ISSUE_ERROR, ra, "%s; the CA's rate limit: the request is kept and asked again in %u s%s",
+				   j.err, ra, j.retry_after > 0 ? " (the CA's Retry-After)" : "");
+		else
+			set_result(res, FG_ISSUE_ERROR, ra, "%s", j.err);
 	} else {
 		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: refused: %s", a->name, j.err);
 		set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
@@ -1684,27 +2044,351 @@ static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t
 	return rc;
 }
 
+/* revokeCert (RFC 8555 7.6): the certificate (base64url DER) and the
+ * reason code (RFC 5280 5.3.1, the same numbers as enum fg_revoke_reason),
+ * signed by the account key with its kid. The CA accepts it from the
+ * account that ordered the certificate. A certificate the CA already
+ * revoked (alreadyRevoked) counts as revoked. 0, or -1 with err saying
+ * whether to try again (the host has marked the certificate revoked in its
+ * store either way). */
 static int acme_revoke(void *state, const unsigned char *cert_der, size_t cert_len,
 		       enum fg_revoke_reason reason, char *err, size_t errlen)
 {
 	struct acme *a = state;
-	(void)cert_der;
-	(void)cert_len;
-	(void)reason;
-	/* XXX revokeCert (RFC 8555 7.6) is not implemented yet */
-	seterr(err, errlen, "backend %s: ACME revocation is not implemented yet; revoke the certificate at the CA yourself (fleetgate has marked it revoked)",
-	       a->name);
+	EVP_PKEY *key = NULL;
+	char kid[1024], url[1024], *c64 = NULL, *payload = NULL;
+	json_t *p = NULL;
+	struct resp r = { .retry_after = -1 };
+	int rc = -1;
+	enum acme_rc arc;
+
+	if ((arc = account(a, &key, kid, sizeof kid, err, errlen)) != ACME_OK)
+		goto failed;
+	pthread_mutex_lock(&a->mu);
+	snprintf(url, sizeof url, "%s", a->revoke_cert);
+	pthread_mutex_unlock(&a->mu);
+	if (url[0] == 0) {
+		seterr(err, errlen, "the ACME CA's directory has no revokeCert");
+		arc = ACME_FINAL;
+		goto failed;
+	}
+	if ((c64 = b64url(cert_der, cert_len)) == NULL ||
+	    (p = json_pack("{s:s, s:i}", "certificate", c64, "reason", (int)reason)) == NULL ||
+	    (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
+		seterr(err, errlen, "out of memory");
+		arc = ACME_RETRY;
+		goto failed;
+	}
+	arc = post(a, key, kid, url, payload, NULL, &r, err, errlen);
+	if (arc != ACME_OK && strstr(err, "alreadyRevoked") != NULL) {
+		alog(a, FG_LEVEL_INFO, NULL, "backend %s: the ACME CA had already revoked the certificate", a->name);
+		arc = ACME_OK;
+	}
+	if (arc == ACME_OK) {
+		alog(a, FG_LEVEL_INFO, NULL, "backend %s: the ACME CA revoked a certificate (reason %d)", a->name,
+		     (int)reason);
+		rc = 0;
+		goto out;
+	}
+	if (strstr(err, "accountDoesNotExist") != NULL)
+		account_lost(a, kid);
+failed:
+	{
+		char base[600];
+		snprintf(base, sizeof base, "%s", err);
+		seterr(err, errlen, "backend %s: the ACME CA did not revoke the certificate: %s; %s", a->name, base,
+		       arc == ACME_RETRY ? "try again when the CA answers, or revoke it at the CA"
+					 : "revoke it at the CA with the account that ordered it");
+	}
+out:
+	EVP_PKEY_free(key);
+	json_decref(p);
+	free(payload);
+	free(c64);
+	resp_clear(&r);
+	return rc;
+}
+
+/* ---- operator commands: account key rollover (RFC 8555 7.3.5) ---- */
+
+/* PEM (PKCS#8) of key, malloc'd and NUL-terminated, length in *len; NULL
+ * on error. The caller wipes and frees it. */
+static char *key_pem(EVP_PKEY *key, size_t *len)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *p = NULL, *out = NULL;
+	long n;
+	if (b != NULL && PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL) == 1 &&
+	    (n = BIO_get_mem_data(b, &p)) > 0 && (out = malloc((size_t)n + 1)) != NULL) {
+		memcpy(out, p, (size_t)n);
+		out[n] = 0;
+		*len = (size_t)n;
+		OPENSSL_cleanse(p, (size_t)n);
+	}
+	ERR_clear_error();
+	BIO_free(b);
+	return out;
+}
+
+/* The RFC 7638 JWK thumbprint of key, base64url, malloc'd; NULL on error. */
+static char *thumbprint(EVP_PKEY *key)
+{
+	json_t *jwk = jwk_of(key);
+	char *text = jwk ? json_dumps(jwk, JSON_COMPACT | JSON_SORT_KEYS) : NULL, *out = NULL;
+	unsigned char dg[32];
+	if (text != NULL && EVP_Digest(text, strlen(text), dg, NULL, EVP_sha256(), NULL) == 1)
+		out = b64url(dg, sizeof dg);
+	json_decref(jwk);
+	free(text);
+	return out;
+}
+
+/* Asks the CA which account key belongs to (newAccount with
+ * onlyReturnExisting, RFC 8555 7.3.1). ACME_OK with the account URL in
+ * url; ACME_FINAL when the CA knows no account with that key. */
+static enum acme_rc account_lookup(struct acme *a, EVP_PKEY *key, char *url, size_t urllen, char *err,
+				   size_t errlen)
+{
+	struct resp r = { .retry_after = -1 };
+	char na[1024];
+	pthread_mutex_lock(&a->mu);
+	snprintf(na, sizeof na, "%s", a->new_account);
+	pthread_mutex_unlock(&a->mu);
+	enum acme_rc rc = post(a, key, NULL, na, "{\"onlyReturnExisting\":true}", NULL, &r, err, errlen);
+	if (rc == ACME_OK)
+		snprintf(url, urllen, "%s", r.location);
+	else if (strstr(err, "accountDoesNotExist") != NULL)
+		rc = ACME_FINAL;
+	resp_clear(&r);
+	return rc;
+}
+
+/* Makes pem (the new key) the account key, in the state and in memory,
+ * and forgets the pending one. 0 or -1 with err. */
+static int key_adopt(struct acme *a, EVP_PKEY *key, const char *pem, size_t len, char *err, size_t errlen)
+{
+	unsigned char dg[32];
+	if (EVP_Digest(pem, len, dg, NULL, EVP_sha256(), NULL) != 1 ||
+	    a->host->state_put(a->host->ctx, "account.key", (const unsigned char *)pem, len) != 0) {
+		ERR_clear_error();
+		seterr(err, errlen, "backend %s: the CA took the new account key, but it cannot be written to the plugin state; the new key is kept as account.key.next: fix the store and run acme-rollover again, which adopts it",
+		       a->name);
+		return -1;
+	}
+	a->host->state_put(a->host->ctx, "account.key.next", (const unsigned char *)"", 0);
+	pthread_mutex_lock(&a->mu);
+	EVP_PKEY_free(a->key);
+	EVP_PKEY_up_ref(key);
+	a->key = key;
+	memcpy(a->key_digest, dg, sizeof dg);
+	pthread_mutex_unlock(&a->mu);
+	return 0;
+}
+
+/* A rollover that was interrupted after the new key was kept as
+ * account.key.next: when the CA already knows the account by that key,
+ * it is adopted (1); when not, it is dropped (0). -1 with err when the
+ * CA cannot tell now. */
+static int rollover_resume(struct acme *a, const char *kid, char **out, char *err, size_t errlen)
+{
+	unsigned char *pem = NULL;
+	size_t len = 0;
+	BIO *b = NULL;
+	EVP_PKEY *k = NULL;
+	char url[1024] = "";
+	int rc = 0;
+	int g = a->host->state_get(a->host->ctx, "account.key.next", &pem, &len);
+	if (g < 0) {
+		seterr(err, errlen, "backend %s: cannot read account.key.next from the plugin state", a->name);
+		return -1;
+	}
+	if (g == 0 || len == 0)
+		goto out;
+	if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
+	    (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL) {
+		ERR_clear_error();
+		goto out;       /* unreadable: the new rollover replaces it */
+	}
+	enum acme_rc lr = account_lookup(a, k, url, sizeof url, err, errlen);
+	if (lr == ACME_RETRY) {
+		rc = -1;
+		goto out;
+	}
+	if (lr == ACME_OK && strcmp(url, kid) == 0) {
+		if (key_adopt(a, k, (const char *)pem, len, err, errlen) != 0) {
+			rc = -1;
+			goto out;
+		}
+		if (asprintf(out, "backend %s: an earlier rollover had reached the CA; its key is now the account key of %s",
+			     a->name, kid) < 0)
+			*out = NULL;
+		rc = 1;
+	}
+out:
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, len);
+		free(pem);
+	}
+	BIO_free(b);
+	EVP_PKEY_free(k);
+	return rc;
+}
+
+/* keyChange (RFC 8555 7.3.5): a new P-256 key replaces the account key at
+ * the CA. The inner JWS, signed by the new key with its jwk and no nonce,
+ * carries {account, oldKey}; the outer one is an ordinary request signed
+ * by the old key. The new key is written ahead as account.key.next, so
+ * that a rollover cut short after the CA took it can be finished by
+ * running the command again (rollover_resume). On success account.key
+ * holds the new key; a running gateway reads it at its next request. */
+static int rollover(struct acme *a, char **out, char *err, size_t errlen)
+{
+	EVP_PKEY *old = NULL, *newk = NULL;
+	char kid[1024], kc[1024], *pem = NULL, *payload = NULL, *inner = NULL, *tp = NULL;
+	size_t pem_len = 0;
+	json_t *p = NULL, *oldjwk = NULL;
+	struct resp r = { .retry_after = -1 };
+	int rc = -1;
+
+	if (account(a, &old, kid, sizeof kid, err, errlen) != ACME_OK)
+		goto out;
+	pthread_mutex_lock(&a->mu);
+	snprintf(kc, sizeof kc, "%s", a->key_change);
+	pthread_mutex_unlock(&a->mu);
+	if (kc[0] == 0) {
+		seterr(err, errlen, "backend %s: the ACME CA's directory has no keyChange; it cannot roll over account keys",
+		       a->name);
+		goto out;
+	}
+	int resumed = rollover_resume(a, kid, out, err, errlen);
+	if (resumed != 0) {
+		rc = resumed > 0 ? 0 : -1;
+		goto out;
+	}
+	if ((newk = EVP_EC_gen("P-256")) == NULL || (pem = key_pem(newk, &pem_len)) == NULL) {
+		ssl_err(err, errlen, "backend %s: cannot make a new ACME account key", a->name);
+		goto out;
+	}
+	if (a->host->state_put(a->host->ctx, "account.key.next", (unsigned char *)pem, pem_len) != 0) {
+		seterr(err, errlen, "backend %s: cannot write the new account key to the plugin state; nothing was changed",
+		       a->name);
+		goto out;
+	}
+	if ((oldjwk = jwk_of(old)) == NULL ||
+	    (p = json_pack("{s:s, s:O}", "account", kid, "oldKey", oldjwk)) == NULL ||
+	    (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
+		seterr(err, errlen, "out of memory");
+		goto out;
+	}
+	if ((inner = jws(newk, NULL, NULL, kc, payload, err, errlen)) == NULL)
+		goto out;
+	enum acme_rc prc = post(a, old, kid, kc, inner, NULL, &r, err, errlen);
+	if (prc != ACME_OK) {
+		char base[600];
+		snprintf(base, sizeof base, "%s", err);
+		if (prc == ACME_FINAL) {
+			a->host->state_put(a->host->ctx, "account.key.next", (const unsigned char *)"", 0);
+			seterr(err, errlen, "backend %s: the CA refused the key rollover (%s); the old key stays in use",
+			       a->name, base);
+		} else {
+			seterr(err, errlen, "backend %s: the key rollover did not complete (%s); run the command again: it first checks whether the CA took the new key",
+			       a->name, base);
+		}
+		goto out;
+	}
+	if (key_adopt(a, newk, pem, pem_len, err, errlen) != 0)
+		goto out;
+	tp = thumbprint(newk);
+	if (asprintf(out, "backend %s: account %s now uses a new key (JWK thumbprint %s); the old key is no longer accepted by the CA",
+		     a->name, kid, tp ? tp : "?") < 0)
+		*out = NULL;
+	alog(a, FG_LEVEL_INFO, NULL, "backend %s: ACME account key rolled over (thumbprint %s)", a->name, tp ? tp : "?");
+	rc = 0;
+out:
+	if (pem != NULL) {
+		OPENSSL_cleanse(pem, pem_len);
+		free(pem);
+	}
+	EVP_PKEY_free(old);
+	EVP_PKEY_free(newk);
+	json_decref(p);
+	json_decref(oldjwk);
+	free(payload);
+	free(inner);
+	free(tp);
+	resp_clear(&r);
+	return rc;
+}
+
+/* Operator commands (fleetgate backend acme-rollover). */
+static int acme_admin(void *state, const char *verb, const char *const *args, size_t n_args, char **out,
+		      char *err, size_t errlen)
+{
+	struct acme *a = state;
+	(void)args;
+	*out = NULL;
+	if (strcmp(verb, "account-rollover") == 0 && n_args == 0)
+		return rollover(a, out, err, errlen);
+	seterr(err, errlen, "backend %s: the acme plugin knows no command '%s' (known: account-rollover)", a->name, verb);
 	return -1;
 }
 
 /* ---- open/close ---- */
+
+/* libcurl's share lock callbacks: one mutex per kind of shared data. */
+static void share_lock(CURL *c, curl_lock_data data, curl_lock_access access, void *arg)
+{
+	struct acme *a = arg;
+	(void)c;
+	(void)access;
+	if ((int)data >= 0 && data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_lock(&a->share_mu[data]);
+}
+
+static void share_unlock(CURL *c, curl_lock_data data, void *arg)
+{
+	struct acme *a = arg;
+	(void)c;
+	if ((int)data >= 0 && data < CURL_LOCK_DATA_LAST)
+		pthread_mutex_unlock(&a->share_mu[data]);
+}
+
+/* One connection cache and TLS session cache for all of the instance's
+ * exchanges (each exchange still has a curl handle of its own, so threads
+ * never share one): an order is some ten exchanges with the same server,
+ * and a new TLS connection for each cost most of the gateway's CPU per
+ * enrollment. Without a share (out of memory) every exchange connects
+ * anew, which still works. */
+static void share_setup(struct acme *a)
+{
+	CURLSH *sh = curl_share_init();
+	if (sh == NULL)
+		return;
+	if (curl_share_setopt(sh, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_USERDATA, a) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+	    curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
+		curl_share_cleanup(sh);
+		alog(a, FG_LEVEL_WARN, NULL, "backend %s: libcurl cannot share connections; each exchange connects anew",
+		     a->name);
+		return;
+	}
+	a->share = sh;
+}
 
 static void acme_close(void *state)
 {
 	struct acme *a = state;
 	if (a == NULL)
 		return;
+	if (a->share != NULL)
+		curl_share_cleanup(a->share);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_destroy(&a->share_mu[i]);
 	EVP_PKEY_free(a->key);
+	OPENSSL_cleanse(a->eab_key, sizeof a->eab_key);
 	fg_cert_list_clear(&a->roots);
 	pthread_mutex_destroy(&a->mu);
 	free(a);
@@ -1765,6 +2449,34 @@ static int challenge_settings(struct acme *a, const struct fg_kv *kv, size_t n, 
 	return 0;
 }
 
+/* eab_kid and eab_hmac_key (RFC 8555 7.3.4): both or neither; the key is
+ * base64url as CAs hand it out. 0, or -1 with err. */
+static int eab_setting(struct acme *a, const struct fg_kv *kv, size_t n, char *err, size_t errlen)
+{
+	const char *kid = fg_kv_get(kv, n, "eab_kid"), *key = fg_kv_get(kv, n, "eab_hmac_key");
+	if (kid == NULL && key == NULL)
+		return 0;
+	if (kid == NULL || key == NULL || kid[0] == 0) {
+		seterr(err, errlen, "backends.%s: set both eab_kid and eab_hmac_key (the external account binding the CA gave you), or neither",
+		       a->name);
+		return -1;
+	}
+	if (strlen(kid) >= sizeof a->eab_kid) {
+		seterr(err, errlen, "backends.%s.eab_kid: longer than %zu characters", a->name, sizeof a->eab_kid - 1);
+		return -1;
+	}
+	long l = b64url_decode(key, a->eab_key, sizeof a->eab_key);
+	if (l < 16) {
+		seterr(err, errlen, "backends.%s.eab_hmac_key: not a base64url HMAC key of 16 to %zu bytes; copy it exactly as the CA gave it",
+		       a->name, sizeof a->eab_key);
+		OPENSSL_cleanse(a->eab_key, sizeof a->eab_key);
+		return -1;
+	}
+	a->eab_key_len = (size_t)l;
+	snprintf(a->eab_kid, sizeof a->eab_kid, "%s", kid);
+	return 0;
+}
+
 static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
 		     char *err, size_t errlen)
 {
@@ -1778,10 +2490,12 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		return -1;
 	}
 	pthread_mutex_init(&a->mu, NULL);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&a->share_mu[i], NULL);
 	a->host = host;
 	snprintf(a->name, sizeof a->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "acme");
 	static const char *known[] = { "name", "state_dir", "create", "directory", "tls_ca_file", "root_url",
-		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl",
+		"contact", "timeout", "poll_interval", "inline_wait", "cache_ttl", "eab_kid", "eab_hmac_key",
 		"challenge", "dns_hook", "hook_timeout", /* challenges */
 		NULL };
 	for (size_t i = 0; i < n; i++) {
@@ -1789,7 +2503,7 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, timeout, poll_interval, inline_wait, cache_ttl, challenge, dns_hook, hook_timeout)",
+			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, eab_kid, eab_hmac_key, timeout, poll_interval, inline_wait, cache_ttl, challenge, dns_hook, hook_timeout)",
 			       a->name, kv[i].key);
 			goto fail;
 		}
@@ -1813,6 +2527,8 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		}
 		snprintf(a->contact, sizeof a->contact, "%s", v);
 	}
+	if (eab_setting(a, kv, n, err, errlen) != 0)
+		goto fail;
 	if (num_setting(kv, n, "timeout", 30, 1, 600, &a->timeout) != 0) {
 		seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", a->name);
 		goto fail;
@@ -1837,6 +2553,7 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
 		goto fail;
 	}
+	share_setup(a);
 	*state = a;
 	return 0;
 fail:
@@ -1856,6 +2573,7 @@ static const struct fg_backend_ops acme_ops = {
 	.cacerts = acme_cacerts,
 	.close = acme_close,
 	.csr_needs = acme_csr_needs,
+	.admin = acme_admin,
 };
 
 __attribute__((visibility("default"))) const struct fg_backend_ops *fg_backend_v1(void);

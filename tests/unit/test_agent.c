@@ -433,6 +433,40 @@ static void test_decide(void **state)
 	assert_int_equal(slot_decide(&cfg, &s, due - 1, 0, NULL, NULL), SLOT_VALID);
 	assert_int_equal(slot_decide(&cfg, &s, due, 0, NULL, NULL), SLOT_RENEW);
 
+	/* the CA's suggested renewal time (ARI) for this serial replaces the
+	 * own schedule; for another serial, or outside the life, it is ignored */
+	{
+		struct fg_cert_info ci;
+		char line[128];
+		int64_t own = due, d2;
+		X509 *cur = NULL;
+		assert_int_equal(slot_installed(&s, &cur, NULL), 1);
+		assert_int_equal(fg_cert_info(cur, &ci, NULL, 0), 0);
+		X509_free(cur);
+		snprintf(p, sizeof p, "%s/decide.renew_after", cfg.state_dir);
+		int n = snprintf(line, sizeof line, "%s %lld\n", ci.serial_hex, (long long)(now + 10 * day));
+		assert_int_equal(fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err), 0);
+		assert_int_equal(slot_decide(&cfg, &s, now, 0, &d2, NULL), SLOT_VALID);
+		assert_int_equal(d2, now + 10 * day);
+		assert_int_equal(slot_decide(&cfg, &s, now + 10 * day, 0, NULL, NULL), SLOT_RENEW);
+		/* later than the margin before expiry: held to the margin */
+		n = snprintf(line, sizeof line, "%s %lld\n", ci.serial_hex, (long long)(ci.not_after - 60));
+		assert_int_equal(fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err), 0);
+		assert_int_equal(slot_decide(&cfg, &s, now, 0, &d2, NULL), SLOT_VALID);
+		assert_int_equal(d2, ci.not_after - 3600);
+		/* another certificate's suggestion */
+		n = snprintf(line, sizeof line, "DEADBEEF %lld\n", (long long)(now + day));
+		assert_int_equal(fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err), 0);
+		assert_int_equal(slot_decide(&cfg, &s, now, 0, &d2, NULL), SLOT_VALID);
+		assert_int_equal(d2, own);
+		/* after the certificate's end */
+		n = snprintf(line, sizeof line, "%s %lld\n", ci.serial_hex, (long long)(ci.not_after + day));
+		assert_int_equal(fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err), 0);
+		assert_int_equal(slot_decide(&cfg, &s, now, 0, &d2, NULL), SLOT_VALID);
+		assert_int_equal(d2, own);
+		unlink(p);
+	}
+
 	/* past 2/3 of the lifetime (70 of 90 days gone): renew */
 	c = issue(k, NULL, k, -70 * day, 20 * day, 12);
 	write_pem(s.cert, c);

@@ -102,6 +102,11 @@ struct fg_host {
 	 * is not base64url; withdraw of an unknown token is a no-op. */
 	int (*http01_publish)(void *ctx, const char *token, const char *key_authorization);
 	void (*http01_withdraw)(void *ctx, const char *token);
+
+	/* Appended during ABI 1 for ARI (RFC 9773): sizeof(struct
+	 * fg_issue_result) of the host, so that a plugin writes a result field
+	 * only when the host's struct has it (see FG_RESULT_HAS below). */
+	uint32_t result_size;
 };
 
 /* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
@@ -202,7 +207,22 @@ struct fg_issue_result {
 	 * server_keygen. */
 	unsigned char *enc_key;
 	size_t enc_key_len;
+
+	/* Appended during ABI 1 for ARI (RFC 9773): when the device should
+	 * renew this certificate, Unix seconds, as the CA suggested; 0 when
+	 * the CA said nothing (the agent's own schedule applies). Write it
+	 * only when FG_RESULT_HAS(host, renew_after). */
+	int64_t renew_after;
 };
+
+/* 1 when the host's struct fg_issue_result has the named field. A plugin
+ * built with this header zeroes or clears (fg_issue_result_clear) only as
+ * much of a result as the host has: offsetof(..., renew_after) when
+ * FG_RESULT_HAS(host, renew_after) is 0. */
+#define FG_RESULT_HAS(host, field)                                                          \
+	((host)->struct_size >= offsetof(struct fg_host, result_size) + sizeof(uint32_t) &&  \
+	 (host)->result_size >= offsetof(struct fg_issue_result, field) +                     \
+					sizeof(((struct fg_issue_result *)0)->field))
 
 /* Free what a plugin put in res and zero it. */
 static inline void fg_issue_result_clear(struct fg_issue_result *res)
@@ -384,6 +404,17 @@ struct fg_backend_ops {
 	/* Appended during ABI 1 for EST serverkeygen: 1 when issue honours
 	 * fg_issue_request.server_keygen (see there), else 0. */
 	int server_keygen;
+
+	/* Appended during ABI 1 for operator commands on a backend's own
+	 * account or material (fleetgate backend acme-rollover: the ACME
+	 * account key rollover). verb names the command ("account-rollover");
+	 * args are its arguments, if any. Called from the CLI, in a process
+	 * of its own, while fleetgated may be running: durable changes go
+	 * through the host's state_put. On success 0 and *out is a malloc'd
+	 * text for the operator (or NULL); -1 with err otherwise, also for a
+	 * verb the plugin does not know. May be NULL. */
+	int (*admin)(void *state, const char *verb, const char *const *args, size_t n_args,
+		     char **out, char *err, size_t errlen);
 };
 
 /* The one exported entry point: `const struct fg_backend_ops *fg_backend_v1(void);` */
