@@ -1025,6 +1025,36 @@ static enum acme_rc job_post(struct job *j, const char *url, const char *payload
 	return rc;
 }
 
+/* Answers a challenge with {} (RFC 8555 7.5.1). A challenge that was
+ * answered already (before a gateway restart, or by a call that then died)
+ * may have left "pending" between the read of its authorization and this
+ * answer, and a CA may refuse a second answer (pebble: malformed "Cannot
+ * update challenge with status valid"). That is no failure: the challenge
+ * is read again (POST-as-GET), and one that is processing or valid counts
+ * as answered. */
+static enum acme_rc answer_challenge(struct job *j, const char *url)
+{
+	enum acme_rc rc = job_post(j, url, "{}", NULL);
+	if (rc != ACME_FINAL)
+		return rc;
+	char refused[sizeof j->err];
+	json_t *ch = NULL;
+	snprintf(refused, sizeof refused, "%s", j->err);
+	if (job_post(j, url, NULL, &ch) == ACME_OK) {
+		const char *st = json_string_value(json_object_get(ch, "status"));
+		if (st != NULL && (strcmp(st, "processing") == 0 || strcmp(st, "valid") == 0)) {
+			alog(j->a, FG_LEVEL_INFO, j->req->request_id,
+			     "backend %s: challenge %s was answered already (it is %s)", j->a->name, url, st);
+			j->err[0] = 0;
+			json_decref(ch);
+			return ACME_OK;
+		}
+	}
+	json_decref(ch);
+	snprintf(j->err, sizeof j->err, "%s", refused);
+	return rc;
+}
+
 /* newOrder (RFC 8555 7.4) for the decided names, dns and ip (RFC 8738)
  * identifiers; the order URL goes into the job before anything else. */
 static enum acme_rc new_order(struct job *j)
@@ -1311,7 +1341,7 @@ static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *
 			continue;
 		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: the device serves http-01 for %s; answering",
 		     j->a->name, j->chals[i].identifier);
-		if ((*rc = job_post(j, j->chal_urls[i], "{}", NULL)) != ACME_OK)
+		if ((*rc = answer_challenge(j, j->chal_urls[i])) != ACME_OK)
 			return -1;
 		j->chal_urls[i][0] = 0;
 	}
@@ -1472,7 +1502,7 @@ static enum acme_rc authorize(struct job *j, const char *url)
 	if (answer) {
 		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: answering %s for %s (%s, token %s)", j->a->name,
 		     want, ident, chal_names[j->mode], token);
-		rc = job_post(j, curl_, "{}", NULL);
+		rc = answer_challenge(j, curl_);
 	}
 out:
 	json_decref(az);
