@@ -456,7 +456,12 @@ static int http(struct est *s, const char *op, const char *post, const char *pos
 		curl_easy_setopt(c, CURLOPT_SSLCERT, s->client_cert);
 		curl_easy_setopt(c, CURLOPT_SSLKEY, s->client_key);
 	}
-	if (s->auth == AUTH_BASIC) {
+	/* no credentials on the provisional bootstrap connection: the server
+	 * is not authenticated yet, and an impostor would collect them
+	 * (/cacerts needs no HTTP authentication, RFC 7030 4.1) */
+	if (boot != NULL) {
+		/* nothing */
+	} else if (s->auth == AUTH_BASIC) {
 		curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
 		curl_easy_setopt(c, CURLOPT_USERNAME, s->username);
 		curl_easy_setopt(c, CURLOPT_PASSWORD, s->password);

@@ -468,6 +468,22 @@ expect_eq "impostor: a server that does not chain to the pinned CA is refused" "
 expect_match "impostor: the message says why" "$(cat "$T/imp.err")" \
   "the TLS certificate of the EST server at https://127.0.0.1:$IMP_PORT/.well-known/est does not chain to the pinned CA"
 check "impostor: nothing was pinned for it" test ! -e "$GW/est/est-impostor/implicit-ta.pem"
+# Before the pinned CA has vouched for the server, no credentials go out:
+# a raw TLS listener (openssl s_server without -WWW prints what it is sent)
+# takes the bootstrap /cacerts of a backend with a Basic password.
+RAW_PORT=$(free_port)
+(sleep 8 | exec openssl s_server -accept "127.0.0.1:$RAW_PORT" -cert "$SW/imp.crt" -key "$SW/imp.key" -quiet \
+  -naccept 1 >"$SW/raw.log" 2>&1) &
+SW_PIDS="$SW_PIDS $!"
+# (wait with ss, not a probe connection: -naccept 1 takes one connection)
+for _ in $(seq 100); do ss -Hltn "sport = :$RAW_PORT" | grep -q . && break; sleep 0.05; done
+echo "backends[\"est-raw\"] = { plugin = \"est\", url = \"https://127.0.0.1:$RAW_PORT\", ca_fingerprint = \"$SW_FP\", username = \"gw\", password = \"never-sent-1\", timeout = 2 }" \
+  >>"$GW/fleetgated.conf"
+rc=0; "$FLEETGATE" backend cacerts --state "$GW" est-raw >/dev/null 2>"$T/raw.err" || rc=$?
+expect_eq "bootstrap: an unanswered /cacerts fails" "$rc" "1"
+expect_match "bootstrap: the request reached the unauthenticated server" "$(cat "$SW/raw.log")" "^GET /.well-known/est/cacerts HTTP/1.1"
+check "bootstrap: no credentials were sent before the server was authenticated" \
+  bash -c "! grep -qi '^authorization:' '$SW/raw.log'"
 rc=0; "$FLEETGATE" backend cacerts --state "$GW" est-wrongta >/dev/null 2>"$T/wrongta.err" || rc=$?
 expect_eq "explicit trust anchor: a server it does not vouch for is refused" "$rc" "1"
 expect_match "explicit trust anchor: the message says what to check" "$(cat "$T/wrongta.err")" \
