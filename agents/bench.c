@@ -1693,12 +1693,19 @@ static int config_add_acme(const char *conf, const struct upstream *ca, char *er
 		goto out;
 	}
 	memcpy(outbuf, text, len);
+	/* the gateway publishes each http-01 answer on its HTTP side, as in
+	 * production (pebble runs with PEBBLE_VA_ALWAYS_VALID, for lego too,
+	 * so nothing fetches it) */
+	int hport = free_port(err, errlen);
+	if (hport < 0)
+		goto out;
 	n = snprintf(outbuf + len, add,
 		     "\n-- fleetgate-bench --mode acme: the pebble it started\n"
 		     "backends[\"acme\"] = { plugin = \"acme\", directory = \"%s\",\n"
 		     "  tls_ca_file = \"%s\", root_url = \"%s\", poll_interval = 1 }\n"
-		     "profiles.default.backend = \"acme\"\n",
-		     ca->url, ca->tls_ca, ca->root_url);
+		     "profiles.default.backend = \"acme\"\n"
+		     "http = { listen = \"127.0.0.1:%d\" }\n",
+		     ca->url, ca->tls_ca, ca->root_url, hport);
 	if (n < 0 || (size_t)n >= add) {
 		fg_seterr(err, errlen, "ACME backend settings too long for %s", conf);
 		goto out;
