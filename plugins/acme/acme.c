@@ -77,7 +77,11 @@
 #include <openssl/x509v3.h>
 
 #include "fleetgate/plugin.h"
+#include "fgp.h"
 #include "acme_chal.h"
+
+/* One log line through the host, from a plugin instance (fgp.h). */
+#define alog(obj, lvl, rid, ...) fgp_log((obj)->host, (lvl), (rid), __VA_ARGS__)
 
 #define MAX_BODY (1 << 20)        /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
@@ -142,45 +146,6 @@ static void resp_clear(struct resp *r)
 	free(r->body);
 	memset(r, 0, sizeof *r);
 	r->retry_after = -1;
-}
-
-static void alog(const struct acme *a, enum fg_level lvl, const char *rid, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void alog(const struct acme *a, enum fg_level lvl, const char *rid, const char *fmt, ...)
-{
-	char msg[768];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	a->host->log(a->host->ctx, lvl, rid, msg);
-}
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-/* Like seterr, with the oldest OpenSSL error appended; empties the queue. */
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	char what[384], buf[256] = "";
-	unsigned long e = ERR_peek_error();
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
-	va_end(ap);
-	if (e != 0)
-		ERR_error_string_n(e, buf, sizeof buf);
-	ERR_clear_error();
-	seterr(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
 }
 
 /* ---- base64url (RFC 8555 6.1: no padding) ---- */
@@ -328,7 +293,7 @@ static int http(const struct acme *a, const char *method, const char *url, const
 
 	resp_clear(r);
 	if (c == NULL) {
-		seterr(err, errlen, "cannot start an HTTP request (out of memory)");
+		fgp_seterr(err, errlen, "cannot start an HTTP request (out of memory)");
 		return -1;
 	}
 	curl_easy_setopt(c, CURLOPT_URL, url);
@@ -365,9 +330,9 @@ static int http(const struct acme *a, const char *method, const char *url, const
 	CURLcode cc = curl_easy_perform(c);
 	if (cc != CURLE_OK) {
 		if (r->too_big)
-			seterr(err, errlen, "the ACME server at %s sent more than %d bytes", url, MAX_BODY);
+			fgp_seterr(err, errlen, "the ACME server at %s sent more than %d bytes", url, MAX_BODY);
 		else
-			seterr(err, errlen, "cannot reach the ACME server at %s: %s", url,
+			fgp_seterr(err, errlen, "cannot reach the ACME server at %s: %s", url,
 			       cerr[0] ? cerr : curl_easy_strerror(cc));
 		goto out;
 	}
@@ -407,7 +372,7 @@ static void problem_text(json_t *obj, const char *what, char *err, size_t errlen
 	const char *t = json_string_value(json_object_get(obj, "type"));
 	const char *d = json_string_value(json_object_get(obj, "detail"));
 	*type = short_type(t);
-	seterr(err, errlen, "%s: the ACME CA says %s%s%s", what, (*type)[0] ? *type : "error",
+	fgp_seterr(err, errlen, "%s: the ACME CA says %s%s%s", what, (*type)[0] ? *type : "error",
 	       d ? ": " : "", d ? d : "");
 }
 
@@ -450,18 +415,18 @@ static char *es256(EVP_PKEY *key, const char *text, char *err, size_t errlen)
 	    EVP_DigestSign(md, NULL, &dlen, (const unsigned char *)text, strlen(text)) != 1 ||
 	    (der = OPENSSL_malloc(dlen)) == NULL ||
 	    EVP_DigestSign(md, der, &dlen, (const unsigned char *)text, strlen(text)) != 1) {
-		ssl_err(err, errlen, "cannot sign the ACME request with the account key");
+		fgp_ssl_err(err, errlen, "cannot sign the ACME request with the account key");
 		goto out;
 	}
 	const unsigned char *q = der;
 	if ((sig = d2i_ECDSA_SIG(NULL, &q, (long)dlen)) == NULL ||
 	    BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32) != 32 ||
 	    BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32) != 32) {
-		ssl_err(err, errlen, "cannot convert the ECDSA signature to JWS form");
+		fgp_ssl_err(err, errlen, "cannot convert the ECDSA signature to JWS form");
 		goto out;
 	}
 	if ((out = b64url(raw, sizeof raw)) == NULL)
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 out:
 	ECDSA_SIG_free(sig);
 	OPENSSL_free(der);
@@ -487,7 +452,7 @@ static char *jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *
 	} else {
 		json_t *jwk = jwk_of(key);
 		if (jwk == NULL || json_object_set_new(prot, "jwk", jwk) != 0) {
-			seterr(err, errlen, "cannot express the account key as a JWK");
+			fgp_seterr(err, errlen, "cannot express the account key as a JWK");
 			goto out;
 		}
 	}
@@ -504,7 +469,7 @@ static char *jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *
 		goto oom;
 	goto out;
 oom:
-	seterr(err, errlen, "out of memory building an ACME request");
+	fgp_seterr(err, errlen, "out of memory building an ACME request");
 out:
 	json_decref(prot);
 	json_decref(env);
@@ -529,7 +494,7 @@ static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
 	if (http(a, "GET", a->dir_url, NULL, "application/json", &r, err, errlen) != 0)
 		goto out;
 	if (r.code != 200) {
-		seterr(err, errlen, "the ACME directory %s answered HTTP %ld; check the directory setting",
+		fgp_seterr(err, errlen, "the ACME directory %s answered HTTP %ld; check the directory setting",
 		       a->dir_url, r.code);
 		goto out;
 	}
@@ -538,7 +503,7 @@ static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
 	const char *na = json_string_value(json_object_get(j, "newAccount"));
 	const char *no = json_string_value(json_object_get(j, "newOrder"));
 	if (nn == NULL || na == NULL || no == NULL) {
-		seterr(err, errlen, "%s is not an ACME directory (no newNonce, newAccount or newOrder)",
+		fgp_seterr(err, errlen, "%s is not an ACME directory (no newNonce, newAccount or newOrder)",
 		       a->dir_url);
 		goto out;
 	}
@@ -578,7 +543,7 @@ static enum acme_rc nonce_take(struct acme *a, char *out, size_t outlen, char *e
 	long code = r.code;
 	resp_clear(&r);
 	if (out[0] == 0) {
-		seterr(err, errlen, "the ACME server's newNonce (%s) answered HTTP %ld with no Replay-Nonce",
+		fgp_seterr(err, errlen, "the ACME server's newNonce (%s) answered HTTP %ld with no Replay-Nonce",
 		       url, code);
 		return ACME_RETRY;
 	}
@@ -622,7 +587,7 @@ static enum acme_rc post(struct acme *a, EVP_PKEY *key, const char *kid, const c
 		if (json_is_object(p)) {
 			problem_text(p, url, err, errlen, &type);
 		} else {
-			seterr(err, errlen, "%s: the ACME server answered HTTP %ld", url, r->code);
+			fgp_seterr(err, errlen, "%s: the ACME server answered HTTP %ld", url, r->code);
 		}
 		int bad_nonce = strcmp(type, "badNonce") == 0;
 		rc = transient_type(type) || r->code >= 500 || r->code == 429 ? ACME_RETRY : ACME_FINAL;
@@ -650,12 +615,12 @@ static int key_load(struct acme *a, char *err, size_t errlen)
 	int rc = -1;
 	int g = a->host->state_get(a->host->ctx, "account.key", &pem, &len);
 	if (g < 0) {
-		seterr(err, errlen, "backend %s: cannot read the ACME account key from the plugin state", a->name);
+		fgp_seterr(err, errlen, "backend %s: cannot read the ACME account key from the plugin state", a->name);
 		goto out;
 	}
 	if (g == 1 && len > 0) {
 		if (EVP_Digest(pem, len, dg, NULL, EVP_sha256(), NULL) != 1) {
-			ssl_err(err, errlen, "backend %s: cannot hash the stored ACME account key", a->name);
+			fgp_ssl_err(err, errlen, "backend %s: cannot hash the stored ACME account key", a->name);
 			goto out;
 		}
 		if (a->key != NULL && memcmp(dg, a->key_digest, sizeof dg) == 0) {
@@ -664,7 +629,7 @@ static int key_load(struct acme *a, char *err, size_t errlen)
 		}
 		if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
 		    (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL) {
-			ssl_err(err, errlen, "backend %s: the stored ACME account key cannot be read", a->name);
+			fgp_ssl_err(err, errlen, "backend %s: the stored ACME account key cannot be read", a->name);
 			goto out;
 		}
 		if (a->key != NULL)
@@ -677,13 +642,13 @@ static int key_load(struct acme *a, char *err, size_t errlen)
 		    PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1 ||
 		    (n = BIO_get_mem_data(b, &p)) <= 0 ||
 		    EVP_Digest(p, (size_t)n, dg, NULL, EVP_sha256(), NULL) != 1) {
-			ssl_err(err, errlen, "backend %s: cannot make an ACME account key", a->name);
+			fgp_ssl_err(err, errlen, "backend %s: cannot make an ACME account key", a->name);
 			goto out;
 		}
 		int put = a->host->state_put(a->host->ctx, "account.key", (unsigned char *)p, (size_t)n);
 		OPENSSL_cleanse(p, (size_t)n);
 		if (put != 0) {
-			seterr(err, errlen, "backend %s: cannot store the new ACME account key", a->name);
+			fgp_seterr(err, errlen, "backend %s: cannot store the new ACME account key", a->name);
 			goto out;
 		}
 		alog(a, FG_LEVEL_INFO, NULL, "backend %s: made a new ACME account key (P-256)", a->name);
@@ -718,17 +683,17 @@ static json_t *eab_binding(const struct acme *a, EVP_PKEY *key, const char *url,
 	    (jtext = json_dumps(jwk, JSON_COMPACT)) == NULL || (p64 = b64url_str(ptext)) == NULL ||
 	    (pl64 = b64url_str(jtext)) == NULL || asprintf(&input, "%s.%s", p64, pl64) < 0) {
 		input = NULL;
-		seterr(err, errlen, "out of memory building the external account binding");
+		fgp_seterr(err, errlen, "out of memory building the external account binding");
 		goto out;
 	}
 	if (HMAC(EVP_sha256(), a->eab_key, (int)a->eab_key_len, (const unsigned char *)input, strlen(input),
 		 mac, &maclen) == NULL) {
-		ssl_err(err, errlen, "backend %s: cannot compute the external account binding's HS256 MAC", a->name);
+		fgp_ssl_err(err, errlen, "backend %s: cannot compute the external account binding's HS256 MAC", a->name);
 		goto out;
 	}
 	if ((sig64 = b64url(mac, maclen)) == NULL ||
 	    (out = json_pack("{s:s, s:s, s:s}", "protected", p64, "payload", pl64, "signature", sig64)) == NULL)
-		seterr(err, errlen, "out of memory building the external account binding");
+		fgp_seterr(err, errlen, "out of memory building the external account binding");
 out:
 	OPENSSL_cleanse(mac, sizeof mac);
 	json_decref(prot);
@@ -749,10 +714,10 @@ static void account_hint(const struct acme *a, char *err, size_t errlen)
 	char base[1024];
 	snprintf(base, sizeof base, "%s", err);
 	if (strstr(base, "externalAccountRequired") != NULL && a->eab_kid[0] == 0)
-		seterr(err, errlen, "%s; this CA requires an external account binding: set eab_kid and eab_hmac_key (base64url) in backends.%s to the values the CA gave you",
+		fgp_seterr(err, errlen, "%s; this CA requires an external account binding: set eab_kid and eab_hmac_key (base64url) in backends.%s to the values the CA gave you",
 		       base, a->name);
 	else if (a->eab_kid[0] && (strstr(base, "unauthorized") != NULL || strstr(base, "malformed") != NULL))
-		seterr(err, errlen, "%s; the CA refused the external account binding for key id '%s': check backends.%s.eab_kid and eab_hmac_key against what the CA gave you",
+		fgp_seterr(err, errlen, "%s; the CA refused the external account binding for key id '%s': check backends.%s.eab_kid and eab_hmac_key against what the CA gave you",
 		       base, a->eab_kid, a->name);
 }
 
@@ -779,7 +744,7 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 	if (a->kid[0] == 0) {
 		int g = a->host->state_get(a->host->ctx, "account.url", &url, &ulen);
 		if (g < 0) {
-			seterr(err, errlen, "backend %s: cannot read the ACME account URL from the plugin state", a->name);
+			fgp_seterr(err, errlen, "backend %s: cannot read the ACME account URL from the plugin state", a->name);
 			goto out;
 		}
 		if (g == 1 && ulen > 0 && ulen < sizeof a->kid) {
@@ -798,7 +763,7 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 			json_object_set_new(p, "externalAccountBinding", eab);
 		}
 		if (p == NULL || (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
-			seterr(err, errlen, "out of memory");
+			fgp_seterr(err, errlen, "out of memory");
 			goto out;
 		}
 		/* post() takes the mutex for nonces: release it meanwhile;
@@ -818,12 +783,12 @@ static enum acme_rc account(struct acme *a, EVP_PKEY **key, char *kid, size_t ki
 		}
 		rc = ACME_RETRY;
 		if (r.location[0] == 0 || strlen(r.location) >= sizeof a->kid) {
-			seterr(err, errlen, "the ACME CA's newAccount answer has no usable Location");
+			fgp_seterr(err, errlen, "the ACME CA's newAccount answer has no usable Location");
 			goto out;
 		}
 		if (a->host->state_put(a->host->ctx, "account.url", (unsigned char *)r.location,
 				       strlen(r.location)) != 0) {
-			seterr(err, errlen, "backend %s: cannot store the ACME account URL", a->name);
+			fgp_seterr(err, errlen, "backend %s: cannot store the ACME account URL", a->name);
 			goto out;
 		}
 		snprintf(a->kid, sizeof a->kid, "%s", r.location);
@@ -894,7 +859,7 @@ static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg,
 			  in_list((char *)u, req->dns_names, req->n_dns) ||
 			  in_list((char *)u, req->ip_names, req->n_ip));
 		if (!ok) {
-			seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
+			fgp_seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
 			       n >= 0 ? (char *)u : "?");
 			OPENSSL_free(u);
 			return -1;
@@ -937,7 +902,7 @@ static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg,
 	GENERAL_NAMES_free(gens);
 	ERR_clear_error();
 	if (rc != 0)
-		seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
+		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
 	return rc;
 }
 
@@ -1017,7 +982,7 @@ static enum acme_rc job_post(struct job *j, const char *url, const char *payload
 		if (!json_is_object(*out)) {
 			json_decref(*out);
 			*out = NULL;
-			seterr(j->err, sizeof j->err, "%s: the ACME CA's answer is not a JSON object", url);
+			fgp_seterr(j->err, sizeof j->err, "%s: the ACME CA's answer is not a JSON object", url);
 			rc = ACME_RETRY;
 		}
 	}
@@ -1071,7 +1036,7 @@ static enum acme_rc new_order(struct job *j)
 		json_array_append_new(ids, json_pack("{s:s, s:s}", "type", "ip", "value", req->ip_names[i]));
 	if (ids == NULL || (o = json_pack("{s:O}", "identifiers", ids)) == NULL ||
 	    (payload = json_dumps(o, JSON_COMPACT)) == NULL) {
-		seterr(j->err, sizeof j->err, "out of memory");
+		fgp_seterr(j->err, sizeof j->err, "out of memory");
 		goto out;
 	}
 	pthread_mutex_lock(&j->a->mu);
@@ -1087,11 +1052,11 @@ static enum acme_rc new_order(struct job *j)
 	}
 	rc = ACME_RETRY;
 	if (r.location[0] == 0 || strlen(r.location) >= sizeof j->order) {
-		seterr(j->err, sizeof j->err, "the ACME CA's newOrder answer has no usable Location");
+		fgp_seterr(j->err, sizeof j->err, "the ACME CA's newOrder answer has no usable Location");
 		goto out;
 	}
 	if (j->a->host->job_put(req->job, "acme.order", (unsigned char *)r.location, strlen(r.location)) != 0) {
-		seterr(j->err, sizeof j->err, "cannot keep the ACME order URL in the job store");
+		fgp_seterr(j->err, sizeof j->err, "cannot keep the ACME order URL in the job store");
 		goto out;
 	}
 	snprintf(j->order, sizeof j->order, "%s", r.location);
@@ -1172,7 +1137,7 @@ static int jstate_add_line(struct job *j, const char *key, const char *line)
 	rc = j->a->host->job_put(j->req->job, key, (unsigned char *)nv, strlen(nv));
 out:
 	if (rc != 0)
-		seterr(j->err, sizeof j->err, "cannot keep the ACME challenge state (%s) in the job store", key);
+		fgp_seterr(j->err, sizeof j->err, "cannot keep the ACME challenge state (%s) in the job store", key);
 	free(cur);
 	free(nv);
 	return rc;
@@ -1187,14 +1152,14 @@ static int job_thumb(struct job *j)
 		return 0;
 	if ((jwk = jwk_of(j->key)) == NULL || (text = json_dumps(jwk, JSON_COMPACT)) == NULL) {
 		json_decref(jwk);
-		seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
+		fgp_seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
 		return -1;
 	}
 	int rc = acme_thumbprint(text, j->thumb);
 	free(text);
 	json_decref(jwk);
 	if (rc != 0)
-		seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
+		fgp_seterr(j->err, sizeof j->err, "cannot compute the account key's thumbprint");
 	return rc;
 }
 
@@ -1233,7 +1198,7 @@ static int dns_hook(struct job *j, const char *action, const char *domain, const
 		last = line;
 	}
 	if (r != 0) {
-		seterr(j->err, sizeof j->err, "the dns-01 hook failed to %s the TXT record _acme-challenge.%s: %s%s%s; fix the hook (the request is kept and retried)",
+		fgp_seterr(j->err, sizeof j->err, "the dns-01 hook failed to %s the TXT record _acme-challenge.%s: %s%s%s; fix the hook (the request is kept and retried)",
 		       strcmp(action, "present") == 0 ? "publish" : "remove", domain, herr, last ? ": " : "",
 		       last ? last : "");
 		alog(a, FG_LEVEL_WARN, j->req->request_id, "backend %s: %s", a->name, j->err);
@@ -1378,7 +1343,7 @@ static enum acme_rc authorize(struct job *j, const char *url)
 		json_t *chs = json_object_get(az, "challenges"), *ch;
 		size_t i;
 		const char *type = "";
-		seterr(j->err, sizeof j->err, "the ACME CA's authorization for %s is %s", ident, st);
+		fgp_seterr(j->err, sizeof j->err, "the ACME CA's authorization for %s is %s", ident, st);
 		json_array_foreach(chs, i, ch) {
 			json_t *e = json_object_get(ch, "error");
 			if (json_is_object(e)) {
@@ -1410,7 +1375,7 @@ static enum acme_rc authorize(struct job *j, const char *url)
 		}
 	}
 	if (curl_ == NULL) {
-		seterr(j->err, sizeof j->err, "the ACME CA offers no %s challenge for %s (it offers %s); choose another with the backend's challenge setting or the policy's acme_challenge",
+		fgp_seterr(j->err, sizeof j->err, "the ACME CA offers no %s challenge for %s (it offers %s); choose another with the backend's challenge setting or the policy's acme_challenge",
 		       want, ident, offered[0] ? offered : "none");
 		rc = ACME_FINAL;
 		goto out;
@@ -1421,7 +1386,7 @@ static enum acme_rc authorize(struct job *j, const char *url)
 	}
 	if (token == NULL || acme_key_authorization(token, j->thumb, ka, sizeof ka) != 0 ||
 	    strlen(ident) >= sizeof j->chals[0].identifier || strcspn(ident, " \t\r\n") != strlen(ident)) {
-		seterr(j->err, sizeof j->err, "the ACME CA's %s challenge for %s has a malformed token or identifier",
+		fgp_seterr(j->err, sizeof j->err, "the ACME CA's %s challenge for %s has a malformed token or identifier",
 		       want, ident);
 		rc = ACME_FINAL;
 		goto out;
@@ -1432,7 +1397,7 @@ static enum acme_rc authorize(struct job *j, const char *url)
 	switch (j->mode) {
 	case CH_HTTP_GATEWAY:
 		if (!HOST_HAS(j->a->host, http01_withdraw) || j->a->host->http01_publish == NULL) {
-			seterr(j->err, sizeof j->err, "this gateway cannot serve http-01 challenges (it is older than the acme plugin); update fleetgated");
+			fgp_seterr(j->err, sizeof j->err, "this gateway cannot serve http-01 challenges (it is older than the acme plugin); update fleetgated");
 			rc = ACME_FINAL;
 			goto out;
 		}
@@ -1441,7 +1406,7 @@ static enum acme_rc authorize(struct job *j, const char *url)
 			goto out;
 		}
 		if (j->a->host->http01_publish(j->a->host->ctx, token, ka) != 0) {
-			seterr(j->err, sizeof j->err, "cannot serve the http-01 answer for %s: the gateway has no HTTP side; set http = { listen = \"0.0.0.0:80\" } in fleetgated.conf (the CA connects to port 80 of %s), or choose another challenge",
+			fgp_seterr(j->err, sizeof j->err, "cannot serve the http-01 answer for %s: the gateway has no HTTP side; set http = { listen = \"0.0.0.0:80\" } in fleetgated.conf (the CA connects to port 80 of %s), or choose another challenge",
 			       ident, ident);
 			rc = ACME_RETRY;
 			goto out;
@@ -1452,14 +1417,14 @@ static enum acme_rc authorize(struct job *j, const char *url)
 		char *ok = jstate_get(j, "acme.dns.ok");
 		int presented = ok != NULL && has_line(ok, line_of(line, sizeof line, ident, ka, val));
 		if (ok == NULL) {
-			seterr(j->err, sizeof j->err, "cannot read the ACME challenge state from the job store");
+			fgp_seterr(j->err, sizeof j->err, "cannot read the ACME challenge state from the job store");
 			rc = ACME_RETRY;
 			goto out;
 		}
 		free(ok);
 		if (!presented) {
 			if (j->a->dns_hook[0] == 0) {
-				seterr(j->err, sizeof j->err, "backend %s: dns-01 was chosen, but the backend has no dns_hook; set dns_hook = \"/path/to/command\" or choose another challenge",
+				fgp_seterr(j->err, sizeof j->err, "backend %s: dns-01 was chosen, but the backend has no dns_hook; set dns_hook = \"/path/to/command\" or choose another challenge",
 				       j->a->name);
 				rc = ACME_FINAL;
 				goto out;
@@ -1477,12 +1442,12 @@ static enum acme_rc authorize(struct job *j, const char *url)
 	}
 	case CH_HTTP_AGENT:
 		if (!REQ_HAS(j->req, n_challenges_ready)) {
-			seterr(j->err, sizeof j->err, "this gateway cannot hand challenges to devices (it is older than the acme plugin); update fleetgated");
+			fgp_seterr(j->err, sizeof j->err, "this gateway cannot hand challenges to devices (it is older than the acme plugin); update fleetgated");
 			rc = ACME_FINAL;
 			goto out;
 		}
 		if (j->n_chals >= MAX_CHALS) {
-			seterr(j->err, sizeof j->err, "more than %d names for http-01-agent in one order", MAX_CHALS);
+			fgp_seterr(j->err, sizeof j->err, "more than %d names for http-01-agent in one order", MAX_CHALS);
 			rc = ACME_FINAL;
 			goto out;
 		}
@@ -1588,19 +1553,19 @@ static char *ari_cert_id(X509 *x, char *err, size_t errlen)
 	long clen = 0;
 	int tag = 0, cls = 0;
 	if (kid == NULL || ASN1_STRING_length(kid) <= 0) {
-		seterr(err, errlen, "the certificate has no authority key identifier, so it has no ARI certID");
+		fgp_seterr(err, errlen, "the certificate has no authority key identifier, so it has no ARI certID");
 		goto out;
 	}
 	int n = sn ? i2d_ASN1_INTEGER(sn, &der) : -1;
 	const unsigned char *q = der;
 	if (n <= 0 || (ASN1_get_object(&q, &clen, &tag, &cls, n) & 0x80) || tag != V_ASN1_INTEGER || clen <= 0) {
-		ssl_err(err, errlen, "cannot encode the certificate's serial number");
+		fgp_ssl_err(err, errlen, "cannot encode the certificate's serial number");
 		goto out;
 	}
 	if ((k64 = b64url(ASN1_STRING_get0_data(kid), (size_t)ASN1_STRING_length(kid))) == NULL ||
 	    (s64 = b64url(q, (size_t)clen)) == NULL || asprintf(&out, "%s.%s", k64, s64) < 0) {
 		out = NULL;
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 	}
 out:
 	ERR_clear_error();
@@ -1710,17 +1675,17 @@ out:
 static int names_orderable(const struct fg_issue_request *req, char *msg, size_t msglen)
 {
 	if (req->n_email > 0) {
-		seterr(msg, msglen, "ACME certifies DNS names and IP addresses only; the policy decided e-mail name %s",
+		fgp_seterr(msg, msglen, "ACME certifies DNS names and IP addresses only; the policy decided e-mail name %s",
 		       req->emails[0]);
 		return -1;
 	}
 	if (req->n_dns + req->n_ip == 0) {
-		seterr(msg, msglen, "ACME needs at least one DNS name or IP address; the policy decided none (set dns = { ... })");
+		fgp_seterr(msg, msglen, "ACME needs at least one DNS name or IP address; the policy decided none (set dns = { ... })");
 		return -1;
 	}
 	if (req->subject_cn != NULL && req->subject_cn[0] && !in_list(req->subject_cn, req->dns_names, req->n_dns) &&
 	    !in_list(req->subject_cn, req->ip_names, req->n_ip)) {
-		seterr(msg, msglen, "an ACME CA certifies a subject CN only when it is also one of the DNS names or IPs; '%s' is not (add it to dns, or leave cn empty)",
+		fgp_seterr(msg, msglen, "an ACME CA certifies a subject CN only when it is also one of the DNS names or IPs; '%s' is not (add it to dns, or leave cn empty)",
 		       req->subject_cn);
 		return -1;
 	}
@@ -1862,7 +1827,7 @@ start:
 			if (json_is_object(e))
 				problem_text(e, j.order, j.err, sizeof j.err, &type);
 			else
-				seterr(j.err, sizeof j.err, "ACME order %s is invalid", j.order);
+				fgp_seterr(j.err, sizeof j.err, "ACME order %s is invalid", j.order);
 			if (transient_type(type)) {
 				/* a failed validation may pass next time: order again */
 				challenges_done(&j);
@@ -1972,7 +1937,7 @@ static int roots_fetch(struct acme *a, struct fg_cert_list *out, char *err, size
 	if (http(a, "GET", a->root_url, NULL, NULL, &r, err, errlen) != 0)
 		goto out;
 	if (r.code != 200) {
-		seterr(err, errlen, "backend %s: root_url %s answered HTTP %ld", a->name, a->root_url, r.code);
+		fgp_seterr(err, errlen, "backend %s: root_url %s answered HTTP %ld", a->name, a->root_url, r.code);
 		goto out;
 	}
 	if ((b = BIO_new_mem_buf(r.body ? r.body : "", (int)r.n)) == NULL)
@@ -1999,13 +1964,13 @@ static int roots_fetch(struct acme *a, struct fg_cert_list *out, char *err, size
 	}
 	ERR_clear_error();
 	if (out->n == 0) {
-		seterr(err, errlen, "backend %s: root_url %s holds no PEM certificate", a->name, a->root_url);
+		fgp_seterr(err, errlen, "backend %s: root_url %s holds no PEM certificate", a->name, a->root_url);
 		goto out;
 	}
 	rc = 0;
 	goto out;
 oom:
-	seterr(err, errlen, "out of memory");
+	fgp_seterr(err, errlen, "out of memory");
 out:
 	if (rc != 0)
 		fg_cert_list_clear(out);
@@ -2045,7 +2010,7 @@ static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t
 	int rc = -1;
 	memset(out, 0, sizeof *out);
 	if (a->root_url[0] == 0) {
-		seterr(err, errlen, "backend %s: ACME has no way to fetch the CA certificate; set root_url to where the CA publishes its root (PEM)",
+		fgp_seterr(err, errlen, "backend %s: ACME has no way to fetch the CA certificate; set root_url to where the CA publishes its root (PEM)",
 		       a->name);
 		return -1;
 	}
@@ -2068,7 +2033,7 @@ static int acme_cacerts(void *state, struct fg_cert_list *out, char *err, size_t
 	if (a->roots.n > 0) {
 		rc = list_copy(&a->roots, out);
 		if (rc != 0)
-			seterr(err, errlen, "out of memory");
+			fgp_seterr(err, errlen, "out of memory");
 	}
 	pthread_mutex_unlock(&a->mu);
 	return rc;
@@ -2098,14 +2063,14 @@ static int acme_revoke(void *state, const unsigned char *cert_der, size_t cert_l
 	snprintf(url, sizeof url, "%s", a->revoke_cert);
 	pthread_mutex_unlock(&a->mu);
 	if (url[0] == 0) {
-		seterr(err, errlen, "the ACME CA's directory has no revokeCert");
+		fgp_seterr(err, errlen, "the ACME CA's directory has no revokeCert");
 		arc = ACME_FINAL;
 		goto failed;
 	}
 	if ((c64 = b64url(cert_der, cert_len)) == NULL ||
 	    (p = json_pack("{s:s, s:i}", "certificate", c64, "reason", (int)reason)) == NULL ||
 	    (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		arc = ACME_RETRY;
 		goto failed;
 	}
@@ -2126,7 +2091,7 @@ failed:
 	{
 		char base[600];
 		snprintf(base, sizeof base, "%s", err);
-		seterr(err, errlen, "backend %s: the ACME CA did not revoke the certificate: %s; %s", a->name, base,
+		fgp_seterr(err, errlen, "backend %s: the ACME CA did not revoke the certificate: %s; %s", a->name, base,
 		       arc == ACME_RETRY ? "try again when the CA answers, or revoke it at the CA"
 					 : "revoke it at the CA with the account that ordered it");
 	}
@@ -2201,7 +2166,7 @@ static int key_adopt(struct acme *a, EVP_PKEY *key, const char *pem, size_t len,
 	if (EVP_Digest(pem, len, dg, NULL, EVP_sha256(), NULL) != 1 ||
 	    a->host->state_put(a->host->ctx, "account.key", (const unsigned char *)pem, len) != 0) {
 		ERR_clear_error();
-		seterr(err, errlen, "backend %s: the CA took the new account key, but it cannot be written to the plugin state; the new key is kept as account.key.next: fix the store and run acme-rollover again, which adopts it",
+		fgp_seterr(err, errlen, "backend %s: the CA took the new account key, but it cannot be written to the plugin state; the new key is kept as account.key.next: fix the store and run acme-rollover again, which adopts it",
 		       a->name);
 		return -1;
 	}
@@ -2229,7 +2194,7 @@ static int rollover_resume(struct acme *a, const char *kid, char **out, char *er
 	int rc = 0;
 	int g = a->host->state_get(a->host->ctx, "account.key.next", &pem, &len);
 	if (g < 0) {
-		seterr(err, errlen, "backend %s: cannot read account.key.next from the plugin state", a->name);
+		fgp_seterr(err, errlen, "backend %s: cannot read account.key.next from the plugin state", a->name);
 		return -1;
 	}
 	if (g == 0 || len == 0)
@@ -2286,7 +2251,7 @@ static int rollover(struct acme *a, char **out, char *err, size_t errlen)
 	snprintf(kc, sizeof kc, "%s", a->key_change);
 	pthread_mutex_unlock(&a->mu);
 	if (kc[0] == 0) {
-		seterr(err, errlen, "backend %s: the ACME CA's directory has no keyChange; it cannot roll over account keys",
+		fgp_seterr(err, errlen, "backend %s: the ACME CA's directory has no keyChange; it cannot roll over account keys",
 		       a->name);
 		goto out;
 	}
@@ -2296,18 +2261,18 @@ static int rollover(struct acme *a, char **out, char *err, size_t errlen)
 		goto out;
 	}
 	if ((newk = EVP_EC_gen("P-256")) == NULL || (pem = key_pem(newk, &pem_len)) == NULL) {
-		ssl_err(err, errlen, "backend %s: cannot make a new ACME account key", a->name);
+		fgp_ssl_err(err, errlen, "backend %s: cannot make a new ACME account key", a->name);
 		goto out;
 	}
 	if (a->host->state_put(a->host->ctx, "account.key.next", (unsigned char *)pem, pem_len) != 0) {
-		seterr(err, errlen, "backend %s: cannot write the new account key to the plugin state; nothing was changed",
+		fgp_seterr(err, errlen, "backend %s: cannot write the new account key to the plugin state; nothing was changed",
 		       a->name);
 		goto out;
 	}
 	if ((oldjwk = jwk_of(old)) == NULL ||
 	    (p = json_pack("{s:s, s:O}", "account", kid, "oldKey", oldjwk)) == NULL ||
 	    (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		goto out;
 	}
 	if ((inner = jws(newk, NULL, NULL, kc, payload, err, errlen)) == NULL)
@@ -2318,10 +2283,10 @@ static int rollover(struct acme *a, char **out, char *err, size_t errlen)
 		snprintf(base, sizeof base, "%s", err);
 		if (prc == ACME_FINAL) {
 			a->host->state_put(a->host->ctx, "account.key.next", (const unsigned char *)"", 0);
-			seterr(err, errlen, "backend %s: the CA refused the key rollover (%s); the old key stays in use",
+			fgp_seterr(err, errlen, "backend %s: the CA refused the key rollover (%s); the old key stays in use",
 			       a->name, base);
 		} else {
-			seterr(err, errlen, "backend %s: the key rollover did not complete (%s); run the command again: it first checks whether the CA took the new key",
+			fgp_seterr(err, errlen, "backend %s: the key rollover did not complete (%s); run the command again: it first checks whether the CA took the new key",
 			       a->name, base);
 		}
 		goto out;
@@ -2359,7 +2324,7 @@ static int acme_admin(void *state, const char *verb, const char *const *args, si
 	*out = NULL;
 	if (strcmp(verb, "account-rollover") == 0 && n_args == 0)
 		return rollover(a, out, err, errlen);
-	seterr(err, errlen, "backend %s: the acme plugin knows no command '%s' (known: account-rollover)", a->name, verb);
+	fgp_seterr(err, errlen, "backend %s: the acme plugin knows no command '%s' (known: account-rollover)", a->name, verb);
 	return -1;
 }
 
@@ -2424,23 +2389,6 @@ static void acme_close(void *state)
 	free(a);
 }
 
-static int num_setting(const struct fg_kv *kv, size_t n, const char *key, long def, long min, long max,
-		       long *out)
-{
-	const char *v = fg_kv_get(kv, n, key);
-	char *end;
-	if (v == NULL) {
-		*out = def;
-		return 0;
-	}
-	errno = 0;
-	long l = strtol(v, &end, 10);
-	if (errno || end == v || *end || l < min || l > max)
-		return -1;
-	*out = l;
-	return 0;
-}
-
 /* challenge, dns_hook and hook_timeout. 0 or -1 with err. */
 static int challenge_settings(struct acme *a, const struct fg_kv *kv, size_t n, const char *sd, char *err,
 			      size_t errlen)
@@ -2452,7 +2400,7 @@ static int challenge_settings(struct acme *a, const struct fg_kv *kv, size_t n, 
 		while (m < CH_MAX && strcmp(v, chal_names[m]) != 0)
 			m++;
 		if (m == CH_MAX) {
-			seterr(err, errlen, "backends.%s.challenge: \"%s\" is not a challenge mode; use \"http-01-gateway\", \"http-01-agent\" or \"dns-01\"",
+			fgp_seterr(err, errlen, "backends.%s.challenge: \"%s\" is not a challenge mode; use \"http-01-gateway\", \"http-01-agent\" or \"dns-01\"",
 			       a->name, v);
 			return -1;
 		}
@@ -2462,18 +2410,18 @@ static int challenge_settings(struct acme *a, const struct fg_kv *kv, size_t n, 
 		int w = snprintf(a->dns_hook, sizeof a->dns_hook, "%s%s%s", v[0] == '/' || !sd ? "" : sd,
 				 v[0] == '/' || !sd ? "" : "/", v);
 		if (v[0] == 0 || w < 0 || (size_t)w >= sizeof a->dns_hook || access(a->dns_hook, X_OK) != 0) {
-			seterr(err, errlen, "backends.%s.dns_hook: %s is not an executable file (%s); give the path of the command that publishes _acme-challenge TXT records",
+			fgp_seterr(err, errlen, "backends.%s.dns_hook: %s is not an executable file (%s); give the path of the command that publishes _acme-challenge TXT records",
 			       a->name, a->dns_hook, v[0] ? strerror(errno) : "empty");
 			return -1;
 		}
 	}
 	if (a->challenge == CH_DNS && a->dns_hook[0] == 0) {
-		seterr(err, errlen, "backends.%s: challenge = \"dns-01\" needs dns_hook = \"/path/to/command\" (see docs/acme.md)",
+		fgp_seterr(err, errlen, "backends.%s: challenge = \"dns-01\" needs dns_hook = \"/path/to/command\" (see docs/acme.md)",
 		       a->name);
 		return -1;
 	}
-	if (num_setting(kv, n, "hook_timeout", 60, 1, 3600, &a->hook_timeout) != 0) {
-		seterr(err, errlen, "backends.%s.hook_timeout: seconds, 1 to 3600", a->name);
+	if (fgp_num_setting(kv, n, "hook_timeout", 60, 1, 3600, &a->hook_timeout) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.hook_timeout: seconds, 1 to 3600", a->name);
 		return -1;
 	}
 	return 0;
@@ -2487,17 +2435,17 @@ static int eab_setting(struct acme *a, const struct fg_kv *kv, size_t n, char *e
 	if (kid == NULL && key == NULL)
 		return 0;
 	if (kid == NULL || key == NULL || kid[0] == 0) {
-		seterr(err, errlen, "backends.%s: set both eab_kid and eab_hmac_key (the external account binding the CA gave you), or neither",
+		fgp_seterr(err, errlen, "backends.%s: set both eab_kid and eab_hmac_key (the external account binding the CA gave you), or neither",
 		       a->name);
 		return -1;
 	}
 	if (strlen(kid) >= sizeof a->eab_kid) {
-		seterr(err, errlen, "backends.%s.eab_kid: longer than %zu characters", a->name, sizeof a->eab_kid - 1);
+		fgp_seterr(err, errlen, "backends.%s.eab_kid: longer than %zu characters", a->name, sizeof a->eab_kid - 1);
 		return -1;
 	}
 	long l = b64url_decode(key, a->eab_key, sizeof a->eab_key);
 	if (l < 16) {
-		seterr(err, errlen, "backends.%s.eab_hmac_key: not a base64url HMAC key of 16 to %zu bytes; copy it exactly as the CA gave it",
+		fgp_seterr(err, errlen, "backends.%s.eab_hmac_key: not a base64url HMAC key of 16 to %zu bytes; copy it exactly as the CA gave it",
 		       a->name, sizeof a->eab_key);
 		OPENSSL_cleanse(a->eab_key, sizeof a->eab_key);
 		return -1;
@@ -2516,7 +2464,7 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 
 	*state = NULL;
 	if (a == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		return -1;
 	}
 	pthread_mutex_init(&a->mu, NULL);
@@ -2533,7 +2481,7 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, eab_kid, eab_hmac_key, timeout, poll_interval, inline_wait, cache_ttl, challenge, dns_hook, hook_timeout)",
+			fgp_seterr(err, errlen, "backends.%s: unknown setting '%s' for the acme plugin (known: directory, tls_ca_file, root_url, contact, eab_kid, eab_hmac_key, timeout, poll_interval, inline_wait, cache_ttl, challenge, dns_hook, hook_timeout)",
 			       a->name, kv[i].key);
 			goto fail;
 		}
@@ -2541,7 +2489,7 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	v = fg_kv_get(kv, n, "directory");
 	if (v == NULL || (strncmp(v, "https://", 8) != 0 && strncmp(v, "http://", 7) != 0) ||
 	    strlen(v) >= sizeof a->dir_url) {
-		seterr(err, errlen, "backends.%s: set directory = \"https://host[:port]/path\" of the ACME directory (for pebble https://localhost:14000/dir)",
+		fgp_seterr(err, errlen, "backends.%s: set directory = \"https://host[:port]/path\" of the ACME directory (for pebble https://localhost:14000/dir)",
 		       a->name);
 		goto fail;
 	}
@@ -2552,35 +2500,35 @@ static int acme_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	snprintf(a->root_url, sizeof a->root_url, "%s", (v = fg_kv_get(kv, n, "root_url")) ? v : "");
 	if ((v = fg_kv_get(kv, n, "contact")) != NULL) {
 		if (strncmp(v, "mailto:", 7) != 0 || strlen(v) >= sizeof a->contact) {
-			seterr(err, errlen, "backends.%s.contact: a mailto: URL, for example \"mailto:pki@example.com\"", a->name);
+			fgp_seterr(err, errlen, "backends.%s.contact: a mailto: URL, for example \"mailto:pki@example.com\"", a->name);
 			goto fail;
 		}
 		snprintf(a->contact, sizeof a->contact, "%s", v);
 	}
 	if (eab_setting(a, kv, n, err, errlen) != 0)
 		goto fail;
-	if (num_setting(kv, n, "timeout", 30, 1, 600, &a->timeout) != 0) {
-		seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", a->name);
+	if (fgp_num_setting(kv, n, "timeout", 30, 1, 600, &a->timeout) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", a->name);
 		goto fail;
 	}
-	if (num_setting(kv, n, "poll_interval", 5, 1, 86400, &l) != 0) {
-		seterr(err, errlen, "backends.%s.poll_interval: seconds, 1 to 86400", a->name);
+	if (fgp_num_setting(kv, n, "poll_interval", 5, 1, 86400, &l) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.poll_interval: seconds, 1 to 86400", a->name);
 		goto fail;
 	}
 	a->poll_interval = (uint32_t)l;
-	if (num_setting(kv, n, "inline_wait", 10, 0, 120, &a->inline_wait) != 0) {
-		seterr(err, errlen, "backends.%s.inline_wait: seconds, 0 to 120", a->name);
+	if (fgp_num_setting(kv, n, "inline_wait", 10, 0, 120, &a->inline_wait) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.inline_wait: seconds, 0 to 120", a->name);
 		goto fail;
 	}
-	if (num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
-		seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", a->name);
+	if (fgp_num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", a->name);
 		goto fail;
 	}
 	a->cache_ttl = l;
 	if (challenge_settings(a, kv, n, sd, err, errlen) != 0)
 		goto fail;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
-		seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
+		fgp_seterr(err, errlen, "backends.%s: libcurl would not initialise", a->name);
 		goto fail;
 	}
 	share_setup(a);

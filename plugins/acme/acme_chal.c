@@ -19,19 +19,9 @@
 #include <openssl/evp.h>
 
 #include "acme_chal.h"
+#include "fgp.h"
 
 extern char **environ;
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* base64url (RFC 4648 5, no padding) of SHA-256(p[0..n)) into out. */
 static int b64_sha256(const void *p, size_t n, char out[ACME_B64_SHA256_LEN + 1])
@@ -141,7 +131,7 @@ int acme_hook_run(const char *path, const char *action, const char *const *env_a
 	while (env_add != NULL && env_add[na] != NULL)
 		na++;
 	if ((envp = calloc(ne + na + 1, sizeof *envp)) == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		goto out;
 	}
 	size_t k = 0;
@@ -152,12 +142,12 @@ int acme_hook_run(const char *path, const char *action, const char *const *env_a
 		envp[k++] = (char *)env_add[i];
 	char *argv[] = { (char *)path, (char *)action, NULL };
 	if (pipe2(fds, O_CLOEXEC) != 0) {
-		seterr(err, errlen, "cannot run %s: pipe: %s", path, strerror(errno));
+		fgp_seterr(err, errlen, "cannot run %s: pipe: %s", path, strerror(errno));
 		goto out;
 	}
 	pid = fork();
 	if (pid < 0) {
-		seterr(err, errlen, "cannot run %s: fork: %s", path, strerror(errno));
+		fgp_seterr(err, errlen, "cannot run %s: fork: %s", path, strerror(errno));
 		goto out;
 	}
 	if (pid == 0) {
@@ -209,7 +199,7 @@ int acme_hook_run(const char *path, const char *action, const char *const *env_a
 		if (w == pid)
 			break;
 		if (w < 0 && errno != EINTR) {
-			seterr(err, errlen, "%s: waitpid: %s", path, strerror(errno));
+			fgp_seterr(err, errlen, "%s: waitpid: %s", path, strerror(errno));
 			goto out;
 		}
 		if (!timed_out && mono_ms() >= deadline) {
@@ -222,16 +212,16 @@ int acme_hook_run(const char *path, const char *action, const char *const *env_a
 	}
 	pid = -1;
 	if (timed_out)
-		seterr(err, errlen, "%s %s did not finish within %d s and was killed; make it faster or raise hook_timeout",
+		fgp_seterr(err, errlen, "%s %s did not finish within %d s and was killed; make it faster or raise hook_timeout",
 		       path, action, timeout_s);
 	else if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && output != NULL &&
 		 strstr(output, "exec failed") != NULL)
-		seterr(err, errlen, "cannot execute %s (missing, not executable, or a bad #! line); check dns_hook",
+		fgp_seterr(err, errlen, "cannot execute %s (missing, not executable, or a bad #! line); check dns_hook",
 		       path);
 	else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
-		seterr(err, errlen, "%s %s exited with status %d", path, action, WEXITSTATUS(status));
+		fgp_seterr(err, errlen, "%s %s exited with status %d", path, action, WEXITSTATUS(status));
 	else if (WIFSIGNALED(status))
-		seterr(err, errlen, "%s %s was killed by signal %d", path, action, WTERMSIG(status));
+		fgp_seterr(err, errlen, "%s %s was killed by signal %d", path, action, WTERMSIG(status));
 	else
 		rc = 0;
 out:

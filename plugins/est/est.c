@@ -77,10 +77,14 @@
 #include <openssl/x509v3.h>
 
 #include "fleetgate/plugin.h"
+#include "fgp.h"
 
 #define MAX_BODY (1 << 20)        /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
 #define MAX_RETRY_AFTER 86400     /* a Retry-After beyond a day is clamped */
+
+/* One log line through the host, from a plugin instance (fgp.h). */
+#define elog(obj, lvl, rid, ...) fgp_log((obj)->host, (lvl), (rid), __VA_ARGS__)
 
 /* ---- csrattrs (RFC 7030 section 4.5.2), by OpenSSL ASN.1 templates ----
  *
@@ -152,45 +156,6 @@ struct est {
 	struct ca_view *view;         /* cached, may be NULL */
 	int64_t peek_failed;          /* when csr_attrs last failed to fetch (under mu) */
 };
-
-static void elog(const struct est *s, enum fg_level lvl, const char *rid, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void elog(const struct est *s, enum fg_level lvl, const char *rid, const char *fmt, ...)
-{
-	char msg[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	s->host->log(s->host->ctx, lvl, rid, msg);
-}
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-/* Like seterr, with the oldest OpenSSL error appended; empties the queue. */
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	char what[512], buf[256] = "";
-	unsigned long e = ERR_peek_error();
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
-	va_end(ap);
-	if (e != 0)
-		ERR_error_string_n(e, buf, sizeof buf);
-	ERR_clear_error();
-	seterr(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
-}
 
 static void view_put(struct est *s, struct ca_view *v)
 {
@@ -279,13 +244,13 @@ static STACK_OF(X509) *certs_only(const struct est *s, const char *op, const uns
 	STACK_OF(X509) *out = NULL;
 
 	if (der == NULL) {
-		seterr(err, errlen, "the EST server at %s answered /%s with a body that is not base64", s->base, op);
+		fgp_seterr(err, errlen, "the EST server at %s answered /%s with a body that is not base64", s->base, op);
 		return NULL;
 	}
 	p7 = d2i_PKCS7(NULL, &q, (long)dl);
 	if (p7 == NULL || !PKCS7_type_is_signed(p7) || p7->d.sign->cert == NULL ||
 	    sk_X509_num(p7->d.sign->cert) == 0) {
-		ssl_err(err, errlen, "the EST server at %s answered /%s with no PKCS#7 certs-only message (RFC 7030 section 4.1.3)",
+		fgp_ssl_err(err, errlen, "the EST server at %s answered /%s with no PKCS#7 certs-only message (RFC 7030 section 4.1.3)",
 			s->base, op);
 		goto out;
 	}
@@ -300,7 +265,7 @@ static STACK_OF(X509) *certs_only(const struct est *s, const char *op, const uns
 		}
 	}
 	if (out == NULL)
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 out:
 	PKCS7_free(p7);
 	free(der);
@@ -423,7 +388,7 @@ static int http(struct est *s, const char *op, const char *post, const char *pos
 	r->retry_after = -1;
 	r->now = s->host->now(s->host->ctx);
 	if (c == NULL) {
-		seterr(err, errlen, "cannot start an HTTP request (out of memory)");
+		fgp_seterr(err, errlen, "cannot start an HTTP request (out of memory)");
 		return -1;
 	}
 	snprintf(url, sizeof url, "%s/%s", s->base, op);
@@ -481,15 +446,15 @@ static int http(struct est *s, const char *op, const char *post, const char *pos
 	CURLcode cc = curl_easy_perform(c);
 	if (cc != CURLE_OK) {
 		if (r->body.too_big)
-			seterr(err, errlen, "the EST server at %s sent more than %d bytes for /%s", s->base, MAX_BODY, op);
+			fgp_seterr(err, errlen, "the EST server at %s sent more than %d bytes for /%s", s->base, MAX_BODY, op);
 		else if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE)
-			seterr(err, errlen, "the EST server at %s failed TLS verification: %s; check tls_ca_file (or ca_fingerprint) and that the url's host name is in the server's certificate",
+			fgp_seterr(err, errlen, "the EST server at %s failed TLS verification: %s; check tls_ca_file (or ca_fingerprint) and that the url's host name is in the server's certificate",
 			       s->base, cerr[0] ? cerr : curl_easy_strerror(cc));
 		else if (cc == CURLE_SSL_CERTPROBLEM)
-			seterr(err, errlen, "the gateway's TLS client certificate for %s cannot be used: %s; check client_cert and client_key",
+			fgp_seterr(err, errlen, "the gateway's TLS client certificate for %s cannot be used: %s; check client_cert and client_key",
 			       s->base, cerr[0] ? cerr : curl_easy_strerror(cc));
 		else
-			seterr(err, errlen, "cannot reach the EST server at %s: %s", s->base,
+			fgp_seterr(err, errlen, "cannot reach the EST server at %s: %s", s->base,
 			       cerr[0] ? cerr : curl_easy_strerror(cc));
 		goto out;
 	}
@@ -552,10 +517,10 @@ static X509 *pick_ca(const struct est *s, STACK_OF(X509) *certs, char *err, size
 		}
 	}
 	if (s->have_pin)
-		seterr(err, errlen, "none of the %d certificates /cacerts at %s sent matches ca_fingerprint; if the CA changed, check the new certificate and update ca_fingerprint",
+		fgp_seterr(err, errlen, "none of the %d certificates /cacerts at %s sent matches ca_fingerprint; if the CA changed, check the new certificate and update ca_fingerprint",
 		       sk_X509_num(certs), s->base);
 	else
-		seterr(err, errlen, "/cacerts at %s sent no CA certificate", s->base);
+		fgp_seterr(err, errlen, "/cacerts at %s sent no CA certificate", s->base);
 	return NULL;
 }
 
@@ -571,11 +536,11 @@ static int bootstrap_check(const struct est *s, STACK_OF(X509) *peer, X509 *ca,
 	int rc = -1;
 
 	if (peer == NULL || sk_X509_num(peer) == 0) {
-		seterr(err, errlen, "the EST server at %s showed no TLS certificate", s->base);
+		fgp_seterr(err, errlen, "the EST server at %s showed no TLS certificate", s->base);
 		goto out;
 	}
 	if (st == NULL || ctx == NULL || untrusted == NULL || X509_STORE_add_cert(st, ca) != 1) {
-		ssl_err(err, errlen, "cannot set up the bootstrap check");
+		fgp_ssl_err(err, errlen, "cannot set up the bootstrap check");
 		goto out;
 	}
 	for (int i = 1; i < sk_X509_num(peer); i++)
@@ -583,7 +548,7 @@ static int bootstrap_check(const struct est *s, STACK_OF(X509) *peer, X509 *ca,
 	for (int i = 0; i < sk_X509_num(cacerts); i++)
 		sk_X509_push(untrusted, sk_X509_value(cacerts, i));
 	if (X509_STORE_CTX_init(ctx, st, sk_X509_value(peer, 0), untrusted) != 1) {
-		ssl_err(err, errlen, "cannot set up the bootstrap check");
+		fgp_ssl_err(err, errlen, "cannot set up the bootstrap check");
 		goto out;
 	}
 	X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_SERVER);
@@ -594,7 +559,7 @@ static int bootstrap_check(const struct est *s, STACK_OF(X509) *peer, X509 *ca,
 	else
 		X509_VERIFY_PARAM_set1_host(vp, s->host_name, 0);
 	if (X509_verify_cert(ctx) != 1) {
-		seterr(err, errlen, "the TLS certificate of the EST server at %s does not chain to the pinned CA (%s); it is not the server the pin names, or set tls_ca_file to its trust anchor",
+		fgp_seterr(err, errlen, "the TLS certificate of the EST server at %s does not chain to the pinned CA (%s); it is not the server the pin names, or set tls_ca_file to its trust anchor",
 		       s->base, X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
 		ERR_clear_error();
 		goto out;
@@ -626,7 +591,7 @@ static int write_ta(const struct est *s, STACK_OF(X509) *chain, char *err, size_
 	if (!ok || rename(tmp, s->implicit_ta) != 0) {
 		unlink(tmp);
 		ERR_clear_error();
-		seterr(err, errlen, "cannot write the implicit trust anchors to %s: %s", s->implicit_ta, strerror(errno));
+		fgp_seterr(err, errlen, "cannot write the implicit trust anchors to %s: %s", s->implicit_ta, strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -712,12 +677,12 @@ static int parse_csrattrs(const struct est *s, const unsigned char *body, size_t
 
 	memset(w, 0, sizeof *w);
 	if (der == NULL) {
-		seterr(err, errlen, "the EST server at %s answered /csrattrs with a body that is not base64", s->base);
+		fgp_seterr(err, errlen, "the EST server at %s answered /csrattrs with a body that is not base64", s->base);
 		return -1;
 	}
 	attrs = d2i_EST_CSR_ATTRS(NULL, &q, (long)dl);
 	if (attrs == NULL || q != der + dl) {
-		ssl_err(err, errlen, "the EST server at %s answered /csrattrs with something that is not a CsrAttrs SEQUENCE (RFC 7030 section 4.5.2)",
+		fgp_ssl_err(err, errlen, "the EST server at %s answered /csrattrs with something that is not a CsrAttrs SEQUENCE (RFC 7030 section 4.5.2)",
 			s->base);
 		EST_CSR_ATTRS_free(attrs);
 		free(der);
@@ -762,7 +727,7 @@ static struct ca_view *view_fetch(struct est *s, char *err, size_t errlen)
 
 	memset(&r, 0, sizeof r);
 	if (v == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	v->refs = 1;
@@ -770,7 +735,7 @@ static struct ca_view *view_fetch(struct est *s, char *err, size_t errlen)
 		goto fail;
 	if (r.code != 200) {
 		snippet(&r, text, sizeof text);
-		seterr(err, errlen, "the EST server at %s answered /cacerts with HTTP %ld%s%s", s->base, r.code,
+		fgp_seterr(err, errlen, "the EST server at %s answered /cacerts with HTTP %ld%s%s", s->base, r.code,
 		       text[0] ? ": " : "", text);
 		goto fail;
 	}
@@ -883,7 +848,7 @@ static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg,
 		int ok = n >= 0 && req->subject_cn != NULL && strlen((char *)u) == (size_t)n &&
 			 strcasecmp((char *)u, req->subject_cn) == 0;
 		if (!ok) {
-			seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
+			fgp_seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
 			       n >= 0 ? (char *)u : "?");
 			OPENSSL_free(u);
 			return -1;
@@ -928,7 +893,7 @@ static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg,
 	}
 	GENERAL_NAMES_free(gens);
 	if (rc != 0)
-		seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
+		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
 	return rc;
 }
 
@@ -961,10 +926,10 @@ static int key_fits(const struct csr_wants *w, EVP_PKEY *k, char *why, size_t wh
 	}
 	ERR_clear_error();
 	if (strcmp(w->key_type, "rsa") == 0 && w->rsa_bits)
-		seterr(why, whylen, "the EST CA asks for an RSA key of at least %d bits (/csrattrs) and the device's key is %s; set key_type = rsa%d in the agent's slot",
+		fgp_seterr(why, whylen, "the EST CA asks for an RSA key of at least %d bits (/csrattrs) and the device's key is %s; set key_type = rsa%d in the agent's slot",
 		       w->rsa_bits, have, w->rsa_bits);
 	else
-		seterr(why, whylen, "the EST CA asks for a %s key (/csrattrs) and the device's key is %s; set key_type = %s in the agent's slot",
+		fgp_seterr(why, whylen, "the EST CA asks for a %s key (/csrattrs) and the device's key is %s; set key_type = %s in the agent's slot",
 		       w->key_type, have, strcmp(w->key_type, "ec") == 0 ? "p256" : strcmp(w->key_type, "rsa") == 0 ? "rsa2048" : w->key_type);
 	return 0;
 }
@@ -1179,16 +1144,16 @@ static int encrypt_to_csr(X509_REQ *csr, const unsigned char *der, size_t dl, un
 	int n = -1, rc = -1;
 
 	if (rc_cert == NULL || rcpt == NULL || in == NULL || sk_X509_push(rcpt, rc_cert) <= 0) {
-		ssl_err(err, errlen, "cannot prepare the key's encryption");
+		fgp_ssl_err(err, errlen, "cannot prepare the key's encryption");
 		goto out;
 	}
 	cms = CMS_encrypt(rcpt, in, EVP_aes_256_cbc(), CMS_BINARY);
 	if (cms == NULL || (n = i2d_CMS_ContentInfo(cms, &enc)) <= 0) {
-		ssl_err(err, errlen, "cannot encrypt the server-generated key to the device's request key (an RSA or EC key is needed)");
+		fgp_ssl_err(err, errlen, "cannot encrypt the server-generated key to the device's request key (an RSA or EC key is needed)");
 		goto out;
 	}
 	if ((*out = malloc((size_t)n)) == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		goto out;
 	}
 	memcpy(*out, enc, (size_t)n);
@@ -1507,7 +1472,7 @@ static int est_csr_attrs(void *state, struct fg_csr_attrs *out, char *err, size_
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (v == NULL && !try_fetch) {
-		seterr(err, errlen, "the EST server at %s could not be asked lately; asking again within %d s",
+		fgp_seterr(err, errlen, "the EST server at %s could not be asked lately; asking again within %d s",
 		       s->base, PEEK_RETRY);
 		return -1;
 	}
@@ -1586,7 +1551,7 @@ static int est_cacerts(void *state, struct fg_cert_list *out, char *err, size_t 
 	goto out;
 oom:
 	fg_cert_list_clear(out);
-	seterr(err, errlen, "out of memory");
+	fgp_seterr(err, errlen, "out of memory");
 out:
 	if (v != NULL)
 		view_put(s, v);
@@ -1609,7 +1574,7 @@ static int est_revoke(void *state, const unsigned char *cert_der, size_t cert_le
 		BN_free(bn);
 	}
 	ERR_clear_error();
-	seterr(err, errlen, "EST has no revocation request: revoke serial %s at the CA behind backend %s yourself (fleetgate has marked it revoked)",
+	fgp_seterr(err, errlen, "EST has no revocation request: revoke serial %s at the CA behind backend %s yourself (fleetgate has marked it revoked)",
 	       hex ? hex : "?", s->name);
 	OPENSSL_free(hex);
 	X509_free(x);
@@ -1638,49 +1603,6 @@ static void est_close(void *state)
 	free(s);
 }
 
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = tolower(c);
-	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* "sha256:AB:CD..." or "abcd..." -> 32 bytes. */
-static int parse_pin(const char *t, unsigned char out[32])
-{
-	size_t n = 0;
-	if (strncasecmp(t, "sha256:", 7) == 0)
-		t += 7;
-	for (const char *p = t; *p; p++) {
-		if (*p == ':' || *p == ' ')
-			continue;
-		int hi = hexval((unsigned char)p[0]), lo = p[1] ? hexval((unsigned char)p[1]) : -1;
-		if (hi < 0 || lo < 0 || n == 32)
-			return -1;
-		out[n++] = (unsigned char)(hi << 4 | lo);
-		p++;
-	}
-	return n == 32 ? 0 : -1;
-}
-
-static int num_setting(const struct fg_kv *kv, size_t n, const char *key, long def, long min, long max,
-		       long *out)
-{
-	const char *v = fg_kv_get(kv, n, key);
-	char *end;
-	if (v == NULL) {
-		*out = def;
-		return 0;
-	}
-	errno = 0;
-	long l = strtol(v, &end, 10);
-	if (errno || end == v || *end || l < min || l > max)
-		return -1;
-	*out = l;
-	return 0;
-}
-
 /* A path setting, relative to state_dir unless absolute. */
 static void path_setting(const char *sd, const char *v, char *out, size_t outlen)
 {
@@ -1697,13 +1619,13 @@ static char *secret_setting(const struct est *s, const struct fg_kv *kv, size_t 
 	char path[PATH_MAX], line[4096];
 	*found = v != NULL || f != NULL;
 	if (v != NULL && f != NULL) {
-		seterr(err, errlen, "backends.%s: set %s or %s, not both", s->name, key, file_key);
+		fgp_seterr(err, errlen, "backends.%s: set %s or %s, not both", s->name, key, file_key);
 		return NULL;
 	}
 	if (v != NULL) {
 		char *p = strdup(v);
 		if (p == NULL)
-			seterr(err, errlen, "out of memory");
+			fgp_seterr(err, errlen, "out of memory");
 		return p;
 	}
 	if (f == NULL)
@@ -1711,20 +1633,20 @@ static char *secret_setting(const struct est *s, const struct fg_kv *kv, size_t 
 	path_setting(s->state_dir, f, path, sizeof path);
 	FILE *fp = fopen(path, "re");
 	if (fp == NULL) {
-		seterr(err, errlen, "backends.%s.%s: cannot read %s: %s", s->name, file_key, path, strerror(errno));
+		fgp_seterr(err, errlen, "backends.%s.%s: cannot read %s: %s", s->name, file_key, path, strerror(errno));
 		return NULL;
 	}
 	char *got = fgets(line, sizeof line, fp);
 	fclose(fp);
 	if (got == NULL || (line[strcspn(line, "\r\n")] = 0, line[0] == 0)) {
-		seterr(err, errlen, "backends.%s.%s: %s is empty; put the secret on its first line", s->name, file_key, path);
+		fgp_seterr(err, errlen, "backends.%s.%s: %s is empty; put the secret on its first line", s->name, file_key, path);
 		OPENSSL_cleanse(line, sizeof line);
 		return NULL;
 	}
 	char *p = strdup(line);
 	OPENSSL_cleanse(line, sizeof line);
 	if (p == NULL)
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 	return p;
 }
 
@@ -1768,7 +1690,7 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 
 	*state = NULL;
 	if (s == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		return -1;
 	}
 	pthread_mutex_init(&s->mu, NULL);
@@ -1783,7 +1705,7 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the est plugin (known: url, label, tls_ca_file, ca_fingerprint, username, password, password_file, bearer_token, bearer_token_file, client_cert, client_key, timeout, retry_after, cache_ttl)",
+			fgp_seterr(err, errlen, "backends.%s: unknown setting '%s' for the est plugin (known: url, label, tls_ca_file, ca_fingerprint, username, password, password_file, bearer_token, bearer_token_file, client_cert, client_key, timeout, retry_after, cache_ttl)",
 			       s->name, kv[i].key);
 			goto fail;
 		}
@@ -1800,7 +1722,7 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 		curl_free(h);
 		curl_free(path);
 		curl_url_cleanup(u);
-		seterr(err, errlen, "backends.%s: set url = \"https://host[:port]\" of the EST server (TLS is required; /.well-known/est is added)", s->name);
+		fgp_seterr(err, errlen, "backends.%s: set url = \"https://host[:port]\" of the EST server (TLS is required; /.well-known/est is added)", s->name);
 		goto fail;
 	}
 	/* an IPv6 literal comes back in brackets; the certificate names it bare */
@@ -1818,7 +1740,7 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 		vl--;
 	const char *label = fg_kv_get(kv, n, "label");
 	if (label != NULL && (label[0] == 0 || strcspn(label, "/?#% ") != strlen(label) || strlen(label) > 64)) {
-		seterr(err, errlen, "backends.%s.label: '%s' is not a plain label (letters, digits, - and _)", s->name, label);
+		fgp_seterr(err, errlen, "backends.%s.label: '%s' is not a plain label (letters, digits, - and _)", s->name, label);
 		goto fail;
 	}
 	snprintf(s->base, sizeof s->base, "%.*s%s%s%s", (int)vl, v, has_wk ? "" : "/.well-known/est",
@@ -1827,37 +1749,37 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 	if ((v = fg_kv_get(kv, n, "tls_ca_file")) != NULL) {
 		path_setting(s->state_dir, v, s->tls_ca_file, sizeof s->tls_ca_file);
 		if (access(s->tls_ca_file, R_OK) != 0) {
-			seterr(err, errlen, "backends.%s.tls_ca_file: cannot read %s: %s", s->name, s->tls_ca_file, strerror(errno));
+			fgp_seterr(err, errlen, "backends.%s.tls_ca_file: cannot read %s: %s", s->name, s->tls_ca_file, strerror(errno));
 			goto fail;
 		}
 	}
 	if ((v = fg_kv_get(kv, n, "ca_fingerprint")) != NULL) {
-		if (parse_pin(v, s->pin) != 0) {
-			seterr(err, errlen, "backends.%s.ca_fingerprint: not a SHA-256 in hex; take it from `openssl x509 -in ca.pem -noout -fingerprint -sha256`", s->name);
+		if (fgp_parse_pin(v, s->pin) != 0) {
+			fgp_seterr(err, errlen, "backends.%s.ca_fingerprint: not a SHA-256 in hex; take it from `openssl x509 -in ca.pem -noout -fingerprint -sha256`", s->name);
 			goto fail;
 		}
 		s->have_pin = 1;
 	}
 	if (!s->tls_ca_file[0] && !s->have_pin) {
-		seterr(err, errlen, "backends.%s: set tls_ca_file (the EST server's trust anchors, PEM) or ca_fingerprint (the SHA-256 of the CA certificate /cacerts must carry), so the gateway can tell the EST server from an impostor",
+		fgp_seterr(err, errlen, "backends.%s: set tls_ca_file (the EST server's trust anchors, PEM) or ca_fingerprint (the SHA-256 of the CA certificate /cacerts must carry), so the gateway can tell the EST server from an impostor",
 		       s->name);
 		goto fail;
 	}
 	char dir[PATH_MAX - 32];
 	if ((size_t)snprintf(dir, sizeof dir, "%s/est/%s", s->state_dir, s->name) >= sizeof dir) {
-		seterr(err, errlen, "backends.%s: state_dir is too long", s->name);
+		fgp_seterr(err, errlen, "backends.%s: state_dir is too long", s->name);
 		goto fail;
 	}
 	snprintf(s->implicit_ta, sizeof s->implicit_ta, "%s/implicit-ta.pem", dir);
 	if (!s->tls_ca_file[0] && mkdirs(dir, 0700) != 0) {
-		seterr(err, errlen, "backends.%s: cannot create %s: %s", s->name, dir, strerror(errno));
+		fgp_seterr(err, errlen, "backends.%s: cannot create %s: %s", s->name, dir, strerror(errno));
 		goto fail;
 	}
 
 	/* authentication: Basic, bearer, client certificate (with either) */
 	if ((v = fg_kv_get(kv, n, "username")) != NULL) {
 		if (strchr(v, ':') != NULL || strlen(v) >= sizeof s->username || v[0] == 0) {
-			seterr(err, errlen, "backends.%s.username: 1 to %zu characters without ':' (RFC 7617)", s->name,
+			fgp_seterr(err, errlen, "backends.%s.username: 1 to %zu characters without ':' (RFC 7617)", s->name,
 			       sizeof s->username - 1);
 			goto fail;
 		}
@@ -1867,20 +1789,20 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 	if (found && s->password == NULL)
 		goto fail;
 	if ((s->username[0] != 0) != (s->password != NULL)) {
-		seterr(err, errlen, "backends.%s: HTTP Basic needs both username and password (or password_file)", s->name);
+		fgp_seterr(err, errlen, "backends.%s: HTTP Basic needs both username and password (or password_file)", s->name);
 		goto fail;
 	}
 	s->bearer = secret_setting(s, kv, n, "bearer_token", "bearer_token_file", &found, err, errlen);
 	if (found && s->bearer == NULL)
 		goto fail;
 	if (s->bearer != NULL && s->password != NULL) {
-		seterr(err, errlen, "backends.%s: choose HTTP Basic (username/password) or bearer_token, not both", s->name);
+		fgp_seterr(err, errlen, "backends.%s: choose HTTP Basic (username/password) or bearer_token, not both", s->name);
 		goto fail;
 	}
 	s->auth = s->password ? AUTH_BASIC : s->bearer ? AUTH_BEARER : AUTH_NONE;
 	const char *cc = fg_kv_get(kv, n, "client_cert"), *ck = fg_kv_get(kv, n, "client_key");
 	if ((cc == NULL) != (ck == NULL)) {
-		seterr(err, errlen, "backends.%s: set both client_cert and client_key (PEM), or neither", s->name);
+		fgp_seterr(err, errlen, "backends.%s: set both client_cert and client_key (PEM), or neither", s->name);
 		goto fail;
 	}
 	if (cc != NULL) {
@@ -1897,27 +1819,27 @@ static int est_open(const struct fg_host *host, const struct fg_kv *kv, size_t n
 		X509_free(x);
 		EVP_PKEY_free(k);
 		if (!ok) {
-			ssl_err(err, errlen, "backends.%s: client_cert %s and client_key %s must be a PEM certificate and its unencrypted PEM key",
+			fgp_ssl_err(err, errlen, "backends.%s: client_cert %s and client_key %s must be a PEM certificate and its unencrypted PEM key",
 				s->name, s->client_cert, s->client_key);
 			goto fail;
 		}
 	}
-	if (num_setting(kv, n, "timeout", 30, 1, 600, &s->timeout) != 0) {
-		seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", s->name);
+	if (fgp_num_setting(kv, n, "timeout", 30, 1, 600, &s->timeout) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", s->name);
 		goto fail;
 	}
-	if (num_setting(kv, n, "retry_after", 60, 1, MAX_RETRY_AFTER, &l) != 0) {
-		seterr(err, errlen, "backends.%s.retry_after: seconds, 1 to %d", s->name, MAX_RETRY_AFTER);
+	if (fgp_num_setting(kv, n, "retry_after", 60, 1, MAX_RETRY_AFTER, &l) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.retry_after: seconds, 1 to %d", s->name, MAX_RETRY_AFTER);
 		goto fail;
 	}
 	s->retry_after = (uint32_t)l;
-	if (num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
-		seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", s->name);
+	if (fgp_num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", s->name);
 		goto fail;
 	}
 	s->cache_ttl = l;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
-		seterr(err, errlen, "backends.%s: libcurl would not initialise", s->name);
+		fgp_seterr(err, errlen, "backends.%s: libcurl would not initialise", s->name);
 		goto fail;
 	}
 	pin_libcurl();

@@ -50,6 +50,7 @@
 #include <openssl/x509v3.h>
 
 #include "fleetgate/plugin.h"
+#include "fgp.h"
 
 #define SERIAL_BYTES 16           /* 121 to 127 random bits, positive: 16 DER octets */
 #define SERIAL_RESERVE_TRIES 5    /* draws before giving up on a free serial */
@@ -74,24 +75,6 @@ struct local_ca {
 	long long crl_validity;       /* seconds from thisUpdate to nextUpdate */
 	long long ocsp_validity;      /* seconds, of an OCSP answer */
 };
-
-/* Format a message and append the oldest OpenSSL error, then empty the
- * OpenSSL error queue so that a stale error is never blamed on a later call. */
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	char what[384], buf[256] = "";
-	unsigned long e = ERR_peek_error();
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
-	va_end(ap);
-	if (e != 0)
-		ERR_error_string_n(e, buf, sizeof buf);
-	ERR_clear_error();
-	snprintf(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
-}
 
 static void ca_log(const struct local_ca *ca, enum fg_level lvl, const char *rid, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -195,7 +178,7 @@ static BIO *read_bio(const char *path, char *err, size_t errlen)
 {
 	BIO *b = BIO_new_file(path, "r");
 	if (b == NULL)
-		ssl_err(err, errlen, "cannot read %s (%s)", path, strerror(errno));
+		fgp_ssl_err(err, errlen, "cannot read %s (%s)", path, strerror(errno));
 	return b;
 }
 
@@ -347,7 +330,7 @@ static EVP_PKEY *ca_keygen(const char *key_type, char *err, size_t errlen)
 		return NULL;
 	}
 	if (k == NULL)
-		ssl_err(err, errlen, "cannot generate a %s CA key", key_type);
+		fgp_ssl_err(err, errlen, "cannot generate a %s CA key", key_type);
 	return k;
 }
 
@@ -399,21 +382,21 @@ static int ca_create(struct local_ca *ca, const char *key_type, const char *cn, 
 	    X509_NAME_add_entry_by_txt(nm, "O", MBSTRING_UTF8, (const unsigned char *)"fleetgate", -1, -1, 0) != 1 ||
 	    X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) != 1 ||
 	    X509_set_issuer_name(x, nm) != 1 || X509_set_pubkey(x, k) != 1) {
-		ssl_err(err, errlen, "cannot build the CA certificate (ca_name '%s')", cn);
+		fgp_ssl_err(err, errlen, "cannot build the CA certificate (ca_name '%s')", cn);
 		goto out;
 	}
 	if (add_basic_constraints(x, 1, 0) != 0 || add_key_usage(x, (1u << 5) | (1u << 6)) != 0 ||
 	    add_ski(x, &ski) != 0 || add_aki(x, ski) != 0) {
-		ssl_err(err, errlen, "cannot add the CA certificate's extensions");
+		fgp_ssl_err(err, errlen, "cannot add the CA certificate's extensions");
 		goto out;
 	}
 	if (X509_sign(x, k, ca_digest(k)) <= 0) {
-		ssl_err(err, errlen, "cannot sign the CA certificate");
+		fgp_ssl_err(err, errlen, "cannot sign the CA certificate");
 		goto out;
 	}
 	serial_hex(serial, hex, sizeof hex);
 	if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_X509(b, x) != 1) {
-		ssl_err(err, errlen, "cannot encode the CA certificate");
+		fgp_ssl_err(err, errlen, "cannot encode the CA certificate");
 		goto out;
 	}
 	n = BIO_get_mem_data(b, &data);
@@ -423,7 +406,7 @@ static int ca_create(struct local_ca *ca, const char *key_type, const char *cn, 
 	/* PKCS#8, unencrypted: the file mode and the directory protect it. */
 	if ((b = BIO_new(BIO_s_secmem())) == NULL ||
 	    PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) != 1) {
-		ssl_err(err, errlen, "cannot encode the CA key");
+		fgp_ssl_err(err, errlen, "cannot encode the CA key");
 		goto out;
 	}
 	n = BIO_get_mem_data(b, &data);
@@ -493,7 +476,7 @@ static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 	ca->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
 	BIO_free(b);
 	if (ca->key == NULL) {
-		ssl_err(err, errlen, "%s is not a PEM private key (an encrypted key is not supported)", keypath);
+		fgp_ssl_err(err, errlen, "%s is not a PEM private key (an encrypted key is not supported)", keypath);
 		goto out;
 	}
 	if ((b = read_bio(crtpath, err, errlen)) == NULL)
@@ -501,11 +484,11 @@ static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 	ca->cert = PEM_read_bio_X509(b, NULL, NULL, NULL);
 	BIO_free(b);
 	if (ca->cert == NULL) {
-		ssl_err(err, errlen, "%s is not a PEM certificate", crtpath);
+		fgp_ssl_err(err, errlen, "%s is not a PEM certificate", crtpath);
 		goto out;
 	}
 	if (X509_check_private_key(ca->cert, ca->key) != 1) {
-		ssl_err(err, errlen, "%s does not belong to the key in %s; restore the matching pair", crtpath,
+		fgp_ssl_err(err, errlen, "%s does not belong to the key in %s; restore the matching pair", crtpath,
 			keypath);
 		goto out;
 	}
@@ -527,13 +510,13 @@ static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 	 * concurrently by issue then only read it. */
 	if (ca->ski == NULL || ca->subject == NULL || i2d_X509_NAME(ca->subject, NULL) <= 0 ||
 	    ca->sigalg == NULL || n <= 0 || (ca->cert_der = malloc((size_t)n)) == NULL) {
-		ssl_err(err, errlen, "cannot prepare the CA in %s for signing", ca->dir);
+		fgp_ssl_err(err, errlen, "cannot prepare the CA in %s for signing", ca->dir);
 		goto out;
 	}
 	memcpy(ca->cert_der, der, (size_t)n);
 	ca->cert_len = (size_t)n;
 	if (ASN1_TIME_to_tm(X509_get0_notAfter(ca->cert), &tm) != 1) {
-		ssl_err(err, errlen, "%s has an unreadable notAfter", crtpath);
+		fgp_ssl_err(err, errlen, "%s has an unreadable notAfter", crtpath);
 		goto out;
 	}
 	ca->not_after = (int64_t)timegm(&tm);
@@ -881,7 +864,7 @@ static X509 *build_leaf(struct local_ca *ca, const struct fg_issue_request *req,
 	if (req->csr_der == NULL || req->csr_len == 0 || req->csr_len > LONG_MAX ||
 	    (csr = d2i_X509_REQ(NULL, &p, (long)req->csr_len)) == NULL ||
 	    p != req->csr_der + req->csr_len || X509_REQ_get0_pubkey(csr) == NULL) {
-		ssl_err(msg, msglen, "the CSR cannot be parsed");
+		fgp_ssl_err(msg, msglen, "the CSR cannot be parsed");
 		goto fail;
 	}
 	*rejected = 0;
@@ -890,40 +873,40 @@ static X509 *build_leaf(struct local_ca *ca, const struct fg_issue_request *req,
 	    ASN1_TIME_set(X509_getm_notAfter(x), (time_t)na) == NULL ||
 	    X509_set_issuer_name(x, ca->subject) != 1 ||
 	    X509_set_pubkey(x, X509_REQ_get0_pubkey(csr)) != 1) {
-		ssl_err(msg, msglen, "cannot build the certificate");
+		fgp_ssl_err(msg, msglen, "cannot build the certificate");
 		goto fail;
 	}
 	if (has_cn && X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
 						 (const unsigned char *)req->subject_cn, -1, -1, 0) != 1) {
-		ssl_err(msg, msglen, "subject CN '%s' is not valid (UTF-8, at most 64 characters)",
+		fgp_ssl_err(msg, msglen, "subject CN '%s' is not valid (UTF-8, at most 64 characters)",
 			req->subject_cn);
 		*rejected = 1;
 		goto fail;
 	}
 	if (add_basic_constraints(x, 0, -1) != 0 ||
 	    (req->key_usage != 0 && add_key_usage(x, req->key_usage) != 0)) {
-		ssl_err(msg, msglen, "cannot add the certificate's constraints");
+		fgp_ssl_err(msg, msglen, "cannot add the certificate's constraints");
 		goto fail;
 	}
 	if (req->n_eku > 0 && (r = add_eku(x, req, msg, msglen)) != 0) {
 		if (r == -2)
-			ssl_err(msg, msglen, "cannot add the extended key usage");
+			fgp_ssl_err(msg, msglen, "cannot add the extended key usage");
 		*rejected = r == -1;
 		goto fail;
 	}
 	if ((r = add_san(x, req, !has_cn, msg, msglen)) != 0) {
 		if (r == -2)
-			ssl_err(msg, msglen, "cannot add the subject alternative names");
+			fgp_ssl_err(msg, msglen, "cannot add the subject alternative names");
 		*rejected = r == -1;
 		goto fail;
 	}
 	if (add_ski(x, NULL) != 0 || add_aki(x, ca->ski) != 0) {
-		ssl_err(msg, msglen, "cannot add the key identifiers");
+		fgp_ssl_err(msg, msglen, "cannot add the key identifiers");
 		goto fail;
 	}
 	if ((ca->crl_url[0] && add_crl_dp(x, ca->crl_url) != 0) ||
 	    (ca->ocsp_url[0] && add_aia_ocsp(x, ca->ocsp_url) != 0)) {
-		ssl_err(msg, msglen, "cannot add the CRL distribution point or OCSP URL");
+		fgp_ssl_err(msg, msglen, "cannot add the CRL distribution point or OCSP URL");
 		goto fail;
 	}
 	X509_REQ_free(csr);
@@ -952,7 +935,7 @@ static int reserve_serial(struct local_ca *ca, X509 *x, char *msg, size_t msglen
 			r = X509_set_serialNumber(x, serial);
 			ASN1_INTEGER_free(serial);
 			if (r != 1) {
-				ssl_err(msg, msglen, "cannot set the serial");
+				fgp_ssl_err(msg, msglen, "cannot set the serial");
 				return -1;
 			}
 			return 0;
@@ -995,7 +978,7 @@ static X509 *decode_unsigned(const struct local_ca *ca, const unsigned char *der
 	X509 *x = len <= LONG_MAX ? d2i_X509(NULL, &p, (long)len) : NULL;
 
 	if (x == NULL || p != der + len) {
-		ssl_err(msg, msglen, "the job's write-ahead record is not a certificate");
+		fgp_ssl_err(msg, msglen, "the job's write-ahead record is not a certificate");
 		X509_free(x);
 		return NULL;
 	}
@@ -1067,7 +1050,7 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 		serial_hex(X509_get0_serialNumber(x), hex, sizeof hex);
 		n = encode_unsigned(ca, x, &der);
 		if (n <= 0) {
-			ssl_err(res->message, sizeof res->message, "cannot encode the certificate of serial %s", hex);
+			fgp_ssl_err(res->message, sizeof res->message, "cannot encode the certificate of serial %s", hex);
 			goto out;
 		}
 		if (ca->host->job_put(req->job, "tbs", der, (size_t)n) != 0) {
@@ -1079,12 +1062,12 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 		der = NULL;
 	}
 	if (X509_sign(x, ca->key, ca->md) <= 0) {
-		ssl_err(res->message, sizeof res->message, "cannot sign serial %s", hex);
+		fgp_ssl_err(res->message, sizeof res->message, "cannot sign serial %s", hex);
 		goto out;
 	}
 	n = i2d_X509(x, &der);
 	if (n <= 0) {
-		ssl_err(res->message, sizeof res->message, "cannot encode the signed certificate");
+		fgp_ssl_err(res->message, sizeof res->message, "cannot encode the signed certificate");
 		goto out;
 	}
 	res->cert_der = dup_der(der, (size_t)n);
@@ -1123,7 +1106,7 @@ static int ca_revoke(void *state, const unsigned char *cert_der, size_t cert_len
 	int rc = -1;
 
 	if (x == NULL) {
-		ssl_err(err, errlen, "cannot revoke: not a DER certificate");
+		fgp_ssl_err(err, errlen, "cannot revoke: not a DER certificate");
 		return -1;
 	}
 	if (serial_hex(X509_get0_serialNumber(x), hex, sizeof hex) != 0) {
@@ -1241,7 +1224,7 @@ static BIGNUM *next_crl_number(const struct local_ca *ca, int *recorded, char *e
 		}
 		snprintf(buf, sizeof buf, "%llu", (unsigned long long)next);
 		if (BN_dec2bn(&num, buf) == 0) {
-			ssl_err(err, errlen, "cannot compute the next CRL number");
+			fgp_ssl_err(err, errlen, "cannot compute the next CRL number");
 			return NULL;
 		}
 		*recorded = 1;
@@ -1272,7 +1255,7 @@ static BIGNUM *next_crl_number(const struct local_ca *ca, int *recorded, char *e
 		BN_zero(num);
 	if (num == NULL || BN_add_word(num, 1) != 1) {
 		BN_free(num);
-		ssl_err(err, errlen, "cannot compute the next CRL number");
+		fgp_ssl_err(err, errlen, "cannot compute the next CRL number");
 		return NULL;
 	}
 	return num;
@@ -1307,7 +1290,7 @@ static int crl_add_entry(const struct local_ca *ca, X509_CRL *crl, const struct 
 	rc = 0;
 	goto out;
 ssl:
-	ssl_err(err, errlen, "cannot add serial %s to the CRL", e->serial_hex);
+	fgp_ssl_err(err, errlen, "cannot add serial %s to the CRL", e->serial_hex);
 out:
 	ASN1_ENUMERATED_free(why);
 	ASN1_TIME_free(t);
@@ -1341,7 +1324,7 @@ static int ca_make_crl(void *state, const struct fg_revoked *list, size_t n, int
 	    (tu = ASN1_TIME_set(NULL, (time_t)now)) == NULL ||
 	    (nu = ASN1_TIME_set(NULL, (time_t)(now + ca->crl_validity))) == NULL ||
 	    X509_CRL_set1_lastUpdate(crl, tu) != 1 || X509_CRL_set1_nextUpdate(crl, nu) != 1) {
-		ssl_err(err, errlen, "cannot start the CRL of backend %s", ca->name);
+		fgp_ssl_err(err, errlen, "cannot start the CRL of backend %s", ca->name);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++)
@@ -1352,11 +1335,11 @@ static int ca_make_crl(void *state, const struct fg_revoked *list, size_t n, int
 	    X509_CRL_add1_ext_i2d(crl, NID_authority_key_identifier, akid, 0, X509V3_ADD_DEFAULT) != 1 ||
 	    (numi = BN_to_ASN1_INTEGER(num, NULL)) == NULL ||
 	    X509_CRL_add1_ext_i2d(crl, NID_crl_number, numi, 0, X509V3_ADD_DEFAULT) != 1) {
-		ssl_err(err, errlen, "cannot add the CRL's extensions");
+		fgp_ssl_err(err, errlen, "cannot add the CRL's extensions");
 		goto out;
 	}
 	if (X509_CRL_sign(crl, ca->key, ca->md) <= 0 || (k = i2d_X509_CRL(crl, &out)) <= 0) {
-		ssl_err(err, errlen, "cannot sign the CRL of backend %s", ca->name);
+		fgp_ssl_err(err, errlen, "cannot sign the CRL of backend %s", ca->name);
 		goto out;
 	}
 	if ((dec = BN_bn2dec(num)) == NULL ||
@@ -1398,7 +1381,7 @@ static int ocsp_plain(int status, unsigned char **resp, size_t *resp_len, char *
 		*resp_len = (size_t)k;
 		rc = FG_OCSP_ANSWERED;
 	} else {
-		ssl_err(err, errlen, "cannot encode an OCSP error response");
+		fgp_ssl_err(err, errlen, "cannot encode an OCSP error response");
 	}
 	OPENSSL_free(out);
 	OCSP_RESPONSE_free(r);
@@ -1457,7 +1440,7 @@ static int ca_ocsp_respond(void *state, const unsigned char *req, size_t req_len
 	}
 	if ((bs = OCSP_BASICRESP_new()) == NULL || (tu = ASN1_GENERALIZEDTIME_set(NULL, (time_t)now)) == NULL ||
 	    (nu = ASN1_GENERALIZEDTIME_set(NULL, (time_t)(now + ca->ocsp_validity))) == NULL) {
-		ssl_err(err, errlen, "cannot start an OCSP response");
+		fgp_ssl_err(err, errlen, "cannot start an OCSP response");
 		goto out;
 	}
 	for (int i = 0; i < n; i++) {
@@ -1495,7 +1478,7 @@ static int ca_ocsp_respond(void *state, const unsigned char *req, size_t req_len
 		if ((cst == V_OCSP_CERTSTATUS_REVOKED && rt == NULL) ||
 		    OCSP_basic_add1_status(bs, cid, cst, reason, rt, tu, nu) == NULL) {
 			ASN1_GENERALIZEDTIME_free(rt);
-			ssl_err(err, errlen, "cannot add a certificate status to the OCSP response");
+			fgp_ssl_err(err, errlen, "cannot add a certificate status to the OCSP response");
 			goto out;
 		}
 		ASN1_GENERALIZEDTIME_free(rt);
@@ -1507,7 +1490,7 @@ static int ca_ocsp_respond(void *state, const unsigned char *req, size_t req_len
 	if (OCSP_copy_nonce(bs, rq) <= 0 || OCSP_basic_sign(bs, ca->cert, ca->key, ca->md, NULL, 0) != 1 ||
 	    (r = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, bs)) == NULL ||
 	    (k = i2d_OCSP_RESPONSE(r, &out)) <= 0) {
-		ssl_err(err, errlen, "cannot sign the OCSP response of backend %s", ca->name);
+		fgp_ssl_err(err, errlen, "cannot sign the OCSP response of backend %s", ca->name);
 		goto out;
 	}
 	if ((*resp = dup_der(out, (size_t)k)) == NULL) {

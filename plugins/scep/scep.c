@@ -68,10 +68,14 @@
 #include <openssl/x509v3.h>
 
 #include "fleetgate/plugin.h"
+#include "fgp.h"
 
 #define MAX_BODY (1 << 20)        /* largest HTTP answer read */
 #define NONCE_LEN 16
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
+
+/* One log line through the host, from a plugin instance (fgp.h). */
+#define slog(obj, lvl, rid, ...) fgp_log((obj)->host, (lvl), (rid), __VA_ARGS__)
 
 /* RFC 8894 section 3.2.1.2 message types and 3.2.1.3 pkiStatus values. */
 enum { MT_CERTREP = 3, MT_RENEWALREQ = 17, MT_PKCSREQ = 19, MT_CERTPOLL = 20, MT_GETCERT = 21,
@@ -169,45 +173,6 @@ struct scep {
 	struct ca_view *view;         /* cached, may be NULL */
 };
 
-static void slog(const struct scep *s, enum fg_level lvl, const char *rid, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void slog(const struct scep *s, enum fg_level lvl, const char *rid, const char *fmt, ...)
-{
-	char msg[768];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	s->host->log(s->host->ctx, lvl, rid, msg);
-}
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-/* Like seterr, with the oldest OpenSSL error appended; empties the queue. */
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void ssl_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	char what[384], buf[256] = "";
-	unsigned long e = ERR_peek_error();
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
-	va_end(ap);
-	if (e != 0)
-		ERR_error_string_n(e, buf, sizeof buf);
-	ERR_clear_error();
-	seterr(err, errlen, "%s%s%s", what, buf[0] ? ": " : "", buf);
-}
-
 /* ---- the CA view ---- */
 
 static void view_put(struct scep *s, struct ca_view *v)
@@ -266,7 +231,7 @@ static int http(struct scep *s, const char *url, const unsigned char *post, size
 	if (ctype)
 		ctype[0] = 0;
 	if (c == NULL) {
-		seterr(err, errlen, "cannot start an HTTP request (out of memory)");
+		fgp_seterr(err, errlen, "cannot start an HTTP request (out of memory)");
 		return -1;
 	}
 	curl_easy_setopt(c, CURLOPT_URL, url);
@@ -292,9 +257,9 @@ static int http(struct scep *s, const char *url, const unsigned char *post, size
 	CURLcode cc = curl_easy_perform(c);
 	if (cc != CURLE_OK) {
 		if (out->too_big)
-			seterr(err, errlen, "the SCEP server at %s sent more than %d bytes", s->url, MAX_BODY);
+			fgp_seterr(err, errlen, "the SCEP server at %s sent more than %d bytes", s->url, MAX_BODY);
 		else
-			seterr(err, errlen, "cannot reach the SCEP server at %s: %s", s->url,
+			fgp_seterr(err, errlen, "cannot reach the SCEP server at %s: %s", s->url,
 			       cerr[0] ? cerr : curl_easy_strerror(cc));
 		goto out;
 	}
@@ -307,7 +272,7 @@ static int http(struct scep *s, const char *url, const unsigned char *post, size
 				snippet[i] = (char)out->p[i];
 			snippet[i] = 0;
 		}
-		seterr(err, errlen, "the SCEP server at %s answered HTTP %ld%s%s", s->url, code,
+		fgp_seterr(err, errlen, "the SCEP server at %s answered HTTP %ld%s%s", s->url, code,
 		       snippet[0] ? ": " : "", snippet);
 		goto out;
 	}
@@ -397,7 +362,7 @@ static int pick_certs(struct scep *s, STACK_OF(X509) *certs, struct ca_view *v, 
 		}
 	}
 	if (v->ca == NULL) {
-		seterr(err, errlen,
+		fgp_seterr(err, errlen,
 		       "none of the %d certificates the SCEP server at %s sent matches ca_fingerprint; if the CA changed, check the new certificate and update ca_fingerprint",
 		       sk_X509_num(certs), s->url);
 		return -1;
@@ -431,7 +396,7 @@ static int pick_certs(struct scep *s, STACK_OF(X509) *certs, struct ca_view *v, 
 		X509_up_ref(v->ca);
 	}
 	if (EVP_PKEY_get_base_id(X509_get0_pubkey(v->enc)) != EVP_PKEY_RSA) {
-		seterr(err, errlen, "the SCEP %s certificate has no RSA key, so nothing can be encrypted to it; SCEP needs an RSA CA or RA",
+		fgp_seterr(err, errlen, "the SCEP %s certificate has no RSA key, so nothing can be encrypted to it; SCEP needs an RSA CA or RA",
 		       v->enc == v->ca ? "CA" : "RA");
 		return -1;
 	}
@@ -482,7 +447,7 @@ static struct ca_view *view_fetch(struct scep *s, char *err, size_t errlen)
 	STACK_OF(X509) *certs = NULL;
 
 	if (v == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		return NULL;
 	}
 	v->refs = 1;
@@ -505,7 +470,7 @@ static struct ca_view *view_fetch(struct scep *s, char *err, size_t errlen)
 		goto fail;
 	certs = certs_from_cacert(b.p, b.n, ctype);
 	if (certs == NULL) {
-		seterr(err, errlen, "the SCEP server at %s answered GetCACert with neither a certificate nor a PKCS#7 certificate bundle (Content-Type %s)",
+		fgp_seterr(err, errlen, "the SCEP server at %s answered GetCACert with neither a certificate nor a PKCS#7 certificate bundle (Content-Type %s)",
 		       s->url, ctype[0] ? ctype : "none");
 		goto fail;
 	}
@@ -539,7 +504,7 @@ static struct ca_view *view_fetch(struct scep *s, char *err, size_t errlen)
 	free(url);
 	return v;
 oom:
-	seterr(err, errlen, "out of memory");
+	fgp_seterr(err, errlen, "out of memory");
 fail:
 	sk_X509_pop_free(certs, X509_free);
 	free(b.p);
@@ -619,12 +584,12 @@ static int build_message(struct scep *s, const struct ca_view *v, int type, cons
 
 	*out = NULL;
 	if (rcpt == NULL || in == NULL || sk_X509_push(rcpt, v->enc) <= 0) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		goto out;
 	}
 	env = PKCS7_encrypt(rcpt, in, v->cipher, PKCS7_BINARY);
 	if (env == NULL || (envlen = i2d_PKCS7(env, &envder)) <= 0) {
-		ssl_err(err, errlen, "cannot build the pkcsPKIEnvelope");
+		fgp_ssl_err(err, errlen, "cannot build the pkcsPKIEnvelope");
 		goto out;
 	}
 	snprintf(mt, sizeof mt, "%d", type);
@@ -640,11 +605,11 @@ static int build_message(struct scep *s, const struct ca_view *v, int type, cons
 	    PKCS7_content_new(p7, NID_pkcs7_data) != 1 || (sb = PKCS7_dataInit(p7, NULL)) == NULL ||
 	    BIO_write(sb, envder, envlen) != envlen || BIO_flush(sb) != 1 ||
 	    PKCS7_dataFinal(p7, sb) != 1) {
-		ssl_err(err, errlen, "cannot sign the pkiMessage");
+		fgp_ssl_err(err, errlen, "cannot sign the pkiMessage");
 		goto out;
 	}
 	if ((n = i2d_PKCS7(p7, out)) <= 0) {
-		ssl_err(err, errlen, "cannot encode the pkiMessage");
+		fgp_ssl_err(err, errlen, "cannot encode the pkiMessage");
 		*out = NULL;
 		goto out;
 	}
@@ -705,29 +670,29 @@ static int parse_certrep(struct scep *s, const struct ca_view *v, const unsigned
 	memset(rep, 0, sizeof *rep);
 	rep->fail_info = -1;
 	if (vs == NULL || data == NULL || plain == NULL || sk_X509_push(vs, v->ver) <= 0) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		goto out;
 	}
 	if (p7 == NULL || !PKCS7_type_is_signed(p7)) {
-		ssl_err(err, errlen, "the SCEP server's answer is not a PKCS#7 SignedData CertRep");
+		fgp_ssl_err(err, errlen, "the SCEP server's answer is not a PKCS#7 SignedData CertRep");
 		goto out;
 	}
 	if (PKCS7_get_detached(p7))
 		indata = BIO_new_mem_buf("", 0);
 	if (PKCS7_verify(p7, vs, NULL, indata, data, PKCS7_NOVERIFY | PKCS7_NOINTERN) != 1) {
-		ssl_err(err, errlen, "the CertRep is not signed by the SCEP %s certificate from GetCACert",
+		fgp_ssl_err(err, errlen, "the CertRep is not signed by the SCEP %s certificate from GetCACert",
 			v->ver == v->ca ? "CA" : "RA");
 		goto out;
 	}
 	STACK_OF(PKCS7_SIGNER_INFO) *sis = PKCS7_get_signer_info(p7);
 	PKCS7_SIGNER_INFO *si = sis ? sk_PKCS7_SIGNER_INFO_value(sis, 0) : NULL;
 	if (si == NULL || attr_text(si, nid_msgtype, buf, sizeof buf) != 0 || atoi(buf) != MT_CERTREP) {
-		seterr(err, errlen, "the SCEP server's answer is not a CertRep (messageType %s)",
+		fgp_seterr(err, errlen, "the SCEP server's answer is not a CertRep (messageType %s)",
 		       si ? buf : "missing");
 		goto out;
 	}
 	if (attr_text(si, nid_txid, buf, sizeof buf) != 0 || strcmp(buf, txid) != 0) {
-		seterr(err, errlen, "the CertRep is for another transaction (transactionID '%s', sent '%s')",
+		fgp_seterr(err, errlen, "the CertRep is for another transaction (transactionID '%s', sent '%s')",
 		       buf, txid);
 		goto out;
 	}
@@ -735,11 +700,11 @@ static int parse_certrep(struct scep *s, const struct ca_view *v, const unsigned
 	if (rn == NULL || rn->type != V_ASN1_OCTET_STRING ||
 	    ASN1_STRING_length(rn->value.octet_string) != NONCE_LEN ||
 	    memcmp(ASN1_STRING_get0_data(rn->value.octet_string), nonce, NONCE_LEN) != 0) {
-		seterr(err, errlen, "the CertRep's recipientNonce does not echo the request's senderNonce (a replayed or misrouted answer)");
+		fgp_seterr(err, errlen, "the CertRep's recipientNonce does not echo the request's senderNonce (a replayed or misrouted answer)");
 		goto out;
 	}
 	if (attr_text(si, nid_status, buf, sizeof buf) != 0) {
-		seterr(err, errlen, "the CertRep carries no pkiStatus");
+		fgp_seterr(err, errlen, "the CertRep carries no pkiStatus");
 		goto out;
 	}
 	rep->status = atoi(buf);
@@ -754,7 +719,7 @@ static int parse_certrep(struct scep *s, const struct ca_view *v, const unsigned
 		goto out;
 	}
 	if (rep->status != PKI_SUCCESS) {
-		seterr(err, errlen, "the CertRep has an unknown pkiStatus %d", rep->status);
+		fgp_seterr(err, errlen, "the CertRep has an unknown pkiStatus %d", rep->status);
 		goto out;
 	}
 	/* SUCCESS: the content is a pkcsPKIEnvelope for our signer holding a
@@ -783,7 +748,7 @@ static int parse_certrep(struct scep *s, const struct ca_view *v, const unsigned
 			     s->name);
 	}
 	if (env == NULL || !PKCS7_type_is_enveloped(env)) {
-		ssl_err(err, errlen, "the CertRep's content is not a pkcsPKIEnvelope");
+		fgp_ssl_err(err, errlen, "the CertRep's content is not a pkcsPKIEnvelope");
 		goto out;
 	}
 	if (PKCS7_decrypt(env, s->signer_key, s->signer, plain, 0) != 1) {
@@ -791,14 +756,14 @@ static int parse_certrep(struct scep *s, const struct ca_view *v, const unsigned
 		X509_ALGOR *a = env->d.enveloped->enc_data->algorithm;
 		if (a != NULL)
 			OBJ_obj2txt(alg, sizeof alg, a->algorithm, 0);
-		ssl_err(err, errlen, "cannot decrypt the CertRep's pkcsPKIEnvelope (%s) with the gateway's SCEP signer key", alg);
+		fgp_ssl_err(err, errlen, "cannot decrypt the CertRep's pkcsPKIEnvelope (%s) with the gateway's SCEP signer key", alg);
 		goto out;
 	}
 	dn = BIO_get_mem_data(plain, &dp);
 	q = (const unsigned char *)dp;
 	inner = dn > 0 ? d2i_PKCS7(NULL, &q, dn) : NULL;
 	if (inner == NULL || !PKCS7_type_is_signed(inner)) {
-		ssl_err(err, errlen, "the CertRep's content is not a certificates-only PKCS#7");
+		fgp_ssl_err(err, errlen, "the CertRep's content is not a certificates-only PKCS#7");
 		goto out;
 	}
 	rep->certs = inner->d.sign->cert;
@@ -843,7 +808,7 @@ static int exchange(struct scep *s, const struct ca_view *v, int type, const cha
 	int rc = -1;
 
 	if (s->host->random(s->host->ctx, nonce, sizeof nonce) != 0) {
-		seterr(err, errlen, "no randomness for the senderNonce");
+		fgp_seterr(err, errlen, "no randomness for the senderNonce");
 		return -1;
 	}
 	if (build_message(s, v, type, txid, nonce, content, clen, &msg, &mlen, err, errlen) != 0)
@@ -865,7 +830,7 @@ static int exchange(struct scep *s, const struct ca_view *v, int type, const cha
 		rc = parse_certrep(s, v, b.p, b.n, txid, nonce, rep, err, errlen);
 	goto out;
 oom:
-	seterr(err, errlen, "out of memory");
+	fgp_seterr(err, errlen, "out of memory");
 	rc = -1;
 out:
 	OPENSSL_free(msg);
@@ -909,7 +874,7 @@ static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg,
 		int ok = n >= 0 && req->subject_cn != NULL && strlen((char *)u) == (size_t)n &&
 			 strcasecmp((char *)u, req->subject_cn) == 0;
 		if (!ok) {
-			seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
+			fgp_seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
 			       n >= 0 ? (char *)u : "?");
 			OPENSSL_free(u);
 			return -1;
@@ -953,7 +918,7 @@ static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg,
 	}
 	GENERAL_NAMES_free(gens);
 	if (rc != 0)
-		seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
+		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
 	return rc;
 }
 
@@ -1227,7 +1192,7 @@ static int scep_csr_needs(void *state, const struct fg_issue_request *req,
 	memset(needs, 0, sizeof *needs);
 	needs->names_from_csr = 1;
 	if (strlen(c) >= sizeof needs->challenge) {
-		seterr(err, errlen, "the SCEP challenge is longer than %zu characters", sizeof needs->challenge - 1);
+		fgp_seterr(err, errlen, "the SCEP challenge is longer than %zu characters", sizeof needs->challenge - 1);
 		return -1;
 	}
 	snprintf(needs->challenge, sizeof needs->challenge, "%s", c);
@@ -1269,7 +1234,7 @@ static int scep_cacerts(void *state, struct fg_cert_list *out, char *err, size_t
 	int rc = 0;
 	if (out->der == NULL || out->len == NULL || (out->der[0] = to_der(ca, &out->len[0])) == NULL) {
 		fg_cert_list_clear(out);
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		rc = -1;
 	} else {
 		out->n = 1;
@@ -1294,7 +1259,7 @@ static int scep_revoke(void *state, const unsigned char *cert_der, size_t cert_l
 		BN_free(bn);
 	}
 	ERR_clear_error();
-	seterr(err, errlen, "SCEP has no revocation message: revoke serial %s at the CA behind backend %s yourself (fleetgate has marked it revoked)",
+	fgp_seterr(err, errlen, "SCEP has no revocation message: revoke serial %s at the CA behind backend %s yourself (fleetgate has marked it revoked)",
 	       hex ? hex : "?", s->name);
 	OPENSSL_free(hex);
 	X509_free(x);
@@ -1326,13 +1291,13 @@ static int inspect(struct scep *s, int type, const char *serial_hex, unsigned ch
 	}
 	if (new_txid(s, txid) != 0 ||
 	    issuer_and_serial(X509_get_subject_name(v->ca), serial_hex, &content, &clen) != 0) {
-		seterr(err, errlen, "cannot build the request (serial '%s' must be hex)", serial_hex);
+		fgp_seterr(err, errlen, "cannot build the request (serial '%s' must be hex)", serial_hex);
 		goto out;
 	}
 	if (exchange(s, v, type, txid, content, clen, &rep, err, errlen) != 0)
 		goto out;
 	if (rep.status != PKI_SUCCESS) {
-		seterr(err, errlen, "the SCEP CA answered %s: %s", rep.status == PKI_PENDING ? "PENDING" : "FAILURE",
+		fgp_seterr(err, errlen, "the SCEP CA answered %s: %s", rep.status == PKI_PENDING ? "PENDING" : "FAILURE",
 		       rep.status == PKI_PENDING ? "try again later" : fail_text(rep.fail_info));
 		goto out;
 	}
@@ -1343,13 +1308,13 @@ static int inspect(struct scep *s, int type, const char *serial_hex, unsigned ch
 	else if (type == MT_GETCRL && sk_X509_CRL_num(rep.crls) > 0)
 		n = i2d_X509_CRL(sk_X509_CRL_value(rep.crls, 0), &tmp);
 	if (n <= 0) {
-		seterr(err, errlen, "the SCEP CA's answer holds no %s", type == MT_GETCERT ? "certificate" : "CRL");
+		fgp_seterr(err, errlen, "the SCEP CA's answer holds no %s", type == MT_GETCERT ? "certificate" : "CRL");
 		goto out;
 	}
 	*der = malloc((size_t)n);
 	if (*der == NULL) {
 		OPENSSL_free(tmp);
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		goto out;
 	}
 	memcpy(*der, tmp, (size_t)n);
@@ -1463,14 +1428,14 @@ static int signer_make(struct scep *s, const char *dir, char *err, size_t errlen
 	char *kp = mem_text(kb, &kn), *cp = mem_text(cb, &cn2);
 	/* key first: a certificate file never exists without its key */
 	if (write_new(dir, "signer.key", kp, kn, 0600) != 0 || write_new(dir, "signer.crt", cp, cn2, 0644) != 0) {
-		seterr(err, errlen, "cannot write the SCEP signer in %s: %s", dir, strerror(errno));
+		fgp_seterr(err, errlen, "cannot write the SCEP signer in %s: %s", dir, strerror(errno));
 		goto out;
 	}
 	slog(s, FG_LEVEL_INFO, NULL, "backend %s: made the self-signed SCEP signer %s/signer.crt", s->name, dir);
 	rc = 0;
 	goto out;
 fail:
-	ssl_err(err, errlen, "cannot make the SCEP signer certificate");
+	fgp_ssl_err(err, errlen, "cannot make the SCEP signer certificate");
 out:
 	BN_free(bn);
 	BIO_free(kb);
@@ -1489,15 +1454,15 @@ static int signer_load(struct scep *s, const char *cert, const char *key, char *
 	s->signer_key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
 	BIO_free(b);
 	if (s->signer == NULL || s->signer_key == NULL) {
-		ssl_err(err, errlen, "cannot read the SCEP signer %s and %s (PEM certificate and key)", cert, key);
+		fgp_ssl_err(err, errlen, "cannot read the SCEP signer %s and %s (PEM certificate and key)", cert, key);
 		return -1;
 	}
 	if (EVP_PKEY_get_base_id(s->signer_key) != EVP_PKEY_RSA) {
-		seterr(err, errlen, "the SCEP signer key %s is not RSA; the CA encrypts its answer to the signer, which needs RSA", key);
+		fgp_seterr(err, errlen, "the SCEP signer key %s is not RSA; the CA encrypts its answer to the signer, which needs RSA", key);
 		return -1;
 	}
 	if (X509_check_private_key(s->signer, s->signer_key) != 1) {
-		ssl_err(err, errlen, "the SCEP signer certificate %s does not match the key %s", cert, key);
+		fgp_ssl_err(err, errlen, "the SCEP signer certificate %s does not match the key %s", cert, key);
 		return -1;
 	}
 	return 0;
@@ -1517,49 +1482,6 @@ static void scep_close(void *state)
 	free(s);
 }
 
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = tolower(c);
-	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* "sha256:AB:CD..." or "abcd..." -> 32 bytes. */
-static int parse_pin(const char *t, unsigned char out[32])
-{
-	size_t n = 0;
-	if (strncasecmp(t, "sha256:", 7) == 0)
-		t += 7;
-	for (const char *p = t; *p; p++) {
-		if (*p == ':' || *p == ' ')
-			continue;
-		int hi = hexval((unsigned char)p[0]), lo = p[1] ? hexval((unsigned char)p[1]) : -1;
-		if (hi < 0 || lo < 0 || n == 32)
-			return -1;
-		out[n++] = (unsigned char)(hi << 4 | lo);
-		p++;
-	}
-	return n == 32 ? 0 : -1;
-}
-
-static int num_setting(const struct fg_kv *kv, size_t n, const char *key, long def, long min, long max,
-		       long *out)
-{
-	const char *v = fg_kv_get(kv, n, key);
-	char *end;
-	if (v == NULL) {
-		*out = def;
-		return 0;
-	}
-	errno = 0;
-	long l = strtol(v, &end, 10);
-	if (errno || end == v || *end || l < min || l > max)
-		return -1;
-	*out = l;
-	return 0;
-}
-
 static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t n, void **state,
 		     char *err, size_t errlen)
 {
@@ -1569,7 +1491,7 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 
 	*state = NULL;
 	if (s == NULL) {
-		seterr(err, errlen, "out of memory");
+		fgp_seterr(err, errlen, "out of memory");
 		return -1;
 	}
 	pthread_mutex_init(&s->mu, NULL);
@@ -1577,7 +1499,7 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	snprintf(s->name, sizeof s->name, "%s", (v = fg_kv_get(kv, n, "name")) ? v : "scep");
 	pthread_once(&nids_once, nids_init);
 	if (!nids_ok) {
-		ssl_err(err, errlen, "backend %s: cannot register the SCEP attribute OIDs", s->name);
+		fgp_ssl_err(err, errlen, "backend %s: cannot register the SCEP attribute OIDs", s->name);
 		goto fail;
 	}
 	static const char *known[] = { "name", "state_dir", "create", "url", "ca_fingerprint", "challenge",
@@ -1588,7 +1510,7 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		while (known[k] && strcmp(known[k], kv[i].key) != 0)
 			k++;
 		if (known[k] == NULL) {
-			seterr(err, errlen, "backends.%s: unknown setting '%s' for the scep plugin (known: url, ca_fingerprint, challenge, ca_identifier, signer_cert, signer_key, renewal, cipher, tls_ca_file, timeout, poll_interval, cache_ttl)",
+			fgp_seterr(err, errlen, "backends.%s: unknown setting '%s' for the scep plugin (known: url, ca_fingerprint, challenge, ca_identifier, signer_cert, signer_key, renewal, cipher, tls_ca_file, timeout, poll_interval, cache_ttl)",
 			       s->name, kv[i].key);
 			goto fail;
 		}
@@ -1596,19 +1518,19 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	v = fg_kv_get(kv, n, "url");
 	if (v == NULL || (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0) ||
 	    strlen(v) >= sizeof s->url) {
-		seterr(err, errlen, "backends.%s: set url = \"http(s)://host[:port]/path\" of the SCEP service", s->name);
+		fgp_seterr(err, errlen, "backends.%s: set url = \"http(s)://host[:port]/path\" of the SCEP service", s->name);
 		goto fail;
 	}
 	snprintf(s->url, sizeof s->url, "%s", v);
 	v = fg_kv_get(kv, n, "ca_fingerprint");
-	if (v == NULL || parse_pin(v, s->pin) != 0) {
-		seterr(err, errlen, "backends.%s: set ca_fingerprint = the SHA-256 of the SCEP CA certificate in hex (for example from `openssl x509 -in ca.pem -noout -fingerprint -sha256`), so the gateway can tell the CA from an impostor",
+	if (v == NULL || fgp_parse_pin(v, s->pin) != 0) {
+		fgp_seterr(err, errlen, "backends.%s: set ca_fingerprint = the SHA-256 of the SCEP CA certificate in hex (for example from `openssl x509 -in ca.pem -noout -fingerprint -sha256`), so the gateway can tell the CA from an impostor",
 		       s->name);
 		goto fail;
 	}
 	if ((v = fg_kv_get(kv, n, "challenge")) != NULL) {
 		if (strlen(v) >= sizeof s->challenge) {
-			seterr(err, errlen, "backends.%s.challenge: at most %zu characters", s->name, sizeof s->challenge - 1);
+			fgp_seterr(err, errlen, "backends.%s.challenge: at most %zu characters", s->name, sizeof s->challenge - 1);
 			goto fail;
 		}
 		snprintf(s->challenge, sizeof s->challenge, "%s", v);
@@ -1623,26 +1545,26 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	else if (strcmp(v, "renewalreq") == 0)
 		s->renewal = REN_RENEWALREQ;
 	else {
-		seterr(err, errlen, "backends.%s.renewal: '%s' is not auto, pkcsreq or renewalreq", s->name, v);
+		fgp_seterr(err, errlen, "backends.%s.renewal: '%s' is not auto, pkcsreq or renewalreq", s->name, v);
 		goto fail;
 	}
 	v = fg_kv_get(kv, n, "cipher");
 	if (v != NULL && strcmp(v, "auto") != 0 && strcmp(v, "aes256") != 0) {
-		seterr(err, errlen, "backends.%s.cipher: '%s' is not auto or aes256", s->name, v);
+		fgp_seterr(err, errlen, "backends.%s.cipher: '%s' is not auto or aes256", s->name, v);
 		goto fail;
 	}
 	s->aes256 = v != NULL && strcmp(v, "aes256") == 0;
-	if (num_setting(kv, n, "timeout", 30, 1, 600, &s->timeout) != 0) {
-		seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", s->name);
+	if (fgp_num_setting(kv, n, "timeout", 30, 1, 600, &s->timeout) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.timeout: seconds, 1 to 600", s->name);
 		goto fail;
 	}
-	if (num_setting(kv, n, "poll_interval", 60, 1, 86400, &l) != 0) {
-		seterr(err, errlen, "backends.%s.poll_interval: seconds, 1 to 86400", s->name);
+	if (fgp_num_setting(kv, n, "poll_interval", 60, 1, 86400, &l) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.poll_interval: seconds, 1 to 86400", s->name);
 		goto fail;
 	}
 	s->poll_interval = (uint32_t)l;
-	if (num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
-		seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", s->name);
+	if (fgp_num_setting(kv, n, "cache_ttl", 3600, 0, 7 * 86400, &l) != 0) {
+		fgp_seterr(err, errlen, "backends.%s.cache_ttl: seconds, 0 to 604800", s->name);
 		goto fail;
 	}
 	s->cache_ttl = l;
@@ -1651,7 +1573,7 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	const char *sd = fg_kv_get(kv, n, "state_dir");
 	char cpath[PATH_MAX], kpath[PATH_MAX], dir[PATH_MAX - 32];
 	if ((sc == NULL) != (sk == NULL)) {
-		seterr(err, errlen, "backends.%s: set both signer_cert and signer_key, or neither (a self-signed signer is made)", s->name);
+		fgp_seterr(err, errlen, "backends.%s: set both signer_cert and signer_key, or neither (a self-signed signer is made)", s->name);
 		goto fail;
 	}
 	if (sc != NULL) {
@@ -1664,7 +1586,7 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 		snprintf(kpath, sizeof kpath, "%s/signer.key", dir);
 		if (access(cpath, F_OK) != 0) {
 			if (mkdirs(dir, 0700) != 0) {
-				seterr(err, errlen, "backends.%s: cannot create %s: %s", s->name, dir, strerror(errno));
+				fgp_seterr(err, errlen, "backends.%s: cannot create %s: %s", s->name, dir, strerror(errno));
 				goto fail;
 			}
 			if (signer_make(s, dir, err, errlen) != 0)
@@ -1674,7 +1596,7 @@ static int scep_open(const struct fg_host *host, const struct fg_kv *kv, size_t 
 	if (signer_load(s, cpath, kpath, err, errlen) != 0)
 		goto fail;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
-		seterr(err, errlen, "backends.%s: libcurl would not initialise", s->name);
+		fgp_seterr(err, errlen, "backends.%s: libcurl would not initialise", s->name);
 		goto fail;
 	}
 	*state = s;
