@@ -821,105 +821,7 @@ static void account_lost(struct acme *a, const char *kid)
 	pthread_mutex_unlock(&a->mu);
 }
 
-/* ---- names ---- */
-
-static int in_list(const char *v, const char *const *list, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (strcasecmp(v, list[i]) == 0)
-			return 1;
-	return 0;
-}
-
-/* Textual IPv4/IPv6 -> 4 or 16 bytes; -1 when neither. */
-static int ip_bytes(const char *t, unsigned char out[16])
-{
-	if (inet_pton(AF_INET, t, out) == 1)
-		return 4;
-	if (inet_pton(AF_INET6, t, out) == 1)
-		return 16;
-	return -1;
-}
-
-/* Every name the certificate carries was decided by the policy. 0, or -1
- * with msg naming the first that was not. An ACME CA may copy one of the
- * SANs into the subject CN, so a CN naming a decided DNS name or IP
- * passes too. */
-static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg, size_t msglen)
-{
-	X509_NAME *sn = X509_get_subject_name(x);
-	int i = -1;
-	char buf[256];
-	while ((i = X509_NAME_get_index_by_NID(sn, NID_commonName, i)) >= 0) {
-		ASN1_STRING *d = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(sn, i));
-		unsigned char *u = NULL;
-		int n = ASN1_STRING_to_UTF8(&u, d);
-		int ok = n >= 0 && strlen((char *)u) == (size_t)n &&
-			 ((req->subject_cn != NULL && strcasecmp((char *)u, req->subject_cn) == 0) ||
-			  in_list((char *)u, req->dns_names, req->n_dns) ||
-			  in_list((char *)u, req->ip_names, req->n_ip));
-		if (!ok) {
-			fgp_seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
-			       n >= 0 ? (char *)u : "?");
-			OPENSSL_free(u);
-			return -1;
-		}
-		OPENSSL_free(u);
-	}
-	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
-	int rc = 0;
-	for (int k = 0; gens != NULL && k < sk_GENERAL_NAME_num(gens) && rc == 0; k++) {
-		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, k);
-		const ASN1_STRING *as;
-		switch (g->type) {
-		case GEN_DNS:
-			as = g->d.ia5;
-			snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(as),
-				 (const char *)ASN1_STRING_get0_data(as));
-			if (!in_list(buf, req->dns_names, req->n_dns))
-				rc = -1;
-			break;
-		case GEN_IPADD: {
-			unsigned char ip[16];
-			int found = 0;
-			as = g->d.ip;
-			for (size_t j = 0; j < req->n_ip && !found; j++) {
-				int l = ip_bytes(req->ip_names[j], ip);
-				if (l > 0 && l == ASN1_STRING_length(as) &&
-				    memcmp(ip, ASN1_STRING_get0_data(as), (size_t)l) == 0)
-					found = 1;
-			}
-			snprintf(buf, sizeof buf, "an IP address");
-			if (!found)
-				rc = -1;
-			break;
-		}
-		default:
-			snprintf(buf, sizeof buf, "a name of type %d", g->type);
-			rc = -1;
-		}
-	}
-	GENERAL_NAMES_free(gens);
-	ERR_clear_error();
-	if (rc != 0)
-		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
-	return rc;
-}
-
 /* ---- issuing ---- */
-
-static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
-		       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
-		       const char *fmt, ...)
-{
-	va_list ap;
-	res->status = st;
-	res->retry_after = retry;
-	va_start(ap, fmt);
-	vsnprintf(res->message, sizeof res->message, fmt, ap);
-	va_end(ap);
-}
 
 /* How authorizations are answered (setting challenge, or the policy's
  * acme_challenge per request). */
@@ -1289,7 +1191,7 @@ static int agent_step(struct job *j, struct fg_issue_result *res, enum acme_rc *
 		 * (the host does not wait for retry_after then); retry_after
 		 * paces the poller and a device that comes back without one */
 		chals_to_result(j, res);
-		set_result(res, FG_ISSUE_PENDING, j->a->poll_interval, "serve the http-01 challenge%s for %s%s, then send the request again",
+		fgp_set_result(res, FG_ISSUE_PENDING, j->a->poll_interval, "serve the http-01 challenge%s for %s%s, then send the request again",
 			   j->n_chals > 1 ? "s" : "", j->chals[0].identifier, j->n_chals > 1 ? " and more" : "");
 		alog(j->a, FG_LEVEL_INFO, j->req->request_id, "backend %s: %zu http-01 challenge(s) handed to the device",
 		     j->a->name, j->n_chals);
@@ -1490,21 +1392,21 @@ static void take_chain(struct job *j, const char *pem, size_t len, EVP_PKEY *csr
 	BIO_free(b);
 	int n = certs ? sk_X509_num(certs) : 0;
 	if (n == 0) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "the ACME CA's certificate for order %s cannot be read",
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "the ACME CA's certificate for order %s cannot be read",
 			   j->order);
 		goto out;
 	}
 	X509 *leaf = sk_X509_value(certs, 0);
 	if (EVP_PKEY_eq(X509_get0_pubkey(leaf), csrkey) != 1) {
 		ERR_clear_error();
-		set_result(res, FG_ISSUE_REJECTED, 0, "the ACME CA's certificate for order %s does not certify the device's key",
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "the ACME CA's certificate for order %s does not certify the device's key",
 			   j->order);
 		goto out;
 	}
-	if (names_granted(leaf, j->req, msg, sizeof msg) != 0) {
+	if (fgp_names_granted(leaf, j->req, FGP_CN_MAY_COPY_SAN, msg, sizeof msg) != 0) {
 		alog(j->a, FG_LEVEL_ERROR, j->req->request_id,
 		     "backend %s: %s; the certificate is withheld from the device: revoke it at the CA", j->a->name, msg);
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
 		goto out;
 	}
 	res->chain_der = calloc((size_t)n, sizeof *res->chain_der);
@@ -1529,11 +1431,11 @@ static void take_chain(struct job *j, const char *pem, size_t len, EVP_PKEY *csr
 			res->chain_len[res->n_chain++] = (size_t)l;
 		}
 	}
-	set_result(res, FG_ISSUE_OK, 0, "issued by the ACME CA (order %s)", j->order);
+	fgp_set_result(res, FG_ISSUE_OK, 0, "issued by the ACME CA (order %s)", j->order);
 	goto out;
 oom:
 	result_reset(j->a, res);
-	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
+	fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 out:
 	sk_X509_pop_free(certs, X509_free);
 }
@@ -1683,8 +1585,8 @@ static int names_orderable(const struct fg_issue_request *req, char *msg, size_t
 		fgp_seterr(msg, msglen, "ACME needs at least one DNS name or IP address; the policy decided none (set dns = { ... })");
 		return -1;
 	}
-	if (req->subject_cn != NULL && req->subject_cn[0] && !in_list(req->subject_cn, req->dns_names, req->n_dns) &&
-	    !in_list(req->subject_cn, req->ip_names, req->n_ip)) {
+	if (req->subject_cn != NULL && req->subject_cn[0] && !fgp_in_list(req->subject_cn, req->dns_names, req->n_dns) &&
+	    !fgp_in_list(req->subject_cn, req->ip_names, req->n_ip)) {
 		fgp_seterr(msg, msglen, "an ACME CA certifies a subject CN only when it is also one of the DNS names or IPs; '%s' is not (add it to dns, or leave cn empty)",
 		       req->subject_cn);
 		return -1;
@@ -1729,16 +1631,16 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	j.mode = job_mode(a, req);
 	if (csr == NULL) {
 		ERR_clear_error();
-		set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
 		return 0;
 	}
 	if (names_orderable(req, msg, sizeof msg) != 0) {
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
 		goto out;
 	}
 	int g = a->host->job_get(req->job, "acme.order", &v, &vlen);
 	if (g < 0) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the ACME job state");
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the ACME job state");
 		goto out;
 	}
 	if (g == 1 && vlen > 0 && vlen < sizeof j.order) {
@@ -1793,7 +1695,7 @@ start:
 			free(csr64);
 			if (p == NULL || fin == NULL || (payload = json_dumps(p, JSON_COMPACT)) == NULL) {
 				json_decref(p);
-				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot finalize ACME order %s (%s)", j.order,
+				fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot finalize ACME order %s (%s)", j.order,
 					   fin ? "out of memory" : "it has no finalize URL");
 				goto out;
 			}
@@ -1807,7 +1709,7 @@ start:
 			const char *cu = json_string_value(json_object_get(o, "certificate"));
 			struct resp r = { .retry_after = -1 };
 			if (cu == NULL) {
-				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "ACME order %s is valid but names no certificate",
+				fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "ACME order %s is valid but names no certificate",
 					   j.order);
 				goto out;
 			}
@@ -1833,14 +1735,14 @@ start:
 				challenges_done(&j);
 				a->host->job_put(req->job, "acme.order", (const unsigned char *)"", 0);
 				a->host->job_put(req->job, "acme.ack", (const unsigned char *)"", 0);
-				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", j.err);
+				fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", j.err);
 			} else {
-				set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
+				fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
 			}
 			alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s", a->name, j.err);
 			goto out;
 		} else if (strcmp(st, "processing") != 0) {
-			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "ACME order %s has unknown status '%s'", j.order, st);
+			fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "ACME order %s has unknown status '%s'", j.order, st);
 			goto out;
 		}
 		/* pending (answered) or processing: wait for the CA, inline
@@ -1852,7 +1754,7 @@ start:
 			uint32_t ra = j.retry_after >= 0 ? (uint32_t)j.retry_after : a->poll_interval;
 			alog(a, FG_LEVEL_INFO, req->request_id, "backend %s: ACME order %s is %s; asking again in %u s",
 			     a->name, j.order, st, ra ? ra : 1);
-			set_result(res, FG_ISSUE_PENDING, ra ? ra : 1, "ACME order %s is %s at the CA", j.order, st);
+			fgp_set_result(res, FG_ISSUE_PENDING, ra ? ra : 1, "ACME order %s is %s at the CA", j.order, st);
 			if (j.mode == CH_HTTP_AGENT)
 				chals_to_result(&j, res);   /* a restarted device serves them again */
 			goto out;
@@ -1897,13 +1799,13 @@ failed:
 		uint32_t ra = j.retry_after > 0 ? (uint32_t)j.retry_after : RETRY_SECONDS;
 		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: %s; will try again in %u s", a->name, j.err, ra);
 		if (strstr(j.err, "rateLimited") != NULL)
-			set_result(res, FG_ISSUE_ERROR, ra, "%s; the CA's rate limit: the request is kept and asked again in %u s%s",
+			fgp_set_result(res, FG_ISSUE_ERROR, ra, "%s; the CA's rate limit: the request is kept and asked again in %u s%s",
 				   j.err, ra, j.retry_after > 0 ? " (the CA's Retry-After)" : "");
 		else
-			set_result(res, FG_ISSUE_ERROR, ra, "%s", j.err);
+			fgp_set_result(res, FG_ISSUE_ERROR, ra, "%s", j.err);
 	} else {
 		alog(a, FG_LEVEL_WARN, req->request_id, "backend %s: refused: %s", a->name, j.err);
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", j.err);
 	}
 out:
 	if (res->status == FG_ISSUE_OK || res->status == FG_ISSUE_REJECTED)

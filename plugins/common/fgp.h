@@ -7,6 +7,7 @@
 #define FLEETGATE_FGP_H
 
 #include <stddef.h>
+#include <openssl/x509.h>
 #include "fleetgate/plugin.h"
 
 /* One log line through the host, formatted. */
@@ -29,5 +30,24 @@ int fgp_num_setting(const struct fg_kv *kv, size_t n, const char *key, long def,
  * "AB CD ...", "abcd...") into 32 bytes. 0, or -1 when it is not 32 bytes
  * of hex. */
 int fgp_parse_pin(const char *text, unsigned char out[32]);
+
+/* Set a result's status, retry time and message. */
+void fgp_set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* 1 when v is in list (ASCII case-insensitive), else 0. */
+int fgp_in_list(const char *v, const char *const *list, size_t n);
+
+/* Textual IPv4/IPv6 into out: 4 or 16 (the length), -1 when neither. */
+int fgp_ip_bytes(const char *text, unsigned char out[16]);
+
+/* Whether every name an upstream CA put in x was decided by the policy in
+ * req: subject CNs equal to req->subject_cn, and dNSName, rfc822Name and
+ * iPAddress SANs in req's lists; any other SAN type is refused. With
+ * FGP_CN_MAY_COPY_SAN a CN naming one of the decided DNS names or IP
+ * addresses passes too (ACME CAs copy a SAN into the CN). 0, or -1 with
+ * msg naming the first name that was not decided. */
+enum { FGP_CN_MAY_COPY_SAN = 1 };
+int fgp_names_granted(X509 *x, const struct fg_issue_request *req, int flags, char *msg, size_t msglen);
 
 #endif

@@ -826,77 +826,6 @@ static struct ca_view *view_get(struct est *s, char *err, size_t errlen)
 
 /* ---- checking what came back ---- */
 
-static int in_list(const char *v, const char *const *list, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (strcasecmp(v, list[i]) == 0)
-			return 1;
-	return 0;
-}
-
-/* Every name the certificate carries was decided by the policy. 0, or -1
- * with msg naming the first that was not. */
-static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg, size_t msglen)
-{
-	X509_NAME *sn = X509_get_subject_name(x);
-	int i = -1;
-	char buf[256];
-	while ((i = X509_NAME_get_index_by_NID(sn, NID_commonName, i)) >= 0) {
-		ASN1_STRING *d = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(sn, i));
-		unsigned char *u = NULL;
-		int n = ASN1_STRING_to_UTF8(&u, d);
-		int ok = n >= 0 && req->subject_cn != NULL && strlen((char *)u) == (size_t)n &&
-			 strcasecmp((char *)u, req->subject_cn) == 0;
-		if (!ok) {
-			fgp_seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
-			       n >= 0 ? (char *)u : "?");
-			OPENSSL_free(u);
-			return -1;
-		}
-		OPENSSL_free(u);
-	}
-	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
-	int rc = 0;
-	for (int k = 0; gens != NULL && k < sk_GENERAL_NAME_num(gens) && rc == 0; k++) {
-		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, k);
-		const ASN1_STRING *as;
-		switch (g->type) {
-		case GEN_DNS:
-		case GEN_EMAIL:
-			as = g->d.ia5;
-			snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(as),
-				 (const char *)ASN1_STRING_get0_data(as));
-			if (g->type == GEN_DNS ? !in_list(buf, req->dns_names, req->n_dns)
-					       : !in_list(buf, req->emails, req->n_email))
-				rc = -1;
-			break;
-		case GEN_IPADD: {
-			unsigned char ip[16];
-			int found = 0;
-			as = g->d.ip;
-			for (size_t j = 0; j < req->n_ip && !found; j++) {
-				int l = inet_pton(AF_INET, req->ip_names[j], ip) == 1 ? 4
-					: inet_pton(AF_INET6, req->ip_names[j], ip) == 1 ? 16 : -1;
-				if (l > 0 && l == ASN1_STRING_length(as) &&
-				    memcmp(ip, ASN1_STRING_get0_data(as), (size_t)l) == 0)
-					found = 1;
-			}
-			snprintf(buf, sizeof buf, "an IP address");
-			if (!found)
-				rc = -1;
-			break;
-		}
-		default:
-			snprintf(buf, sizeof buf, "a name of type %d", g->type);
-			rc = -1;
-		}
-	}
-	GENERAL_NAMES_free(gens);
-	if (rc != 0)
-		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
-	return rc;
-}
-
 /* Does the CSR's key fit what /csrattrs asked? 1 yes, 0 with why. */
 static int key_fits(const struct csr_wants *w, EVP_PKEY *k, char *why, size_t whylen)
 {
@@ -948,19 +877,6 @@ static unsigned char *to_der(X509 *x, size_t *len)
 	return out;
 }
 
-static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
-		       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
-		       const char *fmt, ...)
-{
-	va_list ap;
-	res->status = st;
-	res->retry_after = retry;
-	va_start(ap, fmt);
-	vsnprintf(res->message, sizeof res->message, fmt, ap);
-	va_end(ap);
-}
-
 /* The leaf of an enrollment answer that certifies the CSR's key, with the
  * chain (the answer's other certificates, then /cacerts), into res. */
 static void take_certificate(struct est *s, const struct ca_view *v, const struct fg_issue_request *req,
@@ -978,13 +894,13 @@ static void take_certificate(struct est *s, const struct ca_view *v, const struc
 	}
 	ERR_clear_error();
 	if (leaf == NULL) {
-		set_result(res, FG_ISSUE_REJECTED, 0, "the EST server answered /%s with no certificate for the device's key", op);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "the EST server answered /%s with no certificate for the device's key", op);
 		return;
 	}
-	if (names_granted(leaf, req, msg, sizeof msg) != 0) {
+	if (fgp_names_granted(leaf, req, 0, msg, sizeof msg) != 0) {
 		elog(s, FG_LEVEL_ERROR, req->request_id,
 		     "backend %s: %s; the certificate is withheld from the device: revoke it at the CA", s->name, msg);
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
 		return;
 	}
 	size_t n = 0, cap = (size_t)sk_X509_num(certs) + (size_t)sk_X509_num(v->chain);
@@ -1014,11 +930,11 @@ static void take_certificate(struct est *s, const struct ca_view *v, const struc
 			res->n_chain = ++n;
 		}
 	}
-	set_result(res, FG_ISSUE_OK, 0, "issued by the EST server (/%s)", op);
+	fgp_set_result(res, FG_ISSUE_OK, 0, "issued by the EST server (/%s)", op);
 	return;
 oom:
 	fg_issue_result_clear(res);
-	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
+	fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 }
 
 /* ---- serverkeygen (RFC 7030 4.4) ---- */
@@ -1185,7 +1101,7 @@ static void take_server_key(struct est *s, const struct ca_view *v, const struct
 	int np = split_multipart(r, parts, 4);
 
 	if (np < 2) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS,
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS,
 			   "the EST server answered /serverkeygen with %s, not multipart/mixed with a key and a certificate (RFC 7030 4.4.2)",
 			   r->ctype[0] ? r->ctype : "no Content-Type");
 		return;
@@ -1195,12 +1111,12 @@ static void take_server_key(struct est *s, const struct ca_view *v, const struct
 			kder = b64_decode(parts[i].p, parts[i].n, &kl);
 		} else if (strncasecmp(parts[i].ctype, "application/pkcs7-mime", 22) == 0) {
 			if (strcasestr(parts[i].ctype, "server-generated-key") != NULL) {
-				set_result(res, FG_ISSUE_REJECTED, 0,
+				fgp_set_result(res, FG_ISSUE_REJECTED, 0,
 					   "the EST server sent the key encrypted (smime-type=server-generated-key), which this gateway does not take; have it send application/pkcs8 over TLS");
 				goto out;
 			}
 			if (certs == NULL && (certs = certs_only(s, "serverkeygen", parts[i].p, parts[i].n, err, sizeof err)) == NULL) {
-				set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+				fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 				goto out;
 			}
 		}
@@ -1208,7 +1124,7 @@ static void take_server_key(struct est *s, const struct ca_view *v, const struct
 	const unsigned char *q = kder;
 	if (kder == NULL || (key = d2i_AutoPrivateKey(NULL, &q, (long)kl)) == NULL || certs == NULL) {
 		ERR_clear_error();
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS,
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS,
 			   "the EST server's /serverkeygen answer lacks %s", key == NULL ? "a readable application/pkcs8 private key" : "the certificate");
 		goto out;
 	}
@@ -1217,10 +1133,10 @@ static void take_server_key(struct est *s, const struct ca_view *v, const struct
 		goto out;
 	if (encrypt_to_csr(csr, kder, kl, &res->enc_key, &res->enc_key_len, err, sizeof err) != 0) {
 		fg_issue_result_clear(res);
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", err);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", err);
 		goto out;
 	}
-	set_result(res, FG_ISSUE_OK, 0, "issued by the EST server with a server-generated key (/serverkeygen)");
+	fgp_set_result(res, FG_ISSUE_OK, 0, "issued by the EST server with a server-generated key (/serverkeygen)");
 out:
 	if (kder != NULL) {
 		OPENSSL_cleanse(kder, kl);
@@ -1278,26 +1194,26 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	memset(&r, 0, sizeof r);
 	if (csr == NULL) {
 		ERR_clear_error();
-		set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
 		return 0;
 	}
 	if (job_text(s, req->job, "est.state", st, sizeof st) < 0) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the EST job state");
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the EST job state");
 		goto out;
 	}
 	if ((v = view_get(s, err, sizeof err)) == NULL) {
 		elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: %s", s->name, err);
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 		goto out;
 	}
 	/* with serverkeygen the CSR's key only carries the new key home */
 	if (!keygen && v->have_wants && !key_fits(&v->wants, X509_REQ_get0_pubkey(csr), err, sizeof err)) {
 		elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: %s", s->name, err);
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", err);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", err);
 		goto out;
 	}
 	if ((b64 = b64_encode(req->csr_der, req->csr_len)) == NULL) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 		goto out;
 	}
 	if (http(s, op, b64, "application/pkcs10", &r, NULL, err, sizeof err) != 0) {
@@ -1308,7 +1224,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 			s->view->fetched = 0;
 		pthread_mutex_unlock(&s->mu);
 		elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: /%s: %s", s->name, op, err);
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 		goto out;
 	}
 	snippet(&r, text, sizeof text);
@@ -1323,7 +1239,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		}
 		if ((certs = certs_only(s, op, r.body.p, r.body.n, err, sizeof err)) == NULL) {
 			elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: %s", s->name, err);
-			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+			fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 			break;
 		}
 		take_certificate(s, v, req, X509_REQ_get0_pubkey(csr), certs, op, res);
@@ -1334,12 +1250,12 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		uint32_t ra = clamp_retry(r.retry_after, s->retry_after);
 		if (strcmp(st, "pending") != 0 &&
 		    s->host->job_put(req->job, "est.state", (const unsigned char *)"pending", 7) != 0) {
-			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot record the pending EST request");
+			fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot record the pending EST request");
 			break;
 		}
 		elog(s, FG_LEVEL_INFO, req->request_id, "backend %s: /%s accepted, pending at the EST server; asking again in %u s",
 		     s->name, op, ra);
-		set_result(res, FG_ISSUE_PENDING, ra, "the EST server accepted the request and will issue later (HTTP 202)%s%s",
+		fgp_set_result(res, FG_ISSUE_PENDING, ra, "the EST server accepted the request and will issue later (HTTP 202)%s%s",
 			   text[0] ? ": " : "", text);
 		break;
 	}
@@ -1351,7 +1267,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 				: "set username/password, bearer_token or client_cert";
 		elog(s, FG_LEVEL_ERROR, req->request_id, "backend %s: the EST server refused the gateway's credentials for /%s (HTTP %ld%s%s); %s in backends.%s",
 		     s->name, op, r.code, text[0] ? ": " : "", text, how, s->name);
-		set_result(res, FG_ISSUE_REJECTED, 0,
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0,
 			   "the EST server refused the gateway's credentials (HTTP %ld); the operator must fix backend %s's authentication",
 			   r.code, s->name);
 		break;
@@ -1365,7 +1281,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	case 422:
 		elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: /%s refused with HTTP %ld%s%s", s->name, op, r.code,
 		     text[0] ? ": " : "", text);
-		set_result(res, FG_ISSUE_REJECTED, 0, "the EST server refused the request (HTTP %ld)%s%s", r.code,
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "the EST server refused the request (HTTP %ld)%s%s", r.code,
 			   text[0] ? ": " : "", text[0] ? text : "");
 		break;
 	default: {
@@ -1374,7 +1290,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		uint32_t ra = clamp_retry(r.retry_after, RETRY_SECONDS);
 		elog(s, FG_LEVEL_WARN, req->request_id, "backend %s: /%s answered HTTP %ld%s%s; retrying in %u s",
 		     s->name, op, r.code, text[0] ? ": " : "", text, ra);
-		set_result(res, FG_ISSUE_ERROR, ra, "the EST server could not answer now (HTTP %ld)%s%s; retry later",
+		fgp_set_result(res, FG_ISSUE_ERROR, ra, "the EST server could not answer now (HTTP %ld)%s%s; retry later",
 			   r.code, text[0] ? ": " : "", text);
 	}
 	}

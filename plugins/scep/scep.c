@@ -840,102 +840,7 @@ out:
 	return rc;
 }
 
-/* ---- names ---- */
-
-static int in_list(const char *v, const char *const *list, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (strcasecmp(v, list[i]) == 0)
-			return 1;
-	return 0;
-}
-
-/* Textual IPv4/IPv6 -> 4 or 16 bytes; -1 when neither. */
-static int ip_bytes(const char *t, unsigned char out[16])
-{
-	if (inet_pton(AF_INET, t, out) == 1)
-		return 4;
-	if (inet_pton(AF_INET6, t, out) == 1)
-		return 16;
-	return -1;
-}
-
-/* Every name the certificate carries was decided by the policy. 0, or -1
- * with msg naming the first that was not. */
-static int names_granted(X509 *x, const struct fg_issue_request *req, char *msg, size_t msglen)
-{
-	X509_NAME *sn = X509_get_subject_name(x);
-	int i = -1;
-	char buf[256];
-	while ((i = X509_NAME_get_index_by_NID(sn, NID_commonName, i)) >= 0) {
-		ASN1_STRING *d = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(sn, i));
-		unsigned char *u = NULL;
-		int n = ASN1_STRING_to_UTF8(&u, d);
-		int ok = n >= 0 && req->subject_cn != NULL && strlen((char *)u) == (size_t)n &&
-			 strcasecmp((char *)u, req->subject_cn) == 0;
-		if (!ok) {
-			fgp_seterr(msg, msglen, "the CA issued subject CN '%s', which the policy did not decide",
-			       n >= 0 ? (char *)u : "?");
-			OPENSSL_free(u);
-			return -1;
-		}
-		OPENSSL_free(u);
-	}
-	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
-	int rc = 0;
-	for (int k = 0; gens != NULL && k < sk_GENERAL_NAME_num(gens) && rc == 0; k++) {
-		GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, k);
-		const ASN1_STRING *as;
-		switch (g->type) {
-		case GEN_DNS:
-		case GEN_EMAIL:
-			as = g->d.ia5;
-			snprintf(buf, sizeof buf, "%.*s", ASN1_STRING_length(as),
-				 (const char *)ASN1_STRING_get0_data(as));
-			if (g->type == GEN_DNS ? !in_list(buf, req->dns_names, req->n_dns)
-					       : !in_list(buf, req->emails, req->n_email))
-				rc = -1;
-			break;
-		case GEN_IPADD: {
-			unsigned char ip[16];
-			int found = 0;
-			as = g->d.ip;
-			for (size_t j = 0; j < req->n_ip && !found; j++) {
-				int l = ip_bytes(req->ip_names[j], ip);
-				if (l > 0 && l == ASN1_STRING_length(as) &&
-				    memcmp(ip, ASN1_STRING_get0_data(as), (size_t)l) == 0)
-					found = 1;
-			}
-			snprintf(buf, sizeof buf, "an IP address");
-			if (!found)
-				rc = -1;
-			break;
-		}
-		default:
-			snprintf(buf, sizeof buf, "a name of type %d", g->type);
-			rc = -1;
-		}
-	}
-	GENERAL_NAMES_free(gens);
-	if (rc != 0)
-		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
-	return rc;
-}
-
 /* ---- issuing ---- */
-
-static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
-		       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry,
-		       const char *fmt, ...)
-{
-	va_list ap;
-	res->status = st;
-	res->retry_after = retry;
-	va_start(ap, fmt);
-	vsnprintf(res->message, sizeof res->message, fmt, ap);
-	va_end(ap);
-}
 
 /* A job state value as text: 1 found, 0 not, -1 error. */
 static int job_text(const struct scep *s, struct fg_job *job, const char *key, char *out,
@@ -1050,14 +955,14 @@ static void take_certificate(struct scep *s, const struct ca_view *v,
 	}
 	ERR_clear_error();
 	if (leaf == NULL) {
-		set_result(res, FG_ISSUE_REJECTED, 0,
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0,
 			   "the SCEP CA answered transaction %s with no certificate for the device's key", txid);
 		return;
 	}
-	if (names_granted(leaf, req, msg, sizeof msg) != 0) {
+	if (fgp_names_granted(leaf, req, 0, msg, sizeof msg) != 0) {
 		slog(s, FG_LEVEL_ERROR, req->request_id,
 		     "backend %s: %s; the certificate is withheld from the device: revoke it at the CA", s->name, msg);
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", msg);
 		return;
 	}
 	size_t n = 0, cap = (size_t)sk_X509_num(rep->certs) + 1;
@@ -1082,11 +987,11 @@ static void take_certificate(struct scep *s, const struct ca_view *v,
 			goto oom;
 		res->n_chain = ++n;
 	}
-	set_result(res, FG_ISSUE_OK, 0, "issued by the SCEP CA (transaction %s)", txid);
+	fgp_set_result(res, FG_ISSUE_OK, 0, "issued by the SCEP CA (transaction %s)", txid);
 	return;
 oom:
 	fg_issue_result_clear(res);
-	set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
+	fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "out of memory");
 }
 
 static int use_renewalreq(const struct scep *s, const struct ca_view *v)
@@ -1112,7 +1017,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 	memset(&rep, 0, sizeof rep);
 	if (csr == NULL) {
 		ERR_clear_error();
-		set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "the stored CSR cannot be read");
 		return 0;
 	}
 	rc = job_text(s, req->job, "scep.txid", txid, sizeof txid);
@@ -1120,15 +1025,15 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 			s->host->job_put(req->job, "scep.txid", (unsigned char *)txid, strlen(txid)) != 0))
 		rc = -1;
 	if (rc < 0) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot keep the SCEP transaction in the job store");
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot keep the SCEP transaction in the job store");
 		goto out;
 	}
 	if (job_text(s, req->job, "scep.state", st, sizeof st) < 0) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the SCEP job state");
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot read the SCEP job state");
 		goto out;
 	}
 	if ((v = view_get(s, 0, err, sizeof err)) == NULL) {
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 		goto out;
 	}
 	int type;
@@ -1136,7 +1041,7 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 		type = MT_CERTPOLL;
 		if (issuer_and_subject(X509_get_subject_name(v->ca), X509_REQ_get_subject_name(csr),
 				       &content, &clen) != 0) {
-			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot encode the CertPoll");
+			fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot encode the CertPoll");
 			goto out;
 		}
 	} else {
@@ -1153,25 +1058,25 @@ static int run_job(void *state, const struct fg_issue_request *req, struct fg_is
 			s->view->fetched = 0;
 		pthread_mutex_unlock(&s->mu);
 		slog(s, FG_LEVEL_WARN, req->request_id, "backend %s: transaction %s: %s", s->name, txid, err);
-		set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
+		fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "%s", err);
 		goto out;
 	}
 	switch (rep.status) {
 	case PKI_PENDING:
 		if (strcmp(st, "pending") != 0 &&
 		    s->host->job_put(req->job, "scep.state", (const unsigned char *)"pending", 7) != 0) {
-			set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot record the pending SCEP transaction");
+			fgp_set_result(res, FG_ISSUE_ERROR, RETRY_SECONDS, "cannot record the pending SCEP transaction");
 			break;
 		}
 		slog(s, FG_LEVEL_INFO, req->request_id, "backend %s: transaction %s pending at the CA; polling every %u s",
 		     s->name, txid, s->poll_interval);
-		set_result(res, FG_ISSUE_PENDING, s->poll_interval,
+		fgp_set_result(res, FG_ISSUE_PENDING, s->poll_interval,
 			   "SCEP transaction %s awaits approval at the CA", txid);
 		break;
 	case PKI_FAILURE:
 		slog(s, FG_LEVEL_WARN, req->request_id, "backend %s: transaction %s refused: %s", s->name,
 		     txid, fail_text(rep.fail_info));
-		set_result(res, FG_ISSUE_REJECTED, 0, "%s", fail_text(rep.fail_info));
+		fgp_set_result(res, FG_ISSUE_REJECTED, 0, "%s", fail_text(rep.fail_info));
 		break;
 	default:
 		take_certificate(s, v, req, X509_REQ_get0_pubkey(csr), &rep, txid, res);
