@@ -1648,12 +1648,16 @@ static int rfc3339_time(const char *text, int64_t *out)
 }
 
 /* The suggestedWindow of a RenewalInfo object (RFC 9773 4.2). 0 with
- * start < end, or -1 with what is wrong when the answer is not one. */
-static int ari_window(const char *body, int64_t *start, int64_t *end, char *err, size_t errlen)
+ * start < end (and the explanationURL, "" without one), or -1 with what
+ * is wrong when the answer is not one. */
+static int ari_window(const char *body, int64_t *start, int64_t *end, char *expl, size_t expllen, char *err,
+		      size_t errlen)
 {
 	json_t *j = json_loads(body ? body : "", 0, NULL);
 	json_t *w = json_object_get(j, "suggestedWindow");
+	const char *x = json_string_value(json_object_get(j, "explanationURL"));
 	int rc = -1;
+	snprintf(expl, expllen, "%s", x ? x : "");
 	if (j == NULL)
 		seterr(err, errlen, "the answer is not JSON");
 	else if (!json_is_object(w))
@@ -1678,7 +1682,7 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 {
 	struct acme *a = j->a;
 	struct resp r = { .retry_after = -1 };
-	char base[1024], err[512] = "", *id = NULL, *url = NULL;
+	char base[1024], err[512] = "", expl[512] = "", *id = NULL, *url = NULL;
 	const unsigned char *q = der;
 	X509 *x = NULL;
 	int64_t start, end;
@@ -1697,7 +1701,7 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 	}
 	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) == 0 && r.code != 200)
 		seterr(err, sizeof err, "HTTP %ld", r.code);
-	if (err[0] || ari_window(r.body, &start, &end, err, sizeof err) != 0) {
+	if (err[0] || ari_window(r.body, &start, &end, expl, sizeof expl, err, sizeof err) != 0) {
 		alog(a, FG_LEVEL_WARN, j->req->request_id,
 		     "backend %s: no usable renewal information at %s (%s); the agent's own schedule applies", a->name,
 		     url, err);
@@ -1711,9 +1715,9 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 	if (res->renew_after < now)
 		res->renew_after = now;
 	alog(a, FG_LEVEL_INFO, j->req->request_id,
-	     "backend %s: the ACME CA suggests renewal between %lld and %lld; chosen %lld%s", a->name,
+	     "backend %s: the ACME CA suggests renewal between %lld and %lld; chosen %lld%s%s%s", a->name,
 	     (long long)start, (long long)end, (long long)res->renew_after,
-	     end <= now ? " (the window is past: renew now)" : "");
+	     end <= now ? " (the window is past: renew now)" : "", expl[0] ? "; the CA explains at " : "", expl);
 out:
 	X509_free(x);
 	free(id);
