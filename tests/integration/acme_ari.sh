@@ -166,12 +166,17 @@ ari_start --start 8 --end 10
 agent_for d1 ari-daemon.test
 agent_for d2 plain-daemon.noari.test
 for n in d1 d2; do sed -i 's/^request_timeout = .*/request_timeout = 5s\ncheckin_interval = 60s/' "$T/agents/$n/agent.conf"; done
+# One enrollment after the other: once, with two orders finalized in the
+# same millisecond, pebble 2.4 stopped answering every request (not seen
+# again in 15 rounds of two concurrent enrollments).
 FLEETGATE_FACTS_ROOT="$T/facts/d1" "$AGENT" --config "$T/agents/d1/agent.conf" --log-level debug 2>"$T/d1.log" &
 D1=$!
+for _ in $(seq 300); do [ -s "$(ra_file d1)" ] && break; sleep 0.1; done
+check "daemon: enrolled with a suggestion kept" test -s "$(ra_file d1)"
 FLEETGATE_FACTS_ROOT="$T/facts/d2" "$AGENT" --config "$T/agents/d2/agent.conf" --log-level debug 2>"$T/d2.log" &
 D2=$!
-for _ in $(seq 300); do [ -s "$(ra_file d1)" ] && [ -s "$(crt d2)" ] && break; sleep 0.1; done
-check "daemon: enrolled with a suggestion kept" test -s "$(ra_file d1)"
+for _ in $(seq 300); do [ -s "$(crt d2)" ] && break; sleep 0.1; done
+check "daemon: the one without ARI enrolled" test -s "$(crt d2)"
 S1=$(serial d1); S2=$(serial d2)
 read -r RS RA < <(cat "$(ra_file d1)" 2>/dev/null || echo "x 0")
 expect_eq "daemon: the suggestion names its serial" "$RS" "$S1"
