@@ -100,7 +100,7 @@ int64_t slot_renew_due(const struct agent_slot *s, X509 *cert)
  * certificate: "<slot>.renew_after" holds "SERIAL UNIX-SECONDS", written
  * by slot_install from CertReply.renew_after. It replaces the computed
  * due time when it names this certificate's serial and falls within its
- * life, but never later than the safety margin before expiry that the
+ * life (its very start means "renew now": a window in the past), but never later than the safety margin before expiry that the
  * own schedule keeps. Returns due unchanged otherwise. */
 static int64_t ari_due(const struct agent_config *cfg, const struct agent_slot *s,
 		       const struct fg_cert_info *ci, int64_t due)
@@ -113,7 +113,7 @@ static int64_t ari_due(const struct agent_config *cfg, const struct agent_slot *
 		return due;
 	int ok = fgets(buf, sizeof buf, f) != NULL && sscanf(buf, "%79s %lld", serial, &when) == 2;
 	fclose(f);
-	if (!ok || strcmp(serial, ci->serial_hex) != 0 || when <= ci->not_before || when >= ci->not_after)
+	if (!ok || strcmp(serial, ci->serial_hex) != 0 || when < ci->not_before || when >= ci->not_after)
 		return due;
 	int64_t life = ci->not_after - ci->not_before;
 	int64_t margin = life / 10 < 3600 ? life / 10 : 3600;

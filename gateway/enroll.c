@@ -664,9 +664,10 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		}
 	}
 	/* the CA's suggested renewal time (ARI), passed on only when it falls
-	 * within the certificate's life */
-	if (res.renew_after > ci.not_before && res.renew_after < ci.not_after)
-		cr.renew_after = res.renew_after;
+	 * before the certificate's end; a time before its start (a window in
+	 * the past: renew now, RFC 9773 4.2) is passed on as its start */
+	if (res.renew_after > 0 && res.renew_after < ci.not_after)
+		cr.renew_after = res.renew_after > ci.not_before ? res.renew_after : ci.not_before;
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
 	pack_env(&env, rid, out, len);

@@ -1515,14 +1515,26 @@ static int rfc3339_time(const char *text, int64_t *out)
 }
 
 /* The suggestedWindow of a RenewalInfo object (RFC 9773 4.2). 0 with
- * start < end, or -1 when the answer is not one. */
-static int ari_window(const char *body, int64_t *start, int64_t *end)
+ * start < end (and the explanationURL, "" without one), or -1 with what
+ * is wrong when the answer is not one. */
+static int ari_window(const char *body, int64_t *start, int64_t *end, char *expl, size_t expllen, char *err,
+		      size_t errlen)
 {
 	json_t *j = json_loads(body ? body : "", 0, NULL);
 	json_t *w = json_object_get(j, "suggestedWindow");
+	const char *x = json_string_value(json_object_get(j, "explanationURL"));
 	int rc = -1;
-	if (json_is_object(w) && rfc3339_time(json_string_value(json_object_get(w, "start")), start) == 0 &&
-	    rfc3339_time(json_string_value(json_object_get(w, "end")), end) == 0 && *start < *end)
+	snprintf(expl, expllen, "%s", x ? x : "");
+	if (j == NULL)
+		seterr(err, errlen, "the answer is not JSON");
+	else if (!json_is_object(w))
+		seterr(err, errlen, "the answer has no suggestedWindow object");
+	else if (rfc3339_time(json_string_value(json_object_get(w, "start")), start) != 0 ||
+		 rfc3339_time(json_string_value(json_object_get(w, "end")), end) != 0)
+		seterr(err, errlen, "suggestedWindow start or end is not an RFC 3339 date-time");
+	else if (*start >= *end)
+		seterr(err, errlen, "suggestedWindow ends before it starts (RFC 9773 4.2: invalid)");
+	else
 		rc = 0;
 	json_decref(j);
 	return rc;
@@ -1537,7 +1549,7 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 {
 	struct acme *a = j->a;
 	struct resp r = { .retry_after = -1 };
-	char base[1024], err[512] = "", *id = NULL, *url = NULL;
+	char base[1024], err[512] = "", expl[512] = "", *id = NULL, *url = NULL;
 	const unsigned char *q = der;
 	X509 *x = NULL;
 	int64_t start, end;
@@ -1554,18 +1566,25 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 		ERR_clear_error();
 		goto out;
 	}
-	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) != 0 || r.code != 200 ||
-	    ari_window(r.body, &start, &end) != 0) {
+	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) == 0 && r.code != 200)
+		seterr(err, sizeof err, "HTTP %ld", r.code);
+	if (err[0] || ari_window(r.body, &start, &end, expl, sizeof expl, err, sizeof err) != 0) {
 		alog(a, FG_LEVEL_WARN, j->req->request_id,
 		     "backend %s: no usable renewal information at %s (%s); the agent's own schedule applies", a->name,
-		     url, err[0] ? err : "no suggestedWindow");
+		     url, err);
 		goto out;
 	}
 	if (a->host->random(a->host->ctx, &rnd, sizeof rnd) != 0)
 		rnd = 0;
 	res->renew_after = start + (int64_t)(rnd % (uint64_t)(end - start));
-	alog(a, FG_LEVEL_INFO, j->req->request_id, "backend %s: the ACME CA suggests renewal between %lld and %lld",
-	     a->name, (long long)start, (long long)end);
+	/* RFC 9773 4.2: a time in the past means renew now */
+	int64_t now = (int64_t)time(NULL);
+	if (res->renew_after < now)
+		res->renew_after = now;
+	alog(a, FG_LEVEL_INFO, j->req->request_id,
+	     "backend %s: the ACME CA suggests renewal between %lld and %lld; chosen %lld%s%s%s", a->name,
+	     (long long)start, (long long)end, (long long)res->renew_after,
+	     end <= now ? " (the window is past: renew now)" : "", expl[0] ? "; the CA explains at " : "", expl);
 out:
 	X509_free(x);
 	free(id);

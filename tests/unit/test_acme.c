@@ -97,18 +97,22 @@ static void test_rfc3339(void **state)
 static void test_ari_window(void **state)
 {
 	int64_t s = 0, e = 0;
+	char err[256], expl[128];
 	(void)state;
 	assert_int_equal(ari_window("{\"suggestedWindow\": {\"start\": \"2025-01-02T04:00:00Z\","
 				    " \"end\": \"2025-01-03T04:00:00Z\"},"
-				    " \"explanationURL\": \"https://acme.example.com/docs/ari\"}", &s, &e), 0);
+				    " \"explanationURL\": \"https://acme.example.com/docs/ari\"}", &s, &e, expl, sizeof expl, err, sizeof err), 0);
 	assert_int_equal(s, 1735790400);
 	assert_int_equal(e, 1735790400 + 86400);
+	assert_string_equal(expl, "https://acme.example.com/docs/ari");
 	/* end not after start, missing window, not JSON */
 	assert_int_equal(ari_window("{\"suggestedWindow\": {\"start\": \"2025-01-03T04:00:00Z\","
-				    " \"end\": \"2025-01-02T04:00:00Z\"}}", &s, &e), -1);
-	assert_int_equal(ari_window("{\"explanationURL\": \"x\"}", &s, &e), -1);
-	assert_int_equal(ari_window("not json", &s, &e), -1);
-	assert_int_equal(ari_window(NULL, &s, &e), -1);
+				    " \"end\": \"2025-01-02T04:00:00Z\"}}", &s, &e, expl, sizeof expl, err, sizeof err), -1);
+	assert_non_null(strstr(err, "ends before it starts"));
+	assert_int_equal(ari_window("{\"explanationURL\": \"x\"}", &s, &e, expl, sizeof expl, err, sizeof err), -1);
+	assert_int_equal(ari_window("not json", &s, &e, expl, sizeof expl, err, sizeof err), -1);
+	assert_non_null(strstr(err, "not JSON"));
+	assert_int_equal(ari_window(NULL, &s, &e, expl, sizeof expl, err, sizeof err), -1);
 }
 
 static void test_b64url_decode(void **state)

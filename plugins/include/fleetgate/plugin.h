@@ -210,8 +210,10 @@ struct fg_issue_result {
 
 	/* Appended during ABI 1 for ARI (RFC 9773): when the device should
 	 * renew this certificate, Unix seconds, as the CA suggested; 0 when
-	 * the CA said nothing (the agent's own schedule applies). Write it
-	 * only when FG_RESULT_HAS(host, renew_after). */
+	 * the CA said nothing (the agent's own schedule applies). A time
+	 * before the certificate's notBefore means "renew now" (the host
+	 * passes it on as the notBefore). Write it only when
+	 * FG_RESULT_HAS(host, renew_after). */
 	int64_t renew_after;
 };
 
