@@ -1526,14 +1526,14 @@ static int ari_window(const char *body, int64_t *start, int64_t *end, char *expl
 	int rc = -1;
 	snprintf(expl, expllen, "%s", x ? x : "");
 	if (j == NULL)
-		seterr(err, errlen, "the answer is not JSON");
+		fgp_seterr(err, errlen, "the answer is not JSON");
 	else if (!json_is_object(w))
-		seterr(err, errlen, "the answer has no suggestedWindow object");
+		fgp_seterr(err, errlen, "the answer has no suggestedWindow object");
 	else if (rfc3339_time(json_string_value(json_object_get(w, "start")), start) != 0 ||
 		 rfc3339_time(json_string_value(json_object_get(w, "end")), end) != 0)
-		seterr(err, errlen, "suggestedWindow start or end is not an RFC 3339 date-time");
+		fgp_seterr(err, errlen, "suggestedWindow start or end is not an RFC 3339 date-time");
 	else if (*start >= *end)
-		seterr(err, errlen, "suggestedWindow ends before it starts (RFC 9773 4.2: invalid)");
+		fgp_seterr(err, errlen, "suggestedWindow ends before it starts (RFC 9773 4.2: invalid)");
 	else
 		rc = 0;
 	json_decref(j);
@@ -1567,7 +1567,7 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 		goto out;
 	}
 	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) == 0 && r.code != 200)
-		seterr(err, sizeof err, "HTTP %ld", r.code);
+		fgp_seterr(err, sizeof err, "HTTP %ld", r.code);
 	if (err[0] || ari_window(r.body, &start, &end, expl, sizeof expl, err, sizeof err) != 0) {
 		alog(a, FG_LEVEL_WARN, j->req->request_id,
 		     "backend %s: no usable renewal information at %s (%s); the agent's own schedule applies", a->name,
