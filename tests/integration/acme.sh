@@ -12,68 +12,11 @@
 # tests/integration/acme_challenges.sh covers the other challenge modes.
 source "$(dirname "$0")/lib.sh"
 
-PEBBLE=$(command -v pebble) || die "pebble not found: apt-get install pebble"
-CTS=$(command -v pebble-challtestsrv) || die "pebble-challtestsrv not found: apt-get install pebble"
+source "$(dirname "$0")/pebble.inc.sh"
 
-free_port() {
-  local p
-  for _ in $(seq 20); do
-    p=$((10000 + RANDOM % 22000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port"
-}
-
-# loopback only: no proxy from the environment for curl or the plugin's libcurl
-export no_proxy='*' NO_PROXY='*'
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-
-# ---- pebble's TLS: Debian's package ships no test certificates, so make a
-# test CA and a certificate for localhost/127.0.0.1 ----
-P="$T/pebble"
-mkdir -p "$P"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$P/tls-ca.key" \
-  -out "$P/tls-ca.pem" -days 2 -subj /CN=fleetgate-test-pebble-tls-ca 2>/dev/null || die "cannot make the TLS CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$P/key.pem" -out "$P/srv.csr" \
-  -subj /CN=localhost 2>/dev/null || die "cannot make the TLS key"
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$P/ext"
-openssl x509 -req -in "$P/srv.csr" -CA "$P/tls-ca.pem" -CAkey "$P/tls-ca.key" -CAcreateserial \
-  -out "$P/cert.pem" -days 2 -extfile "$P/ext" 2>/dev/null || die "cannot sign the TLS certificate"
-
-ACME_PORT=$(free_port)
-MGMT_PORT=$(free_port)
-HTTP01=$(free_port)
-DNS_PORT=$(free_port)
-cat >"$P/config.json" <<EOF
-{"pebble": {"listenAddress": "127.0.0.1:$ACME_PORT", "managementListenAddress": "127.0.0.1:$MGMT_PORT",
-  "certificate": "$P/cert.pem", "privateKey": "$P/key.pem", "httpPort": $HTTP01, "tlsPort": $(free_port),
-  "ocspResponderURL": "", "externalAccountBindingRequired": false}}
-EOF
-
-PB_PID= CTS_PID=
-start_pebble() {
-  PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 \
-    "$PEBBLE" -config "$P/config.json" -dnsserver "127.0.0.1:$DNS_PORT" >>"$T/pebble.log" 2>&1 &
-  PB_PID=$!
-  for _ in $(seq 300); do
-    curl -fs --cacert "$P/tls-ca.pem" "https://127.0.0.1:$ACME_PORT/dir" >/dev/null 2>&1 &&
-      curl -fs --cacert "$P/tls-ca.pem" "https://127.0.0.1:$MGMT_PORT/roots/0" >"$P/root.pem" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "pebble does not answer: $(tail -n 5 "$T/pebble.log")"
-}
-stop_pebble() {
-  if [ -n "$PB_PID" ]; then kill "$PB_PID" 2>/dev/null || true; wait "$PB_PID" 2>/dev/null || true; fi
-  PB_PID=
-}
-# (set +e: under errexit, "(exit $rc)" would end the trap before cleanup
-# stops the gateway, whose open stdout then keeps meson waiting)
-trap 'rc=$?; set +e; stop_pebble; [ -n "$CTS_PID" ] && kill "$CTS_PID" && wait "$CTS_PID"; (exit $rc); cleanup' EXIT
-# DNS for pebble's VA: every name is 127.0.0.1 (IPv4 only)
-"$CTS" -dns01 "127.0.0.1:$DNS_PORT" -http01 "" -https01 "" -tlsalpn01 "" -management "127.0.0.1:$(free_port)" \
-  -defaultIPv4 127.0.0.1 -defaultIPv6 "" >>"$T/cts.log" 2>&1 &
-CTS_PID=$!
-start_pebble
+pebble_init
+trap 'rc=$?; set +e; pebble_cleanup; (exit $rc); cleanup' EXIT
+pebble_start
 
 # ---- the gateway: group "acme" goes to the ACME backend; its HTTP side
 # answers http-01 on pebble's httpPort ----
@@ -180,8 +123,8 @@ check "CA back: certificate chains to pebble's root" \
 expect_eq "CA back: no job left open" "$(sql "select count(*) from jobs where state in (0, 1)")" "0"
 
 # ---- 6. a new pebble (new root, no accounts): the gateway registers again ----
-stop_pebble
-start_pebble
+pebble_stop
+pebble_start
 agent_for f1 acme-fresh.test acme
 check "after the CA forgot the account: enrolls" run_agent f1
 check "after the CA forgot the account: chains to the new root" \
