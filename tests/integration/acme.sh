@@ -14,6 +14,8 @@ source "$(dirname "$0")/lib.sh"
 
 source "$(dirname "$0")/pebble.inc.sh"
 
+# no authorization reuse: a renewal is validated again
+PEBBLE_ENV=PEBBLE_AUTHZREUSE=0
 pebble_init
 trap 'rc=$?; set +e; pebble_cleanup; (exit $rc); cleanup' EXIT
 pebble_start
@@ -90,6 +92,17 @@ expect_eq "one ACME account registered" "$(grep -c 'ACME account https' "$T/gw.l
 expect_match "pebble validated http-01 at the gateway" "$(cat "$T/pebble.log")" \
   "validate w/ HTTP: http://acme-one.test:$HTTP01/.well-known/acme-challenge/"
 expect_eq "no job left open" "$(sql "select count(*) from jobs where state in (0, 1)")" "0"
+
+# ---- 1b. the device renews through pebble; the gateway answers http-01 again ----
+S0=$(openssl x509 -in "$(crt a1)" -noout -serial)
+V0=$(grep -c "validate w/ HTTP: http://acme-one.test:$HTTP01/" "$T/pebble.log" || true)
+check "renewal through ACME" run_agent a1 --renew-now
+check "renewal: a new serial" test "$S0" != "$(openssl x509 -in "$(crt a1)" -noout -serial)"
+check "renewal: chains to pebble's root" \
+  openssl verify -CAfile "$P/root.pem" -untrusted "$(chain a1)" "$(crt a1)"
+check "renewal: pebble validated http-01 at the gateway again" \
+  test "$(grep -c "validate w/ HTTP: http://acme-one.test:$HTTP01/" "$T/pebble.log")" -gt "$V0"
+expect_eq "renewal: audited as a renewal" "$(sql "select count(*) from audit where kind = 'cert.renew'")" "1"
 
 # ---- 2. a second device reuses the account ----
 agent_for a2 acme-two.test acme
