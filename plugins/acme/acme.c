@@ -83,7 +83,7 @@
 /* One log line through the host, from a plugin instance (fgp.h). */
 #define alog(obj, lvl, rid, ...) fgp_log((obj)->host, (lvl), (rid), __VA_ARGS__)
 
-#define MAX_BODY (1 << 20)        /* largest HTTP answer read */
+#define MAX_BODY FGP_MAX_BODY      /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
 #define NONCE_TRIES 16            /* tries of one request while the CA says badNonce (RFC 8555 6.5) */
 #define ERR_PREFIX "urn:ietf:params:acme:error:"
@@ -132,9 +132,7 @@ struct acme {
 /* One HTTP answer. */
 struct resp {
 	long code;                    /* HTTP status */
-	char *body;                   /* malloc'd, NUL-terminated */
-	size_t n;
-	int too_big;
+	struct fgp_body body;         /* malloc'd, NUL-terminated */
 	char nonce[256];              /* Replay-Nonce (RFC 8555 6.5.1) */
 	char location[1024];          /* Location */
 	long retry_after;             /* seconds, -1 when absent (RFC 8555 8.2) */
@@ -143,7 +141,7 @@ struct resp {
 
 static void resp_clear(struct resp *r)
 {
-	free(r->body);
+	free(r->body.p);
 	memset(r, 0, sizeof *r);
 	r->retry_after = -1;
 }
@@ -224,24 +222,6 @@ out:
 
 /* ---- HTTP (libcurl) ---- */
 
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
-{
-	struct resp *r = arg;
-	size_t n = size * nmemb;
-	if (r->n + n > MAX_BODY) {
-		r->too_big = 1;
-		return 0;
-	}
-	char *q = realloc(r->body, r->n + n + 1);
-	if (q == NULL)
-		return 0;
-	memcpy(q + r->n, ptr, n);
-	r->body = q;
-	r->n += n;
-	r->body[r->n] = 0;
-	return n;
-}
-
 /* Copies a header's value (trimmed) into out when the line is "name: ...". */
 static void header_value(const char *line, size_t n, const char *name, char *out, size_t outlen)
 {
@@ -301,8 +281,8 @@ static int http(const struct acme *a, const char *method, const char *url, const
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, a->timeout);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, a->timeout < 10 ? a->timeout : 10L);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fgp_body_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->body);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -329,7 +309,7 @@ static int http(const struct acme *a, const char *method, const char *url, const
 		curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
 	CURLcode cc = curl_easy_perform(c);
 	if (cc != CURLE_OK) {
-		if (r->too_big)
+		if (r->body.too_big)
 			fgp_seterr(err, errlen, "the ACME server at %s sent more than %d bytes", url, MAX_BODY);
 		else
 			fgp_seterr(err, errlen, "cannot reach the ACME server at %s: %s", url,
@@ -498,7 +478,7 @@ static enum acme_rc dir_load(struct acme *a, char *err, size_t errlen)
 		       a->dir_url, r.code);
 		goto out;
 	}
-	j = json_loads(r.body ? r.body : "", 0, NULL);
+	j = json_loads(r.body.p ? (const char *)r.body.p : "", 0, NULL);
 	const char *nn = json_string_value(json_object_get(j, "newNonce"));
 	const char *na = json_string_value(json_object_get(j, "newAccount"));
 	const char *no = json_string_value(json_object_get(j, "newOrder"));
@@ -582,7 +562,7 @@ static enum acme_rc post(struct acme *a, EVP_PKEY *key, const char *kid, const c
 		nonce_keep(a, r->nonce);
 		if (r->code >= 200 && r->code < 300)
 			return ACME_OK;
-		json_t *p = json_loads(r->body ? r->body : "", 0, NULL);
+		json_t *p = json_loads(r->body.p ? (const char *)r->body.p : "", 0, NULL);
 		const char *type = "";
 		if (json_is_object(p)) {
 			problem_text(p, url, err, errlen, &type);
@@ -880,7 +860,7 @@ static enum acme_rc job_post(struct job *j, const char *url, const char *payload
 	j->retry_after = r.retry_after;
 	j->http_code = r.code;
 	if (rc == ACME_OK && out != NULL) {
-		*out = json_loads(r.body ? r.body : "", 0, NULL);
+		*out = json_loads(r.body.p ? (const char *)r.body.p : "", 0, NULL);
 		if (!json_is_object(*out)) {
 			json_decref(*out);
 			*out = NULL;
@@ -1568,7 +1548,7 @@ static void ari_advise(struct job *j, const unsigned char *der, size_t len, stru
 	}
 	if (http(a, "GET", url, NULL, "application/json", &r, err, sizeof err) == 0 && r.code != 200)
 		fgp_seterr(err, sizeof err, "HTTP %ld", r.code);
-	if (err[0] || ari_window(r.body, &start, &end, expl, sizeof expl, err, sizeof err) != 0) {
+	if (err[0] || ari_window((const char *)r.body.p, &start, &end, expl, sizeof expl, err, sizeof err) != 0) {
 		alog(a, FG_LEVEL_WARN, j->req->request_id,
 		     "backend %s: no usable renewal information at %s (%s); the agent's own schedule applies", a->name,
 		     url, err);
@@ -1734,7 +1714,7 @@ start:
 			}
 			rc = post(a, j.key, j.kid, cu, NULL, "application/pem-certificate-chain", &r, j.err, sizeof j.err);
 			if (rc == ACME_OK) {
-				take_chain(&j, r.body ? r.body : "", r.n, X509_REQ_get0_pubkey(csr), res);
+				take_chain(&j, r.body.p ? (const char *)r.body.p : "", r.body.n, X509_REQ_get0_pubkey(csr), res);
 				if (res->status == FG_ISSUE_OK)
 					ari_advise(&j, res->cert_der, res->cert_len, res);
 			}
@@ -1861,7 +1841,7 @@ static int roots_fetch(struct acme *a, struct fg_cert_list *out, char *err, size
 		fgp_seterr(err, errlen, "backend %s: root_url %s answered HTTP %ld", a->name, a->root_url, r.code);
 		goto out;
 	}
-	if ((b = BIO_new_mem_buf(r.body ? r.body : "", (int)r.n)) == NULL)
+	if ((b = BIO_new_mem_buf(r.body.p ? (const char *)r.body.p : "", (int)r.body.n)) == NULL)
 		goto oom;
 	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
 		unsigned char *der = NULL;

@@ -178,3 +178,21 @@ int fgp_names_granted(X509 *x, const struct fg_issue_request *req, int flags, ch
 		fgp_seterr(msg, msglen, "the CA issued the name %s, which the policy did not decide", buf);
 	return rc;
 }
+
+size_t fgp_body_write(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct fgp_body *b = arg;
+	size_t n = size * nmemb;
+	if (b->n + n > FGP_MAX_BODY) {
+		b->too_big = 1;
+		return 0;
+	}
+	unsigned char *q = realloc(b->p, b->n + n + 1);
+	if (q == NULL)
+		return 0;
+	memcpy(q + b->n, ptr, n);
+	b->p = q;
+	b->n += n;
+	b->p[b->n] = 0;
+	return n;
+}

@@ -31,6 +31,18 @@ int fgp_num_setting(const struct fg_kv *kv, size_t n, const char *key, long def,
  * of hex. */
 int fgp_parse_pin(const char *text, unsigned char out[32]);
 
+/* An HTTP answer's body as libcurl delivers it (CURLOPT_WRITEFUNCTION
+ * fgp_body_write, CURLOPT_WRITEDATA a struct fgp_body): malloc'd, always
+ * NUL-terminated, at most FGP_MAX_BODY bytes (more sets too_big and stops
+ * the transfer). The caller frees p. */
+#define FGP_MAX_BODY (1 << 20)
+struct fgp_body {
+	unsigned char *p;
+	size_t n;
+	int too_big;
+};
+size_t fgp_body_write(char *ptr, size_t size, size_t nmemb, void *body);
+
 /* Set a result's status, retry time and message. */
 void fgp_set_result(struct fg_issue_result *res, enum fg_issue_status st, uint32_t retry, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -79,7 +79,7 @@
 #include "fleetgate/plugin.h"
 #include "fgp.h"
 
-#define MAX_BODY (1 << 20)        /* largest HTTP answer read */
+#define MAX_BODY FGP_MAX_BODY      /* largest HTTP answer read */
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
 #define MAX_RETRY_AFTER 86400     /* a Retry-After beyond a day is clamped */
 
@@ -274,34 +274,10 @@ out:
 
 /* ---- HTTP (libcurl) ---- */
 
-struct body {
-	unsigned char *p;
-	size_t n;
-	int too_big;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
-{
-	struct body *b = arg;
-	size_t n = size * nmemb;
-	if (b->n + n > MAX_BODY) {
-		b->too_big = 1;
-		return 0;
-	}
-	unsigned char *q = realloc(b->p, b->n + n + 1);
-	if (q == NULL)
-		return 0;
-	memcpy(q + b->n, ptr, n);
-	b->p = q;
-	b->n += n;
-	b->p[b->n] = 0;
-	return n;
-}
-
 /* One answer: status, body, Content-Type and Retry-After. */
 struct reply {
 	long code;
-	struct body body;
+	struct fgp_body body;
 	char ctype[256];
 	int64_t retry_after;          /* seconds, -1 when absent */
 	int64_t now;
@@ -397,7 +373,7 @@ static int http(struct est *s, const char *op, const char *post, const char *pos
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, s->timeout);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, s->timeout < 10 ? s->timeout : 10L);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fgp_body_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r->body);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, r);

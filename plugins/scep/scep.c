@@ -70,7 +70,7 @@
 #include "fleetgate/plugin.h"
 #include "fgp.h"
 
-#define MAX_BODY (1 << 20)        /* largest HTTP answer read */
+#define MAX_BODY FGP_MAX_BODY      /* largest HTTP answer read */
 #define NONCE_LEN 16
 #define RETRY_SECONDS 30          /* suggested retry after a transient failure */
 
@@ -192,34 +192,10 @@ static void view_put(struct scep *s, struct ca_view *v)
 
 /* ---- HTTP (libcurl) ---- */
 
-struct body {
-	unsigned char *p;
-	size_t n;
-	int too_big;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *arg)
-{
-	struct body *b = arg;
-	size_t n = size * nmemb;
-	if (b->n + n > MAX_BODY) {
-		b->too_big = 1;
-		return 0;
-	}
-	unsigned char *q = realloc(b->p, b->n + n + 1);
-	if (q == NULL)
-		return 0;
-	memcpy(q + b->n, ptr, n);
-	b->p = q;
-	b->n += n;
-	b->p[b->n] = 0;
-	return n;
-}
-
 /* GET (post == NULL) or POST url; 0 with the body and content type on HTTP
  * 200, -1 with err otherwise (unreachable, HTTP error, too large). */
 static int http(struct scep *s, const char *url, const unsigned char *post, size_t postlen,
-		struct body *out, char *ctype, size_t ctlen, char *err, size_t errlen)
+		struct fgp_body *out, char *ctype, size_t ctlen, char *err, size_t errlen)
 {
 	CURL *c = curl_easy_init();
 	struct curl_slist *hdr = NULL;
@@ -239,7 +215,7 @@ static int http(struct scep *s, const char *url, const unsigned char *post, size
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, s->timeout);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, s->timeout < 10 ? s->timeout : 10L);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fgp_body_write);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -442,7 +418,7 @@ static unsigned char *to_der(X509 *x, size_t *len);
 static struct ca_view *view_fetch(struct scep *s, char *err, size_t errlen)
 {
 	struct ca_view *v = calloc(1, sizeof *v);
-	struct body b = { 0 };
+	struct fgp_body b = { 0 };
 	char ctype[128], *url = NULL;
 	STACK_OF(X509) *certs = NULL;
 
@@ -803,7 +779,7 @@ static int exchange(struct scep *s, const struct ca_view *v, int type, const cha
 {
 	unsigned char nonce[NONCE_LEN], *msg = NULL;
 	size_t mlen = 0;
-	struct body b = { 0 };
+	struct fgp_body b = { 0 };
 	char ctype[128], *url = NULL, *b64 = NULL;
 	int rc = -1;
 
