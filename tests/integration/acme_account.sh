@@ -65,15 +65,6 @@ agent_for() { # NAME HOSTNAME GROUP
   mkdir -p "$T/facts/$name/proc/sys/kernel"
   echo "$host" > "$T/facts/$name/proc/sys/kernel/hostname"
 }
-run_agent() { # NAME [args]
-  local name=$1; shift
-  local rc=0
-  FLEETGATE_FACTS_ROOT="$T/facts/$name" "$AGENT" --config "$T/agents/$name/agent.conf" --once "$@" \
-    >"$T/$name.out" 2>&1 || rc=$?
-  return $rc
-}
-crt() { echo "$T/agents/$1/default.crt"; }
-chain() { echo "$T/agents/$1/default-chain.crt"; }
 state_of() { sql "select hex(value) from plugin_state where backend = '$1' and key = '$2'" | xxd -r -p; }
 state_pub() { state_of "$1" account.key | openssl pkey -pubout 2>/dev/null | openssl sha256 | sed 's/.*= //'; }
 

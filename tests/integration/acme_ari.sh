@@ -88,7 +88,6 @@ run_agent() { # NAME [args]: --once, output appended to $T/NAME.out
   FLEETGATE_FACTS_ROOT="$T/facts/$name" "$AGENT" --config "$T/agents/$name/agent.conf" --once "$@" \
     >>"$T/$name.out" 2>&1
 }
-crt() { echo "$T/agents/$1/default.crt"; }
 ra_file() { echo "$T/agents/$1/state/default.renew_after"; }
 serial() { openssl x509 -in "$(crt "$1")" -noout -serial 2>/dev/null | sed 's/^serial=//' || echo none; }
 secs() { date -u -d "$1" +%s 2>/dev/null || echo 0; }

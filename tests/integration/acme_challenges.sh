@@ -167,15 +167,6 @@ agent_for() {
   mkdir -p "$T/facts/$name/proc/sys/kernel"
   echo "$host" > "$T/facts/$name/proc/sys/kernel/hostname"
 }
-run_agent() { # NAME [args]
-  local name=$1; shift
-  local rc=0
-  FLEETGATE_FACTS_ROOT="$T/facts/$name" "$AGENT" --config "$T/agents/$name/agent.conf" --once "$@" \
-    >"$T/$name.out" 2>&1 || rc=$?
-  return $rc
-}
-crt() { echo "$T/agents/$1/default.crt"; }
-chain() { echo "$T/agents/$1/default-chain.crt"; }
 # the certificate's subjectAltName entries, one line
 sans() { openssl x509 -in "$(crt "$1")" -noout -ext subjectAltName | sed -n '2,$p' | tr -d ' '; }
 chains() { openssl verify -CAfile "$P/root.pem" -untrusted "$(chain "$1")" "$(crt "$1")" >/dev/null; }

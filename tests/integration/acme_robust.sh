@@ -60,8 +60,6 @@ run_agent() { # NAME [args]
     >>"$T/$name.out" 2>&1 || rc=$?
   return $rc
 }
-crt() { echo "$T/agents/$1/default.crt"; }
-chain() { echo "$T/agents/$1/default-chain.crt"; }
 certs_for() { sql "select count(*) from certificates where subject like '%CN=$1%' or subject like '%CN = $1%'"; }
 # mark, then new_log: the gateway log written since the mark;
 # wait_log REGEX: until a line since the mark matches REGEX (20 s)

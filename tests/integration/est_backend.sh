@@ -194,14 +194,6 @@ agent_for() { # NAME HOSTNAME GROUP
   mkdir -p "$T/facts/$name/proc/sys/kernel"
   echo "$host" >"$T/facts/$name/proc/sys/kernel/hostname"
 }
-run_agent() { # NAME [args]
-  local name=$1; shift
-  local rc=0
-  FLEETGATE_FACTS_ROOT="$T/facts/$name" "$AGENT" --config "$T/agents/$name/agent.conf" --once "$@" \
-    >"$T/$name.out" 2>&1 || rc=$?
-  return $rc
-}
-crt() { echo "$T/agents/$1/default.crt"; }
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
 # "SERIAL SUBJECT" of a serial in a gateway's `fleetgate cert list --json`
 record() { # STATE SERIAL

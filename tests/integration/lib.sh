@@ -123,4 +123,14 @@ agent() {
   return $rc
 }
 
+# run_agent NAME [args...]: agent, with the facts under $T/facts/NAME (the
+# backend tests give each device a hostname of its own there)
+run_agent() {
+  local name=$1; shift
+  FLEETGATE_FACTS_ROOT="$T/facts/$name" agent "$name" "$@"
+}
+# the certificate and chain files of agent NAME's slot "default"
+crt() { echo "$T/agents/$1/default.crt"; }
+chain() { echo "$T/agents/$1/default-chain.crt"; }
+
 sql() { sqlite3 "$GW/fleetgate.db" "$@"; }

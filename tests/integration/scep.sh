@@ -122,14 +122,6 @@ agent_for() {
   mkdir -p "$T/facts/$name/proc/sys/kernel"
   echo "$host" > "$T/facts/$name/proc/sys/kernel/hostname"
 }
-run_agent() { # NAME [args]
-  local name=$1; shift
-  local rc=0
-  FLEETGATE_FACTS_ROOT="$T/facts/$name" "$AGENT" --config "$T/agents/$name/agent.conf" --once "$@" \
-    >"$T/$name.out" 2>&1 || rc=$?
-  return $rc
-}
-crt() { echo "$T/agents/$1/default.crt"; }
 
 # ---- 1. enroll through scepserver with the static challenge ----
 agent_for s1 static-one static
