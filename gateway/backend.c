@@ -19,9 +19,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/x509.h>
+
 #include "backend.h"
 #include "fg_log.h"
 #include "fg_util.h"
+#include "signer_client.h"
+#include "stats.h"
 
 /* Who a host table serves: the backend set and the backend's name. */
 struct host_ctx {
@@ -56,6 +60,7 @@ struct backends {
 	size_t nh01, caph01;
 	char **busy;               /* "<curve key> <request id>" of jobs in a backend call, under h01_lock */
 	size_t nbusy, capbusy;
+	struct signer_client *signer; /* holds the local backends' CA keys, or NULL (the CLI) */
 };
 
 static void h_log(void *ctx, enum fg_level level, const char *request_id, const char *msg)
@@ -158,6 +163,66 @@ static int h_serial_reserve(void *ctx, const char *serial_hex)
 	pthread_mutex_unlock(&h->bs->lock);
 	if (r < 0)
 		fg_err(h->component, NULL, "reserving serial %s: %s", serial_hex, err);
+	return r;
+}
+
+/* fg_host.sign: forward to the signer process. A certificate's serial
+ * must be reserved in the store first (the write-ahead step); the signer
+ * is told so in the same message and checks it too. */
+static int h_sign(void *ctx, int kind, const char *profile, const unsigned char *in, size_t len,
+		  unsigned char **out, size_t *outlen, char *err, size_t errlen)
+{
+	struct host_ctx *h = ctx;
+	char hex[48] = "", serr[512] = "";
+	const char *reserve = NULL;
+	static const char *const what[FG_SIGN_KIND_MAX] = {
+		[FG_SIGN_ALGORITHM] = "algorithm query", [FG_SIGN_CERT] = "certificate",
+		[FG_SIGN_CRL] = "CRL", [FG_SIGN_OCSP] = "OCSP response",
+	};
+
+	*out = NULL;
+	*outlen = 0;
+	if (kind <= 0 || kind >= FG_SIGN_KIND_MAX || what[kind] == NULL) {
+		fg_seterr(err, errlen, "unknown kind %d of object to sign", kind);
+		return 1;
+	}
+	if (kind == FG_SIGN_CERT) {
+		const unsigned char *p = in;
+		X509 *x = in && len <= LONG_MAX ? d2i_X509(NULL, &p, (long)len) : NULL;
+		BIGNUM *bn = x ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL) : NULL;
+		char *bh = bn ? BN_bn2hex(bn) : NULL;
+		if (bh != NULL)
+			fg_strlcpy(hex, bh, sizeof hex);
+		OPENSSL_free(bh);
+		BN_free(bn);
+		X509_free(x);
+		if (hex[0] == 0) {
+			fg_seterr(err, errlen, "the certificate to sign does not parse");
+			return 1;
+		}
+		pthread_mutex_lock(&h->bs->lock);
+		int r = store_serial_reserved(h->bs->st, h->name, hex, serr, sizeof serr);
+		pthread_mutex_unlock(&h->bs->lock);
+		if (r < 0) {
+			fg_seterr(err, errlen, "cannot check the reservation of serial %s: %s", hex, serr);
+			return -1;
+		}
+		if (r == 0) {
+			fg_err(h->component, NULL, "refusing to sign serial %s: it is not reserved in the store (no write-ahead record)",
+			       hex);
+			fg_seterr(err, errlen, "serial %s is not reserved in the store; nothing was signed", hex);
+			return 1;
+		}
+		reserve = hex;
+	}
+	int r = signer_client_sign(h->bs->signer, h->name, kind, profile, reserve, in, len, out, outlen, serr,
+				   sizeof serr);
+	if (r > 0)
+		fg_err(h->component, NULL, "the signer refused a %s%s%s: %s", what[kind], hex[0] ? " of serial " : "",
+		       hex, serr);
+	else if (r < 0)
+		fg_warn(h->component, NULL, "%s not signed: %s", what[kind], serr);
+	fg_seterr(err, errlen, "%s", serr);
 	return r;
 }
 
@@ -466,6 +531,8 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.http01_publish = h_http01_publish,
 		.http01_withdraw = h_http01_withdraw,
 		.result_size = sizeof(struct fg_issue_result),
+		/* Only the local CA's key is in the signer. */
+		.sign = bs->signer != NULL && strcmp(cb->plugin, "local") == 0 ? h_sign : NULL,
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);
@@ -504,6 +571,12 @@ out:
  * (create 0): `fleetgate init` creates the store before its backends. */
 struct backends *backends_open(const struct gw_config *cfg, int create, char *err, size_t errlen)
 {
+	return backends_open_signer(cfg, create, NULL, err, errlen);
+}
+
+struct backends *backends_open_signer(const struct gw_config *cfg, int create, struct signer_client *signer,
+				      char *err, size_t errlen)
+{
 	struct backends *bs = calloc(1, sizeof *bs);
 
 	if (bs == NULL) {
@@ -522,6 +595,7 @@ struct backends *backends_open(const struct gw_config *cfg, int create, char *er
 		return NULL;
 	}
 	bs->http_on = cfg->http_listen[0] != '\0';
+	bs->signer = signer;
 	bs->st = store_open(cfg->store_path, 0, err, errlen);
 	if (bs->st == NULL)
 		goto fail;

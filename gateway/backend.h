@@ -36,6 +36,12 @@ struct backends;
  * create = "yes" (fleetgate init: the local CA makes its key). NULL with err
  * on failure, naming the backend and what to do. */
 struct backends *backends_open(const struct gw_config *cfg, int create, char *err, size_t errlen);
+/* The same, with the CA keys of "local" backends in the signer process
+ * (signer_client.h): those plugins get fg_host.sign and never load their
+ * key. signer (borrowed) outlives the set. */
+struct signer_client;
+struct backends *backends_open_signer(const struct gw_config *cfg, int create, struct signer_client *signer,
+				      char *err, size_t errlen);
 void backends_free(struct backends *bs);
 /* The backend of that name, or NULL. */
 struct backend *backends_find(struct backends *bs, const char *name);

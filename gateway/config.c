@@ -44,7 +44,7 @@ struct conf_ctx {
 
 static const char *const top_keys[] = {
 	"listen", "workers", "store", "policy", "curve_key", "plugin_dir", "log_level",
-	"checkin_interval", "limits", "backends", "profiles", "http", "est", NULL,
+	"checkin_interval", "limits", "backends", "profiles", "http", "est", "user", "sandbox", NULL,
 };
 static const char *const store_keys[] = { "engine", "path", NULL };
 static const char *const limits_keys[] = {
@@ -837,6 +837,12 @@ static int read_config(lua_State *L)
 		cfail(L, c, "log_level: '%s' is not a level; use error, warn, info or debug",
 		      cfg->log_level);
 
+	get_string(L, c, g, "user", "user", cfg->user, sizeof cfg->user);
+	get_string(L, c, g, "sandbox", "sandbox", cfg->sandbox, sizeof cfg->sandbox);
+	if (config_sandbox_mode(cfg) < 0)
+		cfail(L, c, "sandbox: '%s' is not a mode; use \"required\" (the default), \"best-effort\" or \"off\"",
+		      cfg->sandbox);
+
 	v = cfg->checkin_interval;
 	get_duration(L, c, g, "checkin_interval", "checkin_interval", 30 * DAY, &v);
 	cfg->checkin_interval = (int)v;
@@ -867,6 +873,18 @@ static int read_config(lua_State *L)
 	return 0;
 }
 
+/* See config.h. */
+int config_sandbox_mode(const struct gw_config *cfg)
+{
+	if (strcmp(cfg->sandbox, "required") == 0)
+		return SANDBOX_REQUIRED;
+	if (strcmp(cfg->sandbox, "best-effort") == 0)
+		return SANDBOX_BEST_EFFORT;
+	if (strcmp(cfg->sandbox, "off") == 0)
+		return SANDBOX_OFF;
+	return -1;
+}
+
 /* msg into err, with "fleetgated.conf: " in front unless it names the file. */
 static void conf_err(char *err, size_t errlen, const char *msg)
 {
@@ -886,6 +904,7 @@ static void set_defaults(struct gw_config *cfg)
 	fg_strlcpy(cfg->curve_key_path, "keys/gateway.key", sizeof cfg->curve_key_path);
 	fg_strlcpy(cfg->log_level, "info", sizeof cfg->log_level);
 	cfg->checkin_interval = 3600;
+	fg_strlcpy(cfg->sandbox, "required", sizeof cfg->sandbox);
 	cfg->max_message = 65536;
 	cfg->policy_memory = 4 * 1024 * 1024;
 	cfg->policy_instructions = 1000000;
@@ -1039,6 +1058,14 @@ static const char default_text[] =
 	"\n"
 	"-- error, warn, info or debug\n"
 	"log_level = \"info\"\n"
+	"\n"
+	"-- Kernel confinement of the gateway (docs/security.md): \"required\"\n"
+	"-- refuses to start where the kernel cannot apply it; \"best-effort\" and\n"
+	"-- \"off\" are explicit downgrades.\n"
+	"sandbox = \"required\"\n"
+	"-- Started as root, the signer process (and later the daemon) drops to this\n"
+	"-- user; unset, the signer drops to nobody.\n"
+	"-- user = \"fleetgate\"\n"
 	"\n"
 	"-- How often agents check in.\n"
 	"checkin_interval = \"1h\"\n"

@@ -86,7 +86,19 @@ struct gw_config {
 	char est_key[PATH_MAX];             /* est.key: its private key, PEM, absolute */
 	struct config_est_label *est_labels; /* est.labels, sorted by name */
 	size_t nest_labels;
+	char user[64];                      /* user to drop to when started as root; "" = none given */
+	char sandbox[16];                   /* "required" (default), "best-effort", "off" */
 };
+
+enum config_sandbox {
+	SANDBOX_REQUIRED,                   /* a sandbox the kernel cannot apply stops the start */
+	SANDBOX_BEST_EFFORT,                /* ... is logged as a warning */
+	SANDBOX_OFF,                        /* nothing is applied (say so in the log) */
+	SANDBOX_MAX
+};
+
+/* cfg->sandbox as enum config_sandbox, or -1 when it is not a mode. */
+int config_sandbox_mode(const struct gw_config *cfg);
 
 #define CONFIG_MAX_EST_LABELS 64
 

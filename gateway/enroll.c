@@ -32,6 +32,7 @@
 
 #include "binding.h"
 #include "enroll.h"
+#include "names.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "fg_wire.h"
@@ -42,7 +43,7 @@
 
 #define SKEW_BACKDATE 60        /* seconds notBefore is backdated for clock skew */
 #define RETRY_INTERNAL 10       /* seconds an agent waits after a transient failure */
-#define CN_MAX 64               /* ub-common-name, RFC 5280 appendix A.1 */
+#define CN_MAX NAME_CN_MAX      /* ub-common-name, RFC 5280 appendix A.1 */
 
 struct worker {
 	const struct gw_config *cfg;
@@ -207,58 +208,6 @@ static int slot_valid(const char *s)
 	return 1;
 }
 
-/* A host name as RFC 1123 allows it (LDH labels of 1..63, 253 in all), in
- * lower case; no wildcards. */
-static int dns_valid(const char *s)
-{
-	size_t n = strlen(s), label = 0;
-	if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.')
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (c == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				return 0;
-			label = 0;
-			continue;
-		}
-		if (!(islower((unsigned char)c) || isdigit((unsigned char)c) || c == '-'))
-			return 0;
-		if (label == 0 && c == '-')
-			return 0;
-		if (++label > 63)
-			return 0;
-	}
-	return s[n - 1] != '-';
-}
-
-static int ip_valid(const char *s)
-{
-	unsigned char buf[16];
-	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
-}
-
-static int email_valid(const char *s)
-{
-	const char *at = strchr(s, '@');
-	if (at == NULL || at == s || strchr(at + 1, '@') != NULL || strlen(s) > 254)
-		return 0;
-	for (const char *p = s; *p; p++)
-		if (*p <= ' ' || *p >= 0x7f)
-			return 0;
-	return dns_valid(at + 1);
-}
-
-static int cn_valid(const char *s)
-{
-	size_t n = strlen(s);
-	if (n > CN_MAX)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-			return 0;
-	return 1;
-}
 
 /* Copy a name list, checking each entry; -1 with err naming the bad one. */
 static int copy_names(char **dst, size_t *ndst, char *const *src, size_t n,
@@ -323,15 +272,15 @@ static int params_from_decision(const struct worker *w, const struct policy_deci
 		fg_seterr(err, errlen, "policy allowed the request but named no subject (cn, dns, ip or email)");
 		return -1;
 	}
-	if (!cn_valid(d->cn)) {
+	if (!name_cn_valid(d->cn)) {
 		fg_seterr(err, errlen, "policy named an invalid subject CN (at most %d printable characters)",
 			  CN_MAX);
 		return -1;
 	}
 	fg_strlcpy(p->cn, d->cn, sizeof p->cn);
-	if (copy_names(p->dns, &p->ndns, d->dns, d->ndns, dns_valid, "DNS name", err, errlen) ||
-	    copy_names(p->ip, &p->nip, d->ip, d->nip, ip_valid, "IP address", err, errlen) ||
-	    copy_names(p->email, &p->nemail, d->email, d->nemail, email_valid, "e-mail address",
+	if (copy_names(p->dns, &p->ndns, d->dns, d->ndns, name_dns_valid, "DNS name", err, errlen) ||
+	    copy_names(p->ip, &p->nip, d->ip, d->nip, name_ip_valid, "IP address", err, errlen) ||
+	    copy_names(p->email, &p->nemail, d->email, d->nemail, name_email_valid, "e-mail address",
 		       err, errlen))
 		return -1;
 

@@ -18,6 +18,8 @@
 #include "fg_util.h"
 #include "http.h"
 #include "server.h"
+#include "signer.h"
+#include "signer_client.h"
 #include "stats.h"
 #include "store.h"
 
@@ -69,6 +71,7 @@ int main(int argc, char **argv)
 	struct backends *bs = NULL;
 	struct store *st = NULL;
 	struct http *http = NULL;
+	struct signer_client *signer = NULL;
 
 	while ((c = getopt_long(argc, argv, "s:l:jSh", opts, NULL)) != -1) {
 		switch (c) {
@@ -100,6 +103,21 @@ int main(int argc, char **argv)
 	}
 	fg_log_init("fleetgated", (enum fg_log_level)level, fmt);
 
+	/* The CA keys go to the signer process before anything else starts
+	 * (no thread, no socket yet): see docs/security.md. */
+	if (signer_key_count(cfg) > 0) {
+		const char *hooks = getenv("FLEETGATE_TEST_SIGNER_HOOKS");
+		signer = signer_client_start(cfg, hooks && strcmp(hooks, "1") == 0 ? SIGNER_TEST_HOOKS : 0, err,
+					     sizeof err);
+		if (signer == NULL) {
+			fg_err("gateway", NULL, "%s", err);
+			goto out;
+		}
+		fg_info("gateway", NULL, "signer process %d (monitor %d) holds the CA keys of %zu backend%s",
+			(int)signer_client_pid(signer), (int)signer_client_monitor_pid(signer), signer_key_count(cfg),
+			signer_key_count(cfg) == 1 ? "" : "s");
+	}
+
 	/* Open (and migrate) the store once up front, so a missing or newer
 	 * store stops us before anything listens. */
 	st = store_open(cfg->store_path, 0, err, sizeof err);
@@ -110,7 +128,7 @@ int main(int argc, char **argv)
 	store_free(st);
 	st = NULL;
 
-	bs = backends_open(cfg, 0, err, sizeof err);
+	bs = backends_open_signer(cfg, 0, signer, err, sizeof err);
 	if (bs == NULL) {
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
@@ -126,6 +144,9 @@ int main(int argc, char **argv)
 out:
 	http_stop(http);
 	backends_free(bs);
+	if (signer != NULL && signer_client_failed(signer))
+		rc = 1;
+	signer_client_free(signer);
 	config_free(cfg);
 	return rc;
 }

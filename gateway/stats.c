@@ -23,6 +23,7 @@ static atomic_uint_fast64_t enrolls[STATS_MAX_BACKENDS + 1][STATS_RESULT_MAX];
 static atomic_uint_fast64_t latency_buckets[STATS_LATENCY_BUCKETS + 1]; /* last: +Inf */
 static atomic_uint_fast64_t latency_sum_us;
 static atomic_uint_fast64_t checkins, policy_errors, reloads_ok, reloads_failed;
+static atomic_uint_fast64_t signer_refused, signer_unavailable, signer_restarts;
 
 void stats_init(const char *const *backends, size_t n)
 {
@@ -64,6 +65,14 @@ void stats_policy_error(void)
 void stats_policy_reload(int ok)
 {
 	atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, memory_order_relaxed);
+}
+
+void stats_signer(enum stats_signer_event ev)
+{
+	atomic_uint_fast64_t *c = ev == STATS_SIGNER_REFUSED ? &signer_refused
+				  : ev == STATS_SIGNER_UNAVAILABLE ? &signer_unavailable
+								   : &signer_restarts;
+	atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
 }
 
 static unsigned long long get(atomic_uint_fast64_t *a)
@@ -108,6 +117,13 @@ char *stats_prometheus(void)
 		   "fleetgate_policy_reloads_total{result=\"ok\"} %llu\n"
 		   "fleetgate_policy_reloads_total{result=\"refused\"} %llu\n",
 		get(&reloads_ok), get(&reloads_failed));
+	fprintf(f, "# HELP fleetgate_signer_refusals_total Objects the signer process refused to sign (outside the issuance boundary).\n"
+		   "# TYPE fleetgate_signer_refusals_total counter\nfleetgate_signer_refusals_total %llu\n"
+		   "# HELP fleetgate_signer_unavailable_total Signatures asked while the signer process was down (retried).\n"
+		   "# TYPE fleetgate_signer_unavailable_total counter\nfleetgate_signer_unavailable_total %llu\n"
+		   "# HELP fleetgate_signer_restarts_total Signer processes started after the first.\n"
+		   "# TYPE fleetgate_signer_restarts_total counter\nfleetgate_signer_restarts_total %llu\n",
+		get(&signer_refused), get(&signer_unavailable), get(&signer_restarts));
 	if (fclose(f) != 0) {
 		free(buf);
 		return NULL;

@@ -39,6 +39,14 @@ void stats_policy_error(void);
 /* A policy reload: ok = 1 swapped in, 0 refused (the old policy serves on). */
 void stats_policy_reload(int ok);
 
+enum stats_signer_event {
+	STATS_SIGNER_REFUSED,      /* the signer refused an object (outside the boundary) */
+	STATS_SIGNER_UNAVAILABLE,  /* a signature was asked while the signer was down */
+	STATS_SIGNER_RESTART,      /* a new signer process took over */
+	STATS_SIGNER_EVENT_MAX
+};
+void stats_signer(enum stats_signer_event ev);
+
 /* Prometheus text exposition (format 0.0.4) of every counter above into a
  * malloc'd string; NULL on out of memory. */
 char *stats_prometheus(void);

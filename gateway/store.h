@@ -182,6 +182,10 @@ int store_plugin_state_incr(struct store *st, const char *backend, const char *k
 /* 0 reserved, 1 taken, -1 error. Serials are unique per backend. */
 int store_serial_reserve(struct store *st, const char *backend, const char *serial_hex,
 			 int64_t now, char *err, size_t errlen);
+/* 1 when serial_hex is reserved for backend (the write-ahead step before
+ * a signature), 0 when not, -1 with err. */
+int store_serial_reserved(struct store *st, const char *backend, const char *serial_hex, char *err,
+			  size_t errlen);
 
 int store_cert_get(struct store *st, const char *serial_hex, struct store_cert *out,
 		   char *err, size_t errlen);

@@ -1232,6 +1232,21 @@ int store_serial_reserve(struct store *st, const char *backend, const char *seri
 	return dberr(st, err, errlen, "serial reservation");
 }
 
+int store_serial_reserved(struct store *st, const char *backend, const char *serial_hex, char *err,
+			  size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT 1 FROM serials WHERE backend = ? AND serial_hex = ?", err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, backend);
+	bind_text(s, 2, serial_hex);
+	int r = sqlite3_step(s), rc = r == SQLITE_ROW ? 1 : 0;
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		rc = dberr(st, err, errlen, "serial lookup");
+	release(st, s);
+	return rc;
+}
+
 /* ---- certificates ---- */
 
 #define CERT_COLS "serial_hex, device_id, slot, backend, request_id, subject, not_before, not_after, revoked, revoked_at, der"

@@ -29,6 +29,10 @@ enum fg_log_format {
 /* Set program name, threshold and output format. Safe to call again. */
 void fg_log_init(const char *progname, enum fg_log_level level, enum fg_log_format format);
 
+/* Write to stderr from now on (text instead of syslog; JSON stays JSON):
+ * for a process whose seccomp filter forbids opening the syslog socket. */
+void fg_log_stderr_only(void);
+
 /* Parse "error", "warn", "info", "debug"; returns -1 for anything else. */
 int fg_log_level_parse(const char *s);
 

@@ -32,6 +32,12 @@ void fg_log_init(const char *progname, enum fg_log_level level, enum fg_log_form
 	}
 }
 
+void fg_log_stderr_only(void)
+{
+	if (lg.format == FG_LOG_SYSLOG)
+		lg.format = FG_LOG_TEXT;
+}
+
 int fg_log_level_parse(const char *s)
 {
 	if (s == NULL)

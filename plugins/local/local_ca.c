@@ -19,6 +19,16 @@
  * without a lock. OpenSSL 3 allows signing with one EVP_PKEY from several
  * threads.
  *
+ * Signer mode: when the host lends a signer (FG_HOST_HAS_SIGNER, as
+ * fleetgated does), the CA key lives in the gateway's signer process and
+ * this plugin never loads it: it reads ca.crt only, asks the signer for the
+ * signature algorithm to write into records, and sends each certificate,
+ * CRL and OCSP response to be signed (host->sign). CRLs and OCSP responses
+ * are first signed with a throwaway key so that OpenSSL encodes them whole;
+ * the signer checks them and signs them again with the CA key. Whatever
+ * comes back is verified against the CA certificate before it is used. The
+ * CLI lends no signer: `fleetgate init` and offline operations load the key.
+ *
  * Revocation is recorded in plugin state ("revoked:<serial>" = "<reason>
  * <unix time>"). The host's store is the authority on which certificates are
  * revoked and when: make_crl and ocsp_respond get that from the host and
@@ -74,6 +84,9 @@ struct local_ca {
 	char ocsp_url[1024];          /* authorityInfoAccess OCSP of leaves, "" = none */
 	long long crl_validity;       /* seconds from thisUpdate to nextUpdate */
 	long long ocsp_validity;      /* seconds, of an OCSP answer */
+	int remote;                   /* signer mode: key is NULL, host->sign signs */
+	EVP_PKEY *scratch;            /* signer mode: throwaway key for CRL/OCSP encoding */
+	X509 *scratch_cert;           /* ... and a certificate of it (OCSP_basic_sign wants one) */
 };
 
 static void ca_log(const struct local_ca *ca, enum fg_level lvl, const char *rid, const char *fmt, ...)
@@ -447,6 +460,57 @@ static X509_ALGOR *sign_algor(EVP_PKEY *key, const EVP_MD *md)
 	return alg;
 }
 
+/* Ask the host's signer to sign der (see fg_host.sign). 0 with *out
+ * (malloc'd), 1 refused, -1 unavailable; msg says why. */
+static int remote_sign(const struct local_ca *ca, int kind, const char *profile, const unsigned char *der,
+		       size_t len, unsigned char **out, size_t *outlen, char *msg, size_t msglen)
+{
+	char why[512] = "";
+	int r = ca->host->sign(ca->host->ctx, kind, profile, der, len, out, outlen, why, sizeof why);
+
+	if (r != 0)
+		snprintf(msg, msglen, "%s", why[0] ? why : "the signer gave no reason");
+	return r < 0 ? -1 : r;
+}
+
+/* Signer mode set-up: the signature algorithm from the signer, and a
+ * throwaway P-256 key with a self-signed certificate, used only to make
+ * OpenSSL encode CRLs and OCSP responses before the signer signs them for
+ * real. 0 or -1 with err. */
+static int remote_setup(struct local_ca *ca, char *err, size_t errlen)
+{
+	unsigned char *aid = NULL;
+	size_t aidlen = 0;
+	char why[512];
+	int r = remote_sign(ca, FG_SIGN_ALGORITHM, NULL, NULL, 0, &aid, &aidlen, why, sizeof why);
+
+	if (r != 0) {
+		snprintf(err, errlen, "cannot ask the signer process for the signature algorithm of %s: %s",
+			 ca->dir, why);
+		return -1;
+	}
+	const unsigned char *p = aid;
+	ca->sigalg = aidlen <= LONG_MAX ? d2i_X509_ALGOR(NULL, &p, (long)aidlen) : NULL;
+	free(aid);
+	if (ca->sigalg == NULL) {
+		fgp_ssl_err(err, errlen, "the signer process answered a signature algorithm that does not parse");
+		return -1;
+	}
+	ca->scratch = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	if (ca->scratch == NULL || (ca->scratch_cert = X509_new()) == NULL ||
+	    X509_set_version(ca->scratch_cert, X509_VERSION_3) != 1 ||
+	    X509_set_subject_name(ca->scratch_cert, ca->subject) != 1 ||
+	    X509_set_issuer_name(ca->scratch_cert, ca->subject) != 1 ||
+	    X509_set_pubkey(ca->scratch_cert, ca->scratch) != 1 ||
+	    ASN1_TIME_set(X509_getm_notBefore(ca->scratch_cert), 0) == NULL ||
+	    ASN1_TIME_set(X509_getm_notAfter(ca->scratch_cert), 0) == NULL ||
+	    X509_sign(ca->scratch_cert, ca->scratch, EVP_sha256()) <= 0) {
+		fgp_ssl_err(err, errlen, "cannot make the scratch key for CRL and OCSP encoding");
+		return -1;
+	}
+	return 0;
+}
+
 /* Load ca.key and ca.crt from ca->dir and derive what issue needs: the
  * encoded subject, the key identifier, the signature algorithm and the
  * expiry. Checks that the certificate is a CA certificate for that key. */
@@ -461,23 +525,34 @@ static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 
 	snprintf(keypath, sizeof keypath, "%s/ca.key", ca->dir);
 	snprintf(crtpath, sizeof crtpath, "%s/ca.crt", ca->dir);
-	if (stat(keypath, &sb) != 0) {
-		if (errno == ENOENT)
-			snprintf(err, errlen, "no CA in %s; run `fleetgate init`", ca->dir);
-		else
-			snprintf(err, errlen, "cannot read %s: %s", keypath, strerror(errno));
-		return -1;
-	}
-	if (sb.st_mode & 077)
-		ca_log(ca, FG_LEVEL_WARN, NULL, "%s is readable by group or others (mode %03o); chmod 600 it",
-		       keypath, (unsigned)(sb.st_mode & 0777));
-	if ((b = read_bio(keypath, err, errlen)) == NULL)
-		goto out;
-	ca->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
-	BIO_free(b);
-	if (ca->key == NULL) {
-		fgp_ssl_err(err, errlen, "%s is not a PEM private key (an encrypted key is not supported)", keypath);
-		goto out;
+	if (ca->remote) {
+		/* The signer process loaded (and checked) the key; this
+		 * process must never read it. */
+		if (stat(crtpath, &sb) != 0) {
+			snprintf(err, errlen, errno == ENOENT ? "no CA in %s; run `fleetgate init`" : "cannot read %s/ca.crt",
+				 ca->dir);
+			return -1;
+		}
+	} else {
+		if (stat(keypath, &sb) != 0) {
+			if (errno == ENOENT)
+				snprintf(err, errlen, "no CA in %s; run `fleetgate init`", ca->dir);
+			else
+				snprintf(err, errlen, "cannot read %s: %s", keypath, strerror(errno));
+			return -1;
+		}
+		if (sb.st_mode & 077)
+			ca_log(ca, FG_LEVEL_WARN, NULL, "%s is readable by group or others (mode %03o); chmod 600 it",
+			       keypath, (unsigned)(sb.st_mode & 0777));
+		if ((b = read_bio(keypath, err, errlen)) == NULL)
+			goto out;
+		ca->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+		BIO_free(b);
+		if (ca->key == NULL) {
+			fgp_ssl_err(err, errlen, "%s is not a PEM private key (an encrypted key is not supported)",
+				    keypath);
+			goto out;
+		}
 	}
 	if ((b = read_bio(crtpath, err, errlen)) == NULL)
 		goto out;
@@ -487,7 +562,7 @@ static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 		fgp_ssl_err(err, errlen, "%s is not a PEM certificate", crtpath);
 		goto out;
 	}
-	if (X509_check_private_key(ca->cert, ca->key) != 1) {
+	if (!ca->remote && X509_check_private_key(ca->cert, ca->key) != 1) {
 		fgp_ssl_err(err, errlen, "%s does not belong to the key in %s; restore the matching pair", crtpath,
 			keypath);
 		goto out;
@@ -503,8 +578,13 @@ static int ca_load(struct local_ca *ca, char *err, size_t errlen)
 	const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(ca->cert);
 	ca->ski = ski != NULL ? ASN1_OCTET_STRING_dup(ski) : key_id(ca->cert);
 	ca->subject = X509_NAME_dup(X509_get_subject_name(ca->cert));
-	ca->md = ca_digest(ca->key);
-	ca->sigalg = sign_algor(ca->key, ca->md);
+	ca->md = ca_digest(X509_get0_pubkey(ca->cert));
+	if (ca->remote) {
+		if (remote_setup(ca, err, errlen) != 0)
+			goto out;
+	} else {
+		ca->sigalg = sign_algor(ca->key, ca->md);
+	}
 	int n = i2d_X509(ca->cert, &der);
 	/* Encoding the name now clears its "modified" flag: copies made
 	 * concurrently by issue then only read it. */
@@ -536,6 +616,8 @@ static void ca_close(void *state)
 	if (ca == NULL)
 		return;
 	EVP_PKEY_free(ca->key);
+	EVP_PKEY_free(ca->scratch);
+	X509_free(ca->scratch_cert);
 	X509_free(ca->cert);
 	X509_NAME_free(ca->subject);
 	ASN1_OCTET_STRING_free(ca->ski);
@@ -613,6 +695,7 @@ static int ca_open(const struct fg_host *host, const struct fg_kv *kv, size_t n,
 		return -1;
 	}
 	ca->host = host;
+	ca->remote = FG_HOST_HAS_SIGNER(host) && !(create && strcmp(create, "yes") == 0);
 	ca->crl_validity = crl_validity;
 	ca->ocsp_validity = ocsp_validity;
 	snprintf(ca->crl_url, sizeof ca->crl_url, "%s", cu ? cu : "");
@@ -1002,6 +1085,63 @@ static unsigned char *dup_der(const unsigned char *der, size_t len)
 	return p;
 }
 
+/* Signer mode: have the signer sign x (the write-ahead record, for
+ * profile) and check what comes back: it must verify under the CA
+ * certificate and carry exactly x's to-be-signed bytes. On success x is
+ * replaced by the signed certificate and *der is its encoding
+ * (OPENSSL_free). 0, 1 when the signer refused, -1 on failure; msg says
+ * why. */
+static int sign_by_signer(const struct local_ca *ca, X509 *x, const char *profile, unsigned char **der,
+			  char *msg, size_t msglen)
+{
+	unsigned char *in = NULL, *out = NULL, *tbs_a = NULL, *tbs_b = NULL;
+	size_t outlen = 0;
+	X509 *signed_x = NULL;
+	int n, la, lb, rc = -1;
+
+	*der = NULL;
+	if ((n = encode_unsigned(ca, x, &in)) <= 0) {
+		fgp_ssl_err(msg, msglen, "cannot encode the certificate for the signer");
+		goto out;
+	}
+	rc = remote_sign(ca, FG_SIGN_CERT, profile, in, (size_t)n, &out, &outlen, msg, msglen);
+	if (rc != 0)
+		goto out;
+	rc = -1;
+	const unsigned char *p = out;
+	signed_x = outlen <= LONG_MAX ? d2i_X509(NULL, &p, (long)outlen) : NULL;
+	if (signed_x == NULL || p != out + outlen || X509_verify(signed_x, X509_get0_pubkey(ca->cert)) != 1 ||
+	    (la = i2d_re_X509_tbs(x, &tbs_a)) <= 0 || (lb = i2d_re_X509_tbs(signed_x, &tbs_b)) <= 0 ||
+	    la != lb || memcmp(tbs_a, tbs_b, (size_t)la) != 0) {
+		fgp_ssl_err(msg, msglen, "the signer process answered a certificate that is not the one asked for; nothing was issued");
+		goto out;
+	}
+	*der = OPENSSL_malloc(outlen ? outlen : 1);
+	if (*der == NULL) {
+		snprintf(msg, msglen, "out of memory");
+		goto out;
+	}
+	memcpy(*der, out, outlen);
+	/* x takes the signed certificate's contents. */
+	{
+		const unsigned char *q = out;
+		if (d2i_X509(&x, &q, (long)outlen) == NULL) {
+			OPENSSL_free(*der);
+			*der = NULL;
+			fgp_ssl_err(msg, msglen, "cannot decode the signed certificate");
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	OPENSSL_free(in);
+	OPENSSL_free(tbs_a);
+	OPENSSL_free(tbs_b);
+	free(out);
+	X509_free(signed_x);
+	return rc;
+}
+
 /* Issue (or resume issuing) the job's certificate; see the file comment for
  * the write-ahead record. Always returns 0: the outcome is in res->status,
  * REJECTED for a request the CA will never sign, ERROR (retried) for
@@ -1061,11 +1201,21 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 		OPENSSL_free(der);
 		der = NULL;
 	}
-	if (X509_sign(x, ca->key, ca->md) <= 0) {
-		fgp_ssl_err(res->message, sizeof res->message, "cannot sign serial %s", hex);
-		goto out;
+	if (ca->remote) {
+		r = sign_by_signer(ca, x, req->profile, &der, res->message, sizeof res->message);
+		if (r != 0) {
+			if (r > 0)
+				res->status = FG_ISSUE_REJECTED;
+			goto out;
+		}
+		n = i2d_X509(x, NULL);
+	} else {
+		if (X509_sign(x, ca->key, ca->md) <= 0) {
+			fgp_ssl_err(res->message, sizeof res->message, "cannot sign serial %s", hex);
+			goto out;
+		}
+		n = i2d_X509(x, &der);
 	}
-	n = i2d_X509(x, &der);
 	if (n <= 0) {
 		fgp_ssl_err(res->message, sizeof res->message, "cannot encode the signed certificate");
 		goto out;
@@ -1299,6 +1449,46 @@ out:
 	return rc;
 }
 
+/* Signer mode: encode crl (signed with the scratch key) and have the
+ * signer sign it; the answer must verify under the CA certificate. *out
+ * (OPENSSL_free) and *outlen on success. 0 or -1 with err. */
+static int remote_sign_crl(const struct local_ca *ca, X509_CRL *crl, unsigned char **out, int *outlen,
+			   char *err, size_t errlen)
+{
+	unsigned char *in = NULL, *got = NULL;
+	size_t gotlen = 0;
+	X509_CRL *back = NULL;
+	char why[512];
+	int n, r, rc = -1;
+
+	if (X509_CRL_sign(crl, ca->scratch, EVP_sha256()) <= 0 || (n = i2d_X509_CRL(crl, &in)) <= 0) {
+		fgp_ssl_err(err, errlen, "cannot encode the CRL of backend %s", ca->name);
+		return -1;
+	}
+	r = remote_sign(ca, FG_SIGN_CRL, NULL, in, (size_t)n, &got, &gotlen, why, sizeof why);
+	if (r != 0) {
+		snprintf(err, errlen, "the signer process %s the CRL of backend %s: %s",
+			 r > 0 ? "refused" : "could not sign", ca->name, why);
+		goto out;
+	}
+	const unsigned char *p = got;
+	back = gotlen <= INT_MAX ? d2i_X509_CRL(NULL, &p, (long)gotlen) : NULL;
+	if (back == NULL || p != got + gotlen || X509_CRL_verify(back, X509_get0_pubkey(ca->cert)) != 1 ||
+	    (*out = OPENSSL_malloc(gotlen)) == NULL) {
+		fgp_ssl_err(err, errlen, "the signer process answered a CRL that does not verify under backend %s's CA",
+			    ca->name);
+		goto out;
+	}
+	memcpy(*out, got, gotlen);
+	*outlen = (int)gotlen;
+	rc = 0;
+out:
+	X509_CRL_free(back);
+	OPENSSL_free(in);
+	free(got);
+	return rc;
+}
+
 /* See make_crl in plugin.h: a v2 CRL of list, valid crl_validity from now,
  * with authorityKeyIdentifier and the next cRLNumber, which is stored only
  * once the CRL is signed (a failed attempt burns no number). */
@@ -1338,7 +1528,10 @@ static int ca_make_crl(void *state, const struct fg_revoked *list, size_t n, int
 		fgp_ssl_err(err, errlen, "cannot add the CRL's extensions");
 		goto out;
 	}
-	if (X509_CRL_sign(crl, ca->key, ca->md) <= 0 || (k = i2d_X509_CRL(crl, &out)) <= 0) {
+	if (ca->remote) {
+		if (remote_sign_crl(ca, crl, &out, &k, err, errlen) != 0)
+			goto out;
+	} else if (X509_CRL_sign(crl, ca->key, ca->md) <= 0 || (k = i2d_X509_CRL(crl, &out)) <= 0) {
 		fgp_ssl_err(err, errlen, "cannot sign the CRL of backend %s", ca->name);
 		goto out;
 	}
@@ -1404,6 +1597,51 @@ static int key_hash_is_ours(const struct local_ca *ca, const ASN1_OBJECT *mdo,
 	    EVP_Digest(ASN1_STRING_get0_data(key), (size_t)ASN1_STRING_length(key), h, &hl, md, NULL) != 1)
 		return 0;
 	return (int)hl == ASN1_STRING_length(khash) && memcmp(h, ASN1_STRING_get0_data(khash), hl) == 0;
+}
+
+/* Signer mode: encode *bs (signed with the scratch key) and replace it
+ * by the signer's answer, which must be signed by the CA key. 0 or -1. */
+static int remote_sign_ocsp(const struct local_ca *ca, OCSP_BASICRESP **bs, char *err, size_t errlen)
+{
+	unsigned char *in = NULL, *got = NULL;
+	size_t gotlen = 0;
+	OCSP_BASICRESP *back = NULL;
+	char why[512];
+	int n, r, rc = -1;
+
+	if (OCSP_basic_sign(*bs, ca->scratch_cert, ca->scratch, EVP_sha256(), NULL, OCSP_NOCERTS) != 1 ||
+	    (n = i2d_OCSP_BASICRESP(*bs, &in)) <= 0) {
+		fgp_ssl_err(err, errlen, "cannot encode the OCSP response of backend %s", ca->name);
+		return -1;
+	}
+	r = remote_sign(ca, FG_SIGN_OCSP, NULL, in, (size_t)n, &got, &gotlen, why, sizeof why);
+	if (r != 0) {
+		snprintf(err, errlen, "the signer process %s the OCSP response of backend %s: %s",
+			 r > 0 ? "refused" : "could not sign", ca->name, why);
+		goto out;
+	}
+	const unsigned char *p = got;
+	STACK_OF(X509) *ours = sk_X509_new_null();
+	back = gotlen <= LONG_MAX ? d2i_OCSP_BASICRESP(NULL, &p, (long)gotlen) : NULL;
+	/* Only the CA certificate may have signed it (OCSP_NOINTERN: not
+	 * one the answer carries). */
+	int good = back != NULL && p == got + gotlen && ours != NULL && sk_X509_push(ours, ca->cert) > 0 &&
+		   OCSP_basic_verify(back, ours, NULL, OCSP_NOINTERN | OCSP_NOVERIFY | OCSP_NOCHECKS) == 1;
+	sk_X509_free(ours);
+	if (!good) {
+		fgp_ssl_err(err, errlen, "the signer process answered an OCSP response that does not verify under backend %s's CA",
+			    ca->name);
+		goto out;
+	}
+	OCSP_BASICRESP_free(*bs);
+	*bs = back;
+	back = NULL;
+	rc = 0;
+out:
+	OCSP_BASICRESP_free(back);
+	OPENSSL_free(in);
+	free(got);
+	return rc;
 }
 
 /* See ocsp_respond in plugin.h. A CertID is this CA's when its
@@ -1487,8 +1725,18 @@ static int ca_ocsp_respond(void *state, const unsigned char *req, size_t req_len
 		rc = FG_OCSP_NOT_MINE;
 		goto out;
 	}
-	if (OCSP_copy_nonce(bs, rq) <= 0 || OCSP_basic_sign(bs, ca->cert, ca->key, ca->md, NULL, 0) != 1 ||
-	    (r = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, bs)) == NULL ||
+	if (OCSP_copy_nonce(bs, rq) <= 0) {
+		fgp_ssl_err(err, errlen, "cannot copy the OCSP nonce");
+		goto out;
+	}
+	if (ca->remote) {
+		if (remote_sign_ocsp(ca, &bs, err, errlen) != 0)
+			goto out;
+	} else if (OCSP_basic_sign(bs, ca->cert, ca->key, ca->md, NULL, 0) != 1) {
+		fgp_ssl_err(err, errlen, "cannot sign the OCSP response of backend %s", ca->name);
+		goto out;
+	}
+	if ((r = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, bs)) == NULL ||
 	    (k = i2d_OCSP_RESPONSE(r, &out)) <= 0) {
 		fgp_ssl_err(err, errlen, "cannot sign the OCSP response of backend %s", ca->name);
 		goto out;

@@ -107,7 +107,43 @@ struct fg_host {
 	 * fg_issue_result) of the host, so that a plugin writes a result field
 	 * only when the host's struct has it (see FG_RESULT_HAS below). */
 	uint32_t result_size;
+
+	/* Appended during ABI 1 for the signer process (docs/security.md):
+	 * when set, the CA key of this backend lives in a process of its own
+	 * and never in the host's memory. A plugin whose CA key the host
+	 * holds this way loads only its certificate and asks sign for every
+	 * signature. kind says what in (DER) is:
+	 *  - FG_SIGN_ALGORITHM: nothing (in NULL); *out is the DER
+	 *    AlgorithmIdentifier the key signs with, to put in a write-ahead
+	 *    record before signing;
+	 *  - FG_SIGN_CERT: a certificate whose signature is empty or ignored,
+	 *    built for profile (the write-ahead record); *out is the same
+	 *    certificate signed;
+	 *  - FG_SIGN_CRL, FG_SIGN_OCSP: a v2 CRL or a BasicOCSPResponse whose
+	 *    signature is ignored (profile NULL); *out is it signed.
+	 * The signer checks each object against the issuance boundary
+	 * (profile ceilings, no CA certificates, recorded serials) before
+	 * signing. Returns 0 with *out (malloc'd), 1 when the signer refused
+	 * (final: err says why), -1 when it cannot answer now (retry later).
+	 * Thread-safe. NULL, or a struct_size that does not cover it: the
+	 * plugin holds its own key. */
+	int (*sign)(void *ctx, int kind, const char *profile, const unsigned char *in, size_t len,
+		    unsigned char **out, size_t *outlen, char *err, size_t errlen);
 };
+
+/* What fg_host.sign is asked to sign. */
+enum fg_sign_kind {
+	FG_SIGN_ALGORITHM = 1,
+	FG_SIGN_CERT = 3,
+	FG_SIGN_CRL = 4,
+	FG_SIGN_OCSP = 5,
+	FG_SIGN_KIND_MAX
+};
+
+/* 1 when the host lends a signer (fg_host.sign) to this plugin. */
+#define FG_HOST_HAS_SIGNER(host)                                                             \
+	((host)->struct_size >= offsetof(struct fg_host, sign) + sizeof((host)->sign) &&      \
+	 (host)->sign != NULL)
 
 /* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
 enum fg_key_usage {
