@@ -8,6 +8,8 @@
  * is validated and hot-swapped in; a broken one is refused and logged.
  */
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +104,20 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	fg_log_init("fleetgated", (enum fg_log_level)level, fmt);
+
+	/* SIGTERM, SIGINT and SIGHUP wait for the server's signalfd in every
+	 * thread from here on (threads inherit the mask): one that arrives
+	 * during start-up stops the daemon once it serves, and never kills a
+	 * thread half-way. */
+	sigset_t stop;
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &stop, NULL) != 0) {
+		fg_err("gateway", NULL, "cannot block the stop signals");
+		goto out;
+	}
 
 	/* The CA keys go to the signer process before anything else starts
 	 * (no thread, no socket yet): see docs/security.md. */

@@ -661,7 +661,12 @@ static int check_cert(struct signer *s, const struct ca_key *ca, const char *pna
 	for (int i = 0; eku != NULL && i < sk_ASN1_OBJECT_num(eku); i++) {
 		if (!eku_allowed(prof, sk_ASN1_OBJECT_value(eku, i))) {
 			char oid[80];
-			OBJ_obj2txt(oid, sizeof oid, sk_ASN1_OBJECT_value(eku, i), 0);
+			const ASN1_OBJECT *o = sk_ASN1_OBJECT_value(eku, i);
+			int nid = OBJ_obj2nid(o);
+			if (nid != NID_undef && OBJ_nid2sn(nid) != NULL)
+				fg_strlcpy(oid, OBJ_nid2sn(nid), sizeof oid);
+			else
+				OBJ_obj2txt(oid, sizeof oid, o, 1);
 			snprintf(why, n, "extended key usage %s is not in profile %s", oid, prof->name);
 			EXTENDED_KEY_USAGE_free(eku);
 			return -1;

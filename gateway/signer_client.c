@@ -107,6 +107,9 @@ static void monitor_main(const struct gw_config *cfg, unsigned flags, int ctl, p
 		_exit(1);
 	}
 	prctl(PR_SET_NAME, "fg-monitor", 0, 0, 0);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);  /* the daemon's mask is not ours */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != daemon)
 		_exit(1);
 	signal(SIGPIPE, SIG_IGN);

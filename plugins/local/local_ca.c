@@ -1206,6 +1206,8 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 		if (r != 0) {
 			if (r > 0)
 				res->status = FG_ISSUE_REJECTED;
+			else
+				res->retry_after = 1;   /* the signer restarts within a second */
 			goto out;
 		}
 		n = i2d_X509(x, NULL);
