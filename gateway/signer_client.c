@@ -440,7 +440,8 @@ int signer_client_sign(struct signer_client *sc, const char *backend, int kind, 
 		fg_seterr(err, errlen, "out of memory");
 		goto out;
 	}
-	memcpy(*out, last->der.data, last->der.len);
+	if (last->der.len > 0)
+		memcpy(*out, last->der.data, last->der.len);
 	*outlen = last->der.len;
 	rc = 0;
 out:

@@ -152,7 +152,8 @@ static void ask(int fd, size_t n, const int *kinds, const char *profile, unsigne
 		r->status = last->status;
 		snprintf(r->reason, sizeof r->reason, "%s", last->reason ? last->reason : "");
 		r->der = malloc(last->der.len + 1);
-		memcpy(r->der, last->der.data, last->der.len);
+		if (last->der.len > 0)
+			memcpy(r->der, last->der.data, last->der.len);
 		r->len = last->der.len;
 	}
 	fgsigner__reply__free_unpacked(rep, NULL);
