@@ -19,8 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/x509.h>
-
 #include "backend.h"
 #include "fg_log.h"
 #include "fg_util.h"
@@ -168,13 +166,13 @@ static int h_serial_reserve(void *ctx, const char *serial_hex)
 
 /* fg_host.sign: forward to the signer process. A certificate's serial
  * must be reserved in the store first (the write-ahead step); the signer
- * is told so in the same message and checks it too. */
-static int h_sign(void *ctx, int kind, const char *profile, const unsigned char *in, size_t len,
-		  unsigned char **out, size_t *outlen, char *err, size_t errlen)
+ * is told so in the same message and refuses a certificate whose own
+ * serial is not one announced. */
+static int h_sign(void *ctx, int kind, const char *profile, const char *serial, const unsigned char *in,
+		  size_t len, unsigned char **out, size_t *outlen, char *err, size_t errlen)
 {
 	struct host_ctx *h = ctx;
-	char hex[48] = "", serr[512] = "";
-	const char *reserve = NULL;
+	char serr[512] = "";
 	static const char *const what[FG_SIGN_KIND_MAX] = {
 		[FG_SIGN_ALGORITHM] = "algorithm query", [FG_SIGN_CERT] = "certificate",
 		[FG_SIGN_CRL] = "CRL", [FG_SIGN_OCSP] = "OCSP response",
@@ -187,39 +185,31 @@ static int h_sign(void *ctx, int kind, const char *profile, const unsigned char 
 		return 1;
 	}
 	if (kind == FG_SIGN_CERT) {
-		const unsigned char *p = in;
-		X509 *x = in && len <= LONG_MAX ? d2i_X509(NULL, &p, (long)len) : NULL;
-		BIGNUM *bn = x ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL) : NULL;
-		char *bh = bn ? BN_bn2hex(bn) : NULL;
-		if (bh != NULL)
-			fg_strlcpy(hex, bh, sizeof hex);
-		OPENSSL_free(bh);
-		BN_free(bn);
-		X509_free(x);
-		if (hex[0] == 0) {
-			fg_seterr(err, errlen, "the certificate to sign does not parse");
+		if (serial == NULL || serial[0] == '\0') {
+			fg_seterr(err, errlen, "a certificate to sign needs the serial it was reserved under");
 			return 1;
 		}
 		pthread_mutex_lock(&h->bs->lock);
-		int r = store_serial_reserved(h->bs->st, h->name, hex, serr, sizeof serr);
+		int r = store_serial_reserved(h->bs->st, h->name, serial, serr, sizeof serr);
 		pthread_mutex_unlock(&h->bs->lock);
 		if (r < 0) {
-			fg_seterr(err, errlen, "cannot check the reservation of serial %s: %s", hex, serr);
+			fg_seterr(err, errlen, "cannot check the reservation of serial %s: %s", serial, serr);
 			return -1;
 		}
 		if (r == 0) {
 			fg_err(h->component, NULL, "refusing to sign serial %s: it is not reserved in the store (no write-ahead record)",
-			       hex);
-			fg_seterr(err, errlen, "serial %s is not reserved in the store; nothing was signed", hex);
+			       serial);
+			fg_seterr(err, errlen, "serial %s is not reserved in the store; nothing was signed", serial);
 			return 1;
 		}
-		reserve = hex;
+	} else {
+		serial = NULL;
 	}
-	int r = signer_client_sign(h->bs->signer, h->name, kind, profile, reserve, in, len, out, outlen, serr,
+	int r = signer_client_sign(h->bs->signer, h->name, kind, profile, serial, in, len, out, outlen, serr,
 				   sizeof serr);
 	if (r > 0)
-		fg_err(h->component, NULL, "the signer refused a %s%s%s: %s", what[kind], hex[0] ? " of serial " : "",
-		       hex, serr);
+		fg_err(h->component, NULL, "the signer refused a %s%s%s: %s", what[kind], serial ? " of serial " : "",
+		       serial ? serial : "", serr);
 	else if (r < 0)
 		fg_warn(h->component, NULL, "%s not signed: %s", what[kind], serr);
 	fg_seterr(err, errlen, "%s", serr);

@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/asn1t.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -67,6 +68,7 @@ struct ca_key {
 	int64_t not_after;
 	int64_t crl_validity;         /* ceiling of nextUpdate - thisUpdate */
 	int64_t ocsp_validity;
+	EVP_MD_CTX *tmpl;             /* a signing context set up once, copied per signature */
 };
 
 /* A serial the daemon reserved (state 1) or that was signed (state 2, with
@@ -341,6 +343,14 @@ static int load_ca(const struct gw_config *cfg, const struct config_backend *cb,
 		fg_seterr(err, errlen, "backend %s: cannot prepare the CA in %s for signing", cb->name, dir);
 		goto out;
 	}
+	/* Set up the signing context once: OpenSSL 3 fetches the digest and
+	 * signature implementations on every EVP_DigestSignInit, and a copy of
+	 * an initialised context skips that. */
+	if ((ca->tmpl = EVP_MD_CTX_new()) == NULL ||
+	    EVP_DigestSignInit(ca->tmpl, NULL, ca->md, NULL, ca->key) != 1) {
+		fg_seterr(err, errlen, "backend %s: cannot set up signing with the CA key", cb->name);
+		goto out;
+	}
 	/* Fill the certificate's extension cache now, single-threaded. */
 	X509_get_extension_flags(ca->cert);
 	ca->not_after = (int64_t)timegm(&tm);
@@ -445,9 +455,16 @@ static uint32_t ku_bits(uint32_t fg)
 /* Is obj one of the profile's extended key usages? */
 static int eku_allowed(const struct config_profile *prof, const ASN1_OBJECT *obj)
 {
+	int want = OBJ_obj2nid(obj);
 	for (size_t i = 0; i < prof->neku; i++) {
 		int dotted = prof->eku[i][0] >= '0' && prof->eku[i][0] <= '2' && prof->eku[i][1] == '.';
-		ASN1_OBJECT *o = OBJ_txt2obj(prof->eku[i], dotted);
+		if (!dotted) {
+			/* a short name ("clientAuth"): compare NIDs */
+			if (want != NID_undef && OBJ_sn2nid(prof->eku[i]) == want)
+				return 1;
+			continue;
+		}
+		ASN1_OBJECT *o = OBJ_txt2obj(prof->eku[i], 1);
 		int same = o != NULL && OBJ_cmp(o, obj) == 0;
 		ASN1_OBJECT_free(o);
 		if (same)
@@ -456,29 +473,124 @@ static int eku_allowed(const struct config_profile *prof, const ASN1_OBJECT *obj
 	return 0;
 }
 
-/* A key the gateway would take in a CSR: RSA >= 2048, P-256, P-384, Ed25519. */
-static int leaf_key_ok(EVP_PKEY *k)
-{
-	char group[32];
-	size_t gl = 0;
+/* ---- the certificate as the signer reads it ----
+ *
+ * A to-be-signed certificate is decoded with templates of OpenSSL's ASN.1
+ * engine that keep the subjectPublicKeyInfo as its algorithm and bits: an
+ * X509 would decode the key through OpenSSL 3's decoder framework on every
+ * request, which costs more than the signature. The TBSCertificate keeps
+ * its received encoding (ASN1_SEQUENCE_enc), so that exactly the checked
+ * bytes are signed and returned. RFC 5280 4.1. */
 
-	if (k == NULL)
+typedef struct {
+	X509_ALGOR *algor;
+	ASN1_BIT_STRING *key;
+} FG_SPKI;
+DECLARE_ASN1_ITEM(FG_SPKI)
+
+ASN1_SEQUENCE(FG_SPKI) = {
+	ASN1_SIMPLE(FG_SPKI, algor, X509_ALGOR),
+	ASN1_SIMPLE(FG_SPKI, key, ASN1_BIT_STRING),
+} ASN1_SEQUENCE_END(FG_SPKI)
+
+typedef struct {
+	ASN1_ENCODING enc;
+	ASN1_INTEGER *version;        /* [0] EXPLICIT, absent = v1 */
+	ASN1_INTEGER *serial;
+	X509_ALGOR *sigalg;
+	X509_NAME *issuer;
+	X509_VAL *validity;
+	X509_NAME *subject;
+	FG_SPKI *spki;
+	ASN1_BIT_STRING *issuer_uid;  /* [1] IMPLICIT */
+	ASN1_BIT_STRING *subject_uid; /* [2] IMPLICIT */
+	STACK_OF(X509_EXTENSION) *exts; /* [3] EXPLICIT */
+} FG_TBS;
+DECLARE_ASN1_ITEM(FG_TBS)
+
+ASN1_SEQUENCE_enc(FG_TBS, enc, 0) = {
+	ASN1_EXP_OPT(FG_TBS, version, ASN1_INTEGER, 0),
+	ASN1_SIMPLE(FG_TBS, serial, ASN1_INTEGER),
+	ASN1_SIMPLE(FG_TBS, sigalg, X509_ALGOR),
+	ASN1_SIMPLE(FG_TBS, issuer, X509_NAME),
+	ASN1_SIMPLE(FG_TBS, validity, X509_VAL),
+	ASN1_SIMPLE(FG_TBS, subject, X509_NAME),
+	ASN1_SIMPLE(FG_TBS, spki, FG_SPKI),
+	ASN1_IMP_OPT(FG_TBS, issuer_uid, ASN1_BIT_STRING, 1),
+	ASN1_IMP_OPT(FG_TBS, subject_uid, ASN1_BIT_STRING, 2),
+	ASN1_EXP_SEQUENCE_OF_OPT(FG_TBS, exts, X509_EXTENSION, 3),
+} ASN1_SEQUENCE_END_enc(FG_TBS, FG_TBS)
+
+typedef struct {
+	FG_TBS *tbs;
+	X509_ALGOR *sigalg;
+	ASN1_BIT_STRING *signature;
+} FG_CERT;
+DECLARE_ASN1_ITEM(FG_CERT)
+
+ASN1_SEQUENCE(FG_CERT) = {
+	ASN1_SIMPLE(FG_CERT, tbs, FG_TBS),
+	ASN1_SIMPLE(FG_CERT, sigalg, X509_ALGOR),
+	ASN1_SIMPLE(FG_CERT, signature, ASN1_BIT_STRING),
+} ASN1_SEQUENCE_END(FG_CERT)
+
+/* RSAPublicKey (RFC 8017 A.1.1), for the modulus size. */
+typedef struct {
+	ASN1_INTEGER *n;
+	ASN1_INTEGER *e;
+} FG_RSAPUB;
+DECLARE_ASN1_ITEM(FG_RSAPUB)
+
+ASN1_SEQUENCE(FG_RSAPUB) = {
+	ASN1_SIMPLE(FG_RSAPUB, n, ASN1_INTEGER),
+	ASN1_SIMPLE(FG_RSAPUB, e, ASN1_INTEGER),
+} ASN1_SEQUENCE_END(FG_RSAPUB)
+
+DECLARE_ASN1_FUNCTIONS(FG_CERT)
+IMPLEMENT_ASN1_FUNCTIONS(FG_CERT)
+DECLARE_ASN1_FUNCTIONS(FG_RSAPUB)
+IMPLEMENT_ASN1_FUNCTIONS(FG_RSAPUB)
+
+/* A key the gateway would take in a CSR: RSA >= 2048 bits, P-256, P-384,
+ * Ed25519, told from the subjectPublicKeyInfo without decoding the key. */
+static int spki_ok(const FG_SPKI *k)
+{
+	const ASN1_OBJECT *obj;
+	const void *pval;
+	int ptype;
+
+	X509_ALGOR_get0(&obj, &ptype, &pval, k->algor);
+	switch (OBJ_obj2nid(obj)) {
+	case NID_X9_62_id_ecPublicKey: {
+		int curve = ptype == V_ASN1_OBJECT ? OBJ_obj2nid(pval) : NID_undef;
+		return curve == NID_X9_62_prime256v1 || curve == NID_secp384r1;
+	}
+	case NID_ED25519:
+		return ptype == V_ASN1_UNDEF && ASN1_STRING_length(k->key) == 32;
+	case NID_rsaEncryption: {
+		const unsigned char *p = ASN1_STRING_get0_data(k->key);
+		FG_RSAPUB *r = d2i_FG_RSAPUB(NULL, &p, ASN1_STRING_length(k->key));
+		int ok = 0;
+		if (r != NULL) {
+			const unsigned char *d = ASN1_STRING_get0_data(r->n);
+			int len = ASN1_STRING_length(r->n);
+			while (len > 0 && *d == 0) {
+				d++;
+				len--;
+			}
+			ok = len >= 256 && len <= 2048 && r->n->type == V_ASN1_INTEGER;
+		}
+		FG_RSAPUB_free(r);
+		return ok;
+	}
+	default:
 		return 0;
-	if (EVP_PKEY_is_a(k, "RSA"))
-		return EVP_PKEY_get_bits(k) >= 2048 && EVP_PKEY_get_bits(k) <= 16384;
-	if (EVP_PKEY_is_a(k, "ED25519"))
-		return 1;
-	if (EVP_PKEY_is_a(k, "EC") &&
-	    EVP_PKEY_get_utf8_string_param(k, "group", group, sizeof group, &gl) == 1)
-		return strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0 ||
-		       strcmp(group, "secp384r1") == 0 || strcmp(group, "P-384") == 0;
-	return 0;
+	}
 }
 
 /* The subject: CN entries only, allowed by the profile, well-formed. */
-static int check_subject(const struct config_profile *prof, X509 *x, char *why, size_t n)
+static int check_subject(const struct config_profile *prof, const X509_NAME *nm, char *why, size_t n)
 {
-	const X509_NAME *nm = X509_get_subject_name(x);
 	int count = X509_NAME_entry_count(nm);
 
 	for (int i = 0; i < count; i++) {
@@ -505,15 +617,9 @@ static int check_subject(const struct config_profile *prof, X509 *x, char *why, 
 }
 
 /* subjectAltName: only the name types the profile allows, each valid. */
-static int check_san(const struct config_profile *prof, X509 *x, char *why, size_t n)
+static int check_san(const struct config_profile *prof, const GENERAL_NAMES *gens, char *why, size_t n)
 {
-	int crit = 0;
-	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, &crit, NULL);
-	int rc = 0;
-
-	if (gens == NULL)
-		return crit == -1 ? 0 : (snprintf(why, n, "the subjectAltName does not parse"), -1);
-	for (int i = 0; i < sk_GENERAL_NAME_num(gens) && rc == 0; i++) {
+	for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
 		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
 		const ASN1_STRING *v = NULL;
 		char buf[300];
@@ -528,34 +634,32 @@ static int check_san(const struct config_profile *prof, X509 *x, char *why, size
 		default:
 			snprintf(why, n, "the subjectAltName has a name of type %d; only DNS, IP and e-mail names are issued",
 				 g->type);
-			rc = -1;
-			continue;
+			return -1;
 		}
 		if (!(prof->names & need)) {
 			snprintf(why, n, "profile %s allows no %s", prof->name, what);
-			rc = -1;
-		} else if (g->type == GEN_IPADD) {
-			if (ASN1_STRING_length(v) != 4 && ASN1_STRING_length(v) != 16) {
-				snprintf(why, n, "the subjectAltName has an IP address of %d bytes", ASN1_STRING_length(v));
-				rc = -1;
+			return -1;
+		}
+		int l = ASN1_STRING_length(v);
+		if (g->type == GEN_IPADD) {
+			if (l != 4 && l != 16) {
+				snprintf(why, n, "the subjectAltName has an IP address of %d bytes", l);
+				return -1;
 			}
-		} else {
-			int l = ASN1_STRING_length(v);
-			if (l <= 0 || (size_t)l >= sizeof buf || memchr(ASN1_STRING_get0_data(v), 0, (size_t)l) != NULL) {
-				snprintf(why, n, "the subjectAltName has a malformed %s", what);
-				rc = -1;
-			} else {
-				memcpy(buf, ASN1_STRING_get0_data(v), (size_t)l);
-				buf[l] = 0;
-				if (!valid(buf)) {
-					snprintf(why, n, "the subjectAltName %s '%.64s' is not valid", what, buf);
-					rc = -1;
-				}
-			}
+			continue;
+		}
+		if (l <= 0 || (size_t)l >= sizeof buf || memchr(ASN1_STRING_get0_data(v), 0, (size_t)l) != NULL) {
+			snprintf(why, n, "the subjectAltName has a malformed %s", what);
+			return -1;
+		}
+		memcpy(buf, ASN1_STRING_get0_data(v), (size_t)l);
+		buf[l] = 0;
+		if (!valid(buf)) {
+			snprintf(why, n, "the subjectAltName %s '%.64s' is not valid", what, buf);
+			return -1;
 		}
 	}
-	GENERAL_NAMES_free(gens);
-	return rc;
+	return 0;
 }
 
 /* The extensions a leaf may carry; anything else is refused. */
@@ -576,14 +680,30 @@ static int ext_allowed(int nid)
 	}
 }
 
+/* The extension nid of exts decoded, or NULL. *bad is set when it is
+ * present but does not decode. */
+static void *ext_get(const STACK_OF(X509_EXTENSION) *exts, int nid, int *bad)
+{
+	int crit = 0;
+	void *v = X509V3_get_d2i(exts, nid, &crit, NULL);
+	if (v == NULL && crit != -1)
+		*bad = 1;
+	return v;
+}
+
 /* Check a to-be-signed certificate of ca for profile pname against the
  * boundary (see the file comment). 0, or -1 with why. */
-static int check_cert(struct signer *s, const struct ca_key *ca, const char *pname, X509 *x, char *why,
-		      size_t n)
+static int check_cert(struct signer *s, const struct ca_key *ca, const char *pname, const FG_TBS *t,
+		      char *why, size_t n)
 {
 	const struct config_profile *prof = pname ? config_profile(s->cfg, pname) : NULL;
-	int64_t now = fg_now(), nb = asn1_time(X509_get0_notBefore(x)), na = asn1_time(X509_get0_notAfter(x));
-	uint32_t flags = X509_get_extension_flags(x);
+	int64_t now = fg_now(), nb = asn1_time(t->validity->notBefore), na = asn1_time(t->validity->notAfter);
+	BASIC_CONSTRAINTS *bc = NULL;
+	AUTHORITY_KEYID *aki = NULL;
+	ASN1_BIT_STRING *ku = NULL;
+	EXTENDED_KEY_USAGE *eku = NULL;
+	GENERAL_NAMES *san = NULL;
+	int bad = 0, rc = -1;
 
 	if (prof == NULL) {
 		snprintf(why, n, "profile '%s' is not in the signer's configuration", pname ? pname : "");
@@ -593,93 +713,112 @@ static int check_cert(struct signer *s, const struct ca_key *ca, const char *pna
 		snprintf(why, n, "profile %s issues from backend %s, not %s", prof->name, prof->backend, ca->backend);
 		return -1;
 	}
-	if (X509_get_version(x) != X509_VERSION_3) {
-		snprintf(why, n, "not a version 3 certificate");
+	if (t->version == NULL || ASN1_INTEGER_get(t->version) != 2 || t->issuer_uid || t->subject_uid) {
+		snprintf(why, n, "not a version 3 certificate (or one with unique identifiers)");
 		return -1;
 	}
-	if (X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(ca->cert)) != 0) {
+	if (X509_NAME_cmp(t->issuer, X509_get_subject_name(ca->cert)) != 0) {
 		snprintf(why, n, "the issuer is not this CA's subject");
 		return -1;
 	}
-	const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(x);
-	if (akid == NULL || ASN1_OCTET_STRING_cmp(akid, ca->ski) != 0) {
-		snprintf(why, n, "the authorityKeyIdentifier is not this CA's key id");
-		return -1;
-	}
-	if (X509_ALGOR_cmp(X509_get0_tbs_sigalg(x), ca->sigalg) != 0) {
+	if (X509_ALGOR_cmp(t->sigalg, ca->sigalg) != 0) {
 		snprintf(why, n, "the certificate names another signature algorithm than this CA signs with");
 		return -1;
 	}
-	if (flags & EXFLAG_INVALID) {
-		snprintf(why, n, "an extension is malformed or repeated");
-		return -1;
-	}
-	if ((flags & EXFLAG_CA) || (flags & EXFLAG_BCONS) == 0) {
-		snprintf(why, n, (flags & EXFLAG_CA) ? "basicConstraints CA:TRUE: the signer never makes a CA certificate"
-						     : "no basicConstraints CA:FALSE");
-		return -1;
-	}
-	for (int i = 0; i < X509_get_ext_count(x); i++) {
-		int nid = OBJ_obj2nid(X509_EXTENSION_get_object(X509_get_ext(x, i)));
+	for (int i = 0; i < sk_X509_EXTENSION_num(t->exts); i++) {
+		const ASN1_OBJECT *o = X509_EXTENSION_get_object(sk_X509_EXTENSION_value(t->exts, i));
+		int nid = OBJ_obj2nid(o);
 		if (!ext_allowed(nid)) {
 			char oid[80];
-			OBJ_obj2txt(oid, sizeof oid, X509_EXTENSION_get_object(X509_get_ext(x, i)), 1);
+			OBJ_obj2txt(oid, sizeof oid, o, 1);
 			snprintf(why, n, "extension %s is not one a leaf of this CA may carry", oid);
 			return -1;
 		}
+		for (int j = 0; j < i; j++)
+			if (OBJ_obj2nid(X509_EXTENSION_get_object(sk_X509_EXTENSION_value(t->exts, j))) == nid) {
+				snprintf(why, n, "extension %s appears twice", OBJ_nid2sn(nid));
+				return -1;
+			}
+	}
+	bc = ext_get(t->exts, NID_basic_constraints, &bad);
+	aki = ext_get(t->exts, NID_authority_key_identifier, &bad);
+	ku = ext_get(t->exts, NID_key_usage, &bad);
+	eku = ext_get(t->exts, NID_ext_key_usage, &bad);
+	san = ext_get(t->exts, NID_subject_alt_name, &bad);
+	if (bad) {
+		snprintf(why, n, "an extension does not decode");
+		goto out;
+	}
+	if (bc == NULL || bc->ca || bc->pathlen != NULL) {
+		snprintf(why, n, bc && bc->ca ? "basicConstraints CA:TRUE: the signer never makes a CA certificate"
+					    : "no basicConstraints CA:FALSE");
+		goto out;
+	}
+	if (aki == NULL || aki->keyid == NULL || ASN1_OCTET_STRING_cmp(aki->keyid, ca->ski) != 0) {
+		snprintf(why, n, "the authorityKeyIdentifier is not this CA's key id");
+		goto out;
 	}
 	if (nb == INT64_MIN || na == INT64_MIN || na <= nb) {
 		snprintf(why, n, "the validity period is unreadable or empty");
-		return -1;
+		goto out;
 	}
 	if (na - nb > prof->max_validity + SKEW || na > now + prof->max_validity + SKEW) {
 		snprintf(why, n, "validity of %lld s exceeds profile %s's maximum of %lld s", (long long)(na - nb),
 			 prof->name, (long long)prof->max_validity);
-		return -1;
+		goto out;
 	}
 	if (nb > now + SKEW) {
 		snprintf(why, n, "notBefore is %lld s in the future", (long long)(nb - now));
-		return -1;
+		goto out;
 	}
 	if (na > ca->not_after) {
 		snprintf(why, n, "notAfter is past the CA certificate's own");
-		return -1;
+		goto out;
 	}
-	uint32_t ku = X509_get_key_usage(x);
-	if (ku != UINT32_MAX) {
-		if (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) {
+	if (ku != NULL) {
+		/* the first two octets, as X509_get_key_usage reads them */
+		uint32_t bits = (ku->length > 0 ? ku->data[0] : 0) | (ku->length > 1 ? (uint32_t)ku->data[1] << 8 : 0);
+		if (bits & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) {
 			snprintf(why, n, "key usage keyCertSign or cRLSign: the signer never makes a CA certificate");
-			return -1;
+			goto out;
 		}
-		if (ku & ~ku_bits(prof->key_usage)) {
-			snprintf(why, n, "key usage 0x%x is outside profile %s's 0x%x", (unsigned)ku, prof->name,
+		if (ku->length > 2 || (bits & ~ku_bits(prof->key_usage))) {
+			snprintf(why, n, "key usage 0x%x is outside profile %s's 0x%x", (unsigned)bits, prof->name,
 				 (unsigned)ku_bits(prof->key_usage));
-			return -1;
+			goto out;
 		}
 	}
-	EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
 	for (int i = 0; eku != NULL && i < sk_ASN1_OBJECT_num(eku); i++) {
-		if (!eku_allowed(prof, sk_ASN1_OBJECT_value(eku, i))) {
+		const ASN1_OBJECT *o = sk_ASN1_OBJECT_value(eku, i);
+		if (!eku_allowed(prof, o)) {
 			char oid[80];
-			const ASN1_OBJECT *o = sk_ASN1_OBJECT_value(eku, i);
 			int nid = OBJ_obj2nid(o);
 			if (nid != NID_undef && OBJ_nid2sn(nid) != NULL)
 				fg_strlcpy(oid, OBJ_nid2sn(nid), sizeof oid);
 			else
 				OBJ_obj2txt(oid, sizeof oid, o, 1);
 			snprintf(why, n, "extended key usage %s is not in profile %s", oid, prof->name);
-			EXTENDED_KEY_USAGE_free(eku);
-			return -1;
+			goto out;
 		}
 	}
-	EXTENDED_KEY_USAGE_free(eku);
-	if (check_subject(prof, x, why, n) != 0 || check_san(prof, x, why, n) != 0)
-		return -1;
-	if (!leaf_key_ok(X509_get0_pubkey(x))) {
-		snprintf(why, n, "the certified key is not RSA >= 2048, P-256, P-384 or Ed25519");
-		return -1;
+	if (check_subject(prof, t->subject, why, n) != 0 || (san && check_san(prof, san, why, n) != 0))
+		goto out;
+	if (X509_NAME_entry_count(t->subject) == 0 && san == NULL) {
+		snprintf(why, n, "the certificate names nothing (no subject, no subjectAltName)");
+		goto out;
 	}
-	return 0;
+	if (!spki_ok(t->spki)) {
+		snprintf(why, n, "the certified key is not RSA >= 2048, P-256, P-384 or Ed25519");
+		goto out;
+	}
+	rc = 0;
+out:
+	BASIC_CONSTRAINTS_free(bc);
+	AUTHORITY_KEYID_free(aki);
+	ASN1_BIT_STRING_free(ku);
+	EXTENDED_KEY_USAGE_free(eku);
+	GENERAL_NAMES_free(san);
+	return rc;
 }
 
 /* A CRL of ca: v2, this CA's name and key id, a cRLNumber, reason codes
@@ -799,6 +938,19 @@ static int check_ocsp(const struct ca_key *ca, OCSP_BASICRESP *bs, char *why, si
 
 /* ---- one request ---- */
 
+/* Sign c's to-be-signed part, in its received encoding, with ca's key
+ * through a copy of the prepared context; the outer AlgorithmIdentifier
+ * and the signature are set, the TBS is not touched (its algorithm was
+ * checked to be this key's). 0 or -1. */
+static int sign_cert(const struct ca_key *ca, FG_CERT *c)
+{
+	EVP_MD_CTX *m = EVP_MD_CTX_new();
+	int ok = m != NULL && EVP_MD_CTX_copy_ex(m, ca->tmpl) == 1 &&
+		 ASN1_item_sign_ctx(ASN1_ITEM_rptr(FG_TBS), NULL, c->sigalg, c->signature, c->tbs, m) > 0;
+	EVP_MD_CTX_free(m);
+	return ok ? 0 : -1;
+}
+
 static struct ca_key *find_ca(struct signer *s, const char *backend, uint8_t *idx)
 {
 	for (size_t i = 0; i < s->ncas; i++)
@@ -868,19 +1020,18 @@ static void serve_item(struct signer *s, const Fgsigner__Item *it, Fgsigner__Res
 		return;
 	}
 	case FGSIGNER__KIND__KIND_CERT: {
-		X509 *x = d2i_X509(NULL, &p, (long)it->der.len);
+		FG_CERT *c = d2i_FG_CERT(NULL, &p, (long)it->der.len);
 		char hex[48];
 		int nbytes = 0;
 		unsigned char h[32];
 		struct serial_slot *sl = NULL;
 
-		if (x == NULL || p != it->der.data + it->der.len) {
+		if (c == NULL || p != it->der.data + it->der.len) {
 			snprintf(why, n, "the object is not one DER certificate");
-		} else if (serial_text(X509_get0_serialNumber(x), hex, sizeof hex, &nbytes) != 0 ||
-			   nbytes < SERIAL_MIN_BYTES) {
+		} else if (serial_text(c->tbs->serial, hex, sizeof hex, &nbytes) != 0 || nbytes < SERIAL_MIN_BYTES) {
 			snprintf(why, n, "the serial is not a positive number of at least %d bits", SERIAL_MIN_BYTES * 8);
 		} else if ((sl = serial_find(s, ci, hex)) == NULL) {
-			X509_free(x);
+			FG_CERT_free(c);
 			goto oom;
 		} else if (sl->state == 0) {
 			snprintf(why, n, "serial %s was not recorded write-ahead (reserved) before signing", hex);
@@ -888,16 +1039,16 @@ static void serve_item(struct signer *s, const Fgsigner__Item *it, Fgsigner__Res
 			snprintf(why, n, "cannot hash the request");
 		} else if (sl->state == 2 && memcmp(sl->tbs, h, sizeof h) != 0) {
 			snprintf(why, n, "serial %s was already signed for another certificate", hex);
-		} else if (check_cert(s, ca, it->profile, x, why, n) != 0) {
+		} else if (check_cert(s, ca, it->profile, c->tbs, why, n) != 0) {
 			/* why is set */
-		} else if (X509_sign(x, ca->key, ca->md) <= 0 || (len = i2d_X509(x, &out)) <= 0) {
+		} else if (sign_cert(ca, c) != 0 || (len = i2d_FG_CERT(c, &out)) <= 0) {
 			res->status = FGSIGNER__STATUS__STATUS_ERROR;
 			snprintf(why, n, "signing failed");
 		} else {
 			sl->state = 2;
 			memcpy(sl->tbs, h, sizeof h);
 		}
-		X509_free(x);
+		FG_CERT_free(c);
 		break;
 	}
 	case FGSIGNER__KIND__KIND_CRL: {

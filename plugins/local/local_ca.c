@@ -462,11 +462,12 @@ static X509_ALGOR *sign_algor(EVP_PKEY *key, const EVP_MD *md)
 
 /* Ask the host's signer to sign der (see fg_host.sign). 0 with *out
  * (malloc'd), 1 refused, -1 unavailable; msg says why. */
-static int remote_sign(const struct local_ca *ca, int kind, const char *profile, const unsigned char *der,
-		       size_t len, unsigned char **out, size_t *outlen, char *msg, size_t msglen)
+static int remote_sign(const struct local_ca *ca, int kind, const char *profile, const char *serial,
+		       const unsigned char *der, size_t len, unsigned char **out, size_t *outlen, char *msg,
+		       size_t msglen)
 {
 	char why[512] = "";
-	int r = ca->host->sign(ca->host->ctx, kind, profile, der, len, out, outlen, why, sizeof why);
+	int r = ca->host->sign(ca->host->ctx, kind, profile, serial, der, len, out, outlen, why, sizeof why);
 
 	if (r != 0)
 		snprintf(msg, msglen, "%s", why[0] ? why : "the signer gave no reason");
@@ -482,7 +483,7 @@ static int remote_setup(struct local_ca *ca, char *err, size_t errlen)
 	unsigned char *aid = NULL;
 	size_t aidlen = 0;
 	char why[512];
-	int r = remote_sign(ca, FG_SIGN_ALGORITHM, NULL, NULL, 0, &aid, &aidlen, why, sizeof why);
+	int r = remote_sign(ca, FG_SIGN_ALGORITHM, NULL, NULL, NULL, 0, &aid, &aidlen, why, sizeof why);
 
 	if (r != 0) {
 		snprintf(err, errlen, "cannot ask the signer process for the signature algorithm of %s: %s",
@@ -1085,61 +1086,48 @@ static unsigned char *dup_der(const unsigned char *der, size_t len)
 	return p;
 }
 
-/* Signer mode: have the signer sign x (the write-ahead record, for
- * profile) and check what comes back: it must verify under the CA
- * certificate and carry exactly x's to-be-signed bytes. On success x is
- * replaced by the signed certificate and *der is its encoding
- * (OPENSSL_free). 0, 1 when the signer refused, -1 on failure; msg says
- * why. */
-static int sign_by_signer(const struct local_ca *ca, X509 *x, const char *profile, unsigned char **der,
-			  char *msg, size_t msglen)
+/* The span of the TBSCertificate inside a DER certificate (signed or
+ * not): the first element of the outer SEQUENCE, read with OpenSSL's DER
+ * header parser. 0 with *tbs and *tbslen, or -1. */
+static int tbs_span(const unsigned char *der, size_t len, const unsigned char **tbs, size_t *tbslen)
 {
-	unsigned char *in = NULL, *out = NULL, *tbs_a = NULL, *tbs_b = NULL;
-	size_t outlen = 0;
-	X509 *signed_x = NULL;
-	int n, la, lb, rc = -1;
+	const unsigned char *p = der, *q;
+	long l;
+	int tag, cls;
 
-	*der = NULL;
-	if ((n = encode_unsigned(ca, x, &in)) <= 0) {
-		fgp_ssl_err(msg, msglen, "cannot encode the certificate for the signer");
-		goto out;
-	}
-	rc = remote_sign(ca, FG_SIGN_CERT, profile, in, (size_t)n, &out, &outlen, msg, msglen);
+	if (len > LONG_MAX || (ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || tag != V_ASN1_SEQUENCE)
+		return -1;
+	q = p;
+	if ((ASN1_get_object(&q, &l, &tag, &cls, (long)(len - (size_t)(p - der))) & 0x80) ||
+	    tag != V_ASN1_SEQUENCE)
+		return -1;
+	*tbs = p;
+	*tbslen = (size_t)(q - p) + (size_t)l;
+	return 0;
+}
+
+/* Signer mode: have the signer sign rec (the write-ahead record, an
+ * unsigned certificate of serial hex for profile) and check that what
+ * comes back carries exactly rec's to-be-signed bytes. On success *out is
+ * the signed DER (malloc'd) and *outlen its length. 0, 1 when the signer
+ * refused, -1 on failure; msg says why. */
+static int sign_by_signer(const struct local_ca *ca, const unsigned char *rec, size_t reclen, const char *hex,
+			  const char *profile, unsigned char **out, size_t *outlen, char *msg, size_t msglen)
+{
+	const unsigned char *ta, *tb;
+	size_t la, lb;
+	int rc = remote_sign(ca, FG_SIGN_CERT, profile, hex, rec, reclen, out, outlen, msg, msglen);
+
 	if (rc != 0)
-		goto out;
-	rc = -1;
-	const unsigned char *p = out;
-	signed_x = outlen <= LONG_MAX ? d2i_X509(NULL, &p, (long)outlen) : NULL;
-	if (signed_x == NULL || p != out + outlen || X509_verify(signed_x, X509_get0_pubkey(ca->cert)) != 1 ||
-	    (la = i2d_re_X509_tbs(x, &tbs_a)) <= 0 || (lb = i2d_re_X509_tbs(signed_x, &tbs_b)) <= 0 ||
-	    la != lb || memcmp(tbs_a, tbs_b, (size_t)la) != 0) {
-		fgp_ssl_err(msg, msglen, "the signer process answered a certificate that is not the one asked for; nothing was issued");
-		goto out;
+		return rc;
+	if (tbs_span(rec, reclen, &ta, &la) != 0 || tbs_span(*out, *outlen, &tb, &lb) != 0 || la != lb ||
+	    memcmp(ta, tb, la) != 0) {
+		snprintf(msg, msglen, "the signer process answered a certificate that is not the one asked for; nothing was issued");
+		free(*out);
+		*out = NULL;
+		return -1;
 	}
-	*der = OPENSSL_malloc(outlen ? outlen : 1);
-	if (*der == NULL) {
-		snprintf(msg, msglen, "out of memory");
-		goto out;
-	}
-	memcpy(*der, out, outlen);
-	/* x takes the signed certificate's contents. */
-	{
-		const unsigned char *q = out;
-		if (d2i_X509(&x, &q, (long)outlen) == NULL) {
-			OPENSSL_free(*der);
-			*der = NULL;
-			fgp_ssl_err(msg, msglen, "cannot decode the signed certificate");
-			goto out;
-		}
-	}
-	rc = 0;
-out:
-	OPENSSL_free(in);
-	OPENSSL_free(tbs_a);
-	OPENSSL_free(tbs_b);
-	free(out);
-	X509_free(signed_x);
-	return rc;
+	return 0;
 }
 
 /* Issue (or resume issuing) the job's certificate; see the file comment for
@@ -1149,8 +1137,8 @@ out:
 static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_issue_result *res)
 {
 	struct local_ca *ca = state;
-	unsigned char *rec = NULL, *der = NULL;
-	size_t reclen = 0;
+	unsigned char *rec = NULL, *der = NULL, *signed_der = NULL;
+	size_t reclen = 0, signed_len = 0;
 	X509 *x = NULL;
 	char hex[48] = "";
 	int n, rejected = 0;
@@ -1170,7 +1158,6 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 	}
 	if (r == 1) {
 		x = decode_unsigned(ca, rec, reclen, res->message, sizeof res->message);
-		free(rec);
 		if (x == NULL) {
 			res->status = FG_ISSUE_REJECTED;
 			goto out;
@@ -1198,11 +1185,12 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 				 "cannot record serial %s in the store before signing; nothing was signed", hex);
 			goto out;
 		}
-		OPENSSL_free(der);
-		der = NULL;
+		reclen = (size_t)n;
 	}
 	if (ca->remote) {
-		r = sign_by_signer(ca, x, req->profile, &der, res->message, sizeof res->message);
+		/* The record goes to the signer as it is in the store. */
+		r = sign_by_signer(ca, rec ? rec : der, reclen, hex, req->profile, &signed_der, &signed_len,
+				   res->message, sizeof res->message);
 		if (r != 0) {
 			if (r > 0)
 				res->status = FG_ISSUE_REJECTED;
@@ -1210,19 +1198,23 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 				res->retry_after = 1;   /* the signer restarts within a second */
 			goto out;
 		}
-		n = i2d_X509(x, NULL);
+		res->cert_der = signed_der;
+		signed_der = NULL;
+		n = (int)signed_len;
 	} else {
+		OPENSSL_free(der);
+		der = NULL;
 		if (X509_sign(x, ca->key, ca->md) <= 0) {
 			fgp_ssl_err(res->message, sizeof res->message, "cannot sign serial %s", hex);
 			goto out;
 		}
 		n = i2d_X509(x, &der);
+		if (n <= 0) {
+			fgp_ssl_err(res->message, sizeof res->message, "cannot encode the signed certificate");
+			goto out;
+		}
+		res->cert_der = dup_der(der, (size_t)n);
 	}
-	if (n <= 0) {
-		fgp_ssl_err(res->message, sizeof res->message, "cannot encode the signed certificate");
-		goto out;
-	}
-	res->cert_der = dup_der(der, (size_t)n);
 	res->chain_der = calloc(1, sizeof *res->chain_der);
 	res->chain_len = calloc(1, sizeof *res->chain_len);
 	if (res->cert_der == NULL || res->chain_der == NULL || res->chain_len == NULL ||
@@ -1241,6 +1233,8 @@ static int ca_issue(void *state, const struct fg_issue_request *req, struct fg_i
 	ca_log(ca, FG_LEVEL_DEBUG, req->request_id, "signed serial %s", hex);
 out:
 	OPENSSL_free(der);
+	free(rec);
+	free(signed_der);
 	X509_free(x);
 	return 0;
 }
@@ -1467,7 +1461,7 @@ static int remote_sign_crl(const struct local_ca *ca, X509_CRL *crl, unsigned ch
 		fgp_ssl_err(err, errlen, "cannot encode the CRL of backend %s", ca->name);
 		return -1;
 	}
-	r = remote_sign(ca, FG_SIGN_CRL, NULL, in, (size_t)n, &got, &gotlen, why, sizeof why);
+	r = remote_sign(ca, FG_SIGN_CRL, NULL, NULL, in, (size_t)n, &got, &gotlen, why, sizeof why);
 	if (r != 0) {
 		snprintf(err, errlen, "the signer process %s the CRL of backend %s: %s",
 			 r > 0 ? "refused" : "could not sign", ca->name, why);
@@ -1616,7 +1610,7 @@ static int remote_sign_ocsp(const struct local_ca *ca, OCSP_BASICRESP **bs, char
 		fgp_ssl_err(err, errlen, "cannot encode the OCSP response of backend %s", ca->name);
 		return -1;
 	}
-	r = remote_sign(ca, FG_SIGN_OCSP, NULL, in, (size_t)n, &got, &gotlen, why, sizeof why);
+	r = remote_sign(ca, FG_SIGN_OCSP, NULL, NULL, in, (size_t)n, &got, &gotlen, why, sizeof why);
 	if (r != 0) {
 		snprintf(err, errlen, "the signer process %s the OCSP response of backend %s: %s",
 			 r > 0 ? "refused" : "could not sign", ca->name, why);

@@ -169,6 +169,7 @@ struct leaf_opts {
 	int keycertsign;
 	const char *dns;
 	unsigned serial_seed;
+	int rsa_bits;              /* certify an RSA key of this size instead of P-256 */
 };
 
 /* A leaf of this CA, unsigned: signed with a throwaway P-256 key, which
@@ -199,7 +200,9 @@ static unsigned char *make_leaf(const struct leaf_opts *o, size_t *len, char hex
 				   -1, 0);
 	ASN1_TIME_set(X509_getm_notBefore(x), now - 60);
 	ASN1_TIME_set(X509_getm_notAfter(x), now + (o->validity ? o->validity : 86400));
-	X509_set_pubkey(x, k);
+	EVP_PKEY *subj = o->rsa_bits ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)o->rsa_bits) : NULL;
+	X509_set_pubkey(x, subj ? subj : k);
+	EVP_PKEY_free(subj);
 	X509V3_set_ctx(&ctx, ca_cert, x, NULL, NULL, 0);
 	X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, NID_basic_constraints, o->ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
 	X509_add_ext(x, e, -1);
@@ -350,6 +353,17 @@ static void test_boundary(void **state)
 	expect_refused(fd, &kcs, 1, "keyCertSign");
 	struct leaf_opts badname = { .dns = "Bad_Name.example.com" };
 	expect_refused(fd, &badname, 1, "is not valid");
+	struct leaf_opts weak = { .rsa_bits = 1024 };
+	expect_refused(fd, &weak, 1, "is not RSA >= 2048");
+	{
+		/* ... while RSA-2048 passes. */
+		struct leaf_opts rsa = { .rsa_bits = 2048 };
+		unsigned char *d = make_leaf(&rsa, &len, hex);
+		ask_cert(fd, d, len, hex, 1, &r);
+		assert_int_equal(r.status, FGSIGNER__STATUS__STATUS_OK);
+		free(r.der);
+		OPENSSL_free(d);
+	}
 
 	/* A profile the config does not have. */
 	der = make_leaf(&good, &len, hex);

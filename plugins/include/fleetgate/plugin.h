@@ -117,18 +117,19 @@ struct fg_host {
 	 *    AlgorithmIdentifier the key signs with, to put in a write-ahead
 	 *    record before signing;
 	 *  - FG_SIGN_CERT: a certificate whose signature is empty or ignored,
-	 *    built for profile (the write-ahead record); *out is the same
+	 *    built for profile (the write-ahead record), with serial (upper-
+	 *    case hex) as reserved with serial_reserve; *out is the same
 	 *    certificate signed;
 	 *  - FG_SIGN_CRL, FG_SIGN_OCSP: a v2 CRL or a BasicOCSPResponse whose
-	 *    signature is ignored (profile NULL); *out is it signed.
+	 *    signature is ignored (profile and serial NULL); *out is it signed.
 	 * The signer checks each object against the issuance boundary
 	 * (profile ceilings, no CA certificates, recorded serials) before
 	 * signing. Returns 0 with *out (malloc'd), 1 when the signer refused
 	 * (final: err says why), -1 when it cannot answer now (retry later).
 	 * Thread-safe. NULL, or a struct_size that does not cover it: the
 	 * plugin holds its own key. */
-	int (*sign)(void *ctx, int kind, const char *profile, const unsigned char *in, size_t len,
-		    unsigned char **out, size_t *outlen, char *err, size_t errlen);
+	int (*sign)(void *ctx, int kind, const char *profile, const char *serial, const unsigned char *in,
+		    size_t len, unsigned char **out, size_t *outlen, char *err, size_t errlen);
 };
 
 /* What fg_host.sign is asked to sign. */
