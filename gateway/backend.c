@@ -22,7 +22,6 @@
 #include "backend.h"
 #include "fg_log.h"
 #include "fg_util.h"
-#include "signer_client.h"
 #include "stats.h"
 
 /* Who a host table serves: the backend set and the backend's name. */
@@ -58,7 +57,8 @@ struct backends {
 	size_t nh01, caph01;
 	char **busy;               /* "<curve key> <request id>" of jobs in a backend call, under h01_lock */
 	size_t nbusy, capbusy;
-	struct signer_client *signer; /* holds the local backends' CA keys, or NULL (the CLI) */
+	backend_sign_fn sign;      /* how the local backends' CA keys sign, or NULL: they load them */
+	void *sign_arg;
 };
 
 static void h_log(void *ctx, enum fg_level level, const char *request_id, const char *msg)
@@ -205,8 +205,7 @@ static int h_sign(void *ctx, int kind, const char *profile, const char *serial, 
 	} else {
 		serial = NULL;
 	}
-	int r = signer_client_sign(h->bs->signer, h->name, kind, profile, serial, in, len, out, outlen, serr,
-				   sizeof serr);
+	int r = h->bs->sign(h->bs->sign_arg, h->name, kind, profile, serial, in, len, out, outlen, serr, sizeof serr);
 	if (r > 0)
 		fg_err(h->component, NULL, "the signer refused a %s%s%s: %s", what[kind], serial ? " of serial " : "",
 		       serial ? serial : "", serr);
@@ -522,7 +521,7 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.http01_withdraw = h_http01_withdraw,
 		.result_size = sizeof(struct fg_issue_result),
 		/* Only the local CA's key is in the signer. */
-		.sign = bs->signer != NULL && strcmp(cb->plugin, "local") == 0 ? h_sign : NULL,
+		.sign = bs->sign != NULL && strcmp(cb->plugin, "local") == 0 ? h_sign : NULL,
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);
@@ -561,10 +560,10 @@ out:
  * (create 0): `fleetgate init` creates the store before its backends. */
 struct backends *backends_open(const struct gw_config *cfg, int create, char *err, size_t errlen)
 {
-	return backends_open_signer(cfg, create, NULL, err, errlen);
+	return backends_open_signer(cfg, create, NULL, NULL, err, errlen);
 }
 
-struct backends *backends_open_signer(const struct gw_config *cfg, int create, struct signer_client *signer,
+struct backends *backends_open_signer(const struct gw_config *cfg, int create, backend_sign_fn sign, void *arg,
 				      char *err, size_t errlen)
 {
 	struct backends *bs = calloc(1, sizeof *bs);
@@ -585,7 +584,8 @@ struct backends *backends_open_signer(const struct gw_config *cfg, int create, s
 		return NULL;
 	}
 	bs->http_on = cfg->http_listen[0] != '\0';
-	bs->signer = signer;
+	bs->sign = sign;
+	bs->sign_arg = arg;
 	bs->st = store_open(cfg->store_path, 0, err, errlen);
 	if (bs->st == NULL)
 		goto fail;

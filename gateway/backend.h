@@ -36,11 +36,16 @@ struct backends;
  * create = "yes" (fleetgate init: the local CA makes its key). NULL with err
  * on failure, naming the backend and what to do. */
 struct backends *backends_open(const struct gw_config *cfg, int create, char *err, size_t errlen);
-/* The same, with the CA keys of "local" backends in the signer process
- * (signer_client.h): those plugins get fg_host.sign and never load their
- * key. signer (borrowed) outlives the set. */
-struct signer_client;
-struct backends *backends_open_signer(const struct gw_config *cfg, int create, struct signer_client *signer,
+/* How the CA keys of "local" backends sign when they are in the signer
+ * process: signer_client_sign_cb (fleetgated) or admin_client_sign (the
+ * CLI, through a running daemon). The contract of signer_client_sign. */
+typedef int (*backend_sign_fn)(void *arg, const char *backend, int kind, const char *profile,
+			       const char *serial, const unsigned char *in, size_t len, unsigned char **out,
+			       size_t *outlen, char *err, size_t errlen);
+/* The same as backends_open, with those plugins signing through sign(arg,
+ * ...): they get fg_host.sign and never load their key. arg (borrowed)
+ * outlives the set. */
+struct backends *backends_open_signer(const struct gw_config *cfg, int create, backend_sign_fn sign, void *arg,
 				      char *err, size_t errlen);
 void backends_free(struct backends *bs);
 /* The backend of that name, or NULL. */

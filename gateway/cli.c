@@ -33,6 +33,7 @@
 
 #include <openssl/pem.h>
 
+#include "admin.h"
 #include "backend.h"
 #include "config.h"
 #include "crl.h"
@@ -404,10 +405,33 @@ static int open_state(const struct opts *o, struct gw_config **cfg, struct store
 	return EXIT_OK;
 }
 
+/* The CLI's connection to a running fleetgated's admin socket, opened by
+ * cli_backends_open and kept until the process exits. */
+static struct admin_client *cli_admin;
+
+/* The backends for an operator command. While fleetgated runs, the local
+ * CA key stays in its signer process: the plugins sign (CRLs) through the
+ * admin socket and never read the key. Offline, they load it themselves.
+ * A daemon that refuses us is an error, not a reason to read the key
+ * behind its back. */
+static struct backends *cli_backends_open(const struct gw_config *cfg, char *err, size_t errlen)
+{
+	if (cli_admin == NULL) {
+		char aerr[768] = "";
+		if (admin_connect(cfg, &cli_admin, aerr, sizeof aerr) < 0) {
+			fg_seterr(err, errlen, "fleetgated is running but its admin socket refused this command: %s", aerr);
+			return NULL;
+		}
+	}
+	if (cli_admin != NULL)
+		return backends_open_signer(cfg, 0, admin_client_sign, cli_admin, err, errlen);
+	return backends_open(cfg, 0, err, errlen);
+}
+
 /* PEM of every backend's CA certificates: the trust anchors of a bundle. */
 static char *anchors_pem(const struct gw_config *cfg, char *err, size_t errlen)
 {
-	struct backends *bs = backends_open(cfg, 0, err, errlen);
+	struct backends *bs = cli_backends_open(cfg, err, errlen);
 	char *pem = NULL;
 	size_t len = 0;
 	if (bs == NULL)
@@ -971,7 +995,7 @@ static int cmd_device_ops(const struct opts *o)
 			rc = EXIT_FAIL;
 			goto out;
 		}
-		struct revoke_ctx rctx = { backends_open(cfg, 0, err, sizeof err), 0 };
+		struct revoke_ctx rctx = { cli_backends_open(cfg, err, sizeof err), 0 };
 		if (rctx.bs == NULL)
 			fprintf(stderr, "warning: backends not loaded (%s)\n", err);
 		int n = store_device_retire(st, o->argv[1], fg_now(), revoke_upstream, &rctx, err, sizeof err);
@@ -1131,7 +1155,7 @@ static int cmd_device(const struct opts *o)
 			rc = EXIT_FAIL;
 			goto out;
 		}
-		struct revoke_ctx rctx = { backends_open(cfg, 0, err, sizeof err), 0 };
+		struct revoke_ctx rctx = { cli_backends_open(cfg, err, sizeof err), 0 };
 		if (rctx.bs == NULL)
 			fprintf(stderr, "warning: backends not loaded (%s)\n", err);
 		int n = store_device_revoke(st, o->argv[1], fg_now(), revoke_upstream, &rctx, err,
@@ -1269,7 +1293,7 @@ static int cmd_backend(const struct opts *o)
 		fprintf(stderr, "fleetgate backend: no backend named '%s' in the gateway config\n", o->argv[1]);
 		goto out;
 	}
-	bs = backends_open(cfg, 0, err, sizeof err);
+	bs = cli_backends_open(cfg, err, sizeof err);
 	struct backend *b = bs ? backends_find(bs, o->argv[1]) : NULL;
 	if (b == NULL) {
 		fprintf(stderr, "fleetgate backend: %s\n", err);
@@ -1384,7 +1408,7 @@ static json_t *backend_health(const struct gw_config *cfg, const struct config_b
 	memset(&cl, 0, sizeof cl);
 	one.backends = (struct config_backend *)cb;
 	one.nbackends = 1;
-	bs = backends_open(&one, 0, err, sizeof err);
+	bs = cli_backends_open(&one, err, sizeof err);
 	b = bs ? backends_find(bs, cb->name) : NULL;
 	if (b == NULL) {
 		json_object_set_new(o, "ok", json_false());
@@ -1420,6 +1444,46 @@ out:
 	fg_cert_list_clear(&cl);
 	backends_free(bs);
 	return o;
+}
+
+/* What the running daemon says of itself over its admin socket:
+ * {"running": false} when none runs, with "error" when it refuses us. */
+static json_t *daemon_status(const struct gw_config *cfg)
+{
+	char err[768] = "";
+	json_t *o = NULL;
+
+	if (cli_admin == NULL && admin_connect(cfg, &cli_admin, err, sizeof err) < 0)
+		return json_pack("{s:b, s:s}", "running", 1, "error", err);
+	if (cli_admin == NULL)
+		return json_pack("{s:b}", "running", 0);
+	char *text = admin_client_status(cli_admin, err, sizeof err);
+	if (text != NULL)
+		o = json_loads(text, 0, NULL);
+	free(text);
+	if (o == NULL)
+		return json_pack("{s:b, s:s}", "running", 1, "error", err[0] ? err : "unreadable status");
+	json_object_set_new(o, "running", json_true());
+	return o;
+}
+
+static void print_daemon_text(const json_t *d)
+{
+	const json_t *sg = json_object_get(d, "signer");
+	if (!json_is_true(json_object_get(d, "running"))) {
+		printf("daemon: not running\n");
+	} else if (json_object_get(d, "error") != NULL) {
+		printf("daemon: running, but it refuses this user: %s\n", json_string_value(json_object_get(d, "error")));
+	} else {
+		printf("daemon: running (pid %lld); sandbox %s; ", (long long)json_integer_value(json_object_get(d, "pid")),
+		       json_string_value(json_object_get(sg, "sandbox")));
+		if (json_integer_value(json_object_get(sg, "pid")) > 0)
+			printf("CA keys in signer process %lld (monitor %lld)\n",
+			       (long long)json_integer_value(json_object_get(sg, "pid")),
+			       (long long)json_integer_value(json_object_get(sg, "monitor")));
+		else
+			printf("no signer process (no local backend, or restarting)\n");
+	}
 }
 
 static void print_status_text(const json_t *j)
@@ -1464,6 +1528,7 @@ static void print_status_text(const json_t *j)
 			       json_string_value(json_object_get(crl, "next_update")),
 			       json_is_true(json_object_get(crl, "fresh")) ? "" : " (STALE: start fleetgated with http, or revoke to remake it)");
 	}
+	print_daemon_text(json_object_get(j, "daemon"));
 }
 
 /* fleetgate status: the fleet at a glance. Exit 0 when the store and
@@ -1515,6 +1580,7 @@ static int cmd_status(const struct opts *o)
 		rc = EXIT_FAIL;
 		goto out;
 	}
+	json_object_set_new(j, "daemon", daemon_status(cfg));
 	if (o->json) {
 		json_dumpf(j, stdout, JSON_INDENT(2));
 		putchar('\n');

@@ -44,7 +44,7 @@ struct conf_ctx {
 
 static const char *const top_keys[] = {
 	"listen", "workers", "store", "policy", "curve_key", "plugin_dir", "log_level",
-	"checkin_interval", "limits", "backends", "profiles", "http", "est", "user", "sandbox", NULL,
+	"checkin_interval", "limits", "backends", "profiles", "http", "est", "user", "sandbox", "admin_group", NULL,
 };
 static const char *const store_keys[] = { "engine", "path", NULL };
 static const char *const limits_keys[] = {
@@ -839,6 +839,7 @@ static int read_config(lua_State *L)
 
 	get_string(L, c, g, "user", "user", cfg->user, sizeof cfg->user);
 	get_string(L, c, g, "sandbox", "sandbox", cfg->sandbox, sizeof cfg->sandbox);
+	get_string(L, c, g, "admin_group", "admin_group", cfg->admin_group, sizeof cfg->admin_group);
 	if (config_sandbox_mode(cfg) < 0)
 		cfail(L, c, "sandbox: '%s' is not a mode; use \"required\" (the default), \"best-effort\" or \"off\"",
 		      cfg->sandbox);
@@ -1066,6 +1067,9 @@ static const char default_text[] =
 	"-- Started as root, the signer process (and later the daemon) drops to this\n"
 	"-- user; unset, the signer drops to nobody.\n"
 	"-- user = \"fleetgate\"\n"
+	"-- Besides root and the daemon's own user, members of this group may use the\n"
+	"-- admin socket (admin.sock) through which the CLI works with a running daemon.\n"
+	"-- admin_group = \"fleetgate-admin\"\n"
 	"\n"
 	"-- How often agents check in.\n"
 	"checkin_interval = \"1h\"\n"

@@ -88,6 +88,7 @@ struct gw_config {
 	size_t nest_labels;
 	char user[64];                      /* user to drop to when started as root; "" = none given */
 	char sandbox[16];                   /* "required" (default), "best-effort", "off" */
+	char admin_group[64];               /* may use the admin socket besides root; "" = none */
 };
 
 enum config_sandbox {

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "backend.h"
 #include "config.h"
 #include "fg_log.h"
@@ -74,6 +75,7 @@ int main(int argc, char **argv)
 	struct store *st = NULL;
 	struct http *http = NULL;
 	struct signer_client *signer = NULL;
+	struct admin *admin = NULL;
 
 	while ((c = getopt_long(argc, argv, "s:l:jSh", opts, NULL)) != -1) {
 		switch (c) {
@@ -144,8 +146,13 @@ int main(int argc, char **argv)
 	store_free(st);
 	st = NULL;
 
-	bs = backends_open_signer(cfg, 0, signer, err, sizeof err);
+	bs = backends_open_signer(cfg, 0, signer ? signer_client_sign_cb : NULL, signer, err, sizeof err);
 	if (bs == NULL) {
+		fg_err("gateway", NULL, "%s", err);
+		goto out;
+	}
+	admin = admin_start(cfg, signer, err, sizeof err);
+	if (admin == NULL) {
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
@@ -159,6 +166,7 @@ int main(int argc, char **argv)
 	rc = 0;
 out:
 	http_stop(http);
+	admin_stop(admin);
 	backends_free(bs);
 	if (signer != NULL && signer_client_failed(signer))
 		rc = 1;

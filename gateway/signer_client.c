@@ -449,6 +449,13 @@ out:
 	return rc;
 }
 
+int signer_client_sign_cb(void *sc, const char *backend, int kind, const char *profile, const char *reserve_serial,
+			  const unsigned char *in, size_t len, unsigned char **out, size_t *outlen, char *err,
+			  size_t errlen)
+{
+	return signer_client_sign(sc, backend, kind, profile, reserve_serial, in, len, out, outlen, err, errlen);
+}
+
 pid_t signer_client_pid(struct signer_client *sc)
 {
 	pthread_mutex_lock(&sc->lock);

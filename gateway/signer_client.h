@@ -42,6 +42,11 @@ int signer_client_sign(struct signer_client *sc, const char *backend, int kind, 
 		       const char *reserve_serial, const unsigned char *in, size_t len, unsigned char **out,
 		       size_t *outlen, char *err, size_t errlen);
 
+/* signer_client_sign with the client as a void *, for backend_sign_fn. */
+int signer_client_sign_cb(void *sc, const char *backend, int kind, const char *profile, const char *reserve_serial,
+			  const unsigned char *in, size_t len, unsigned char **out, size_t *outlen, char *err,
+			  size_t errlen);
+
 /* Send one raw message of type with body (tests of the protocol) and wait
  * for the reply body (malloc'd) when want_reply. 0, or -1 with err. */
 int signer_client_raw(struct signer_client *sc, unsigned type, const void *body, size_t len, int want_reply,

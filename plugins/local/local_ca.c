@@ -1259,7 +1259,7 @@ static int ca_revoke(void *state, const unsigned char *cert_der, size_t cert_len
 		snprintf(err, errlen, "cannot revoke: the certificate's serial is unreadable");
 		goto out;
 	}
-	if (X509_verify(x, ca->key) != 1) {
+	if (X509_verify(x, X509_get0_pubkey(ca->cert)) != 1) {
 		ERR_clear_error();
 		snprintf(err, errlen, "cannot revoke serial %s: it was not issued by the CA in %s", hex, ca->dir);
 		goto out;

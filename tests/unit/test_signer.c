@@ -515,7 +515,7 @@ static void test_plugin_through_monitor(void **state)
 	assert_non_null(sc);
 	struct store *st = store_open(cfg->store_path, 0, err, sizeof err);
 	assert_non_null(st);
-	struct backends *bs = backends_open_signer(cfg, 0, sc, err, sizeof err);
+	struct backends *bs = backends_open_signer(cfg, 0, signer_client_sign_cb, sc, err, sizeof err);
 	if (bs == NULL)
 		fail_msg("%s", err);
 	struct backend *b = backends_find(bs, "local");
