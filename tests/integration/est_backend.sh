@@ -284,6 +284,8 @@ found = []
 for top in sys.argv[3:]:
     paths = [top] if os.path.isfile(top) else [os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
     for p in paths:
+        if not os.path.isfile(p):
+            continue        # the admin socket: no data at rest
         data = open(p, 'rb').read()
         if priv in data or der in data or priv.hex().encode() in data.lower():
             found.append(p)
