@@ -174,8 +174,14 @@ print(j["devices"]["active"], j["devices"]["revoked"], j["certificates"]["valid"
       b["name"], b["ok"], b["crl"]["entries"], b["crl"]["fresh"])' "$T/status.json")" \
   "1 1 1 1 0 int 0 local True 2 True"
 
-# A second gateway on the same HTTP port fails with a clear message.
+# A second gateway on the same state directory fails with a clear message
+# (its admin socket is taken, before anything else listens).
 rc=0; timeout 10 "$FLEETGATED" --state "$GW" >"$T/gw2.log" 2>&1 || rc=$?
+expect_eq "a second daemon on the same state stops" "$rc" "1"
+expect_match "and says so" "$(cat "$T/gw2.log")" "another fleetgated serves $GW; stop it first"
+# A busy HTTP port, from a gateway of another state directory: the same.
+"$FLEETGATE" init --state "$T/gw2" --listen "tcp://127.0.0.1:$((PORT + 1))" --http "127.0.0.1:$HPORT" >/dev/null
+rc=0; timeout 10 "$FLEETGATED" --state "$T/gw2" >"$T/gw2.log" 2>&1 || rc=$?
 expect_eq "a busy HTTP port stops the daemon" "$rc" "1"
 expect_match "and says so" "$(cat "$T/gw2.log")" "cannot listen for HTTP on 127.0.0.1:$HPORT"
 
