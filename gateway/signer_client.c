@@ -299,13 +299,16 @@ void signer_client_free(struct signer_client *sc)
 	pthread_mutex_lock(&sc->lock);
 	sc->stopping = 1;
 	pthread_mutex_unlock(&sc->lock);
-	if (sc->ctl >= 0)
-		shutdown(sc->ctl, SHUT_RDWR);
+	/* The monitor goes first (the signer follows it, PR_SET_PDEATHSIG):
+	 * closing the signer's socket before would have the monitor see it
+	 * exit and start another. */
 	if (sc->monitor > 0) {
 		kill(sc->monitor, SIGKILL);
 		while (waitpid(sc->monitor, NULL, 0) < 0 && errno == EINTR)
 			;
 	}
+	if (sc->ctl >= 0)
+		shutdown(sc->ctl, SHUT_RDWR);
 	if (sc->watcher_started)
 		pthread_join(sc->watcher, NULL);
 	if (sc->ctl >= 0)
