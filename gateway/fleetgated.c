@@ -7,12 +7,14 @@
  * and stops cleanly on SIGTERM or SIGINT. A changed policy file (or SIGHUP)
  * is validated and hot-swapped in; a broken one is refused and logged.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "admin.h"
 #include "backend.h"
@@ -134,6 +136,21 @@ int main(int argc, char **argv)
 		fg_info("gateway", NULL, "signer process %d (monitor %d) holds the CA keys of %zu backend%s",
 			(int)signer_client_pid(signer), (int)signer_client_monitor_pid(signer), signer_key_count(cfg),
 			signer_key_count(cfg) == 1 ? "" : "s");
+	}
+
+	/* From here on nothing this process runs (plugins, hooks they start)
+	 * can gain privileges through exec: set before any other thread
+	 * exists, so every thread has it. The monitor, forked above, keeps
+	 * what it needs to start signers. */
+	if (config_sandbox_mode(cfg) != SANDBOX_OFF) {
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+			fg_err("gateway", NULL, "cannot set no_new_privs: %s; the kernel must allow it (or set sandbox = \"off\" in fleetgated.conf)",
+			       strerror(errno));
+			goto out;
+		}
+		fg_info("gateway", NULL, "sandbox: daemon pid %d has no_new_privs", (int)getpid());
+	} else {
+		fg_warn("gateway", NULL, "sandbox = \"off\": the daemon runs without no_new_privs and the signer without its filter");
 	}
 
 	/* Open (and migrate) the store once up front, so a missing or newer

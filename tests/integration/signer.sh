@@ -22,6 +22,7 @@ expect_eq "the signer is named fg-signer" "$(cat /proc/$SIGNER/comm)" "fg-signer
 expect_eq "the monitor is the signer's parent" "$(awk '/^PPid:/ {print $2}' /proc/$SIGNER/status)" "$MONITOR"
 expect_eq "the signer runs under a seccomp filter" "$(awk '/^Seccomp:/ {print $2}' /proc/$SIGNER/status)" "2"
 expect_eq "the signer has no_new_privs" "$(awk '/^NoNewPrivs:/ {print $2}' /proc/$SIGNER/status)" "1"
+expect_eq "the daemon has no_new_privs" "$(awk '/^NoNewPrivs:/ {print $2}' /proc/$GW_PID/status)" "1"
 check "the signer dropped root" test "$(awk '/^Uid:/ {print $2}' /proc/$SIGNER/status)" != 0
 check "the signer holds no socket but its own and no file but stderr" \
   test "$(ls /proc/$SIGNER/fd | sort -n | tr '\n' ' ')" = "0 1 2 3 "
