@@ -90,7 +90,8 @@ void fg_landlock_restrict_tcp(struct fg_landlock *ll);
 int fg_landlock_allow_connect(struct fg_landlock *ll, uint16_t port);
 int fg_landlock_allow_bind(struct fg_landlock *ll, uint16_t port);
 
-/* Ask for FG_LL_SCOPE_* scoping (ABI 6). */
+/* Ask for FG_LL_SCOPE_* scoping. Hardening on top: applied where the
+ * kernel has ABI 6, and never a reason to fail, even in required mode. */
 void fg_landlock_scope(struct fg_landlock *ll, unsigned scopes);
 
 /*
