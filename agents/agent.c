@@ -37,11 +37,14 @@
 #include "client.h"
 #include "facts.h"
 #include "fg_bundle.h"
+#include "fg_landlock.h"
 #include "fg_curve.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "fg_wire.h"
 #include "fg_x509.h"
+#include "hookproc.h"
+#include "sandbox.h"
 #include "slot.h"
 
 enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_CONFIG = 2, EXIT_UNREACHABLE = 3, EXIT_PENDING = 4 };
@@ -61,6 +64,10 @@ struct agent {
 	int once;                          /* print results on stdout */
 	int force[AGENT_MAX_SLOTS];        /* renew this slot even if not due */
 	struct chal_server *chal;          /* ACME http-01 answered on this host */
+	/* kept across SIGHUP reloads (see reload): */
+	int sandboxed;                     /* the sandbox applied at start (not "off") */
+	struct sandbox_policy sb;          /* what it allows */
+	struct hookproc *hooks;            /* runs reload commands; NULL: in this process */
 };
 
 /* What became of one request. */
@@ -112,10 +119,15 @@ static void say(const struct agent *a, enum fg_log_level lv, const char *rid, co
 	}
 }
 
-/* Load config, bundle and CURVE keys, read the facts and connect. Returns
- * an exit code; on failure err says why and a holds whatever was loaded
- * (agent_unload frees it). */
-static int agent_load(struct agent *a, const char *config, char *err, size_t errlen)
+static int reload_fits(const struct agent *a, const struct agent *n, char *why, size_t whylen);
+
+/* Load config, bundle and CURVE keys and read the facts (agent_connect
+ * connects). On a reload, running is the agent as it runs: the new
+ * configuration must fit its sandbox (reload_fits) before anything is
+ * created on disk. Returns an exit code; on failure err says why and a
+ * holds whatever was loaded (agent_unload frees it). */
+static int agent_load(struct agent *a, const char *config, const struct agent *running, char *err,
+		      size_t errlen)
 {
 	char path[PATH_MAX + 16];
 	if (agent_config_load(config, &a->cfg, err, errlen) != 0)
@@ -127,6 +139,8 @@ static int agent_load(struct agent *a, const char *config, char *err, size_t err
 		fg_strlcpy(err, tmp, errlen);
 		return EXIT_CONFIG;
 	}
+	if (running != NULL && !reload_fits(running, a, err, errlen))
+		return EXIT_CONFIG;
 	if (fg_mkdirs(a->cfg.state_dir, 0700, err, errlen) != 0)
 		return EXIT_CONFIG;
 	snprintf(path, sizeof path, "%s/curve.key", a->cfg.state_dir);
@@ -137,6 +151,13 @@ static int agent_load(struct agent *a, const char *config, char *err, size_t err
 		fg_seterr(err, errlen, "out of memory");
 		return EXIT_CONFIG;
 	}
+	return EXIT_DONE;
+}
+
+/* Set up the ZeroMQ connection (its threads start here: after the
+ * sandbox). Returns an exit code, with err. */
+static int agent_connect(struct agent *a, char *err, size_t errlen)
+{
 	a->client = client_new(a->bundle.endpoint, a->bundle.server_key, a->pub, a->sec, err, errlen);
 	if (a->client == NULL)
 		return EXIT_CONFIG;
@@ -163,6 +184,97 @@ static void save_device_id(const struct agent *a, const char *id)
 	int n = snprintf(line, sizeof line, "%s\n", id);
 	if (n > 0 && (size_t)n < sizeof line)
 		fg_write_file_atomic(path, line, (size_t)n, 0644, (uid_t)-1, (gid_t)-1, NULL, 0);
+}
+
+/* slot_hook_fn: the reload command, run by the hook runner. */
+static int hook_via_runner(void *arg, const struct agent_slot *s, int timeout_s, char *err, size_t errlen)
+{
+	return hookproc_run(arg, s, timeout_s, err, errlen);
+}
+
+/* In the hook runner, before its loop: it needs the configuration only. */
+static void hooks_child_init(void *arg)
+{
+	struct agent *a = arg;
+	OPENSSL_cleanse(a->sec, sizeof a->sec);
+	fg_bundle_clear(&a->bundle);
+}
+
+/*
+ * Confine the agent (sandbox.h), unless sandbox = off: start the hook
+ * runner if a slot has a reload command (it must exist before the sandbox,
+ * outside it), then apply the policy built from the configuration. Runs
+ * after agent_load and before agent_connect: no thread runs yet, and the
+ * agent has not touched the network. Returns an exit code, with err.
+ */
+static int agent_confine(struct agent *a, char *err, size_t errlen)
+{
+	char desc[600], hooks[96] = "";
+	int any_hook = 0;
+
+	if (a->cfg.sandbox == FG_SANDBOX_OFF) {
+		fg_warn("agent", NULL, "sandbox: off (sandbox = off in %s): the agent runs unconfined", a->cfg.path);
+		return EXIT_DONE;
+	}
+	if (sandbox_policy_build(&a->cfg, &a->bundle, &a->sb, err, errlen) != 0)
+		return EXIT_CONFIG;
+	for (size_t i = 0; i < a->cfg.nslots; i++)
+		any_hook |= a->cfg.slots[i].reload[0] != '\0';
+	if (any_hook) {
+		a->hooks = hookproc_start(&a->cfg, hooks_child_init, a, err, errlen);
+		if (a->hooks == NULL)
+			return EXIT_CONFIG;
+		snprintf(hooks, sizeof hooks, "; reload hooks run by the hook runner, pid %ld",
+			 (long)hookproc_pid(a->hooks));
+	}
+	if (sandbox_apply(&a->sb, a->cfg.sandbox, desc, sizeof desc, err, errlen) != 0)
+		return EXIT_CONFIG;
+	a->sandboxed = 1;
+	fg_info("agent", NULL, "sandbox: %s%s (sandbox = %s)", desc, hooks, fg_sandbox_mode_name(a->cfg.sandbox));
+	if (a->sb.config_dir_writable[0])
+		fg_info("agent", NULL, "sandbox: note: %s lies in %s, which the agent may write; keep the configuration in a directory of its own to make it read-only to the agent",
+			a->cfg.path, a->sb.config_dir_writable);
+	return EXIT_DONE;
+}
+
+/* Can the configuration n be taken on by the agent a, as confined at
+ * start? 1, or 0 with why. */
+static int reload_fits(const struct agent *a, const struct agent *n, char *why, size_t whylen)
+{
+	struct sandbox_policy np;
+	if (!a->sandboxed)
+		return n->cfg.sandbox == FG_SANDBOX_OFF ? 1
+			: (fg_seterr(why, whylen, "sandbox = %s takes effect at start only; restart the agent",
+				     fg_sandbox_mode_name(n->cfg.sandbox)), 0);
+	if (n->cfg.sandbox != a->cfg.sandbox) {
+		fg_seterr(why, whylen, "the sandbox setting changed to %s; it takes effect at start only, restart the agent",
+			  fg_sandbox_mode_name(n->cfg.sandbox));
+		return 0;
+	}
+	if (sandbox_policy_build(&n->cfg, &n->bundle, &np, why, whylen) != 0)
+		return 0;
+	int ok = sandbox_policy_covers(&a->sb, &np, why, whylen);
+	sandbox_policy_clear(&np);
+	if (!ok) {
+		char tmp[PATH_MAX + 200];
+		snprintf(tmp, sizeof tmp, "%s; restart the agent to apply the new configuration", why);
+		fg_strlcpy(why, tmp, whylen);
+		return 0;
+	}
+	/* the hook runner knows the reload commands read at start only */
+	for (size_t i = 0; i < n->cfg.nslots; i++) {
+		const struct agent_slot *s = &n->cfg.slots[i];
+		const struct agent_slot *o = agent_config_slot(&a->cfg, s->name);
+		if (s->reload[0] == '\0')
+			continue;
+		if (o == NULL || strcmp(o->reload, s->reload) != 0 || strcmp(o->key, s->key) != 0 ||
+		    strcmp(o->cert, s->cert) != 0 || strcmp(o->chain, s->chain) != 0) {
+			fg_seterr(why, whylen, "the reload command or paths of slot %s changed, and the hook runner runs only the commands read at start; restart the agent",
+				  s->name);
+			return 0;
+		}
+	}
+	return 1;
 }
 
 /* Report the certificate just installed in slot s. */
@@ -262,7 +374,8 @@ static enum outcome on_cert_reply(struct agent *a, const struct agent_slot *s, s
 			say(a, FG_LOG_INFO, r->rid, "slot %s: the CA generated the key; it came encrypted to this request's key",
 			    s->name);
 		}
-		if (slot_install(&a->cfg, s, r, cr, a->bundle.anchors_pem, err, sizeof err) != 0) {
+		if (slot_install_hooked(&a->cfg, s, r, cr, a->bundle.anchors_pem, a->hooks ? hook_via_runner : NULL,
+					a->hooks, err, sizeof err) != 0) {
 			say(a, FG_LOG_ERROR, r->rid, "slot %s: not installed: %s", s->name, err);
 			return OUT_INSTALL;
 		}
@@ -917,7 +1030,8 @@ static void reload(struct daemon *d)
 	char err[1024];
 
 	memset(&n, 0, sizeof n);
-	if (agent_load(&n, d->config, err, sizeof err) != EXIT_DONE) {
+	if (agent_load(&n, d->config, a, err, sizeof err) != EXIT_DONE ||
+	    agent_connect(&n, err, sizeof err) != EXIT_DONE) {
 		fg_err("agent", NULL, "reload failed, keeping the running configuration: %s", err);
 		agent_unload(&n);
 		return;
@@ -932,6 +1046,9 @@ static void reload(struct daemon *d)
 	slot_request_clear(&d->req);
 	agent_unload(a);
 	n.once = a->once;
+	n.sandboxed = a->sandboxed;
+	n.sb = a->sb;
+	n.hooks = a->hooks;
 	*a = n;
 	d->zfd = zfd;
 	d->busy = IDLE;
@@ -1063,18 +1180,26 @@ int main(int argc, char **argv)
 	/* --once keeps stderr for results unless a level is asked for */
 	fg_log_init("fleetgate-agent", once ? FG_LOG_WARN : FG_LOG_INFO, FG_LOG_TEXT);
 	a.once = once;
-	rc = agent_load(&a, config, err, sizeof err);
+	rc = agent_load(&a, config, NULL, err, sizeof err);
+	if (rc == EXIT_DONE && (level || !once))
+		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(level ? level : a.cfg.log_level),
+			    FG_LOG_TEXT);
+	if (rc == EXIT_DONE)
+		rc = agent_confine(&a, err, sizeof err);
+	if (rc == EXIT_DONE)
+		rc = agent_connect(&a, err, sizeof err);
 	if (rc != EXIT_DONE) {
 		fprintf(stderr, "fleetgate-agent: %s\n", err);
 		agent_unload(&a);
+		hookproc_free(a.hooks);
+		sandbox_policy_clear(&a.sb);
 		return rc;
 	}
-	if (level || !once)
-		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(level ? level : a.cfg.log_level),
-			    FG_LOG_TEXT);
 	for (size_t i = 0; i < a.cfg.nslots; i++)
 		a.force[i] = renew_now;
 	rc = once ? run_once(&a) : run_daemon(&a, config, level);
 	agent_unload(&a);
+	hookproc_free(a.hooks);
+	sandbox_policy_clear(&a.sb);
 	return rc;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "agent_config.h"
+#include "fg_landlock.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "fg_x509.h"
@@ -19,7 +20,7 @@
 /* Keys, so that a key given twice in one section is caught. */
 static const char *const global_keys[] = {
 	"bundle", "state_dir", "checkin_interval", "request_timeout", "log_level",
-	"acme_http01_listen", "acme_webroot", NULL
+	"acme_http01_listen", "acme_webroot", "sandbox", NULL
 };
 static const char *const slot_keys[] = {
 	"key_type", "key", "cert", "chain", "mode", "owner", "reload", "renew_at", NULL
@@ -235,8 +236,16 @@ static int set_global(struct agent_config *cfg, const char *base, int line, cons
 			fg_seterr(err, errlen, "%s:%d: acme_webroot path is too long", cfg->path, line);
 			return -1;
 		}
+	} else if (strcmp(k, "sandbox") == 0) {
+		int m = fg_sandbox_mode_parse(v);
+		if (m < 0) {
+			fg_seterr(err, errlen, "%s:%d: sandbox '%s' is unknown; use required, best-effort or off",
+				  cfg->path, line, v);
+			return -1;
+		}
+		cfg->sandbox = m;
 	} else {
-		fg_seterr(err, errlen, "%s:%d: unknown key '%s' (expected bundle, state_dir, checkin_interval, request_timeout, log_level, acme_http01_listen, acme_webroot, or a [slot NAME] section)",
+		fg_seterr(err, errlen, "%s:%d: unknown key '%s' (expected bundle, state_dir, checkin_interval, request_timeout, log_level, acme_http01_listen, acme_webroot, sandbox, or a [slot NAME] section)",
 			  cfg->path, line, k);
 		return -1;
 	}
@@ -364,6 +373,7 @@ int agent_config_load(const char *path, struct agent_config *cfg, char *err, siz
 	fg_strlcpy(cfg->path, path, sizeof cfg->path);
 	cfg->checkin_interval = 3600;
 	cfg->request_timeout = 10;
+	cfg->sandbox = FG_SANDBOX_REQUIRED;
 	fg_strlcpy(cfg->log_level, "info", sizeof cfg->log_level);
 	fg_strlcpy(tmp, path, sizeof tmp);
 	/* absolute, so that later reads do not depend on the working directory */

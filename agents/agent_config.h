@@ -35,6 +35,7 @@ struct agent_config {
 	char log_level[16];         /* error, warn, info, debug */
 	char acme_http01_listen[280]; /* HOST:PORT where ACME http-01 is served, "" none */
 	char acme_webroot[PATH_MAX];  /* webroot for ACME http-01 files, "" none */
+	int sandbox;                /* enum fg_sandbox_mode (fg_landlock.h); default required */
 	struct agent_slot *slots;   /* malloc'd, nslots of them */
 	size_t nslots;              /* 1 .. AGENT_MAX_SLOTS */
 };

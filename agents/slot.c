@@ -733,9 +733,24 @@ static void ari_keep(const struct agent_config *cfg, const struct agent_slot *s,
 			fg_time_iso(renew_after, when, sizeof when));
 }
 
+/* The hook run in this process (slot_hook_fn's shape). */
+static int hook_here(void *arg, const struct agent_slot *s, int timeout_s, char *err, size_t errlen)
+{
+	(void)arg;
+	return slot_run_hook(s, timeout_s, err, errlen);
+}
+
 int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		 const struct slot_request *r, const Fleetgate__CertReply *cr,
 		 const char *anchors_pem, char *err, size_t errlen)
+{
+	return slot_install_hooked(cfg, s, r, cr, anchors_pem, NULL, NULL, err, errlen);
+}
+
+int slot_install_hooked(const struct agent_config *cfg, const struct agent_slot *s,
+			const struct slot_request *r, const Fleetgate__CertReply *cr,
+			const char *anchors_pem, slot_hook_fn hook, void *hook_arg, char *err,
+			size_t errlen)
 {
 	X509 *leaf = NULL;
 	STACK_OF(X509) *chain = sk_X509_new_null(), *anchors = NULL;
@@ -750,6 +765,8 @@ int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		errlen = sizeof local;
 	}
 	memset(sv, 0, sizeof sv);
+	if (hook == NULL)
+		hook = hook_here;
 	if (chain == NULL) {
 		fg_seterr(err, errlen, "out of memory");
 		goto out;
@@ -797,7 +814,7 @@ int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 	    (s->chain[0] && fg_write_file_atomic(s->chain, chain_pem ? chain_pem : "", chain_len, 0644,
 						 s->uid, s->gid, err, errlen) != 0))
 		goto rollback;
-	if (slot_run_hook(s, SLOT_HOOK_TIMEOUT, err, errlen) != 0)
+	if (hook(hook_arg, s, SLOT_HOOK_TIMEOUT, err, errlen) != 0)
 		goto rollback;
 	ari_keep(cfg, s, leaf, cr->renew_after, r->rid);
 	slot_request_forget(cfg, s);
@@ -808,7 +825,7 @@ rollback:
 		restore(&sv[i], r->rid);
 	if (sv[1].existed && s->reload[0]) {
 		char e2[512];
-		if (slot_run_hook(s, SLOT_HOOK_TIMEOUT, e2, sizeof e2) != 0)
+		if (hook(hook_arg, s, SLOT_HOOK_TIMEOUT, e2, sizeof e2) != 0)
 			fg_err("agent", r->rid, "slot %s: reload after rollback failed too: %s", s->name, e2);
 	}
 	{

@@ -110,6 +110,19 @@ int slot_install(const struct agent_config *cfg, const struct agent_slot *s,
 		 const struct slot_request *r, const Fleetgate__CertReply *cr,
 		 const char *anchors_pem, char *err, size_t errlen);
 
+/* Runs slot s's reload command; slot_run_hook's contract, with a context. */
+typedef int (*slot_hook_fn)(void *arg, const struct agent_slot *s, int timeout_s, char *err,
+			    size_t errlen);
+
+/* slot_install, with the reload command (and its rerun after a rollback)
+ * run through hook(hook_arg, ...) rather than in this process: the
+ * sandboxed agent passes hookproc_run (hookproc.h). hook NULL is
+ * slot_install. */
+int slot_install_hooked(const struct agent_config *cfg, const struct agent_slot *s,
+			const struct slot_request *r, const Fleetgate__CertReply *cr,
+			const char *anchors_pem, slot_hook_fn hook, void *hook_arg, char *err,
+			size_t errlen);
+
 /* Run the slot's reload command (if any) with /bin/sh -c, FLEETGATE_SLOT,
  * FLEETGATE_CERT, FLEETGATE_KEY and FLEETGATE_CHAIN in its environment and
  * default signal handling, in its own process group; killed after

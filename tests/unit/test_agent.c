@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 #include <openssl/x509v3.h>
@@ -23,9 +24,12 @@
 #include "agent_config.h"
 #include "client.h"
 #include "facts.h"
+#include "fg_landlock.h"
 #include "fg_util.h"
 #include "fg_wire.h"
 #include "fg_x509.h"
+#include "hookproc.h"
+#include "sandbox.h"
 #include "slot.h"
 
 static char dir[64];
@@ -642,6 +646,172 @@ static void test_hook(void **state)
 	assert_non_null(strstr(err, "did not finish within 1 s"));
 }
 
+/* ---- sandbox ---- */
+
+static void test_config_sandbox(void **state)
+{
+	struct agent_config cfg;
+	char err[512];
+	(void)state;
+	assert_int_equal(load("bundle = b\nstate_dir = s\n[slot a]\nkey = k\ncert = c\n", &cfg, err, sizeof err), 0);
+	assert_int_equal(cfg.sandbox, FG_SANDBOX_REQUIRED);
+	agent_config_clear(&cfg);
+	assert_int_equal(load("sandbox = best-effort\nbundle = b\nstate_dir = s\n[slot a]\nkey = k\ncert = c\n", &cfg,
+			      err, sizeof err), 0);
+	assert_int_equal(cfg.sandbox, FG_SANDBOX_BEST_EFFORT);
+	agent_config_clear(&cfg);
+	assert_int_equal(load("sandbox = \"off\"\nbundle = b\nstate_dir = s\n[slot a]\nkey = k\ncert = c\n", &cfg,
+			      err, sizeof err), 0);
+	assert_int_equal(cfg.sandbox, FG_SANDBOX_OFF);
+	agent_config_clear(&cfg);
+	assert_int_equal(load("sandbox = on\nbundle = b\nstate_dir = s\n[slot a]\nkey = k\ncert = c\n", &cfg, err,
+			      sizeof err), -1);
+	assert_non_null(strstr(err, "agent.conf:1: sandbox 'on' is unknown; use required, best-effort or off"));
+}
+
+static const struct sandbox_rule *rule_of(const struct sandbox_policy *p, const char *path)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (strcmp(p->rules[i].path, path) == 0)
+			return &p->rules[i];
+	return NULL;
+}
+
+/* The policy lists what the configuration names, with the right access,
+ * and a reload that needs more than the policy applied is not covered. */
+static void test_sandbox_policy(void **state)
+{
+	struct agent_config cfg;
+	struct fg_bundle b;
+	struct sandbox_policy p, q;
+	char err[512], want[512];
+	(void)state;
+	memset(&b, 0, sizeof b);
+	assert_int_equal(load("bundle = bd/b.bundle\nstate_dir = st\nacme_http01_listen = 0.0.0.0:5002\n"
+			      "[slot a]\nkey = keys/a.key\ncert = /srv/certs/a.crt\n", &cfg, err, sizeof err), 0);
+	fg_strlcpy(b.endpoint, "tcp://192.0.2.7:4433", sizeof b.endpoint);
+	assert_int_equal(sandbox_policy_build(&cfg, &b, &p, err, sizeof err), 0);
+	path_in(want, sizeof want, "st");
+	assert_non_null(rule_of(&p, want));
+	assert_int_equal(rule_of(&p, want)->access, FG_LL_RW_DIR);
+	path_in(want, sizeof want, "keys");
+	assert_int_equal(rule_of(&p, want)->access, FG_LL_RW_DIR);
+	path_in(want, sizeof want, "bd");
+	assert_int_equal(rule_of(&p, want)->access, FG_LL_RW_DIR);
+	assert_int_equal(rule_of(&p, "/srv/certs")->access, FG_LL_RW_DIR);
+	assert_int_equal(rule_of(&p, dir)->access, FG_LL_READ);        /* the config's directory */
+	assert_int_equal(rule_of(&p, "/usr")->access, FG_LL_READ);
+	for (size_t i = 0; i < p.n; i++)
+		assert_int_not_equal(p.rules[i].access, FG_LL_EXEC);     /* nothing is executable */
+	assert_int_equal(p.nconnect, 1);
+	assert_int_equal(p.connect[0], 4433);
+	assert_int_equal(p.nbind, 1);
+	assert_int_equal(p.bind[0], 5002);
+	assert_string_equal(p.config_dir_writable, "");
+	assert_int_equal(sandbox_policy_covers(&p, &p, err, sizeof err), 1);
+
+	/* a gateway name needs DNS, perhaps over TCP */
+	fg_strlcpy(b.endpoint, "tcp://gw.example:4433", sizeof b.endpoint);
+	assert_int_equal(sandbox_policy_build(&cfg, &b, &q, err, sizeof err), 0);
+	assert_int_equal(q.nconnect, 2);
+	assert_int_equal(q.connect[1], 53);
+	assert_int_equal(sandbox_policy_covers(&p, &q, err, sizeof err), 0);
+	assert_non_null(strstr(err, "does not let the agent connect to TCP port 53"));
+	sandbox_policy_clear(&q);
+	agent_config_clear(&cfg);
+
+	/* a new state directory is not covered; one beneath a writable one is */
+	assert_int_equal(load("bundle = bd/b.bundle\nstate_dir = /elsewhere/st\n[slot a]\nkey = keys/a.key\ncert = /srv/certs/a.crt\n",
+			      &cfg, err, sizeof err), 0);
+	fg_strlcpy(b.endpoint, "tcp://192.0.2.7:4433", sizeof b.endpoint);
+	assert_int_equal(sandbox_policy_build(&cfg, &b, &q, err, sizeof err), 0);
+	assert_int_equal(sandbox_policy_covers(&p, &q, err, sizeof err), 0);
+	assert_non_null(strstr(err, "does not let the agent write /elsewhere/st"));
+	sandbox_policy_clear(&q);
+	agent_config_clear(&cfg);
+	assert_int_equal(load("bundle = bd/b.bundle\nstate_dir = st/sub\n[slot a]\nkey = keys/a.key\ncert = /srv/certs/a.crt\n",
+			      &cfg, err, sizeof err), 0);
+	assert_int_equal(sandbox_policy_build(&cfg, &b, &q, err, sizeof err), 0);
+	assert_int_equal(sandbox_policy_covers(&p, &q, err, sizeof err), 1);
+	sandbox_policy_clear(&q);
+	agent_config_clear(&cfg);
+
+	/* the configuration next to a slot's files is writable to the agent */
+	assert_int_equal(load("bundle = b.bundle\nstate_dir = st\n[slot a]\nkey = a.key\ncert = a.crt\n", &cfg, err,
+			      sizeof err), 0);
+	assert_int_equal(sandbox_policy_build(&cfg, &b, &q, err, sizeof err), 0);
+	assert_string_equal(q.config_dir_writable, dir);
+	sandbox_policy_clear(&q);
+	agent_config_clear(&cfg);
+
+	fg_strlcpy(b.endpoint, "tcp://nonsense", sizeof b.endpoint);
+	assert_int_equal(load("bundle = b.bundle\nstate_dir = st\n[slot a]\nkey = a.key\ncert = a.crt\n", &cfg, err,
+			      sizeof err), 0);
+	assert_int_equal(sandbox_policy_build(&cfg, &b, &q, err, sizeof err), -1);
+	assert_non_null(strstr(err, "cannot tell the TCP port of the gateway endpoint 'tcp://nonsense'"));
+	agent_config_clear(&cfg);
+	sandbox_policy_clear(&p);
+}
+
+static void wipe_marker(void *arg)
+{
+	*(int *)arg = 42;
+}
+
+/* The hook runner runs the command of its own copy of the configuration,
+ * looked up by slot name, whatever command the caller's slot carries. */
+static void test_hookproc(void **state)
+{
+	struct agent_config cfg;
+	struct agent_slot s;
+	char err[1024], text[1024], out[512], evil[512];
+	int marker = 0;
+	(void)state;
+	path_in(out, sizeof out, "runner.out");
+	path_in(evil, sizeof evil, "runner.evil");
+	unlink(out);
+	snprintf(text, sizeof text, "bundle = b\nstate_dir = s\n[slot a]\nkey = a.key\ncert = a.crt\n"
+		 "reload = echo \"$FLEETGATE_SLOT\" >> %s\n[slot b]\nkey = b.key\ncert = b.crt\nreload = exit 3\n", out);
+	assert_int_equal(load(text, &cfg, err, sizeof err), 0);
+	struct hookproc *h = hookproc_start(&cfg, wipe_marker, &marker, err, sizeof err);
+	assert_non_null(h);
+	assert_int_equal(marker, 0);    /* child_init ran in the child only */
+	assert_true(hookproc_pid(h) > 0);
+
+	s = cfg.slots[0];
+	snprintf(s.reload, sizeof s.reload, "touch %s", evil);   /* not what the runner has */
+	assert_int_equal(hookproc_run(h, &s, 10, err, sizeof err), 0);
+	char *got = slurp(out, NULL);
+	assert_non_null(got);
+	assert_string_equal(got, "a\n");
+	free(got);
+	assert_int_equal(access(evil, F_OK), -1);
+
+	s = cfg.slots[1];
+	assert_int_equal(hookproc_run(h, &s, 10, err, sizeof err), -1);
+	assert_non_null(strstr(err, "reload command 'exit 3' exited with status 3"));
+
+	strcpy(s.name, "zz");
+	assert_int_equal(hookproc_run(h, &s, 10, err, sizeof err), -1);
+	assert_non_null(strstr(err, "the hook runner has no slot 'zz'"));
+
+	/* a slot without a command needs no runner */
+	s.reload[0] = '\0';
+	assert_int_equal(hookproc_run(h, &s, 10, err, sizeof err), 0);
+
+	/* the runner gone: said, not hung */
+	pid_t pid = hookproc_pid(h);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	s = cfg.slots[0];
+	assert_int_equal(hookproc_run(h, &s, 10, err, sizeof err), -1);
+	assert_non_null(strstr(err, "the hook runner"));
+	assert_non_null(strstr(err, "restart the agent"));
+	hookproc_free(h);
+	hookproc_free(NULL);
+	agent_config_clear(&cfg);
+}
+
 /* ---- install ---- */
 
 struct pki {
@@ -1028,6 +1198,9 @@ int main(void)
 		cmocka_unit_test(test_decide),
 		cmocka_unit_test(test_request_build_resume),
 		cmocka_unit_test(test_hook),
+		cmocka_unit_test(test_config_sandbox),
+		cmocka_unit_test(test_sandbox_policy),
+		cmocka_unit_test(test_hookproc),
 		cmocka_unit_test(test_install_and_rollback),
 		cmocka_unit_test(test_first_install_rollback),
 		cmocka_unit_test(test_client),
