@@ -274,7 +274,7 @@ static int cmd_init(const struct opts *o)
 	struct store *st = NULL;
 	struct backends *bs = NULL;
 	char *text = NULL;
-	int rc = EXIT_FAIL, wrote_conf = 0;
+	int rc = EXIT_FAIL, wrote_conf = 0, adopt = 0;
 	struct stat sb;
 
 	if (need_state(o))
@@ -295,7 +295,18 @@ static int cmd_init(const struct opts *o)
 		return EXIT_USAGE;
 	}
 	fg_path_join(o->state, "fleetgated.conf", conf, sizeof conf);
-	if (stat(conf, &sb) == 0) {
+	fg_path_join(o->state, "keys/gateway.key", path, sizeof path);
+	/* A config but no keys yet: an installed one (the package's
+	 * fleetgated.conf, linked into the state directory by tmpfiles.d), which
+	 * init adopts as it is and builds the rest from. */
+	if (stat(conf, &sb) == 0 && stat(path, &sb) != 0) {
+		if (o->listen != NULL || o->http != NULL || o->est != NULL) {
+			fprintf(stderr, "fleetgate: %s exists already; set listen, http and est there "
+				"instead of --listen, --http and --est\n", conf);
+			return EXIT_USAGE;
+		}
+		adopt = 1;
+	} else if (stat(conf, &sb) == 0) {
 		fprintf(stderr, "fleetgate: %s already holds a gateway (%s exists); "
 			"choose another directory or remove it first\n", o->state, conf);
 		return EXIT_FAIL;
@@ -317,15 +328,17 @@ static int cmd_init(const struct opts *o)
 	    fg_write_file_atomic(path, fg_default_policy, fg_default_policy_len, 0644,
 				 (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
 		goto fail;
-	text = init_config_text(listen, o->http, o->est);
-	if (text == NULL) {
-		fg_seterr(err, sizeof err, "out of memory");
-		goto fail;
+	if (!adopt) {
+		text = init_config_text(listen, o->http, o->est);
+		if (text == NULL) {
+			fg_seterr(err, sizeof err, "out of memory");
+			goto fail;
+		}
+		if (fg_write_file_atomic(conf, text, strlen(text), 0640, (uid_t)-1, (gid_t)-1, err,
+					 sizeof err) != 0)
+			goto fail;
+		wrote_conf = 1;
 	}
-	if (fg_write_file_atomic(conf, text, strlen(text), 0640, (uid_t)-1, (gid_t)-1, err,
-				 sizeof err) != 0)
-		goto fail;
-	wrote_conf = 1;
 	cfg = config_load(o->state, err, sizeof err);
 	if (cfg == NULL)
 		goto fail;
@@ -343,7 +356,7 @@ static int cmd_init(const struct opts *o)
 		goto fail;
 
 	printf("initialised gateway in %s\n", cfg->state_dir);
-	printf("  config:     %s\n", conf);
+	printf("  config:     %s%s\n", conf, adopt ? " (existing, kept as it is)" : "");
 	printf("  policy:     %s\n", cfg->policy_path);
 	printf("  store:      %s\n", cfg->store_path);
 	printf("  listen:     %s\n", cfg->listen);
