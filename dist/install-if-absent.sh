@@ -5,7 +5,7 @@
 set -eu
 src=$1 dir=${DESTDIR:-}$2 name=$3 mode=$4
 if [ -e "$dir/$name" ] || [ -L "$dir/$name" ]; then
-	echo "fleetgate: keeping $dir/$name (already there)"
+	echo "fleetgate: keeping $dir/$name (already there)" >&2
 	exit 0
 fi
 install -d -m 0755 "$dir"
