@@ -35,6 +35,17 @@ expect_match "an unknown command names the closest" "$out" "unknown command 'dev
 rc=0; out=$("$FLEETGATE" audit tail --state "$T" -n 2>&1) || rc=$?
 expect_match "a missing value is named" "$out" "option -n needs a value"
 
+# Bash completion, driven as bash drives it.
+comp() { # comp WORDS...: the completions for the last word
+  bash -c 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _fleetgate; printf "%s\n" "${COMPREPLY[@]}"' \
+    _ "$FG_SOURCE_ROOT/dist/fleetgate.bash-completion" "$@"
+}
+PATH="$(dirname "$FLEETGATE"):$PATH"
+expect_match "completion: commands" "$(comp fleetgate to)" "^token\$"
+expect_eq "completion: subcommands" "$(comp fleetgate token "" | sort | tr '\n' ' ')" "create list revoke show "
+expect_match "completion: options of the subcommand" "$(comp fleetgate token create --gr)" "^--group\$"
+expect_eq "completion: no option of another command" "$(comp fleetgate token list --foll)" ""
+
 for b in "$FLEETGATED" "$AGENT"; do
   rc=0; out=$("$b" --help 2>&1) || rc=$?
   expect_eq "$(basename "$b") --help exits 0" "$rc" 0
