@@ -378,7 +378,9 @@ static int try_path(const char *cand, int n, size_t candlen, char *tried, size_t
  * else $FLEETGATE_PLUGIN_DIR) is the only place looked at: a plugin missing
  * there is an error, never silently replaced by another copy. Without one,
  * the build tree next to the running executable comes first (so a build
- * runs its own plugins), then the installed FG_PLUGIN_DIR. */
+ * runs its own plugins), then the plugin directory of the installed tree
+ * the executable belongs to (PREFIX/sbin/../LIBDIR/fleetgate, so a tree
+ * installed under a DESTDIR runs its own plugins), then FG_PLUGIN_DIR. */
 int backend_plugin_path(const char *plugin_dir, const char *name, char *out, size_t outlen,
 			char *err, size_t errlen)
 {
@@ -418,6 +420,13 @@ int backend_plugin_path(const char *plugin_dir, const char *name, char *out, siz
 		n = snprintf(cand, sizeof cand, "%s/../plugins/%s/fleetgate-%s.so", exe, name, name);
 		if (try_path(cand, n, sizeof cand, tried, sizeof tried))
 			goto found;
+		/* Installed: bin/ and sbin/ sit one level below the prefix, so an
+		 * installed tree finds its own plugins wherever it was put. */
+		if (FG_PLUGIN_DIR_REL[0] != '\0') {
+			n = snprintf(cand, sizeof cand, "%s/../%s/fleetgate-%s.so", exe, FG_PLUGIN_DIR_REL, name);
+			if (try_path(cand, n, sizeof cand, tried, sizeof tried))
+				goto found;
+		}
 	}
 	n = snprintf(cand, sizeof cand, "%s/fleetgate-%s.so", FG_PLUGIN_DIR, name);
 	if (try_path(cand, n, sizeof cand, tried, sizeof tried))

@@ -67,7 +67,9 @@ void backends_job_release(struct backends *bs, const char *curve_key, const char
 
 /* Where the plugin for name lives: plugin_dir (config) when set, else
  * $FLEETGATE_PLUGIN_DIR, else the build tree next to the executable
- * (<exe dir>/../plugins/<name>/fleetgate-<name>.so), else FG_PLUGIN_DIR.
+ * (<exe dir>/../plugins/<name>/fleetgate-<name>.so), else the installed
+ * tree the executable belongs to (<exe dir>/../LIBDIR/fleetgate), else
+ * FG_PLUGIN_DIR.
  * 0 with out filled when a readable file was found, -1 with err listing
  * the places tried. */
 int backend_plugin_path(const char *plugin_dir, const char *name, char *out, size_t outlen,

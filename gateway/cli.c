@@ -46,6 +46,7 @@
 #include "policy.h"
 #include "policy_fixtures.h"
 #include "binding.h"
+#include "cli_help.h"
 #include "import.h"
 #include "store.h"
 
@@ -132,7 +133,30 @@ static void usage(FILE *f)
 		"  policy test [--state DIR] FILE [CASES.json...]\n"
 		"        run the policy on each fixture and compare the decisions (default:\n"
 		"        the fixtures next to FILE); prints a diff per mismatch; exit 0 or 1\n"
-		"  version\n");
+		"  commands\n"
+		"        every command and subcommand, one a line\n"
+		"  version\n"
+		"\n"
+		"fleetgate COMMAND [SUBCOMMAND] --help prints that command's usage, options and an example.\n");
+}
+
+/* Say that arg is not an option, naming the closest one of lo. */
+static void unknown_option(const char *arg, const struct option *lo, const char *cmd)
+{
+	const char *names[64], *best;
+	char word[64];
+	size_t n = 0;
+
+	for (; lo[n].name != NULL && n < sizeof names / sizeof names[0]; n++)
+		names[n] = lo[n].name;
+	fg_strlcpy(word, arg + strspn(arg, "-"), sizeof word);
+	word[strcspn(word, "=")] = '\0';
+	best = cli_help_closest(word, names, n);
+	if (best != NULL)
+		fprintf(stderr, "fleetgate: unknown option '%s'; did you mean --%s? (see `fleetgate %s --help`)\n",
+			arg, best, cmd);
+	else
+		fprintf(stderr, "fleetgate: unknown option '%s'; see `fleetgate %s --help`\n", arg, cmd);
 }
 
 /* Parse the options of a subcommand (argv[0] is the subcommand word). */
@@ -165,9 +189,17 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	o->uses = 1;
 	o->ttl = "24h";
 	optind = 1;
+	opterr = 0;
 	o->lines = 20;
-	while ((c = getopt_long(argc, argv, "s:jhfn:", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":s:jhfn:", lo, NULL)) != -1) {
 		switch (c) {
+		case ':':
+			fprintf(stderr, "fleetgate: option %s needs a value; see `fleetgate %s --help`\n",
+				argv[optind - 1], argv[0]);
+			return -1;
+		case '?':
+			unknown_option(argv[optind - 1], lo, argv[0]);
+			return -1;
 		case 's': o->state = optarg; break;
 		case 'l': o->listen = optarg; break;
 		case 'g': o->group = optarg; break;
@@ -274,7 +306,7 @@ static int cmd_init(const struct opts *o)
 	struct store *st = NULL;
 	struct backends *bs = NULL;
 	char *text = NULL;
-	int rc = EXIT_FAIL, wrote_conf = 0;
+	int rc = EXIT_FAIL, wrote_conf = 0, adopt = 0;
 	struct stat sb;
 
 	if (need_state(o))
@@ -295,7 +327,18 @@ static int cmd_init(const struct opts *o)
 		return EXIT_USAGE;
 	}
 	fg_path_join(o->state, "fleetgated.conf", conf, sizeof conf);
-	if (stat(conf, &sb) == 0) {
+	fg_path_join(o->state, "keys/gateway.key", path, sizeof path);
+	/* A config but no keys yet: an installed one (the package's
+	 * fleetgated.conf, linked into the state directory by tmpfiles.d), which
+	 * init adopts as it is and builds the rest from. */
+	if (stat(conf, &sb) == 0 && stat(path, &sb) != 0) {
+		if (o->listen != NULL || o->http != NULL || o->est != NULL) {
+			fprintf(stderr, "fleetgate: %s exists already; set listen, http and est there "
+				"instead of --listen, --http and --est\n", conf);
+			return EXIT_USAGE;
+		}
+		adopt = 1;
+	} else if (stat(conf, &sb) == 0) {
 		fprintf(stderr, "fleetgate: %s already holds a gateway (%s exists); "
 			"choose another directory or remove it first\n", o->state, conf);
 		return EXIT_FAIL;
@@ -317,15 +360,17 @@ static int cmd_init(const struct opts *o)
 	    fg_write_file_atomic(path, fg_default_policy, fg_default_policy_len, 0644,
 				 (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
 		goto fail;
-	text = init_config_text(listen, o->http, o->est);
-	if (text == NULL) {
-		fg_seterr(err, sizeof err, "out of memory");
-		goto fail;
+	if (!adopt) {
+		text = init_config_text(listen, o->http, o->est);
+		if (text == NULL) {
+			fg_seterr(err, sizeof err, "out of memory");
+			goto fail;
+		}
+		if (fg_write_file_atomic(conf, text, strlen(text), 0640, (uid_t)-1, (gid_t)-1, err,
+					 sizeof err) != 0)
+			goto fail;
+		wrote_conf = 1;
 	}
-	if (fg_write_file_atomic(conf, text, strlen(text), 0640, (uid_t)-1, (gid_t)-1, err,
-				 sizeof err) != 0)
-		goto fail;
-	wrote_conf = 1;
 	cfg = config_load(o->state, err, sizeof err);
 	if (cfg == NULL)
 		goto fail;
@@ -343,7 +388,7 @@ static int cmd_init(const struct opts *o)
 		goto fail;
 
 	printf("initialised gateway in %s\n", cfg->state_dir);
-	printf("  config:     %s\n", conf);
+	printf("  config:     %s%s\n", conf, adopt ? " (existing, kept as it is)" : "");
 	printf("  policy:     %s\n", cfg->policy_path);
 	printf("  store:      %s\n", cfg->store_path);
 	printf("  listen:     %s\n", cfg->listen);
@@ -1965,6 +2010,17 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return EXIT_OK;
 	}
+	/* COMMAND [SUB] --help: that command's help (before any other parsing,
+	 * so that it works whatever else is on the line). */
+	for (int i = 2; i < argc; i++)
+		if ((strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) && cli_help_is_command(cmd)) {
+			cli_help_print(stdout, cmd, argc > 2 && argv[2][0] != '-' ? argv[2] : NULL);
+			return EXIT_OK;
+		}
+	if (strcmp(cmd, "commands") == 0) {
+		cli_help_list(stdout);
+		return EXIT_OK;
+	}
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("fleetgate %s\n", FG_VERSION);
 		return EXIT_OK;
@@ -1991,6 +2047,13 @@ int main(int argc, char **argv)
 		return o.argc ? (usage(stderr), EXIT_USAGE) : cmd_status(&o);
 	if (strcmp(cmd, "policy") == 0)
 		return cmd_policy(&o);
-	fprintf(stderr, "fleetgate: unknown command '%s'; run `fleetgate help`\n", cmd);
+	static const char *const cmds[] = { "init", "token", "device", "cert", "backend", "audit", "status",
+					    "policy", "commands", "version", "help" };
+	const char *best = cli_help_closest(cmd, cmds, sizeof cmds / sizeof cmds[0]);
+	if (best != NULL)
+		fprintf(stderr, "fleetgate: unknown command '%s'; did you mean '%s'? (run `fleetgate help`)\n", cmd,
+			best);
+	else
+		fprintf(stderr, "fleetgate: unknown command '%s'; run `fleetgate help`\n", cmd);
 	return EXIT_USAGE;
 }
