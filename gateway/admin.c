@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "admin.h"
+#include "confine.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "fleetgate/plugin.h"
@@ -147,8 +148,8 @@ out:
 static void serve_status(struct admin *a, int fd, uint32_t id)
 {
 	pid_t sp = a->signer ? signer_client_pid(a->signer) : 0;
-	json_t *o = json_pack("{s:i, s:s, s:{s:i, s:i, s:s}}", "pid", (int)getpid(), "version", FG_VERSION,
-			      "signer", "pid", (int)sp, "monitor",
+	json_t *o = json_pack("{s:i, s:s, s:s, s:{s:i, s:i, s:s}}", "pid", (int)getpid(), "version", FG_VERSION,
+			      "confinement", confine_describe(), "signer", "pid", (int)sp, "monitor",
 			      a->signer ? (int)signer_client_monitor_pid(a->signer) : 0, "sandbox", a->cfg->sandbox);
 	char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
 	if (text != NULL)
@@ -274,15 +275,24 @@ struct admin *admin_start(const struct gw_config *cfg, struct signer_client *sig
 		fg_seterr(err, errlen, "cannot set the mode of %s: %s", a->path, strerror(errno));
 		goto fail;
 	}
-	if ((a->stop = eventfd(0, EFD_CLOEXEC)) < 0 || pthread_create(&a->thread, NULL, admin_loop, a) != 0) {
-		fg_seterr(err, errlen, "cannot start the admin socket thread");
+	if ((a->stop = eventfd(0, EFD_CLOEXEC)) < 0) {
+		fg_seterr(err, errlen, "cannot make the admin socket's stop event: %s", strerror(errno));
 		goto fail;
 	}
-	a->started = 1;
 	return a;
 fail:
 	admin_stop(a);
 	return NULL;
+}
+
+int admin_serve(struct admin *a, char *err, size_t errlen)
+{
+	if (pthread_create(&a->thread, NULL, admin_loop, a) != 0) {
+		fg_seterr(err, errlen, "cannot start the admin socket thread");
+		return -1;
+	}
+	a->started = 1;
+	return 0;
 }
 
 void admin_stop(struct admin *a)

@@ -32,10 +32,13 @@ enum {
 struct admin;
 
 /* Listen on <state>/admin.sock (a stale socket is replaced; one a live
- * daemon answers on is an error) and serve from a thread of its own.
- * signer may be NULL (no local backend). NULL with err on failure. */
+ * daemon answers on is an error); no thread yet. signer may be NULL (no
+ * local backend). NULL with err on failure. */
 struct admin *admin_start(const struct gw_config *cfg, struct signer_client *signer, char *err,
 			  size_t errlen);
+/* Serve it from a thread of its own (once the daemon is confined). 0, or
+ * -1 with err. */
+int admin_serve(struct admin *a, char *err, size_t errlen);
 /* Stop serving and remove the socket. NULL is a no-op. */
 void admin_stop(struct admin *a);
 

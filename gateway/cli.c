@@ -1528,6 +1528,9 @@ static void print_daemon_text(const json_t *d)
 			       (long long)json_integer_value(json_object_get(sg, "monitor")));
 		else
 			printf("no signer process (no local backend, or restarting)\n");
+		const char *cf = json_string_value(json_object_get(d, "confinement"));
+		if (cf != NULL)
+			printf("daemon confinement: %s\n", cf);
 	}
 }
 

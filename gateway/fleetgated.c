@@ -14,11 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include "admin.h"
 #include "backend.h"
 #include "config.h"
+#include "confine.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "http.h"
@@ -173,6 +176,21 @@ int main(int argc, char **argv)
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
+
+	/* The daemon confines itself while it has one thread: Landlock, then
+	 * the threads (docs/security.md). */
+	char asock[PATH_MAX];
+	if (admin_socket_path(cfg, asock, sizeof asock) != 0 ||
+	    confine_broker_start(cfg, asock, err, sizeof err) != 0 || confine_apply(cfg, err, sizeof err) != 0) {
+		fg_err("gateway", NULL, "%s", err[0] ? err : "the admin socket path is too long");
+		goto out;
+	}
+	fg_info("gateway", NULL, "sandbox: daemon pid %d: %s", (int)getpid(), confine_describe());
+	if ((signer != NULL && signer_client_watch(signer, err, sizeof err) != 0) ||
+	    admin_serve(admin, err, sizeof err) != 0) {
+		fg_err("gateway", NULL, "%s", err);
+		goto out;
+	}
 	start_http_side(cfg, bs, &http);
 	if (cfg->http_listen[0] != '\0' && http == NULL)
 		goto out;
@@ -185,6 +203,7 @@ out:
 	http_stop(http);
 	admin_stop(admin);
 	backends_free(bs);
+	confine_broker_stop();
 	if (signer != NULL && signer_client_failed(signer))
 		rc = 1;
 	signer_client_free(signer);

@@ -333,6 +333,8 @@ static int load_case(struct policy_fixtures *fx, size_t i, json_t *obj, char *er
 	return 0;
 }
 
+#define FIXTURES_MAX_FILE (16u * 1024 * 1024)
+
 struct policy_fixtures *policy_fixtures_load(const char *path, char *err, size_t errlen)
 {
 	struct policy_fixtures *fx = NULL, *ret = NULL;
@@ -347,7 +349,17 @@ struct policy_fixtures *policy_fixtures_load(const char *path, char *err, size_t
 		goto out;
 	}
 	fg_strlcpy(fx->file, base ? base + 1 : path, sizeof fx->file);
-	fx->root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+	/* Read with fg_read_file, so that a confined daemon reads it as it
+	 * reads the policy (fg_set_read_opener). */
+	char *text = NULL;
+	size_t tlen = 0;
+	char rerr[1024];
+	if (fg_read_file(path, FIXTURES_MAX_FILE, &text, &tlen, rerr, sizeof rerr) != 0) {
+		fg_seterr(err, errlen, "%s", rerr);
+		goto out;
+	}
+	fx->root = json_loadb(text, tlen, JSON_REJECT_DUPLICATES, &je);
+	free(text);
 	if (fx->root == NULL) {
 		if (je.line > 0)
 			fg_seterr(err, errlen, "%s:%d:%d: %s; fix the JSON", path, je.line, je.column, je.text);

@@ -12,6 +12,7 @@
 #include <zmq.h>
 #include <openssl/crypto.h>
 
+#include "confine.h"
 #include "enroll.h"
 #include "est.h"
 #include "fg_curve.h"
@@ -336,6 +337,9 @@ int server_run(const struct gw_config *cfg, struct backends *bs, char *err, size
 		goto out;
 	}
 	OPENSSL_cleanse(sec, sizeof sec);
+	/* Every socket is bound: the daemon gives up root (user = ...). */
+	if (confine_drop_user(cfg, err, errlen) != 0)
+		goto out;
 	fg_info("server", NULL, "fleetgated %s listening on %s (CURVE key %s), %d workers",
 		FG_VERSION, cfg->listen, pub, cfg->workers);
 

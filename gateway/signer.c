@@ -228,11 +228,16 @@ static int64_t setting_span(const struct config_backend *cb, const char *key, in
 	return -1;
 }
 
+int signer_holds_key(const struct config_backend *cb)
+{
+	return strcmp(cb->plugin, "local") == 0;
+}
+
 size_t signer_key_count(const struct gw_config *cfg)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < cfg->nbackends; i++)
-		if (strcmp(cfg->backends[i].plugin, "local") == 0)
+		if (signer_holds_key(&cfg->backends[i]))
 			n++;
 	return n;
 }
@@ -265,12 +270,20 @@ static X509_ALGOR *key_algor(EVP_PKEY *key, const EVP_MD *md)
 	return alg;
 }
 
+int signer_key_dir(const struct gw_config *cfg, const struct config_backend *cb, char *out, size_t outlen)
+{
+	const char *sd = fg_kv_get(cb->settings, cb->nsettings, "state_dir");
+	const char *cd = fg_kv_get(cb->settings, cb->nsettings, "ca_dir");
+	cd = cd && cd[0] ? cd : "ca";
+	if (cd[0] == '/')
+		return fg_strlcpy(out, cd, outlen) < outlen ? 0 : -1;
+	return fg_path_join(sd ? sd : cfg->state_dir, cd, out, outlen);
+}
+
 /* Load one backend's key and certificate, checked as a matching CA pair. */
 static int load_ca(const struct gw_config *cfg, const struct config_backend *cb, struct ca_key *ca,
 		   char *err, size_t errlen)
 {
-	const char *sd = fg_kv_get(cb->settings, cb->nsettings, "state_dir");
-	const char *cd = fg_kv_get(cb->settings, cb->nsettings, "ca_dir");
 	char dir[PATH_MAX], keypath[PATH_MAX + 16], crtpath[PATH_MAX + 16];
 	char *text = NULL;
 	size_t len = 0;
@@ -279,10 +292,7 @@ static int load_ca(const struct gw_config *cfg, const struct config_backend *cb,
 	int rc = -1;
 
 	fg_strlcpy(ca->backend, cb->name, sizeof ca->backend);
-	cd = cd && cd[0] ? cd : "ca";
-	if (cd[0] == '/')
-		fg_strlcpy(dir, cd, sizeof dir);
-	else if (fg_path_join(sd ? sd : cfg->state_dir, cd, dir, sizeof dir) != 0) {
+	if (signer_key_dir(cfg, cb, dir, sizeof dir) != 0) {
 		fg_seterr(err, errlen, "backend %s: ca_dir path is too long", cb->name);
 		return -1;
 	}

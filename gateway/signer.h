@@ -38,6 +38,14 @@ enum {
  * starts). Returns the child's pid, or -1 with err. */
 pid_t signer_spawn(const struct gw_config *cfg, unsigned flags, int *fd, char *err, size_t errlen);
 
+/* The directory that holds backend cb's CA key (ca_dir, relative to its
+ * state_dir), when cb is one whose key the signer holds. 0, or -1 when the
+ * path is too long. */
+int signer_key_dir(const struct gw_config *cfg, const struct config_backend *cb, char *out, size_t outlen);
+
+/* 1 when the signer holds backend cb's key (a local CA). */
+int signer_holds_key(const struct config_backend *cb);
+
 /* The number of backends whose key a signer for cfg holds. */
 size_t signer_key_count(const struct gw_config *cfg);
 

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -187,6 +188,25 @@ static int recv_fd(int ctl, int *fd, pid_t *pid)
 	return 0;
 }
 
+/* Make fd (the socket of signer pid) the one requests go to. */
+static void take_signer(struct signer_client *sc, int fd, pid_t pid)
+{
+	struct timeval tv = { IO_TIMEOUT_S, 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	pthread_mutex_lock(&sc->lock);
+	if (sc->fd >= 0)
+		close(sc->fd);
+	sc->fd = fd;
+	sc->pid = pid;
+	if (sc->generation++ > 0) {
+		stats_signer(STATS_SIGNER_RESTART);
+		fg_warn("gateway", NULL, "signer process %d took over", (int)pid);
+	}
+	pthread_cond_broadcast(&sc->changed);
+	pthread_mutex_unlock(&sc->lock);
+}
+
 /* The watcher thread: takes over each new signer; stops the daemon when
  * the monitor gives up. */
 static void *watch(void *arg)
@@ -216,21 +236,18 @@ static void *watch(void *arg)
 			}
 			return NULL;
 		}
-		struct timeval tv = { IO_TIMEOUT_S, 0 };
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-		pthread_mutex_lock(&sc->lock);
-		if (sc->fd >= 0)
-			close(sc->fd);
-		sc->fd = fd;
-		sc->pid = pid;
-		if (sc->generation++ > 0) {
-			stats_signer(STATS_SIGNER_RESTART);
-			fg_warn("gateway", NULL, "signer process %d took over", (int)pid);
-		}
-		pthread_cond_broadcast(&sc->changed);
-		pthread_mutex_unlock(&sc->lock);
+		take_signer(sc, fd, pid);
 	}
+}
+
+int signer_client_watch(struct signer_client *sc, char *err, size_t errlen)
+{
+	if (pthread_create(&sc->watcher, NULL, watch, sc) != 0) {
+		fg_seterr(err, errlen, "cannot start the signer watcher thread");
+		return -1;
+	}
+	sc->watcher_started = 1;
+	return 0;
 }
 
 struct signer_client *signer_client_start(const struct gw_config *cfg, unsigned flags, char *err,
@@ -266,24 +283,21 @@ struct signer_client *signer_client_start(const struct gw_config *cfg, unsigned 
 	close(sv[1]);
 	sv[1] = -1;
 	sc->ctl = sv[0];
-	if (pthread_create(&sc->watcher, NULL, watch, sc) != 0) {
-		fg_seterr(err, errlen, "cannot start the signer watcher thread");
-		goto fail;
-	}
-	sc->watcher_started = 1;
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += START_TIMEOUT_S;
-	pthread_mutex_lock(&sc->lock);
-	while (sc->fd < 0 && !sc->failed)
-		if (pthread_cond_timedwait(&sc->changed, &sc->lock, &until) == ETIMEDOUT)
-			break;
-	int up = sc->fd >= 0;
-	pthread_mutex_unlock(&sc->lock);
-	if (!up) {
+	/* The first signer is taken here, without a thread: the daemon
+	 * confines itself (Landlock) before it starts any, and the watcher
+	 * thread (signer_client_watch) takes over the signers that follow. */
+	struct pollfd pfd = { .fd = sc->ctl, .events = POLLIN };
+	int pr;
+	do
+		pr = poll(&pfd, 1, START_TIMEOUT_S * 1000);
+	while (pr < 0 && errno == EINTR);
+	int fd = -1;
+	pid_t pid = 0;
+	if (pr <= 0 || recv_fd(sc->ctl, &fd, &pid) != 0) {
 		fg_seterr(err, errlen, "the signer process did not start (see its log lines above)");
 		goto fail;
 	}
+	take_signer(sc, fd, pid);
 	return sc;
 fail:
 	if (sv[1] >= 0)

@@ -26,10 +26,15 @@
 
 struct signer_client;
 
-/* Start the monitor and wait (up to 10 s) for the first signer. flags are
- * signer_spawn's. NULL with err on failure. */
+/* Start the monitor and wait (up to 10 s) for the first signer; no thread
+ * is started (signer_client_watch does that). flags are signer_spawn's.
+ * NULL with err on failure. */
 struct signer_client *signer_client_start(const struct gw_config *cfg, unsigned flags, char *err,
 					  size_t errlen);
+
+/* Start the thread that takes over the signers the monitor starts after
+ * the first (call once the daemon is confined). 0, or -1 with err. */
+int signer_client_watch(struct signer_client *sc, char *err, size_t errlen);
 
 /* Close the control socket: the monitor and the signer exit. NULL is a no-op. */
 void signer_client_free(struct signer_client *sc);

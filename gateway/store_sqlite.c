@@ -293,7 +293,15 @@ struct store *store_open(const char *path, int create, char *err, size_t errlen)
 		goto fail;
 	}
 	sqlite3_busy_timeout(st->db, BUSY_MS);
+	/* The WAL and its index stay when the last connection closes: the
+	 * confined daemon holds rules on these files' inodes for its life
+	 * (confine.c) and may not make new ones. Temporary tables and sorts
+	 * stay in memory for the same reason. */
+	int persist = 1;
+	sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
 	if (exec(st, "PRAGMA journal_mode=WAL", err, errlen) != 0 ||
+	    exec(st, "PRAGMA journal_size_limit=67108864", err, errlen) != 0 ||
+	    exec(st, "PRAGMA temp_store=MEMORY", err, errlen) != 0 ||
 	    exec(st, "PRAGMA synchronous=FULL", err, errlen) != 0 ||
 	    exec(st, "PRAGMA foreign_keys=ON", err, errlen) != 0 || migrate(st, err, errlen) != 0)
 		goto fail;

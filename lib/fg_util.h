@@ -50,6 +50,13 @@ int fg_id_new(const char *prefix, size_t nbytes, char *out, size_t outlen);
  * NUL-terminated buffer; *len excludes the NUL. Caller frees. */
 int fg_read_file(const char *path, size_t max, char **out, size_t *len, char *err, size_t errlen);
 
+/* A process-wide opener that fg_read_file asks first: it returns an open
+ * descriptor for path, -1 with errno set when it knows the path but cannot
+ * open it, or -2 when path is not one of its own (fg_read_file then opens
+ * it itself). The confined gateway reads its policy this way, through a
+ * process outside its sandbox. NULL (the default) removes it. */
+void fg_set_read_opener(int (*opener)(const char *path));
+
 /* Durable, atomic replace of path: write a temp file in the same directory
  * with the given mode (and owner when uid/gid != (uid_t)-1 / (gid_t)-1),
  * fsync it, rename over path, fsync the directory. On failure the old file

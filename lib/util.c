@@ -154,9 +154,18 @@ int fg_id_new(const char *prefix, size_t nbytes, char *out, size_t outlen)
 	return 0;
 }
 
+static int (*read_opener)(const char *path);
+
+void fg_set_read_opener(int (*opener)(const char *path))
+{
+	read_opener = opener;
+}
+
 int fg_read_file(const char *path, size_t max, char **out, size_t *len, char *err, size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = read_opener ? read_opener(path) : -2;
+	if (fd == -2)
+		fd = open(path, O_RDONLY | O_CLOEXEC);
 	char *buf = NULL;
 	size_t cap = 0, n = 0;
 	*out = NULL;

@@ -513,6 +513,7 @@ static void test_plugin_through_monitor(void **state)
 
 	struct signer_client *sc = signer_client_start(cfg, 0, err, sizeof err);
 	assert_non_null(sc);
+	assert_int_equal(signer_client_watch(sc, err, sizeof err), 0);
 	struct store *st = store_open(cfg->store_path, 0, err, sizeof err);
 	assert_non_null(st);
 	struct backends *bs = backends_open_signer(cfg, 0, signer_client_sign_cb, sc, err, sizeof err);
