@@ -64,23 +64,23 @@ static int peer_allowed(const struct admin *a, int fd, char *why, size_t whylen)
 	}
 	if (uc.uid == 0 || uc.uid == geteuid())
 		return 1;
-	struct passwd *pw = getpwuid(uc.uid);
+	char name[256] = "";
+	int member = 0;
+	if (confine_lookup_peer(uc.uid, a->group, name, sizeof name, &member) != 0) {
+		snprintf(why, whylen, "the daemon cannot look up uid %u (its policy reader did not answer); restart fleetgated",
+			 (unsigned)uc.uid);
+		return 0;
+	}
 	if (a->group != (gid_t)-1) {
-		if (uc.gid == a->group)
+		if (uc.gid == a->group || member == 1)
 			return 1;
-		gid_t groups[256];
-		int ng = sizeof groups / sizeof groups[0];
-		if (pw != NULL && getgrouplist(pw->pw_name, pw->pw_gid, groups, &ng) >= 0)
-			for (int i = 0; i < ng; i++)
-				if (groups[i] == a->group)
-					return 1;
 		snprintf(why, whylen, "user %s (uid %u) may not use the admin socket of this gateway: it is for root and members of group %s; ask an operator to run `usermod -aG %s %s`",
-			 pw ? pw->pw_name : "?", (unsigned)uc.uid, a->cfg->admin_group, a->cfg->admin_group,
-			 pw ? pw->pw_name : "USER");
+			 name[0] ? name : "?", (unsigned)uc.uid, a->cfg->admin_group, a->cfg->admin_group,
+			 name[0] ? name : "USER");
 		return 0;
 	}
 	snprintf(why, whylen, "user %s (uid %u) may not use the admin socket of this gateway: it is for root (set admin_group = \"...\" in fleetgated.conf to let a group in)",
-		 pw ? pw->pw_name : "?", (unsigned)uc.uid);
+		 name[0] ? name : "?", (unsigned)uc.uid);
 	return 0;
 }
 

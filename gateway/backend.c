@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "confine.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "stats.h"
@@ -162,6 +163,14 @@ static int h_serial_reserve(void *ctx, const char *serial_hex)
 	if (r < 0)
 		fg_err(h->component, NULL, "reserving serial %s: %s", serial_hex, err);
 	return r;
+}
+
+/* fg_host.run_hook: the hook runner outside the daemon's sandbox. */
+static int h_run_hook(void *ctx, const char *path, const char *action, const char *const *env_add, int timeout_s,
+		      char *output, size_t outlen, char *err, size_t errlen)
+{
+	(void)ctx;
+	return confine_run_hook(path, action, env_add, timeout_s, output, outlen, err, errlen);
 }
 
 /* fg_host.sign: forward to the signer process. A certificate's serial
@@ -531,6 +540,8 @@ static int load_one(struct backends *bs, struct loaded *l, const struct gw_confi
 		.result_size = sizeof(struct fg_issue_result),
 		/* Only the local CA's key is in the signer. */
 		.sign = bs->sign != NULL && strcmp(cb->plugin, "local") == 0 ? h_sign : NULL,
+		/* A confined daemon runs hooks outside its sandbox. */
+		.run_hook = confine_hook_runner() ? h_run_hook : NULL,
 	};
 	size_t n = cb->nsettings;
 	kv = calloc(n + 1, sizeof *kv);

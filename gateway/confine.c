@@ -4,7 +4,6 @@
  * build_rules, the policy reader at the end.
  */
 #include <dirent.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -17,11 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "acme_chal.h"
 #include "confine.h"
 #include "crl.h"
 #include "fg_landlock.h"
@@ -51,8 +53,6 @@ static const struct {
 	{ "/etc/host.conf", FG_LL_READ, OPT },
 	{ "/etc/gai.conf", FG_LL_READ, OPT },
 	{ "/etc/services", FG_LL_READ, OPT },
-	{ "/etc/passwd", FG_LL_READ, OPT },             /* the user to switch to, peers of the admin socket */
-	{ "/etc/group", FG_LL_READ, OPT },
 	{ "/proc/self", FG_LL_READ, 0 },                /* the process's own status and maps (libc, sanitizers) */
 	{ "/proc/sys/vm/overcommit_memory", FG_LL_READ, OPT },
 	{ "/sys/devices/system/cpu", FG_LL_READ, OPT }, /* CPU count (libc, ZeroMQ) */
@@ -125,64 +125,6 @@ static void own(struct plan *p, const char *path)
 		fg_strlcpy(p->owned[p->nowned++], path, sizeof p->owned[0]);
 }
 
-/* The ELF interpreter (PT_INTERP) of the executable at path into out; 0,
- * or -1 when it has none (static, or not ELF). */
-static int elf_interp(const char *path, char *out, size_t outlen)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -1;
-	Elf64_Ehdr eh;
-	if (fd < 0)
-		return -1;
-	if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 ||
-	    eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr))
-		goto out;
-	for (unsigned i = 0; i < eh.e_phnum && i < 64; i++) {
-		Elf64_Phdr ph;
-		if (pread(fd, &ph, sizeof ph, (off_t)(eh.e_phoff + i * sizeof ph)) != (ssize_t)sizeof ph)
-			goto out;
-		if (ph.p_type == PT_INTERP && ph.p_filesz > 1 && ph.p_filesz < outlen) {
-			if (pread(fd, out, ph.p_filesz, (off_t)ph.p_offset) != (ssize_t)ph.p_filesz)
-				goto out;
-			out[ph.p_filesz - 1] = '\0';
-			rc = 0;
-			goto out;
-		}
-	}
-out:
-	close(fd);
-	return rc;
-}
-
-/* A hook program a backend runs (the ACME dns_hook): it, its "#!"
- * interpreter and their ELF interpreter may be executed, nothing else. */
-static int add_hook(struct plan *p, const char *hook, char *err, size_t errlen)
-{
-	char prog[PATH_MAX], interp[PATH_MAX];
-	if (realpath(hook, prog) == NULL)
-		return 0;   /* the plugin says at its start that the hook is missing */
-	if (add(p, prog, FG_LL_EXEC, 0, "dns_hook", err, errlen) != 0)
-		return -1;
-	FILE *f = fopen(prog, "re");
-	char line[PATH_MAX + 4] = "";
-	if (f != NULL) {
-		if (fgets(line, sizeof line, f) == NULL)
-			line[0] = '\0';
-		fclose(f);
-	}
-	if (strncmp(line, "#!", 2) == 0) {
-		char *s = line + 2;
-		s += strspn(s, " \t");
-		s[strcspn(s, " \t\r\n")] = '\0';
-		if (s[0] == '/' && realpath(s, prog) != NULL &&
-		    add(p, prog, FG_LL_EXEC, 0, "the dns_hook's interpreter", err, errlen) != 0)
-			return -1;
-	}
-	if (elf_interp(prog, interp, sizeof interp) == 0 && realpath(interp, prog) != NULL &&
-	    add(p, prog, FG_LL_EXEC, 0, "the ELF interpreter of the dns_hook", err, errlen) != 0)
-		return -1;
-	return 0;
-}
-
 /* The TCP port of an "http(s)://host[:port]/..." URL, or 0. */
 static int url_port(const char *v)
 {
@@ -253,10 +195,9 @@ static int add_backend(struct plan *p, const struct gw_config *cfg, const struct
 			continue;
 		if (stat(path, &sb) != 0)
 			continue;
-		if (strcmp(k, "dns_hook") == 0) {
-			if (add_hook(p, path, err, errlen) != 0)
-				return -1;
-		} else if (S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)) {
+		if (strcmp(k, "dns_hook") == 0)
+			continue;   /* run by the policy reader, outside (confine_run_hook) */
+		if (S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)) {
 			char what[256];
 			snprintf(what, sizeof what, "backend %s setting %s", cb->name, k);
 			if (touches_ca(p, path))
@@ -288,6 +229,20 @@ static int build_rules(struct plan *p, const struct gw_config *cfg, char *err, s
 		if (add(p, fixed_rules[i].path, fixed_rules[i].access, fixed_rules[i].flags, "system path", err,
 			errlen) != 0)
 			return -1;
+	/* A rule holds an inode, and resolvers replace their file (rename):
+	 * where /etc/resolv.conf links elsewhere (systemd-resolved's
+	 * /run/systemd/resolve, resolvconf's /run/resolvconf), the directory
+	 * it lives in is granted, so a rewritten file is still read. One in
+	 * /etc itself is read as it was when the daemon started. */
+	char rp[PATH_MAX];
+	if (realpath("/etc/resolv.conf", rp) != NULL) {
+		char *slash = strrchr(rp, '/');
+		if (slash != NULL && slash != rp) {
+			*slash = '\0';
+			if (strcmp(rp, "/etc") != 0 && add(p, rp, FG_LL_READ, OPT, "resolver", err, errlen) != 0)
+				return -1;
+		}
+	}
 	if (cfg->plugin_dir[0] != '\0' && add(p, cfg->plugin_dir, FG_LL_READ, OPT, "plugin_dir", err, errlen) != 0)
 		return -1;
 
@@ -366,7 +321,10 @@ static int build_rules(struct plan *p, const struct gw_config *cfg, char *err, s
 		fg_seterr(err, errlen, "out of memory");
 		return -1;
 	}
-	fg_landlock_scope(p->ll, FG_LL_SCOPE_ABSTRACT_UNIX);
+	/* Signals too: the daemon signals nothing outside itself (it stops
+	 * the signer's monitor by shutting their socket, and fg-policyread
+	 * times out and kills hooks). */
+	fg_landlock_scope(p->ll, FG_LL_SCOPE_ABSTRACT_UNIX | FG_LL_SCOPE_SIGNAL);
 	return 0;
 }
 
@@ -386,8 +344,11 @@ static int chown_one(const char *path, const struct stat *sb, int type, struct F
 	return 0;
 }
 
-static int prepare_user(const struct gw_config *cfg, struct plan *p, char *err, size_t errlen)
+/* Look up cfg->user: with root and a user set, drop_* say whom to become.
+ * 0, or -1 with err. */
+static int resolve_user(const struct gw_config *cfg, char *err, size_t errlen)
 {
+	drop_wanted = 0;
 	if (cfg->user[0] == '\0')
 		return 0;
 	struct passwd *pw = getpwnam(cfg->user);
@@ -409,6 +370,15 @@ static int prepare_user(const struct gw_config *cfg, struct plan *p, char *err, 
 	drop_uid = pw->pw_uid;
 	drop_gid = pw->pw_gid;
 	drop_wanted = 1;
+	return 0;
+}
+
+static int prepare_user(const struct gw_config *cfg, struct plan *p, char *err, size_t errlen)
+{
+	if (resolve_user(cfg, err, errlen) != 0)
+		return -1;
+	if (!drop_wanted)
+		return 0;
 	chown_uid = drop_uid;
 	chown_gid = drop_gid;
 	for (size_t i = 0; i < p->nowned; i++)
@@ -416,6 +386,45 @@ static int prepare_user(const struct gw_config *cfg, struct plan *p, char *err, 
 			fg_seterr(err, errlen, "cannot give %s to user %s (see the line above)", p->owned[i], cfg->user);
 			return -1;
 		}
+	/* The state directory stays root's (it holds the CA directory); the
+	 * user gets search on it through its group, nothing more, so that it
+	 * reaches the store, the CRLs and the policy's fixtures by name. */
+	struct stat sb;
+	if (stat(cfg->state_dir, &sb) != 0) {
+		fg_seterr(err, errlen, "cannot stat %s: %s", cfg->state_dir, strerror(errno));
+		return -1;
+	}
+	if (sb.st_uid != drop_uid && !(sb.st_mode & S_IXOTH) && !(sb.st_gid == drop_gid && (sb.st_mode & S_IXGRP))) {
+		if (sb.st_gid != 0 && sb.st_gid != drop_gid) {
+			fg_seterr(err, errlen,
+				  "user %s cannot enter %s (group %u, mode %o) and the gateway will not change a group it did not set; "
+				  "give the user search on it (chmod o+x, or chgrp to the user's group and chmod g+x)",
+				  cfg->user, cfg->state_dir, (unsigned)sb.st_gid, (unsigned)(sb.st_mode & 07777));
+			return -1;
+		}
+		if (chown(cfg->state_dir, (uid_t)-1, drop_gid) != 0 ||
+		    chmod(cfg->state_dir, (sb.st_mode & 07777 & ~(mode_t)(S_IRGRP | S_IWGRP)) | S_IXGRP) != 0) {
+			fg_seterr(err, errlen, "cannot give user %s search on %s: %s", cfg->user, cfg->state_dir, strerror(errno));
+			return -1;
+		}
+	}
+	/* Every directory above what the user opens must let it through. */
+	for (size_t i = 0; i < p->nowned; i++) {
+		char dir[PATH_MAX];
+		fg_strlcpy(dir, p->owned[i], sizeof dir);
+		for (char *slash = strrchr(dir, '/'); slash != NULL && slash != dir; slash = strrchr(dir, '/')) {
+			*slash = '\0';
+			if (stat(dir, &sb) != 0)
+				continue;
+			if (sb.st_uid == drop_uid || (sb.st_mode & S_IXOTH) || (sb.st_gid == drop_gid && (sb.st_mode & S_IXGRP)))
+				continue;
+			fg_seterr(err, errlen,
+				  "user %s cannot reach %s: %s is mode %o, uid %u, gid %u; give the user search on it (chmod o+x) or move the file",
+				  cfg->user, p->owned[i], dir, (unsigned)(sb.st_mode & 07777), (unsigned)sb.st_uid,
+				  (unsigned)sb.st_gid);
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -476,68 +485,321 @@ int confine_drop_user(const struct gw_config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
-/* ---- the policy reader ---- */
+/* ---- the policy reader (and hook runner) ----
+ *
+ * Requests, one SOCK_SEQPACKET message each:
+ *   OP_POLICY, OP_FIXTURES   answered with int32 errno (0) and, when 0, the
+ *                            open descriptor (SCM_RIGHTS);
+ *   OP_HOOK                  int32 timeout, then NUL-terminated path, action
+ *                            and env strings, with the descriptor of a reply
+ *                            socket (SCM_RIGHTS); a child of the reader runs
+ *                            the hook and writes int32 result, err and
+ *                            output (NUL-terminated) to that socket;
+ *   OP_PEER                  uint32 uid, uint32 gid: answered with int32
+ *                            membership (1 when uid is in group gid, 0 when
+ *                            not, -1 when uid has no name) and the name,
+ *                            NUL-terminated. The confined daemon cannot
+ *                            read /etc/passwd and /etc/group itself: a
+ *                            Landlock rule holds a file's inode, and
+ *                            useradd and usermod replace those files.
+ */
+
+enum { OP_POLICY = 0, OP_FIXTURES = 1, OP_HOOK = 2, OP_PEER = 3 };
+#define HOOK_MSG_MAX 16384
+#define HOOK_OUT_MAX 2048
+#define HOOK_TIMEOUT_MAX 3600
+#define HOOKS_MAX 16
 
 static int broker_sock = -1;
 static pid_t broker_pid;
 static pthread_mutex_t broker_lock = PTHREAD_MUTEX_INITIALIZER;
 static char broker_paths[2][PATH_MAX];
+static char hook_paths[HOOKS_MAX][PATH_MAX];   /* real paths of the configured hooks */
+static size_t nhooks;
 
-/* Remove the admin socket at path if it is still the one of inode ino. */
-static void remove_admin_socket(const char *path, dev_t dev, ino_t ino)
+static int send_with_fd(int sock, const void *buf, size_t len, int fd)
 {
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (fd >= 0) {
+		m.msg_control = u.buf;
+		m.msg_controllen = sizeof u.buf;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof fd);
+	}
+	ssize_t r;
+	do
+		r = sendmsg(sock, &m, MSG_NOSIGNAL);
+	while (r < 0 && errno == EINTR);
+	return r == (ssize_t)len ? 0 : -1;
+}
+
+/* Receive one message into buf; *fd gets a passed descriptor or -1.
+ * Returns its length, 0 at EOF, -1 on an error. */
+static ssize_t recv_with_fd(int sock, void *buf, size_t len, int *fd)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+	ssize_t r;
+	*fd = -1;
+	do
+		r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return -1;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	if (c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+	    c->cmsg_len == CMSG_LEN(sizeof(int)))
+		memcpy(fd, CMSG_DATA(c), sizeof *fd);
+	if (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+		errno = EMSGSIZE;
+		return -1;
+	}
+	return r;
+}
+
+/* Remove the admin socket at path if nobody answers on it (the daemon
+ * that made it is gone, and no other took it over). */
+static void remove_stale_admin_socket(const char *path)
+{
+	struct sockaddr_un su = { .sun_family = AF_UNIX };
 	struct stat sb;
-	if (path != NULL && lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode) && sb.st_dev == dev && sb.st_ino == ino)
+	if (path == NULL || lstat(path, &sb) != 0 || !S_ISSOCK(sb.st_mode) ||
+	    fg_strlcpy(su.sun_path, path, sizeof su.sun_path) >= sizeof su.sun_path)
+		return;
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s >= 0 && connect(s, (struct sockaddr *)&su, sizeof su) != 0 && errno == ECONNREFUSED)
 		unlink(path);
+	if (s >= 0)
+		close(s);
+}
+
+static int env_ok(const char *e)
+{
+	const char *eq = strchr(e, '=');
+	if (strncmp(e, "FLEETGATE_", 10) != 0 || eq == NULL)
+		return 0;
+	for (const char *c = e + 10; c < eq; c++)
+		if (!((*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '_'))
+			return 0;
+	return 1;
+}
+
+static int action_ok(const char *a)
+{
+	size_t n = strlen(a);
+	if (n == 0 || n > 32)
+		return 0;
+	for (; *a; a++)
+		if (!((*a >= 'a' && *a <= 'z') || *a == '-'))
+			return 0;
+	return 1;
+}
+
+/* A child of the reader: check the request, run the hook, answer on rfd. */
+static void hook_child(const char *msg, size_t len, int rfd, uid_t uid, gid_t gid, int drop)
+{
+	char err[PATH_MAX + 256] = "", out[HOOK_OUT_MAX] = "", real[PATH_MAX];
+	const char *env[64];
+	size_t ne = 0;
+	int32_t rc = -1, timeout;
+
+	signal(SIGCHLD, SIG_DFL);
+	memcpy(&timeout, msg, sizeof timeout);
+	const char *p = msg + sizeof timeout, *end = msg + len;
+	const char *path = p;
+	const char *nul = memchr(p, '\0', (size_t)(end - p));
+	const char *action = nul ? nul + 1 : NULL;
+	nul = action && action < end ? memchr(action, '\0', (size_t)(end - action)) : NULL;
+	if (nul == NULL) {
+		snprintf(err, sizeof err, "malformed hook request");
+		goto reply;
+	}
+	for (p = nul + 1; p < end && ne < 63;) {
+		const char *n2 = memchr(p, '\0', (size_t)(end - p));
+		if (n2 == NULL)
+			break;
+		if (!env_ok(p)) {
+			snprintf(err, sizeof err, "hook environment '%.64s' refused: only FLEETGATE_NAME=value strings pass", p);
+			goto reply;
+		}
+		env[ne++] = p;
+		p = n2 + 1;
+	}
+	env[ne] = NULL;
+	size_t i;
+	for (i = 0; realpath(path, real) != NULL && i < nhooks; i++)
+		if (strcmp(real, hook_paths[i]) == 0)
+			break;
+	if (i == nhooks || nhooks == 0) {
+		snprintf(err, sizeof err, "%.1024s is not a hook the configuration names (dns_hook); the gateway runs no other program",
+			 path);
+		goto reply;
+	}
+	if (!action_ok(action)) {
+		snprintf(err, sizeof err, "hook action '%.40s' refused", action);
+		goto reply;
+	}
+	if (timeout <= 0 || timeout > HOOK_TIMEOUT_MAX)
+		timeout = HOOK_TIMEOUT_MAX;
+	if (drop && (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)) {
+		snprintf(err, sizeof err, "cannot switch to the daemon's user to run %.1024s: %s", path, strerror(errno));
+		goto reply;
+	}
+	rc = acme_hook_run(real, action, env, timeout, out, sizeof out, err, sizeof err) == 0 ? 0 : -1;
+reply:;
+	size_t el = strlen(err) + 1, ol = strlen(out) + 1;
+	char *buf = malloc(sizeof rc + el + ol);
+	if (buf != NULL) {
+		memcpy(buf, &rc, sizeof rc);
+		memcpy(buf + sizeof rc, err, el);
+		memcpy(buf + sizeof rc + el, out, ol);
+		size_t n = sizeof rc + el + ol, off = 0;
+		while (off < n) {
+			ssize_t w = write(rfd, buf + off, n - off);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				break;
+			off += (size_t)w;
+		}
+	}
+	_exit(0);
+}
+
+/* Look up uid's name and whether it is in group gid, from the system's
+ * databases. Returns the name's length (name is "" and *member -1 when
+ * uid has none). */
+static size_t confine_peer_local(uid_t uid, gid_t gid, char *name, size_t namelen, int32_t *member)
+{
+	struct passwd *pw = getpwuid(uid);
+	name[0] = '\0';
+	*member = -1;
+	if (pw == NULL)
+		return 0;
+	fg_strlcpy(name, pw->pw_name, namelen);
+	*member = 0;
+	if (gid == (gid_t)-1)
+		return strlen(name);
+	gid_t groups[256];
+	int ng = sizeof groups / sizeof groups[0];
+	if (pw->pw_gid == gid)
+		*member = 1;
+	else if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &ng) >= 0)
+		for (int i = 0; i < ng; i++)
+			if (groups[i] == gid)
+				*member = 1;
+	return strlen(name);
+}
+
+int confine_lookup_peer(uid_t uid, gid_t gid, char *name, size_t namelen, int *member)
+{
+	int32_t m = -1;
+	if (broker_sock < 0) {
+		confine_peer_local(uid, gid, name, namelen, &m);
+		*member = m;
+		return 0;
+	}
+	unsigned char req[1 + 2 * sizeof(uint32_t)];
+	uint32_t ug[2] = { (uint32_t)uid, (uint32_t)gid };
+	char rep[sizeof(int32_t) + 256 + 1];
+	int fd = -1;
+	ssize_t r = -1;
+	req[0] = OP_PEER;
+	memcpy(req + 1, ug, sizeof ug);
+	pthread_mutex_lock(&broker_lock);
+	if (send_with_fd(broker_sock, req, sizeof req, -1) == 0)
+		r = recv_with_fd(broker_sock, rep, sizeof rep - 1, &fd);
+	pthread_mutex_unlock(&broker_lock);
+	if (fd >= 0)
+		close(fd);
+	if (r < (ssize_t)sizeof m + 1)
+		return -1;
+	rep[r] = '\0';
+	memcpy(&m, rep, sizeof m);
+	fg_strlcpy(name, rep + sizeof m, namelen);
+	*member = m;
+	return 0;
 }
 
 static void broker_main(int sock, const char *admin_sock)
 {
-	struct stat asb = { 0 };
-	if (admin_sock != NULL && lstat(admin_sock, &asb) != 0)
-		admin_sock = NULL;
+	static char msg[HOOK_MSG_MAX];
 	if (dup2(sock, 3) != 3)
 		_exit(1);
 	if (close_range(4, ~0u, 0) != 0)
 		for (int fd = 4; fd < 1024; fd++)
 			close(fd);
+	signal(SIGCHLD, SIG_IGN);   /* hook children reap themselves */
 	for (;;) {
-		unsigned char idx;
-		ssize_t r = recv(3, &idx, 1, 0);
+		int rfd = -1;
+		ssize_t r = recv_with_fd(3, msg, sizeof msg, &rfd);
 		if (r == 0) {
-			remove_admin_socket(admin_sock, asb.st_dev, asb.st_ino);
+			remove_stale_admin_socket(admin_sock);
 			_exit(0);
 		}
 		if (r < 0) {
-			if (errno == EINTR)
+			if (errno == EMSGSIZE)
 				continue;
 			_exit(1);
+		}
+		unsigned char op = (unsigned char)msg[0];
+		if (op == OP_HOOK) {
+			if (rfd < 0 || r < 1 + (ssize_t)sizeof(int32_t)) {
+				if (rfd >= 0)
+					close(rfd);
+				continue;
+			}
+			pid_t pid = fork();
+			if (pid == 0) {
+				close(3);
+				hook_child(msg + 1, (size_t)r - 1, rfd, drop_uid, drop_gid, drop_wanted);
+			}
+			close(rfd);
+			continue;
+		}
+		if (rfd >= 0)
+			close(rfd);
+		if (op == OP_PEER) {
+			uint32_t ug[2] = { 0, 0 };
+			char rep[sizeof(int32_t) + 256];
+			int32_t member = -1;
+			if (r == 1 + (ssize_t)sizeof ug)
+				memcpy(ug, msg + 1, sizeof ug);
+			size_t nl = confine_peer_local((uid_t)ug[0], (gid_t)ug[1], rep + sizeof member, 256, &member);
+			memcpy(rep, &member, sizeof member);
+			if (send_with_fd(3, rep, sizeof member + nl + 1, -1) != 0)
+				_exit(1);
+			continue;
 		}
 		int32_t e = 0;
 		int fd = -1;
 		struct stat sb;
-		if (idx > 1)
+		if (op > OP_FIXTURES)
 			e = EINVAL;
-		else if ((fd = open(broker_paths[idx], O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0)
+		else if ((fd = open(broker_paths[op], O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0)
 			e = errno;
 		else if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
 			e = EINVAL;
-		struct iovec iov = { .iov_base = &e, .iov_len = sizeof e };
-		union {
-			char buf[CMSG_SPACE(sizeof(int))];
-			struct cmsghdr align;
-		} u;
-		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
-		if (e == 0) {
-			m.msg_control = u.buf;
-			m.msg_controllen = sizeof u.buf;
-			struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-			c->cmsg_level = SOL_SOCKET;
-			c->cmsg_type = SCM_RIGHTS;
-			c->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(c), &fd, sizeof fd);
+		if (e != 0 && fd >= 0) {
+			close(fd);
+			fd = -1;
 		}
-		if (sendmsg(3, &m, MSG_NOSIGNAL) < 0)
+		if (send_with_fd(3, &e, sizeof e, fd) != 0)
 			_exit(1);
 		if (fd >= 0)
 			close(fd);
@@ -546,40 +808,31 @@ static void broker_main(int sock, const char *admin_sock)
 
 static int broker_open(const char *path)
 {
-	unsigned char idx;
+	unsigned char op;
 	if (strcmp(path, broker_paths[0]) == 0)
-		idx = 0;
+		op = OP_POLICY;
 	else if (strcmp(path, broker_paths[1]) == 0)
-		idx = 1;
+		op = OP_FIXTURES;
 	else
 		return -2;
 	int32_t e = EIO;
 	int fd = -1;
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct iovec iov = { .iov_base = &e, .iov_len = sizeof e };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
-	pthread_mutex_lock(&broker_lock);
 	ssize_t r = -1;
-	if (broker_sock >= 0 && send(broker_sock, &idx, 1, MSG_NOSIGNAL) == 1) {
-		do
-			r = recvmsg(broker_sock, &m, MSG_CMSG_CLOEXEC);
-		while (r < 0 && errno == EINTR);
-	}
+	pthread_mutex_lock(&broker_lock);
+	if (broker_sock >= 0 && send_with_fd(broker_sock, &op, 1, -1) == 0)
+		r = recv_with_fd(broker_sock, &e, sizeof e, &fd);
 	pthread_mutex_unlock(&broker_lock);
 	if (r != (ssize_t)sizeof e) {
+		if (fd >= 0)
+			close(fd);
 		fg_err("policy", NULL, "the policy reader (pid %d) did not answer; the policy cannot be read again until fleetgated restarts",
 		       (int)broker_pid);
 		errno = EIO;
 		return -1;
 	}
-	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-	if (e == 0 && c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-	    c->cmsg_len == CMSG_LEN(sizeof(int)))
-		memcpy(&fd, CMSG_DATA(c), sizeof fd);
-	if (fd < 0) {
+	if (e != 0 || fd < 0) {
+		if (fd >= 0)
+			close(fd);
 		errno = e ? e : EIO;
 		return -1;
 	}
@@ -588,6 +841,120 @@ static int broker_open(const char *path)
 	if (fl >= 0)
 		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 	return fd;
+}
+
+int confine_hook_runner(void)
+{
+	return broker_sock >= 0;
+}
+
+int confine_run_hook(const char *path, const char *action, const char *const *env_add, int timeout_s, char *output,
+		     size_t outlen, char *err, size_t errlen)
+{
+	char *msg = malloc(HOOK_MSG_MAX);
+	int sv[2] = { -1, -1 }, rc = -1;
+	size_t n = 0;
+
+	if (output != NULL && outlen > 0)
+		output[0] = '\0';
+	if (msg == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	int32_t t = timeout_s;
+	msg[n++] = OP_HOOK;
+	memcpy(msg + n, &t, sizeof t);
+	n += sizeof t;
+	const char *parts[2] = { path, action };
+	for (size_t i = 0; i < 2 + 64; i++) {
+		const char *s = i < 2 ? parts[i] : env_add ? env_add[i - 2] : NULL;
+		if (s == NULL)
+			break;
+		size_t l = strlen(s) + 1;
+		if (n + l > HOOK_MSG_MAX) {
+			fg_seterr(err, errlen, "the hook request for %s is too long", path);
+			goto out;
+		}
+		memcpy(msg + n, s, l);
+		n += l;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+		fg_seterr(err, errlen, "cannot run %s: socketpair: %s", path, strerror(errno));
+		goto out;
+	}
+	pthread_mutex_lock(&broker_lock);
+	int sent = broker_sock >= 0 && send_with_fd(broker_sock, msg, n, sv[1]) == 0;
+	pthread_mutex_unlock(&broker_lock);
+	close(sv[1]);
+	sv[1] = -1;
+	if (!sent) {
+		fg_seterr(err, errlen, "cannot run %s: the hook runner (pid %d) is gone; restart fleetgated", path,
+			  (int)broker_pid);
+		goto out;
+	}
+	/* The answer: int32, err, output; EOF ends it. The runner kills the
+	 * hook at timeout_s; the margin covers its start and its answer. */
+	size_t used = 0;
+	int64_t deadline = (int64_t)fg_mono_ns() / 1000000 + (int64_t)(timeout_s > 0 ? timeout_s : HOOK_TIMEOUT_MAX) * 1000 + 10000;
+	for (;;) {
+		int64_t left = deadline - (int64_t)fg_mono_ns() / 1000000;
+		struct pollfd pfd = { .fd = sv[0], .events = POLLIN };
+		int pr = left > 0 ? poll(&pfd, 1, (int)(left > 1000 ? 1000 : left)) : 0;
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (left <= 0) {
+			fg_seterr(err, errlen, "%s %s: the hook runner did not answer in time", path, action);
+			goto out;
+		}
+		if (pr == 0)
+			continue;
+		ssize_t r = read(sv[0], msg + used, HOOK_MSG_MAX - 1 - used);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		used += (size_t)r;
+		if (used >= HOOK_MSG_MAX - 1)
+			break;
+	}
+	msg[used] = '\0';
+	int32_t res;
+	const char *e = msg + sizeof res, *o = e < msg + used ? e + strlen(e) + 1 : NULL;
+	if (used < sizeof res + 2 || o == NULL || o >= msg + used + 1) {
+		fg_seterr(err, errlen, "%s %s: the hook runner gave no answer (see the log)", path, action);
+		goto out;
+	}
+	memcpy(&res, msg, sizeof res);
+	if (output != NULL && outlen > 0)
+		fg_strlcpy(output, o, outlen);
+	if (res != 0)
+		fg_seterr(err, errlen, "%s", e);
+	rc = res == 0 ? 0 : -1;
+out:
+	if (sv[0] >= 0)
+		close(sv[0]);
+	free(msg);
+	return rc;
+}
+
+/* The real paths of the hooks the configuration names (dns_hook). */
+static void collect_hooks(const struct gw_config *cfg)
+{
+	nhooks = 0;
+	for (size_t b = 0; b < cfg->nbackends; b++) {
+		const struct config_backend *cb = &cfg->backends[b];
+		const char *v = fg_kv_get(cb->settings, cb->nsettings, "dns_hook");
+		const char *sd = fg_kv_get(cb->settings, cb->nsettings, "state_dir");
+		char path[PATH_MAX];
+		if (v == NULL || v[0] == '\0' || nhooks == HOOKS_MAX)
+			continue;
+		if (v[0] == '/')
+			fg_strlcpy(path, v, sizeof path);
+		else if (fg_path_join(sd ? sd : cfg->state_dir, v, path, sizeof path) != 0)
+			continue;
+		if (realpath(path, hook_paths[nhooks]) != NULL)
+			nhooks++;
+	}
 }
 
 int confine_broker_start(const struct gw_config *cfg, const char *admin_sock, char *err, size_t errlen)
@@ -600,11 +967,13 @@ int confine_broker_start(const struct gw_config *cfg, const char *admin_sock, ch
 		fg_seterr(err, errlen, "the policy path is too long");
 		return -1;
 	}
+	collect_hooks(cfg);
+	if (resolve_user(cfg, err, errlen) != 0)
+		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
 		fg_seterr(err, errlen, "cannot make the policy reader's socket: %s", strerror(errno));
 		return -1;
 	}
-	pid_t parent = getpid();
 	fflush(NULL);
 	broker_pid = fork();
 	if (broker_pid < 0) {
@@ -618,7 +987,6 @@ int confine_broker_start(const struct gw_config *cfg, const char *admin_sock, ch
 		 * stopped or died), and then removes the admin socket, which
 		 * the confined daemon cannot. */
 		prctl(PR_SET_NAME, "fg-policyread", 0, 0, 0);
-		(void)parent;
 		close(sv[0]);
 		broker_main(sv[1], admin_sock);
 		_exit(1);

@@ -6,7 +6,8 @@
  *
  *   confine_broker_start  forks the policy reader, a small process outside
  *                         the sandbox that opens two files for the daemon,
- *                         the policy and its fixtures (editors replace the
+ *                         the policy and its fixtures, and runs the hooks
+ *                         the configuration names (editors replace the
  *                         policy file, and Landlock rules follow inodes,
  *                         so the daemon could not read the new one itself
  *                         without reading the state directory, where the
@@ -41,8 +42,24 @@
  * admin_sock (NULL: none). Call before any thread starts. 0, or -1 with
  * err. */
 int confine_broker_start(const struct gw_config *cfg, const char *admin_sock, char *err, size_t errlen);
+/* 1 when the policy reader runs, and with it the hook runner. */
+int confine_hook_runner(void);
+
+/* Run a hook the configuration names (an ACME dns_hook) through the
+ * policy reader, outside the sandbox, as the daemon's user: the contract
+ * of fg_host.run_hook (plugin.h). Thread-safe. */
+int confine_run_hook(const char *path, const char *action, const char *const *env_add, int timeout_s, char *output,
+		     size_t outlen, char *err, size_t errlen);
+
 /* Stop the policy reader (at exit). */
 void confine_broker_stop(void);
+
+/* Who is uid, and is it in group gid ((gid_t)-1: do not ask)? Asks the
+ * policy reader when it runs (the confined daemon does not read the user
+ * databases), the system otherwise. 0 with name ("" when uid has none) and
+ * *member (1 in the group, 0 not, -1 no such user); -1 when the reader
+ * did not answer. */
+int confine_lookup_peer(uid_t uid, gid_t gid, char *name, size_t namelen, int *member);
 
 /* Prepare (with user set and started as root: give the user the files it
  * must write) and apply the Landlock ruleset. Call with one thread.

@@ -166,6 +166,18 @@ int main(int argc, char **argv)
 	store_free(st);
 	st = NULL;
 
+	/* The policy reader and hook runner, forked before the plugins load
+	 * (they find it there) and before the sandbox applies. */
+	char asock[PATH_MAX];
+	if (admin_socket_path(cfg, asock, sizeof asock) != 0) {
+		fg_err("gateway", NULL, "the state directory path is too long for the admin socket");
+		goto out;
+	}
+	if (confine_broker_start(cfg, asock, err, sizeof err) != 0) {
+		fg_err("gateway", NULL, "%s", err);
+		goto out;
+	}
+
 	bs = backends_open_signer(cfg, 0, signer ? signer_client_sign_cb : NULL, signer, err, sizeof err);
 	if (bs == NULL) {
 		fg_err("gateway", NULL, "%s", err);
@@ -179,10 +191,8 @@ int main(int argc, char **argv)
 
 	/* The daemon confines itself while it has one thread: Landlock, then
 	 * the threads (docs/security.md). */
-	char asock[PATH_MAX];
-	if (admin_socket_path(cfg, asock, sizeof asock) != 0 ||
-	    confine_broker_start(cfg, asock, err, sizeof err) != 0 || confine_apply(cfg, err, sizeof err) != 0) {
-		fg_err("gateway", NULL, "%s", err[0] ? err : "the admin socket path is too long");
+	if (confine_apply(cfg, err, sizeof err) != 0) {
+		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
 	fg_info("gateway", NULL, "sandbox: daemon pid %d: %s", (int)getpid(), confine_describe());

@@ -41,6 +41,16 @@ static int set_int(void *sock, int opt, int val)
 }
 
 /* Drain the rest of a multipart message that is being dropped. */
+/* A blocking receive that a signal does not end (glibc interrupts every
+ * thread when the daemon switches user; see confine_drop_user). */
+static int recv_frame(zmq_msg_t *m, void *sock)
+{
+	int r;
+	while ((r = zmq_msg_recv(m, sock, 0)) < 0 && zmq_errno() == EINTR)
+		;
+	return r;
+}
+
 static void drain(void *sock)
 {
 	int more = 1;
@@ -49,7 +59,7 @@ static void drain(void *sock)
 	while (zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
 		zmq_msg_t m;
 		zmq_msg_init(&m);
-		int rc = zmq_msg_recv(&m, sock, 0);
+		int rc = recv_frame(&m, sock);
 		zmq_msg_close(&m);
 		if (rc < 0)
 			break;
@@ -132,8 +142,7 @@ static void *worker_main(void *arg)
 		zmq_msg_init(&rid);
 		zmq_msg_init(&key);
 		zmq_msg_init(&payload);
-		if (zmq_msg_recv(&rid, in, 0) < 0 || zmq_msg_recv(&key, in, 0) < 0 ||
-		    zmq_msg_recv(&payload, in, 0) < 0) {
+		if (recv_frame(&rid, in) < 0 || recv_frame(&key, in) < 0 || recv_frame(&payload, in) < 0) {
 			int e = zmq_errno();
 			zmq_msg_close(&rid);
 			zmq_msg_close(&key);
@@ -190,7 +199,7 @@ static void forward_request(void *router, void *work)
 		goto out;
 	if (!zmq_msg_more(&rid))
 		goto out;
-	if (zmq_msg_recv(&payload, router, 0) < 0)
+	if (recv_frame(&payload, router) < 0)
 		goto out;
 	if (zmq_msg_more(&payload)) {
 		fg_warn("server", NULL, "dropped a request of more than one frame");
@@ -219,7 +228,7 @@ static void forward_reply(void *done, void *router)
 	zmq_msg_t rid, payload;
 	zmq_msg_init(&rid);
 	zmq_msg_init(&payload);
-	if (zmq_msg_recv(&rid, done, ZMQ_DONTWAIT) >= 0 && zmq_msg_recv(&payload, done, 0) >= 0) {
+	if (zmq_msg_recv(&rid, done, ZMQ_DONTWAIT) >= 0 && recv_frame(&payload, done) >= 0) {
 		/* A peer that went away meanwhile makes ROUTER drop the reply;
 		 * the agent retries with the same request id and the stored
 		 * result comes back. */

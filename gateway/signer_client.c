@@ -94,6 +94,34 @@ static void describe_exit(int status, char *out, size_t outlen)
 		snprintf(out, outlen, "ended (status 0x%x)", status);
 }
 
+/* Wait for signer pid to end (0, *status) or for the daemon to shut the
+ * control socket (1). The daemon may run as another user than the
+ * monitor (user = ...) and so cannot signal it: the socket is how it says
+ * "stop". */
+static int wait_signer(pid_t pid, int *status)
+{
+	int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	for (;;) {
+		struct pollfd p[2] = { { .fd = CTL_FD, .events = POLLIN }, { .fd = pfd, .events = POLLIN } };
+		int r = poll(p, pfd >= 0 ? 2 : 1, pfd >= 0 ? -1 : 200);
+		if (r < 0 && errno != EINTR)
+			break;
+		if (r > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+			if (pfd >= 0)
+				close(pfd);
+			return 1;
+		}
+		pid_t w = waitpid(pid, status, pfd >= 0 ? 0 : WNOHANG);
+		if (w == pid)
+			break;
+		if (w < 0 && errno != EINTR)
+			break;
+	}
+	if (pfd >= 0)
+		close(pfd);
+	return 0;
+}
+
 /* The monitor's loop; never returns. */
 static void monitor_main(const struct gw_config *cfg, unsigned flags, int ctl, pid_t daemon)
 {
@@ -128,8 +156,14 @@ static void monitor_main(const struct gw_config *cfg, unsigned flags, int ctl, p
 			_exit(0);       /* the daemon is gone */
 		}
 		close(fd);
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-			;
+		if (wait_signer(pid, &status) != 0) {
+			/* The daemon shut the control socket: it is stopping
+			 * (or gone). The signer goes with it. */
+			kill(pid, SIGKILL);
+			while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+				;
+			_exit(0);
+		}
 		char how[160];
 		describe_exit(status, how, sizeof how);
 		if (WIFEXITED(status) && WEXITSTATUS(status) >= 4 && WEXITSTATUS(status) <= 6) {
@@ -316,13 +350,16 @@ void signer_client_free(struct signer_client *sc)
 	/* The monitor goes first (the signer follows it, PR_SET_PDEATHSIG):
 	 * closing the signer's socket before would have the monitor see it
 	 * exit and start another. */
+	if (sc->ctl >= 0)
+		shutdown(sc->ctl, SHUT_RDWR);
 	if (sc->monitor > 0) {
+		/* The monitor ends on the shut control socket; a daemon
+		 * still root kills it outright as well. After the switch to
+		 * user = ... the kill fails (EPERM) and the socket does it. */
 		kill(sc->monitor, SIGKILL);
 		while (waitpid(sc->monitor, NULL, 0) < 0 && errno == EINTR)
 			;
 	}
-	if (sc->ctl >= 0)
-		shutdown(sc->ctl, SHUT_RDWR);
 	if (sc->watcher_started)
 		pthread_join(sc->watcher, NULL);
 	if (sc->ctl >= 0)

@@ -4,6 +4,7 @@
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -29,7 +30,12 @@ static int zap_recv(void *sock, char frames[][256], size_t lens[], int nmax)
 	while (more) {
 		zmq_msg_t m;
 		zmq_msg_init(&m);
-		if (zmq_msg_recv(&m, sock, 0) < 0) {
+		int r;
+		/* A signal to the process (glibc's set*id broadcast when the
+		 * daemon switches user, for one) interrupts the wait: retry. */
+		while ((r = zmq_msg_recv(&m, sock, 0)) < 0 && zmq_errno() == EINTR)
+			;
+		if (r < 0) {
 			zmq_msg_close(&m);
 			return -1;
 		}

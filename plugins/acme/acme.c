@@ -1071,7 +1071,11 @@ static int dns_hook(struct job *j, const char *action, const char *domain, const
 	snprintf(e_val, sizeof e_val, "FLEETGATE_ACME_VALUE=%s", value);
 	snprintf(e_rid, sizeof e_rid, "FLEETGATE_ACME_REQUEST_ID=%s", j->req->request_id ? j->req->request_id : "");
 	snprintf(e_be, sizeof e_be, "FLEETGATE_ACME_BACKEND=%s", a->name);
-	int r = acme_hook_run(a->dns_hook, action, env, (int)a->hook_timeout, out, sizeof out, herr, sizeof herr);
+	/* A confined gateway runs it outside its sandbox (fg_host.run_hook). */
+	int r = FG_HOST_HAS_RUN_HOOK(a->host)
+			? a->host->run_hook(a->host->ctx, a->dns_hook, action, env, (int)a->hook_timeout, out, sizeof out,
+					    herr, sizeof herr)
+			: acme_hook_run(a->dns_hook, action, env, (int)a->hook_timeout, out, sizeof out, herr, sizeof herr);
 	/* the hook's output, line by line */
 	char *last = NULL, *save = NULL;
 	for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {

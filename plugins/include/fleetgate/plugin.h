@@ -130,6 +130,21 @@ struct fg_host {
 	 * plugin holds its own key. */
 	int (*sign)(void *ctx, int kind, const char *profile, const char *serial, const unsigned char *in,
 		    size_t len, unsigned char **out, size_t *outlen, char *err, size_t errlen);
+
+	/* Appended during ABI 1 for the daemon's sandbox (docs/security.md):
+	 * run an operator's hook program (the ACME dns_hook) outside the
+	 * sandbox, where it can reach what it needs (a DNS provider's API, its
+	 * own files). path must be a hook the configuration names for this
+	 * backend; it is executed directly (no shell) with argv { path,
+	 * action }, action being lower-case letters and '-' only, the
+	 * gateway's environment plus env_add ("FLEETGATE_NAME=value" strings
+	 * only, NULL-terminated), stdin from /dev/null, stdout and stderr
+	 * captured together (the last outlen-1 bytes in output), in a process
+	 * group of its own killed after timeout_s seconds. 0 when it exited 0;
+	 * -1 with err saying how it ended or why it was not run. NULL, or a
+	 * struct_size that does not cover it: the plugin runs the hook itself. */
+	int (*run_hook)(void *ctx, const char *path, const char *action, const char *const *env_add, int timeout_s,
+			char *output, size_t outlen, char *err, size_t errlen);
 };
 
 /* What fg_host.sign is asked to sign. */
@@ -145,6 +160,11 @@ enum fg_sign_kind {
 #define FG_HOST_HAS_SIGNER(host)                                                             \
 	((host)->struct_size >= offsetof(struct fg_host, sign) + sizeof((host)->sign) &&      \
 	 (host)->sign != NULL)
+
+/* 1 when the host runs hook programs for this plugin (fg_host.run_hook). */
+#define FG_HOST_HAS_RUN_HOOK(host)                                                           \
+	((host)->struct_size >= offsetof(struct fg_host, run_hook) + sizeof((host)->run_hook) && \
+	 (host)->run_hook != NULL)
 
 /* X.509 key usage bits (RFC 5280 4.2.1.3), as in the profile. */
 enum fg_key_usage {
