@@ -1024,6 +1024,13 @@ static int watch(struct daemon *d, int fd)
  * running configuration stays. The request in flight is dropped from
  * memory (it stays on disk and resumes); every slot is looked at afresh and
  * the agent checks in. */
+/* Text on stderr, or journal entries with fields when stderr is the
+ * journal's stream (a systemd service). */
+static enum fg_log_format agent_log_format(void)
+{
+	return fg_log_stderr_is_journal() ? FG_LOG_JOURNAL : FG_LOG_TEXT;
+}
+
 static void reload(struct daemon *d)
 {
 	struct agent *a = d->a, n;
@@ -1057,7 +1064,7 @@ static void reload(struct daemon *d)
 	d->next_checkin = 0;
 	memset(d->slot_wait, 0, sizeof d->slot_wait);
 	if (d->cli_level == NULL)
-		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(a->cfg.log_level), FG_LOG_TEXT);
+		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(a->cfg.log_level), agent_log_format());
 	fg_info("agent", NULL, "configuration reloaded from %s: %zu slot(s), gateway %s", d->config,
 		a->cfg.nslots, a->bundle.endpoint);
 }
@@ -1178,12 +1185,12 @@ int main(int argc, char **argv)
 		return EXIT_CONFIG;
 	}
 	/* --once keeps stderr for results unless a level is asked for */
-	fg_log_init("fleetgate-agent", once ? FG_LOG_WARN : FG_LOG_INFO, FG_LOG_TEXT);
+	fg_log_init("fleetgate-agent", once ? FG_LOG_WARN : FG_LOG_INFO, agent_log_format());
 	a.once = once;
 	rc = agent_load(&a, config, NULL, err, sizeof err);
 	if (rc == EXIT_DONE && (level || !once))
 		fg_log_init("fleetgate-agent", (enum fg_log_level)fg_log_level_parse(level ? level : a.cfg.log_level),
-			    FG_LOG_TEXT);
+			    agent_log_format());
 	if (rc == EXIT_DONE)
 		rc = agent_confine(&a, err, sizeof err);
 	if (rc == EXIT_DONE)

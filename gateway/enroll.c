@@ -650,7 +650,8 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		goto out;
 	}
 	char until[32], ra[32];
-	fg_info("enroll", rid, "%s device %s slot %s: serial %s, %s, until %s (backend %s)%s%s",
+	struct fg_log_fields lf = { p->device_id, ci.serial_hex };
+	fg_log_with(FG_LOG_INFO, "enroll", rid, &lf, "%s device %s slot %s: serial %s, %s, until %s (backend %s)%s%s",
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
 		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend,
 		cr.renew_after ? "; the CA suggests renewal at " : "",

@@ -1,7 +1,7 @@
 /*
  * fleetgated: the fleetgate gateway daemon.
  *
- *   fleetgated --state DIR [--log-level L] [--log-json] [--syslog]
+ *   fleetgated --state DIR [--log-level L] [--log-json] [--syslog] [--log-journal]
  *
  * Runs in the foreground (a service manager supervises it), logs to stderr,
  * and stops cleanly on SIGTERM or SIGINT. A changed policy file (or SIGHUP)
@@ -35,9 +35,11 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: fleetgated --state DIR [--log-level error|warn|info|debug] [--log-json] [--syslog]\n"
+		"                  [--log-journal]\n"
 		"\n"
 		"Serve device enrollments from the gateway state directory DIR,\n"
-		"made by `fleetgate init --state DIR`.\n");
+		"made by `fleetgate init --state DIR`. Under systemd (JOURNAL_STREAM is\n"
+		"stderr) lines go to the journal with fields, as with --log-journal.\n");
 }
 
 /* Name the backends for the counters, then start the HTTP side when the
@@ -67,12 +69,14 @@ int main(int argc, char **argv)
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "log-json", no_argument, NULL, 'j' },
 		{ "syslog", no_argument, NULL, 'S' },
+		{ "log-journal", no_argument, NULL, 'J' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *state = NULL, *level_arg = NULL;
 	enum fg_log_format fmt = FG_LOG_TEXT;
+	int fmt_set = 0;
 	char err[1024] = "";
 	int c, rc = 1;
 	struct gw_config *cfg = NULL;
@@ -82,12 +86,13 @@ int main(int argc, char **argv)
 	struct signer_client *signer = NULL;
 	struct admin *admin = NULL;
 
-	while ((c = getopt_long(argc, argv, "s:l:jSh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:l:jSJh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': state = optarg; break;
 		case 'l': level_arg = optarg; break;
-		case 'j': fmt = FG_LOG_JSON; break;
-		case 'S': fmt = FG_LOG_SYSLOG; break;
+		case 'j': fmt = FG_LOG_JSON; fmt_set = 1; break;
+		case 'S': fmt = FG_LOG_SYSLOG; fmt_set = 1; break;
+		case 'J': fmt = FG_LOG_JOURNAL; fmt_set = 1; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("fleetgated %s\n", FG_VERSION); return 0;
 		default: usage(stderr); return 2;
@@ -97,6 +102,10 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* Under systemd, stderr is the journal's stream: send entries with
+	 * their fields instead (unless a format was asked for). */
+	if (!fmt_set && fg_log_stderr_is_journal())
+		fmt = FG_LOG_JOURNAL;
 	fg_log_init("fleetgated", FG_LOG_INFO, fmt);
 
 	cfg = config_load(state, err, sizeof err);
