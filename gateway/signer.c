@@ -703,6 +703,8 @@ static void *ext_get(const STACK_OF(X509_EXTENSION) *exts, int nid, int *bad)
 
 /* Check a to-be-signed certificate of ca for profile pname against the
  * boundary (see the file comment). 0, or -1 with why. */
+static EVP_MD *tbs_md;            /* SHA-256, fetched at start */
+
 static int check_cert(struct signer *s, const struct ca_key *ca, const char *pname, const FG_TBS *t,
 		      char *why, size_t n)
 {
@@ -1045,7 +1047,7 @@ static void serve_item(struct signer *s, const Fgsigner__Item *it, Fgsigner__Res
 			goto oom;
 		} else if (sl->state == 0) {
 			snprintf(why, n, "serial %s was not recorded write-ahead (reserved) before signing", hex);
-		} else if (EVP_Digest(it->der.data, it->der.len, h, NULL, EVP_sha256(), NULL) != 1) {
+		} else if (EVP_Digest(it->der.data, it->der.len, h, NULL, tbs_md, NULL) != 1) {
 			snprintf(why, n, "cannot hash the request");
 		} else if (sl->state == 2 && memcmp(sl->tbs, h, sizeof h) != 0) {
 			snprintf(why, n, "serial %s was already signed for another certificate", hex);
@@ -1113,7 +1115,10 @@ oom:
 
 /* Answer one message: a Reply with a Result per item, or with error set
  * when the request is dropped whole. -1 when the reply cannot be sent. */
-static int serve(struct signer *s, const struct signer_hdr *h, const unsigned char *body)
+/* The packed reply to one message (malloc'd into *outp). 0, or -1 out of
+ * memory. */
+static int build_reply(struct signer *s, const struct signer_hdr *h, const unsigned char *body,
+		       unsigned char **outp, size_t *outlen)
 {
 	Fgsigner__Request *req = NULL;
 	Fgsigner__Reply rep = FGSIGNER__REPLY__INIT;
@@ -1165,17 +1170,78 @@ static int serve(struct signer *s, const struct signer_hdr *h, const unsigned ch
 	size_t len = fgsigner__reply__get_packed_size(&rep);
 	if ((out = malloc(len ? len : 1)) != NULL) {
 		fgsigner__reply__pack(&rep, out);
-		rc = signer_ipc_send(SIGNER_FD, SIGNER_MSG_REPLY, h->id, out, len);
+		*outp = out;
+		*outlen = len;
+		rc = 0;
 	}
 	for (size_t i = 0; i < n; i++)
 		free(res[i].der.data);
 	free(res);
 	free(resp);
 	free(why);
-	free(out);
 	fgsigner__request__free_unpacked(req, NULL);
 	return rc;
 }
+
+/* Answer one message on SIGNER_FD. 0, or -1 when the reply cannot be
+ * sent (the daemon is gone). */
+static int serve(struct signer *s, const struct signer_hdr *h, const unsigned char *body)
+{
+	unsigned char *out = NULL;
+	size_t len = 0;
+	int rc = -1;
+	if (build_reply(s, h, body, &out, &len) == 0)
+		rc = signer_ipc_send(SIGNER_FD, SIGNER_MSG_REPLY, h->id, out, len);
+	free(out);
+	return rc;
+}
+
+/* The keys of every local backend into s->cas, and the digest that tells
+ * one to-be-signed certificate from another (fetched once: an implicit
+ * fetch per call costs a lookup). 0, or -1 with err. */
+static int load_keys(struct signer *s, char *err, size_t errlen)
+{
+	const struct gw_config *cfg = s->cfg;
+	if (tbs_md == NULL && (tbs_md = EVP_MD_fetch(NULL, "SHA2-256", NULL)) == NULL) {
+		fg_seterr(err, errlen, "cannot fetch SHA-256 from OpenSSL's default provider");
+		return -1;
+	}
+	s->ncas = signer_key_count(cfg);
+	s->cas = calloc(s->ncas ? s->ncas : 1, sizeof *s->cas);
+	if (s->cas == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0, k = 0; i < cfg->nbackends; i++)
+		if (strcmp(cfg->backends[i].plugin, "local") == 0 &&
+		    load_ca(cfg, &cfg->backends[i], &s->cas[k++], err, errlen) != 0)
+			return -1;
+	return 0;
+}
+
+#ifdef FG_INPROCESS_SIGNER
+/* The benchmark comparison build (meson -Dinprocess_signer=true): the
+ * same checks and signatures, called in the daemon, no process. */
+struct signer *signer_inprocess_new(const struct gw_config *cfg, char *err, size_t errlen)
+{
+	struct signer *s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		return NULL;
+	}
+	s->cfg = cfg;
+	if (load_keys(s, err, errlen) != 0)
+		return NULL;    /* a failed start: the daemon exits */
+	return s;
+}
+
+int signer_inprocess_call(struct signer *s, const unsigned char *body, size_t len, unsigned char **reply,
+			  size_t *replylen)
+{
+	struct signer_hdr h = { SIGNER_IPC_MAGIC, SIGNER_IPC_VERSION, SIGNER_MSG_REQUEST, (uint32_t)len, 0 };
+	return build_reply(s, &h, body, reply, replylen);
+}
+#endif
 
 /* ---- the process ---- */
 
@@ -1206,18 +1272,10 @@ static void signer_main(const struct gw_config *cfg, unsigned flags, int sock, p
 	prctl(PR_SET_NAME, "fg-signer", 0, 0, 0);
 
 	/* 2: the keys. */
-	s.ncas = signer_key_count(cfg);
-	s.cas = calloc(s.ncas ? s.ncas : 1, sizeof *s.cas);
-	if (s.cas == NULL) {
-		fg_err("signer", NULL, "out of memory");
-		_exit(3);
+	if (load_keys(&s, err, sizeof err) != 0) {
+		fg_err("signer", NULL, "%s", err);
+		_exit(4);
 	}
-	for (size_t i = 0, k = 0; i < cfg->nbackends; i++)
-		if (strcmp(cfg->backends[i].plugin, "local") == 0 &&
-		    load_ca(cfg, &cfg->backends[i], &s.cas[k++], err, sizeof err) != 0) {
-			fg_err("signer", NULL, "%s", err);
-			_exit(4);
-		}
 
 	/* 3: who we are, and what we can still become. */
 	struct rlimit nocore = { 0, 0 };
@@ -1258,10 +1316,11 @@ static void signer_main(const struct gw_config *cfg, unsigned flags, int sock, p
 		mode == SANDBOX_OFF ? "off" : "on", N_SYSCALLS);
 
 	/* 5: serve. */
+	static struct signer_rbuf rb;
 	for (;;) {
 		struct signer_hdr h;
 		unsigned char *body = NULL;
-		int r = signer_ipc_recv(SIGNER_FD, SIGNER_MSG_MAX, &h, &body, err, sizeof err);
+		int r = signer_ipc_recv_buf(SIGNER_FD, &rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err);
 		if (r == 1)
 			_exit(0);
 		if (r < 0) {

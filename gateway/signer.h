@@ -49,4 +49,14 @@ int signer_holds_key(const struct config_backend *cb);
 /* The number of backends whose key a signer for cfg holds. */
 size_t signer_key_count(const struct gw_config *cfg);
 
+#ifdef FG_INPROCESS_SIGNER
+/* Only in the benchmark comparison build (meson -Dinprocess_signer=true),
+ * which puts the CA key back into the daemon: the signer's checks and
+ * signatures as function calls. */
+struct signer;
+struct signer *signer_inprocess_new(const struct gw_config *cfg, char *err, size_t errlen);
+int signer_inprocess_call(struct signer *s, const unsigned char *body, size_t len, unsigned char **reply,
+			  size_t *replylen);
+#endif
+
 #endif

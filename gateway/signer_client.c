@@ -47,6 +47,10 @@ struct signer_client {
 	int stopping;              /* signer_client_free has begun: EOF is expected */
 	int generation;            /* signers received so far */
 	uint32_t next_id;
+	struct signer_rbuf rb;     /* what was read from fd past the last reply */
+#ifdef FG_INPROCESS_SIGNER
+	struct signer *local;      /* the comparison build: no process */
+#endif
 };
 
 /* ---- the monitor process ---- */
@@ -233,6 +237,7 @@ static void take_signer(struct signer_client *sc, int fd, pid_t pid)
 		close(sc->fd);
 	sc->fd = fd;
 	sc->pid = pid;
+	sc->rb.off = sc->rb.len = 0;
 	if (sc->generation++ > 0) {
 		stats_signer(STATS_SIGNER_RESTART);
 		fg_warn("gateway", NULL, "signer process %d took over", (int)pid);
@@ -276,6 +281,12 @@ static void *watch(void *arg)
 
 int signer_client_watch(struct signer_client *sc, char *err, size_t errlen)
 {
+#ifdef FG_INPROCESS_SIGNER
+	(void)sc;
+	(void)err;
+	(void)errlen;
+	return 0;
+#endif
 	if (pthread_create(&sc->watcher, NULL, watch, sc) != 0) {
 		fg_seterr(err, errlen, "cannot start the signer watcher thread");
 		return -1;
@@ -299,6 +310,18 @@ struct signer_client *signer_client_start(const struct gw_config *cfg, unsigned 
 	sc->ctl = -1;
 	pthread_mutex_init(&sc->lock, NULL);
 	pthread_cond_init(&sc->changed, NULL);
+#ifdef FG_INPROCESS_SIGNER
+	(void)flags;
+	(void)self;
+	(void)sv;
+	fg_warn("gateway", NULL, "this fleetgated is the benchmark comparison build (-Dinprocess_signer=true): "
+				 "the CA key is in the network-facing process; never deploy it");
+	if ((sc->local = signer_inprocess_new(cfg, err, errlen)) == NULL) {
+		free(sc);
+		return NULL;
+	}
+	return sc;
+#endif
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
 		fg_seterr(err, errlen, "cannot make the monitor's control socket: %s", strerror(errno));
 		goto fail;
@@ -382,6 +405,17 @@ static int exchange(struct signer_client *sc, unsigned type, const void *body, s
 
 	*reply = NULL;
 	*replylen = 0;
+#ifdef FG_INPROCESS_SIGNER
+	(void)id;
+	(void)h;
+	(void)e2;
+	(void)want_reply;
+	if (signer_inprocess_call(sc->local, body, len, reply, replylen) != 0) {
+		fg_seterr(err, errlen, "out of memory signing");
+		return -1;
+	}
+	return 0;
+#endif
 	if (sc->fd < 0) {
 		fg_seterr(err, errlen, sc->failed ? "the signer process has stopped for good"
 						   : "the signer process is restarting; retry in a moment");
@@ -394,7 +428,7 @@ static int exchange(struct signer_client *sc, unsigned type, const void *body, s
 	}
 	if (!want_reply)
 		return 0;
-	int r = signer_ipc_recv(sc->fd, SIGNER_MSG_MAX, &h, reply, e2, sizeof e2);
+	int r = signer_ipc_recv_buf(sc->fd, &sc->rb, SIGNER_MSG_MAX, &h, reply, e2, sizeof e2);
 	if (r != 0 || h.type != SIGNER_MSG_REPLY || h.id != id) {
 		fg_seterr(err, errlen, "signer process %d gave no answer (%s); retry in a moment", (int)sc->pid,
 			  r == 1 ? "it closed its socket" : r < 0 ? e2 : "a reply out of turn");
@@ -407,6 +441,7 @@ static int exchange(struct signer_client *sc, unsigned type, const void *body, s
 drop:
 	close(sc->fd);
 	sc->fd = -1;
+	sc->rb.off = sc->rb.len = 0;
 	return -1;
 }
 

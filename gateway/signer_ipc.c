@@ -118,3 +118,70 @@ int signer_ipc_recv(int fd, size_t max, struct signer_hdr *h, unsigned char **bo
 	*body = b;
 	return 0;
 }
+
+int signer_ipc_recv_buf(int fd, struct signer_rbuf *rb, size_t max, struct signer_hdr *h, unsigned char **body,
+			char *err, size_t errlen)
+{
+	*body = NULL;
+	/* The header: from the buffer, filling it with what the socket has. */
+	while (rb->len < sizeof *h) {
+		if (rb->off > 0) {
+			memmove(rb->b, rb->b + rb->off, rb->len);
+			rb->off = 0;
+		}
+		ssize_t r = read(fd, rb->b + rb->len, sizeof rb->b - rb->len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			fg_seterr(err, errlen, "cannot read a message header: %s", strerror(errno));
+			return -1;
+		}
+		if (r == 0) {
+			if (rb->len == 0)
+				return 1;
+			fg_seterr(err, errlen, "cannot read a message header: the peer closed the socket mid-header");
+			return -1;
+		}
+		rb->len += (size_t)r;
+	}
+	memcpy(h, rb->b + rb->off, sizeof *h);
+	if (h->magic != SIGNER_IPC_MAGIC || h->version != SIGNER_IPC_VERSION) {
+		fg_seterr(err, errlen, "message header has magic 0x%08x version %u, not 0x%08x version %u: not the signer protocol of this fleetgated",
+			  (unsigned)h->magic, (unsigned)h->version, SIGNER_IPC_MAGIC, SIGNER_IPC_VERSION);
+		return -1;
+	}
+	if (h->len > max) {
+		fg_seterr(err, errlen, "message %u announces %u bytes, more than the cap of %zu; dropped unread",
+			  (unsigned)h->id, (unsigned)h->len, max);
+		return -1;
+	}
+	rb->off += sizeof *h;
+	rb->len -= sizeof *h;
+	if (h->len == 0)
+		return 0;
+	unsigned char *b = malloc((size_t)h->len + 1);
+	if (b == NULL) {
+		fg_seterr(err, errlen, "out of memory for a message of %u bytes", (unsigned)h->len);
+		return -1;
+	}
+	/* The body: what the buffer holds, then the rest straight from the
+	 * socket (a large body does not go through the buffer). */
+	size_t have = rb->len < h->len ? rb->len : h->len;
+	memcpy(b, rb->b + rb->off, have);
+	rb->off += have;
+	rb->len -= have;
+	if (rb->len == 0)
+		rb->off = 0;
+	if (have < h->len) {
+		int r = read_full(fd, b + have, h->len - have);
+		if (r != 0) {
+			fg_seterr(err, errlen, "cannot read the %u-byte body of message %u: %s", (unsigned)h->len,
+				  (unsigned)h->id, r == 1 || errno == EPIPE ? "the peer closed the socket" : strerror(errno));
+			free(b);
+			return -1;
+		}
+	}
+	b[h->len] = 0;
+	*body = b;
+	return 0;
+}

@@ -59,4 +59,17 @@ int signer_ipc_send(int fd, uint16_t type, uint32_t id, const void *body, size_t
 int signer_ipc_recv(int fd, size_t max, struct signer_hdr *h, unsigned char **body, char *err,
 		    size_t errlen);
 
+/* The same, reading through a buffer of the caller's: one read(2) takes
+ * the header and a body of up to SIGNER_RBUF_SIZE together (a small
+ * message costs one system call, not two), and bytes of a next message
+ * stay for the next call. Zero it before the first call on an fd, and
+ * again whenever the fd changes. */
+#define SIGNER_RBUF_SIZE 16384
+struct signer_rbuf {
+	size_t off, len;                 /* unread bytes are b[off .. off+len) */
+	unsigned char b[SIGNER_RBUF_SIZE];
+};
+int signer_ipc_recv_buf(int fd, struct signer_rbuf *rb, size_t max, struct signer_hdr *h, unsigned char **body,
+			char *err, size_t errlen);
+
 #endif

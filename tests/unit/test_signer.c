@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -573,9 +574,101 @@ static void test_plugin_through_monitor(void **state)
 	signer_client_free(sc);
 }
 
+/* The buffered receive: messages sent back to back come out one by one,
+ * a body larger than the buffer is read whole, and a bad header or a
+ * stream cut mid-message is an error, not a message. */
+static void test_ipc_buffered(void **state)
+{
+	(void)state;
+	int sv[2];
+	struct signer_rbuf *rb = calloc(1, sizeof *rb);
+	struct signer_hdr h;
+	unsigned char *body = NULL;
+	char err[256];
+	size_t big = SIGNER_RBUF_SIZE * 3 + 17;
+	unsigned char *bigbody = malloc(big);
+	assert_non_null(rb);
+	assert_non_null(bigbody);
+	for (size_t i = 0; i < big; i++)
+		bigbody[i] = (unsigned char)(i * 7);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+
+	/* Three messages in the socket before the first read. */
+	assert_int_equal(signer_ipc_send(sv[0], SIGNER_MSG_REPLY, 1, "one", 3), 0);
+	assert_int_equal(signer_ipc_send(sv[0], SIGNER_MSG_REPLY, 2, NULL, 0), 0);
+	assert_int_equal(signer_ipc_send(sv[0], SIGNER_MSG_REPLY, 3, "three", 5), 0);
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), 0);
+	assert_int_equal(h.id, 1);
+	assert_int_equal(h.len, 3);
+	assert_memory_equal(body, "one", 3);
+	free(body);
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), 0);
+	assert_int_equal(h.id, 2);
+	assert_int_equal(h.len, 0);
+	assert_null(body);
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), 0);
+	assert_int_equal(h.id, 3);
+	assert_string_equal((char *)body, "three");
+	free(body);
+
+	/* A body three buffers long, written from a child (it does not fit
+	 * in the socket's buffer at once). */
+	pid_t pid = fork();
+	if (pid == 0) {
+		_exit(signer_ipc_send(sv[0], SIGNER_MSG_REPLY, 4, bigbody, big) == 0 &&
+				      signer_ipc_send(sv[0], SIGNER_MSG_REPLY, 5, "after", 5) == 0
+			      ? 0
+			      : 1);
+	}
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), 0);
+	assert_int_equal(h.id, 4);
+	assert_int_equal(h.len, big);
+	assert_memory_equal(body, bigbody, big);
+	free(body);
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), 0);
+	assert_int_equal(h.id, 5);
+	assert_string_equal((char *)body, "after");
+	free(body);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_int_equal(status, 0);
+
+	/* Above the cap: refused before the body is read. */
+	assert_int_equal(signer_ipc_send(sv[0], SIGNER_MSG_REPLY, 6, "0123456789", 10), 0);
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, 4, &h, &body, err, sizeof err), -1);
+	assert_non_null(strstr(err, "more than the cap"));
+	assert_null(body);
+
+	/* Bad magic, and a stream cut in the middle of a body. */
+	memset(rb, 0, sizeof *rb);
+	struct signer_hdr bad = { 0x12345678u, SIGNER_IPC_VERSION, SIGNER_MSG_REPLY, 0, 7 };
+	int sv2[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv2), 0);
+	assert_int_equal(write(sv2[0], &bad, sizeof bad), (ssize_t)sizeof bad);
+	assert_int_equal(signer_ipc_recv_buf(sv2[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), -1);
+	assert_non_null(strstr(err, "not the signer protocol"));
+	memset(rb, 0, sizeof *rb);
+	struct signer_hdr cut = { SIGNER_IPC_MAGIC, SIGNER_IPC_VERSION, SIGNER_MSG_REPLY, 100, 8 };
+	assert_int_equal(write(sv2[0], &cut, sizeof cut), (ssize_t)sizeof cut);
+	assert_int_equal(write(sv2[0], "partial", 7), 7);
+	close(sv2[0]);
+	assert_int_equal(signer_ipc_recv_buf(sv2[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), -1);
+	assert_non_null(strstr(err, "closed the socket"));
+	assert_null(body);
+	/* And a clean end of stream between messages is 1. */
+	memset(rb, 0, sizeof *rb);
+	close(sv[0]);
+	assert_int_equal(signer_ipc_recv_buf(sv[1], rb, SIGNER_MSG_MAX, &h, &body, err, sizeof err), 1);
+	close(sv[1]);
+	close(sv2[1]);
+	free(bigbody);
+	free(rb);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_ipc_buffered),
 		cmocka_unit_test(test_boundary),
 		cmocka_unit_test(test_seccomp_kills),
 		cmocka_unit_test(test_plugin_through_monitor),
