@@ -2,7 +2,7 @@
 # The signer process of a running gateway (docs/security.md):
 #  - it is confined (seccomp filter mode, no_new_privs, not root);
 #  - the CA's private scalar is in the signer's memory and in no other
-#    fleetgated process, while agents enroll (a black-box memory search);
+#    fleetgated process (daemon, monitor, policy reader), while agents enroll (a black-box memory search);
 #  - kill -9 of the signer during a burst of enrollments: the monitor
 #    starts another, every agent completes, no certificate exists without
 #    its record, no serial is duplicated;
@@ -80,6 +80,9 @@ for i in $(seq $N); do agent "m$i" & pids+=($!); done
 expect_eq "the scalar is in the signer's memory (the search works)" "$(search "$SIGNER")" "1"
 expect_eq "the scalar is not in the daemon's memory" "$(search "$GW_PID")" "0"
 expect_eq "the scalar is not in the monitor's memory" "$(search "$MONITOR")" "0"
+READER=$(pgrep -P "$GW_PID" -x fg-policyread || true)
+check "the policy reader runs beside the daemon" test -n "$READER"
+expect_eq "the scalar is not in the policy reader's memory" "$(search "${READER:-0}")" "0"
 for p in "${pids[@]}"; do wait "$p" || true; done
 expect_eq "the scalar is still not in the daemon's memory after the burst" "$(search "$GW_PID")" "0"
 ok_n=0
