@@ -48,7 +48,7 @@ int fg_log_level_parse(const char *s);
 void fg_log(enum fg_log_level level, const char *component, const char *request_id,
 	    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void fg_vlog(enum fg_log_level level, const char *component, const char *request_id,
-	     const char *fmt, va_list ap);
+	     const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
 
 /* Fields a line may carry besides its request id: in the journal as
  * DEVICE= and SERIAL=, in JSON lines as "device" and "serial". NULL for

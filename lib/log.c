@@ -119,6 +119,8 @@ static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s)
 }
 
 static void vlog_with(enum fg_log_level level, const char *component, const char *request_id,
+		      const struct fg_log_fields *f, const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+static void vlog_with(enum fg_log_level level, const char *component, const char *request_id,
 		      const struct fg_log_fields *f, const char *fmt, va_list ap)
 {
 	char msg[2048], line[4096], ts[32];
