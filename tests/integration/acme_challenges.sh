@@ -25,15 +25,8 @@ source "$(dirname "$0")/lib.sh"
 PEBBLE=$(command -v pebble) || die "pebble not found: apt-get install pebble"
 CTS=$(command -v pebble-challtestsrv) || die "pebble-challtestsrv not found: apt-get install pebble"
 
-free_port() {
-  local p
-  for _ in $(seq 20); do
-    p=$((10000 + RANDOM % 22000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && ! (exec 3<>/dev/tcp/127.0.0.2/$p) 2>/dev/null &&
-       ! (exec 3<>/dev/tcp/127.0.0.3/$p) 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port"
-}
+# Free at 127.0.0.1, .2 and .3 (the agents' http-01 listeners use those).
+free_port() { fg_free_port 127.0.0.2 127.0.0.3; }
 
 export no_proxy='*' NO_PROXY='*'
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY

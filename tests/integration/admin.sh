@@ -10,7 +10,7 @@
 
 [ "$(id -u)" = 0 ] || { echo "# needs root (creates a user for the SO_PEERCRED check)"; exit 77; }
 
-HTTP_PORT=$((10000 + RANDOM % 22000))
+HTTP_PORT=$(free_port)
 gw_init --http "127.0.0.1:$HTTP_PORT"
 gw_start
 check "the admin socket exists" test -S "$GW/admin.sock"

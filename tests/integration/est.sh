@@ -19,14 +19,7 @@ RESPONDER="$FG_BUILD/tests/scep-responder"
 export no_proxy='*' NO_PROXY='*'
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
-free_port() {
-  local p
-  for _ in $(seq 20); do
-    p=$((10000 + RANDOM % 22000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port"
-}
+# free_port: lib.sh
 
 RS_PID=
 stop_responder() {

@@ -23,14 +23,7 @@ RESPONDER="$FG_BUILD/tests/scep-responder"
 GWB="$T/gwb"
 B_PID= RS_PID= SW_PIDS=
 
-free_port() {
-  local p
-  for _ in $(seq 20); do
-    p=$((10000 + RANDOM % 22000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port"
-}
+# free_port: lib.sh
 
 stop_b() {
   if [ -n "$B_PID" ]; then kill -TERM "$B_PID" 2>/dev/null || true; wait "$B_PID" 2>/dev/null || true; fi

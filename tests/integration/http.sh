@@ -7,10 +7,7 @@
 # `fleetgate status` in text and JSON.
 . "$(dirname "$0")/lib.sh"
 
-for _ in 1 2 3 4 5 6 7 8; do
-  HPORT=$((10000 + RANDOM % 22000))
-  if ! (exec 3<>/dev/tcp/127.0.0.1/$HPORT) 2>/dev/null; then break; fi
-done
+HPORT=$(free_port)
 gw_init --http "127.0.0.1:$HPORT"
 URL="http://127.0.0.1:$HPORT"
 CA="$GW/ca/ca.crt"

@@ -87,10 +87,7 @@ fi
 unset FLEETGATE_PLUGIN_DIR
 S="$T/var/fleetgate"
 mkdir -p "$S"
-for _ in 1 2 3 4 5 6 7 8; do
-  PORT=$((10000 + RANDOM % 22000))
-  if ! (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then break; fi
-done
+PORT=$(free_port)
 ENDPOINT="tcp://127.0.0.1:$PORT"
 sed -i "s|^listen = .*|listen = \"$ENDPOINT\"|" "$R$FG_SYSCONFDIR/fleetgated.conf"
 ln -s "$R$FG_SYSCONFDIR/fleetgated.conf" "$S/fleetgated.conf"

@@ -49,12 +49,32 @@ finish() {
 # Random ports come from 10000-31999, below Linux's ephemeral range
 # (32768-60999), so that no outgoing connection of another test holds them.
 
+# fg_free_port [ADDR...]: a port nothing listens on at 127.0.0.1 (nor at
+# the ADDRs), and never one this test handed out before: a port picked for
+# pebble and one picked for the gateway are both free until the first is
+# bound, so every port handed out is kept in $T/ports (a file, as callers
+# use $(free_port), a subshell). free_port is the same at 127.0.0.1 only.
+fg_free_port() {
+  local p a busy
+  for _ in $(seq 100); do
+    p=$((10000 + (RANDOM * 32768 + RANDOM) % 22000))
+    grep -qx "$p" "$T/ports" 2>/dev/null && continue
+    busy=0
+    for a in 127.0.0.1 "$@"; do
+      if (exec 3<>"/dev/tcp/$a/$p") 2>/dev/null; then busy=1; break; fi
+    done
+    [ "$busy" = 0 ] || continue
+    echo "$p" >>"$T/ports"
+    echo "$p"
+    return 0
+  done
+  die "no free port"
+}
+free_port() { fg_free_port; }
+
 # gw_init [extra fleetgate init args]: a gateway state dir on a free port.
 gw_init() {
-  for _ in 1 2 3 4 5 6 7 8; do
-    PORT=$((10000 + RANDOM % 22000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then break; fi
-  done
+  PORT=$(free_port)
   ENDPOINT="tcp://127.0.0.1:$PORT"
   "$FLEETGATE" init --state "$GW" --listen "$ENDPOINT" "$@" >"$T/init.out" || die "fleetgate init failed: $(cat "$T/init.out")"
   SERVER_KEY=$(sed -n 's/^public = //p' "$GW/keys/gateway.pub")

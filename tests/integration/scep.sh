@@ -13,14 +13,7 @@ SCEPSERVER=$(command -v scepserver) || die "scepserver not found: apt-get instal
 SCEPCLIENT=$(command -v scepclient) || die "scepclient not found: apt-get install scep"
 RESPONDER="$FG_BUILD/tests/scep-responder"
 
-free_port() {
-  local p
-  for _ in $(seq 20); do
-    p=$((10000 + RANDOM % 22000))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port"
-}
+# free_port: lib.sh
 
 wait_http() { # URL LOG
   for _ in $(seq 300); do

@@ -12,7 +12,7 @@
 
 [ "$(id -u)" = 0 ] || { echo "# needs root (reads other processes' memory)"; exit 77; }
 
-HTTP_PORT=$((10000 + RANDOM % 22000))
+HTTP_PORT=$(free_port)
 gw_init --http "127.0.0.1:$HTTP_PORT"
 gw_start
 SIGNER=$(sed -n 's/.*signer process \([0-9]*\) (monitor \([0-9]*\)).*/\1/p' "$T/gw.log" | tail -n 1)
