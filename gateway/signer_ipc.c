@@ -76,6 +76,29 @@ static int read_full(int fd, void *buf, size_t len)
 	return 0;
 }
 
+/* The checks every header passes before its body is read. 0, or -1 with err. */
+static int header_check(const struct signer_hdr *h, size_t max, char *err, size_t errlen)
+{
+	if (h->magic != SIGNER_IPC_MAGIC || h->version != SIGNER_IPC_VERSION) {
+		fg_seterr(err, errlen, "message header has magic 0x%08x version %u, not 0x%08x version %u: not the signer protocol of this fleetgated",
+			  (unsigned)h->magic, (unsigned)h->version, SIGNER_IPC_MAGIC, SIGNER_IPC_VERSION);
+		return -1;
+	}
+	if (h->len > max) {
+		fg_seterr(err, errlen, "message %u announces %u bytes, more than the cap of %zu; dropped unread",
+			  (unsigned)h->id, (unsigned)h->len, max);
+		return -1;
+	}
+	return 0;
+}
+
+/* err for a body that read_full could not read (r its result). */
+static void body_error(const struct signer_hdr *h, int r, char *err, size_t errlen)
+{
+	fg_seterr(err, errlen, "cannot read the %u-byte body of message %u: %s", (unsigned)h->len, (unsigned)h->id,
+		  r == 1 || errno == EPIPE ? "the peer closed the socket" : strerror(errno));
+}
+
 int signer_ipc_recv(int fd, size_t max, struct signer_hdr *h, unsigned char **body, char *err,
 		    size_t errlen)
 {
@@ -91,16 +114,8 @@ int signer_ipc_recv(int fd, size_t max, struct signer_hdr *h, unsigned char **bo
 			  errno == EPIPE ? "the peer closed the socket mid-header" : strerror(errno));
 		return -1;
 	}
-	if (h->magic != SIGNER_IPC_MAGIC || h->version != SIGNER_IPC_VERSION) {
-		fg_seterr(err, errlen, "message header has magic 0x%08x version %u, not 0x%08x version %u: not the signer protocol of this fleetgated",
-			  (unsigned)h->magic, (unsigned)h->version, SIGNER_IPC_MAGIC, SIGNER_IPC_VERSION);
+	if (header_check(h, max, err, errlen) != 0)
 		return -1;
-	}
-	if (h->len > max) {
-		fg_seterr(err, errlen, "message %u announces %u bytes, more than the cap of %zu; dropped unread",
-			  (unsigned)h->id, (unsigned)h->len, max);
-		return -1;
-	}
 	if (h->len == 0)
 		return 0;
 	if ((b = malloc((size_t)h->len + 1)) == NULL) {
@@ -109,8 +124,7 @@ int signer_ipc_recv(int fd, size_t max, struct signer_hdr *h, unsigned char **bo
 	}
 	r = read_full(fd, b, h->len);
 	if (r != 0) {
-		fg_seterr(err, errlen, "cannot read the %u-byte body of message %u: %s", (unsigned)h->len,
-			  (unsigned)h->id, r == 1 || errno == EPIPE ? "the peer closed the socket" : strerror(errno));
+		body_error(h, r, err, errlen);
 		free(b);
 		return -1;
 	}
@@ -145,16 +159,8 @@ int signer_ipc_recv_buf(int fd, struct signer_rbuf *rb, size_t max, struct signe
 		rb->len += (size_t)r;
 	}
 	memcpy(h, rb->b + rb->off, sizeof *h);
-	if (h->magic != SIGNER_IPC_MAGIC || h->version != SIGNER_IPC_VERSION) {
-		fg_seterr(err, errlen, "message header has magic 0x%08x version %u, not 0x%08x version %u: not the signer protocol of this fleetgated",
-			  (unsigned)h->magic, (unsigned)h->version, SIGNER_IPC_MAGIC, SIGNER_IPC_VERSION);
+	if (header_check(h, max, err, errlen) != 0)
 		return -1;
-	}
-	if (h->len > max) {
-		fg_seterr(err, errlen, "message %u announces %u bytes, more than the cap of %zu; dropped unread",
-			  (unsigned)h->id, (unsigned)h->len, max);
-		return -1;
-	}
 	rb->off += sizeof *h;
 	rb->len -= sizeof *h;
 	if (h->len == 0)
@@ -175,8 +181,7 @@ int signer_ipc_recv_buf(int fd, struct signer_rbuf *rb, size_t max, struct signe
 	if (have < h->len) {
 		int r = read_full(fd, b + have, h->len - have);
 		if (r != 0) {
-			fg_seterr(err, errlen, "cannot read the %u-byte body of message %u: %s", (unsigned)h->len,
-				  (unsigned)h->id, r == 1 || errno == EPIPE ? "the peer closed the socket" : strerror(errno));
+			body_error(h, r, err, errlen);
 			free(b);
 			return -1;
 		}
