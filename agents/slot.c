@@ -655,13 +655,19 @@ static int save(struct saved *sv, const char *path, char *err, size_t errlen)
 }
 
 /* Put the saved file back (atomically), or remove a file that was not
- * there before. */
+ * there before. The copy that save() made is renamed into place, which
+ * needs no new space: a disk that filled up during the install (the usual
+ * reason to roll back) still gets the previous files back. Only without
+ * that copy is the saved content written again. */
 static void restore(const struct saved *sv, const char *rid)
 {
-	char err[512];
+	char err[512], prev[PATH_MAX + 8];
 	if (sv->path[0] == '\0')
 		return;
 	if (sv->existed) {
+		snprintf(prev, sizeof prev, "%s.prev", sv->path);
+		if (fg_rename_durable(prev, sv->path, err, sizeof err) == 0)
+			return;
 		if (fg_write_file_atomic(sv->path, sv->data, sv->len, sv->mode, sv->uid, sv->gid, err,
 					 sizeof err) != 0)
 			fg_err("agent", rid, "rollback of %s failed: %s; the previous version is in %s.prev",

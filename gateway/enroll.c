@@ -1332,7 +1332,9 @@ static void handle_cert(struct worker *w, const struct enroll_req *r, uint8_t **
 		goto out;
 	}
 	if (rc != 0) {
-		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len, "%s", err);
+		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
+			     "could not record the request (%s); nothing was issued, retry with the same request id",
+			     err);
 		goto out;
 	}
 

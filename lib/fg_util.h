@@ -64,6 +64,11 @@ void fg_set_read_opener(int (*opener)(const char *path));
 int fg_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
 			 uid_t uid, gid_t gid, char *err, size_t errlen);
 
+/* rename(from, to), then fsync of to's directory: the new name is durable
+ * when it returns 0; -1 with err. Needs no new data blocks, so it works
+ * on a full disk (the agent's rollback from <file>.prev). */
+int fg_rename_durable(const char *from, const char *to, char *err, size_t errlen);
+
 /* mkdir -p with mode for each created component. */
 int fg_mkdirs(const char *path, mode_t mode, char *err, size_t errlen);
 

@@ -235,6 +235,20 @@ static int fsync_dir_of(const char *path)
 	return rc;
 }
 
+int fg_rename_durable(const char *from, const char *to, char *err, size_t errlen)
+{
+	if (rename(from, to) != 0) {
+		fg_seterr(err, errlen, "cannot rename %s to %s: %s", from, to, strerror(errno));
+		return -1;
+	}
+	if (fsync_dir_of(to) != 0) {
+		fg_seterr(err, errlen, "renamed %s to %s, but cannot fsync its directory: %s", from, to,
+			  strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int fg_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
 			 uid_t uid, gid_t gid, char *err, size_t errlen)
 {

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Storage faults under the gateway (docs/reliability.md): each write and
+# each sync of the store (fleetgate.db and its WAL) that an enrollment
+# makes fails in turn, with EIO (a failing disk) and ENOSPC (a full one).
+# The four durable steps of a local-CA enrollment are admission, the
+# serial's reservation, the write-ahead record of the to-be-signed
+# certificate and the certificate's record with its audit record. For
+# every failure: the device gets a retryable answer and no certificate,
+# the store stays consistent, and the same request succeeds once the disk
+# is back; a disk that stays full fails every request the same way and
+# the gateway stays up until it has room again.
+. "$(dirname "$0")/../integration/lib.sh"
+. "$(dirname "$0")/fault.inc.sh"
+
+gw_init
+fault_init fleetgate.db
+FLEETGATED=$(fault_wrap fleetgated "$FLEETGATED")
+gw_start
+bundle b --uses 400 --ttl 1h
+
+# step_of FILE: which durable step an agent's output says failed
+step_of() {
+  if grep -q "could not record the request" "$1"; then echo admission
+  elif grep -q "cannot reserve serial" "$1"; then echo serial
+  elif grep -q "before signing; nothing was signed" "$1"; then echo write-ahead
+  elif grep -q "could not record the certificate" "$1"; then echo certificate
+  else echo "unknown"
+  fi
+}
+
+n=0
+for mode in "sync EIO" "write ENOSPC" "write EIO" "sync ENOSPC"; do
+  set -- $mode
+  op=$1 err=$2
+  steps=" "
+  bad_answer=0 leaked=0 not_retried=0
+  for k in $(seq 0 200); do
+    n=$((n + 1))
+    cp "$T/b.bundle" "$T/a$n.bundle"
+    agent_conf "a$n" >/dev/null
+    certs_before=$(sql 'select count(*) from certificates')
+    fault_set "op=$op err=$err skip=$k count=1"
+    rc=0; agent "a$n" || rc=$?
+    if [ "$(fault_failed)" = 0 ]; then
+      # the enrollment needed fewer than k+1 such calls: all were tried
+      expect_eq "$op $err: the enrollment past the last $op succeeded" "$rc" "0"
+      break
+    fi
+    fault_clear
+    step=$(step_of "$T/a$n.out")
+    case "$steps" in *" $step "*) ;; *) steps="$steps$step " ;; esac
+    # exit 3 is the agent's "retry later"; the answer names what failed
+    if [ "$rc" != 3 ] || [ "$step" = unknown ]; then
+      bad_answer=$((bad_answer + 1)); echo "# $op $err #$k: agent exit $rc:"; cat "$T/a$n.out"
+    fi
+    [ -s "$(crt "a$n")" ] && leaked=$((leaked + 1))
+    [ "$(sql 'select count(*) from certificates')" = "$certs_before" ] || leaked=$((leaked + 1))
+    # the disk is back: the same request (the agent keeps its id) completes
+    agent "a$n" || { not_retried=$((not_retried + 1)); cat "$T/a$n.out"; }
+  done
+  echo "# $op $err: $k calls failed one at a time; steps hit:$steps"
+  expect_eq "$op $err: every failure answered retryable, naming the step" "$bad_answer" "0"
+  expect_eq "$op $err: no certificate reached a device or the store at a failed step" "$leaked" "0"
+  expect_eq "$op $err: every request succeeded once the disk was back" "$not_retried" "0"
+  for s in admission serial write-ahead certificate; do
+    expect_match "$op $err: the $s step was failed" "$steps" " $s "
+  done
+  store_consistent "after $op $err"
+done
+expect_eq "one certificate per device" "$(sql 'select count(*) from certificates')" "$n"
+expect_eq "one device per agent" "$(sql 'select count(*) from devices')" "$n"
+expect_eq "no job left open" "$(sql 'select count(*) from jobs where state != 2')" "0"
+
+# A disk that stays full: every enrollment and check-in fails retryable,
+# the gateway stays up, and all succeed when there is room again.
+fault_set "op=write err=ENOSPC count=0"
+for i in 1 2 3; do cp "$T/b.bundle" "$T/full$i.bundle"; agent_conf "full$i" >/dev/null; done
+full_rc=""
+for i in 1 2 3; do rc=0; agent "full$i" || rc=$?; full_rc="$full_rc$rc"; done
+expect_eq "disk full: every enrollment answered retry-later" "$full_rc" "333"
+check "disk full: the answer says the disk is full" grep -q "database or disk is full" "$T/full1.out"
+rc=0; agent a1 || rc=$?
+check "disk full: an enrolled agent's check-in does not break it" test "$rc" = 0 -o "$rc" = 3
+check "disk full: the gateway is up" gw_alive
+check "disk full: calls kept failing" test "$(fault_failed)" -ge 3
+fault_clear
+for i in 1 2 3; do check "room again: full$i enrolls" agent "full$i"; done
+store_consistent "after the full disk"
+gw_stop
+check "the gateway stopped cleanly after the faults" test $? = 0
+finish
