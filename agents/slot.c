@@ -789,6 +789,21 @@ int slot_install_hooked(const struct agent_config *cfg, const struct agent_slot 
 	anchors = fg_certs_from_pem(anchors_pem, strlen(anchors_pem), err, errlen);
 	if (anchors == NULL)
 		goto out;
+	/* A certificate that starts in this device's future (the gateway's
+	 * clock, or this one, is wrong) would be answered again and again for
+	 * this request: the request is dropped, and the next attempt is a new
+	 * one that a gateway with its clock put right answers usably. */
+	if (X509_cmp_time(X509_get0_notBefore(leaf), NULL) > 0) {
+		struct fg_cert_info ci;
+		char when[32] = "?";
+		if (fg_cert_info(leaf, &ci, err, errlen) == 0)
+			fg_time_iso(ci.not_before, when, sizeof when);
+		fg_seterr(err, errlen,
+			  "the issued certificate is not yet valid: it starts at %s, in this device's future (check the gateway's clock and this one); not installed, the current files are unchanged, and the next attempt makes a new request",
+			  when);
+		slot_request_forget(cfg, s);
+		goto out;
+	}
 	if (fg_cert_verify(leaf, chain, anchors, err, errlen) != 0) {
 		char tmp[1200];
 		snprintf(tmp, sizeof tmp, "the issued certificate was refused: %s (check the bundle's anchors); not installed, the current files are unchanged",

@@ -89,9 +89,16 @@ int crl_read_info(const struct gw_config *cfg, const char *backend, struct crl_i
 	return rc;
 }
 
+#define CRL_CLOCK_SKEW 300 /* seconds thisUpdate may be ahead of the clock before a new CRL is made */
+
 int crl_due(const struct crl_info *info, int64_t now)
 {
 	if (info->next_update <= info->this_update)
+		return 1;
+	/* the clock went back (a CRL made while it was ahead): a relying party
+	 * refuses a CRL from the future, so a new one is made now; its number
+	 * still follows the last (the number comes from the store) */
+	if (now + CRL_CLOCK_SKEW < info->this_update)
 		return 1;
 	return now >= info->this_update + (info->next_update - info->this_update) / 2;
 }

@@ -49,7 +49,8 @@ int crl_refresh(const struct gw_config *cfg, struct backends *bs, struct store *
 		int force, char *err, size_t errlen);
 
 /* 1 when a CRL published with info should be remade at now (half of its
- * validity gone, or past nextUpdate), else 0. */
+ * validity gone, or past nextUpdate, or its thisUpdate more than five
+ * minutes ahead of now: the clock went back), else 0. */
 int crl_due(const struct crl_info *info, int64_t now);
 
 #endif
