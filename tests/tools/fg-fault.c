@@ -210,53 +210,26 @@ static mode_t mode_arg(int flags, va_list ap)
 	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
 }
 
-int open(const char *path, int flags, ...)
-{
-	resolve();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	int fd = real_open(path, flags, mode);
-	watch(fd, path);
-	return fd;
-}
+/* The four open calls: the real one, then the new fd watched or not. The
+ * mode argument is there only with O_CREAT or O_TMPFILE. */
+#define OPEN_WRAPPER(name, real, params, args)                   \
+	int name params                                          \
+	{                                                        \
+		resolve();                                       \
+		va_list ap;                                      \
+		va_start(ap, flags);                             \
+		mode_t mode = mode_arg(flags, ap);               \
+		va_end(ap);                                      \
+		int fd = real args;                              \
+		watch(fd, path);                                 \
+		return fd;                                       \
+	}
 
-int open64(const char *path, int flags, ...)
-{
-	resolve();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	int fd = real_open64(path, flags, mode);
-	watch(fd, path);
-	return fd;
-}
-
-int openat(int dirfd, const char *path, int flags, ...)
-{
-	resolve();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	int fd = real_openat(dirfd, path, flags, mode);
-	watch(fd, path);
-	return fd;
-}
-
-int openat64(int dirfd, const char *path, int flags, ...)
-{
-	resolve();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	int fd = real_openat64(dirfd, path, flags, mode);
-	watch(fd, path);
-	return fd;
-}
+OPEN_WRAPPER(open, real_open, (const char *path, int flags, ...), (path, flags, mode))
+OPEN_WRAPPER(open64, real_open64, (const char *path, int flags, ...), (path, flags, mode))
+OPEN_WRAPPER(openat, real_openat, (int dirfd, const char *path, int flags, ...), (dirfd, path, flags, mode))
+OPEN_WRAPPER(openat64, real_openat64, (int dirfd, const char *path, int flags, ...),
+	     (dirfd, path, flags, mode))
 
 int close(int fd)
 {
