@@ -15,8 +15,16 @@
 #include "config.h"
 #include "fg_log.h"
 
-static char dir[] = "/tmp/fg-fuzz-config.XXXXXX";
+/* tmpfs: the files are rewritten for every input, and a disk would do the writeback. */
+static char dir[] = "/dev/shm/fg-fuzz-config.XXXXXX";
 static char gw_path[PATH_MAX], agent_path[PATH_MAX];
+
+static void cleanup(void)
+{
+	unlink(gw_path);
+	unlink(agent_path);
+	rmdir(dir);
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -26,6 +34,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		abort();
 	snprintf(gw_path, sizeof gw_path, "%s/fleetgated.conf", dir);
 	snprintf(agent_path, sizeof agent_path, "%s/agent.conf", dir);
+	atexit(cleanup);
 	return 0;
 }
 

@@ -20,7 +20,6 @@ extern const char fg_default_policy[];
 extern const size_t fg_default_policy_len;
 
 static struct gw_config *cfg;
-static struct policy *pol;
 static struct worker fw;
 
 /* A token bound to facts, as `fleetgate token create --bind` stores it. */
@@ -45,16 +44,26 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		fprintf(stderr, "fuzz_msg: %s\n", err);
 		abort();
 	}
+	fw.cfg = cfg;
+	return 0;
+}
+
+/*
+ * A fresh Lua state per decision: a state kept across inputs frees its
+ * garbage in later inputs, which makes libFuzzer suspect a leak on every
+ * input and run LeakSanitizer each time (600 instead of 5,000 inputs/s).
+ */
+static struct policy *policy_open(void)
+{
+	char err[1024];
 	struct policy_limits lim = { cfg->policy_memory, cfg->policy_instructions };
-	pol = policy_new_text("default.lua", fg_default_policy, fg_default_policy_len, &lim, err,
-			      sizeof err);
-	if (pol == NULL) {
+	struct policy *p = policy_new_text("default.lua", fg_default_policy, fg_default_policy_len, &lim,
+					   err, sizeof err);
+	if (p == NULL) {
 		fprintf(stderr, "fuzz_msg: %s\n", err);
 		abort();
 	}
-	fw.cfg = cfg;
-	fw.pol = pol;
-	return 0;
+	return p;
 }
 
 static void check_cert(const struct enroll_req *r, const char *rid, const struct fg_csr_info *ci,
@@ -101,10 +110,13 @@ static void check_cert(const struct enroll_req *r, const char *rid, const struct
 	struct params p;
 	memset(&dec, 0, sizeof dec);
 	memset(&p, 0, sizeof p);
+	fw.pol = policy_open();
 	if (policy_enroll(fw.pol, &preq, &dec, err, sizeof err) == 0 && dec.allow)
 		params_from_decision(&fw, &dec, r->profile, &p, fg_now(), rid, err, sizeof err);
 	params_clear(&p);
 	policy_decision_clear(&dec);
+	policy_free(fw.pol);
+	fw.pol = NULL;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
