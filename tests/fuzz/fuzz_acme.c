@@ -263,7 +263,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		abort();
 	}
 	acme = st;
-	/* the device's CSR: CN dev1, SAN dev1.example */
+	/* the device's CSR: CN and SAN dev1.example (an ACME CA certifies a CN only as one of the names) */
 	EVP_PKEY *k = EVP_EC_gen("P-256");
 	X509_REQ *r = X509_REQ_new();
 	X509_NAME *n = X509_REQ_get_subject_name(r);
@@ -278,7 +278,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	sk_GENERAL_NAME_push(gns, gn);
 	X509_EXTENSION *ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, gns);
 	sk_X509_EXTENSION_push(exts, ext);
-	if (!X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"dev1", -1, -1, 0) ||
+	if (!X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"dev1.example", -1, -1, 0) ||
 	    !X509_REQ_add_extensions(r, exts) || !X509_REQ_set_pubkey(r, k) ||
 	    !X509_REQ_sign(r, k, EVP_sha256()) || (csr_len = i2d_X509_REQ(r, &csr_der)) <= 0)
 		abort();
@@ -307,7 +307,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct fg_issue_request req = {
 		.struct_size = sizeof req, .request_id = "fuzz-acme", .device_id = "dev_fuzz",
 		.slot = "default", .csr_der = csr_der, .csr_len = (size_t)csr_len,
-		.subject_cn = "dev1", .dns_names = dns, .n_dns = 1, .profile = "default",
+		.subject_cn = "dev1.example", .dns_names = dns, .n_dns = 1, .profile = "default",
 		.acme_challenge = data[0] & 1 ? "http-01-agent" : "http-01-gateway",
 		.challenges_ready = (const char *const *)ready, .n_challenges_ready = data[0] & 2 ? 1 : 0,
 	};
