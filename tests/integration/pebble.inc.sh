@@ -75,3 +75,6 @@ pebble_cleanup() {
 
 # pebble_mgmt PATH: GET on pebble's management interface
 pebble_mgmt() { curl -fsS --cacert "$P/tls-ca.pem" "https://127.0.0.1:$MGMT_PORT$1"; }
+
+# pebble_renew (both pebble suites use it)
+source "$(dirname "${BASH_SOURCE[0]}")/pebble_renew.inc.sh"
