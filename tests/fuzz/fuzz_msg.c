@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../../gateway/enroll.c"
+#include "fuzz_state.h"
 
 extern const char fg_default_policy[];
 extern const size_t fg_default_policy_len;
@@ -28,18 +29,11 @@ static const char bound_json[] = "{\"os_id\":\"debian\",\"arch\":\"x86_64\"}";
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	char dir[] = "/tmp/fg-fuzz-msg.XXXXXX", path[PATH_MAX], err[1024];
+	char dir[] = "/tmp/fg-fuzz-msg.XXXXXX", err[1024];
 	fg_log_init("fuzz_msg", FG_LOG_ERROR, FG_LOG_TEXT);
-	if (mkdtemp(dir) == NULL)
-		abort();
-	char *text = config_default_text("tcp://127.0.0.1:7700");
-	snprintf(path, sizeof path, "%s/fleetgated.conf", dir);
-	if (text == NULL || fg_write_file_atomic(path, text, strlen(text), 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
-		abort();
-	free(text);
+	fuzz_state_make(dir, "tcp://127.0.0.1:7700", NULL, NULL);
 	cfg = config_load(dir, err, sizeof err);
-	unlink(path);
-	rmdir(dir);
+	fuzz_state_remove(dir, NULL);
 	if (cfg == NULL) {
 		fprintf(stderr, "fuzz_msg: %s\n", err);
 		abort();

@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "fuzz_state.h"
 
 #define CAPTURED_AT 1796627094  /* 2026-12-07T07:04:54Z, when the seeds were made */
 
@@ -60,39 +61,18 @@ static struct gw_config *cfg;
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	char dir[] = "/tmp/fg-fuzz-signer.XXXXXX", path[PATH_MAX], err[2048];
+	static const char *const files[] = { "ca/", "ca/ca.key", "ca/ca.crt", NULL };
+	const char *const texts[] = { NULL, ca_key, ca_crt };
+	char dir[] = "/tmp/fg-fuzz-signer.XXXXXX", err[2048];
 	(void)argc;
 	(void)argv;
 	fg_log_init("fuzz_signer_ipc", FG_LOG_ERROR, FG_LOG_TEXT);
-	if (mkdtemp(dir) == NULL)
-		abort();
-	char *text = config_default_text("tcp://127.0.0.1:1");
-	snprintf(path, sizeof path, "%s/fleetgated.conf", dir);
-	if (text == NULL || fg_write_file_atomic(path, text, strlen(text), 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
-		abort();
-	free(text);
-	snprintf(path, sizeof path, "%s/ca", dir);
-	if (mkdir(path, 0700) != 0)
-		abort();
-	snprintf(path, sizeof path, "%s/ca/ca.key", dir);
-	if (fg_write_file_atomic(path, ca_key, strlen(ca_key), 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
-		abort();
-	snprintf(path, sizeof path, "%s/ca/ca.crt", dir);
-	if (fg_write_file_atomic(path, ca_crt, strlen(ca_crt), 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
-		abort();
+	fuzz_state_make(dir, "tcp://127.0.0.1:1", files, texts);
 	if ((cfg = config_load(dir, err, sizeof err)) == NULL || (sg.cfg = cfg, load_keys(&sg, err, sizeof err)) != 0) {
 		fprintf(stderr, "fuzz_signer_ipc: %s\n", err);
 		abort();
 	}
-	snprintf(path, sizeof path, "%s/ca/ca.key", dir);
-	unlink(path);
-	snprintf(path, sizeof path, "%s/ca/ca.crt", dir);
-	unlink(path);
-	snprintf(path, sizeof path, "%s/ca", dir);
-	rmdir(path);
-	snprintf(path, sizeof path, "%s/fleetgated.conf", dir);
-	unlink(path);
-	rmdir(dir);
+	fuzz_state_remove(dir, files);
 	return 0;
 }
 
