@@ -19,7 +19,7 @@
 #include "config.h"
 #include "fg_util.h"
 
-/* FILES: paths under the directory ("ca" ends in '/' for a directory),
+/* FILES: paths under the directory, one ending in '/' a directory ("ca/"),
  * NULL-terminated; TEXTS: their contents (unused for directories). */
 static inline void fuzz_state_make(char *dir, const char *listen, const char *const *files,
 				   const char *const *texts)
