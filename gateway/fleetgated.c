@@ -166,7 +166,9 @@ int main(int argc, char **argv)
 	}
 
 	/* Open (and migrate) the store once up front, so a missing or newer
-	 * store stops us before anything listens. */
+	 * store stops us before anything listens. The daemon's connections
+	 * leave checkpoints to a thread of their own (store.h). */
+	store_defer_checkpoints();
 	st = store_open(cfg->store_path, 0, err, sizeof err);
 	if (st == NULL) {
 		fg_err("gateway", NULL, "%s", err);
@@ -210,6 +212,10 @@ int main(int argc, char **argv)
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
+	if (store_checkpointer_start(cfg->store_path, err, sizeof err) != 0) {
+		fg_err("gateway", NULL, "%s", err);
+		goto out;
+	}
 	start_http_side(cfg, bs, &http);
 	if (cfg->http_listen[0] != '\0' && http == NULL)
 		goto out;
@@ -222,6 +228,7 @@ out:
 	http_stop(http);
 	admin_stop(admin);
 	backends_free(bs);
+	store_checkpointer_stop();
 	confine_broker_stop();
 	if (signer != NULL && signer_client_failed(signer))
 		rc = 1;

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include <event2/buffer.h>
@@ -543,6 +544,7 @@ static void *http_main(void *arg)
 {
 	struct http *h = arg;
 
+	prctl(PR_SET_NAME, "fg-http", 0, 0, 0);
 	event_base_dispatch(h->base);
 	return NULL;
 }

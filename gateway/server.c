@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -107,6 +108,7 @@ struct poller {
 static void *poller_main(void *arg)
 {
 	struct poller *p = arg;
+	prctl(PR_SET_NAME, "fg-poller", 0, 0, 0);
 	pthread_mutex_lock(&p->mu);
 	while (!p->stop) {
 		struct timespec ts;
@@ -130,6 +132,10 @@ static void *worker_main(void *arg)
 	struct worker_thread *t = arg;
 	void *in = zmq_socket(t->ctx, ZMQ_PULL);
 	void *out = zmq_socket(t->ctx, ZMQ_PUSH);
+	char name[16];
+
+	snprintf(name, sizeof name, "fg-worker%d", t->index);
+	prctl(PR_SET_NAME, name, 0, 0, 0);
 
 	if (in == NULL || out == NULL || set_int(in, ZMQ_LINGER, 0) || set_int(out, ZMQ_LINGER, 0) ||
 	    zmq_connect(in, WORK_ENDPOINT) != 0 || zmq_connect(out, DONE_ENDPOINT) != 0) {

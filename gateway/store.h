@@ -25,6 +25,22 @@ void store_free(struct store *st);
 /* Highest applied migration. */
 int store_schema_version(struct store *st);
 
+/*
+ * Checkpoints in a thread of their own (the daemon). SQLite copies its WAL
+ * back into the database file after a commit that grew the WAL past 1000
+ * pages, inside that commit's call, so one request in many paid for it and
+ * a failing checkpoint looked like a failing request. After
+ * store_defer_checkpoints, connections opened by this process never
+ * checkpoint; they wake the checkpointer (store_checkpointer_start, a
+ * thread named fg-checkpoint with its own connection) when the WAL is that
+ * long, and it also checkpoints once a second. A failed checkpoint loses
+ * nothing (the commits are in the WAL): it is logged and tried again.
+ * Call store_defer_checkpoints before opening the daemon's connections.
+ */
+void store_defer_checkpoints(void);
+int store_checkpointer_start(const char *path, char *err, size_t errlen);
+void store_checkpointer_stop(void);
+
 enum store_device_state {
 	DEVICE_ACTIVE,
 	DEVICE_REVOKED,

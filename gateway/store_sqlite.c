@@ -6,22 +6,31 @@
  * store; write transactions are BEGIN IMMEDIATE so writers queue on the
  * busy timeout instead of failing half-way.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "fg_log.h"
 #include "fg_util.h"
 #include "store.h"
 
 #define BUSY_MS 10000
 
 #define STMT_CACHE 64
+
+/* WAL pages after which a commit wakes the checkpointer (SQLite's own
+ * autocheckpoint threshold), and its period otherwise */
+#define CKPT_PAGES 1000
+#define CKPT_PERIOD_S 1
 
 struct store {
 	sqlite3 *db;
@@ -271,6 +280,122 @@ static int migrate(struct store *st, char *err, size_t errlen)
 	return 0;
 }
 
+/* ---- the checkpointer ---- */
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int defer, started, stop, wake;
+	pthread_t thread;
+	struct store *st;
+} ckpt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+
+static int checkpoints_deferred(void)
+{
+	return __atomic_load_n(&ckpt.defer, __ATOMIC_ACQUIRE);
+}
+
+/* Replaces SQLite's autocheckpoint hook: runs inside each commit, so it
+ * only signals. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	(void)arg;
+	(void)db;
+	(void)name;
+	if (pages >= CKPT_PAGES) {
+		pthread_mutex_lock(&ckpt.mu);
+		ckpt.wake = 1;
+		pthread_cond_signal(&ckpt.cv);
+		pthread_mutex_unlock(&ckpt.mu);
+	}
+	return SQLITE_OK;
+}
+
+void store_defer_checkpoints(void)
+{
+	__atomic_store_n(&ckpt.defer, 1, __ATOMIC_RELEASE);
+}
+
+/* One passive checkpoint (it never waits for readers or writers); a run of
+ * failures is logged when it starts, every minute while it lasts, and when
+ * it ends. */
+static void checkpoint_once(int *failures)
+{
+	int log_pages = 0, done_pages = 0;
+	int rc = sqlite3_wal_checkpoint_v2(ckpt.st->db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_pages,
+					   &done_pages);
+	if (rc == SQLITE_OK || rc == SQLITE_BUSY) {
+		if (rc == SQLITE_OK && *failures > 0) {
+			fg_info("store", NULL, "the store's WAL is checkpointed into %s again, after %d failed attempts",
+				ckpt.st->path, *failures);
+			*failures = 0;
+		}
+		return;
+	}
+	if ((*failures)++ % 60 == 0)
+		fg_warn("store", NULL, "cannot checkpoint the store's WAL into %s: %s; nothing committed is lost (it stays in the WAL, which grows), retrying every %d s; check the disk for space and I/O errors",
+			ckpt.st->path, sqlite3_errmsg(ckpt.st->db), CKPT_PERIOD_S);
+}
+
+static void *checkpointer_main(void *arg)
+{
+	int failures = 0;
+
+	(void)arg;
+	prctl(PR_SET_NAME, "fg-checkpoint", 0, 0, 0);
+	pthread_mutex_lock(&ckpt.mu);
+	while (!ckpt.stop) {
+		if (!ckpt.wake) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += CKPT_PERIOD_S;
+			pthread_cond_timedwait(&ckpt.cv, &ckpt.mu, &ts);
+		}
+		ckpt.wake = 0;
+		pthread_mutex_unlock(&ckpt.mu);
+		checkpoint_once(&failures);
+		pthread_mutex_lock(&ckpt.mu);
+	}
+	pthread_mutex_unlock(&ckpt.mu);
+	checkpoint_once(&failures);   /* what the last requests committed */
+	return NULL;
+}
+
+int store_checkpointer_start(const char *path, char *err, size_t errlen)
+{
+	if (ckpt.started) {
+		fg_seterr(err, errlen, "the store's checkpointer is already running");
+		return -1;
+	}
+	if ((ckpt.st = store_open(path, 0, err, errlen)) == NULL)
+		return -1;
+	ckpt.stop = ckpt.wake = 0;
+	if (pthread_create(&ckpt.thread, NULL, checkpointer_main, NULL) != 0) {
+		fg_seterr(err, errlen, "cannot start the store's checkpointer thread: out of memory or threads?");
+		store_free(ckpt.st);
+		ckpt.st = NULL;
+		return -1;
+	}
+	ckpt.started = 1;
+	return 0;
+}
+
+void store_checkpointer_stop(void)
+{
+	if (!ckpt.started)
+		return;
+	pthread_mutex_lock(&ckpt.mu);
+	ckpt.stop = 1;
+	pthread_cond_signal(&ckpt.cv);
+	pthread_mutex_unlock(&ckpt.mu);
+	pthread_join(ckpt.thread, NULL);
+	store_free(ckpt.st);
+	ckpt.st = NULL;
+	ckpt.started = 0;
+}
+
+/* ---- opening ---- */
+
 struct store *store_open(const char *path, int create, char *err, size_t errlen)
 {
 	struct stat sb;
@@ -293,6 +418,8 @@ struct store *store_open(const char *path, int create, char *err, size_t errlen)
 		goto fail;
 	}
 	sqlite3_busy_timeout(st->db, BUSY_MS);
+	if (checkpoints_deferred())
+		sqlite3_wal_hook(st->db, wal_hook, NULL);
 	/* The WAL and its index stay when the last connection closes: the
 	 * confined daemon holds rules on these files' inodes for its life
 	 * (confine.c) and may not make new ones. Temporary tables and sorts

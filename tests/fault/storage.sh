@@ -8,7 +8,10 @@
 # every failure: the device gets a retryable answer and no certificate,
 # the store stays consistent, and the same request succeeds once the disk
 # is back; a disk that stays full fails every request the same way and
-# the gateway stays up until it has room again.
+# the gateway stays up until it has room again. The per-step faults hit
+# the worker threads (fg-worker*), where requests are served; the WAL's
+# checkpoints (thread fg-checkpoint) fail on their own below, and lose
+# nothing.
 . "$(dirname "$0")/../integration/lib.sh"
 . "$(dirname "$0")/fault.inc.sh"
 
@@ -17,6 +20,14 @@ fault_init fleetgate.db
 FLEETGATED=$(fault_wrap fleetgated "$FLEETGATED")
 gw_start
 bundle b --uses 400 --ttl 1h
+
+# log_within SECONDS REGEX: the gateway log has a line matching REGEX
+# within SECONDS
+log_within() {
+  local i
+  for i in $(seq $(($1 * 10))); do grep -Eq -- "$2" "$T/gw.log" && return 0; sleep 0.1; done
+  return 1
+}
 
 # step_of FILE: which durable step an agent's output says failed
 step_of() {
@@ -39,7 +50,7 @@ for mode in "sync EIO" "write ENOSPC" "write EIO" "sync ENOSPC"; do
     cp "$T/b.bundle" "$T/a$n.bundle"
     agent_conf "a$n" >/dev/null
     certs_before=$(sql 'select count(*) from certificates')
-    fault_set "op=$op err=$err skip=$k count=1"
+    fault_set "op=$op err=$err skip=$k count=1 thread=fg-worker"
     rc=0; agent "a$n" || rc=$?
     if [ "$(fault_failed)" = 0 ]; then
       # the enrollment needed fewer than k+1 such calls: all were tried
@@ -70,6 +81,23 @@ done
 expect_eq "one certificate per device" "$(sql 'select count(*) from certificates')" "$n"
 expect_eq "one device per agent" "$(sql 'select count(*) from devices')" "$n"
 expect_eq "no job left open" "$(sql 'select count(*) from jobs where state != 2')" "0"
+
+# Checkpoints failing: the WAL is not copied into fleetgate.db, requests
+# go on (their commits are in the WAL), the gateway says so once, and says
+# when checkpoints work again.
+for i in 1 2 3; do cp "$T/b.bundle" "$T/ck$i.bundle"; agent_conf "ck$i" >/dev/null; done
+fault_set "op=sync err=EIO count=0 thread=fg-checkpoint"
+ck_rc=""
+for i in 1 2 3; do rc=0; agent "ck$i" || rc=$?; ck_rc="$ck_rc$rc"; done
+expect_eq "checkpoint EIO: every enrollment succeeded" "$ck_rc" "000"
+check "checkpoint EIO: the gateway says checkpoints fail" log_within 10 "cannot checkpoint the store's WAL"
+check "checkpoint EIO: checkpoint syncs were failed" test "$(fault_failed)" -ge 1
+expect_eq "checkpoint EIO: said once, not once a second" \
+  "$(grep -c "cannot checkpoint the store's WAL" "$T/gw.log")" "1"
+fault_clear
+check "checkpoint EIO: checkpoints work again once the disk does" \
+  log_within 10 "the store's WAL is checkpointed into .* again"
+store_consistent "after checkpoint EIO"
 
 # A disk that stays full: every enrollment and check-in fails retryable,
 # the gateway stays up, and all succeed when there is room again.

@@ -23,6 +23,10 @@
  *   skip=N              let the first N matching calls through
  *   count=N             then fail N calls (0: every later call, a disk
  *                       that stays full)
+ *   thread=NAME         only calls made by threads whose name (as
+ *                       PR_SET_NAME gave it; fleetgated names its
+ *                       threads fg-worker, fg-checkpoint, ...) begins
+ *                       with NAME are seen and failed
  *   clock=S             add S seconds (may be negative) to CLOCK_REALTIME
  *                       as clock_gettime, gettimeofday and time see it
  *
@@ -45,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/time.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -62,6 +67,7 @@ struct fault {
 	int op, err;
 	unsigned long skip, count;
 	long long clock;
+	char thread[16];
 };
 
 static volatile char *ctl;
@@ -170,6 +176,8 @@ static void fault_now(struct fault *f)
 			f->count = strtoul(t + 6, NULL, 10);
 		else if (strncmp(t, "clock=", 6) == 0)
 			f->clock = strtoll(t + 6, NULL, 10);
+		else if (strncmp(t, "thread=", 7) == 0)
+			snprintf(f->thread, sizeof f->thread, "%s", t + 7);
 	}
 	if (f->err == 0)
 		f->err = EIO;
@@ -195,6 +203,12 @@ static int inject(int fd, int op)
 	fault_now(&f);
 	if (f.op == OP_NONE || (f.op != OP_ANY && f.op != op))
 		return 0;
+	if (f.thread[0] != '\0') {
+		char name[16] = "";
+		if (prctl(PR_GET_NAME, name, 0, 0, 0) != 0 ||
+		    strncmp(name, f.thread, strlen(f.thread)) != 0)
+			return 0;
+	}
 	uint64_t seen = __atomic_add_fetch(&counters[0], 1, __ATOMIC_SEQ_CST);
 	if (seen <= f.skip)
 		return 0;
