@@ -57,6 +57,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <math.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -96,6 +97,9 @@
 #define BENCH_NO_REPLY UINT64_MAX        /* latency slot of a request that got no reply */
 #define BENCH_SCEP_KEYS 8                /* RSA-2048 keys behind the SCEP-mode CSRs */
 #define BENCH_DIRECT_MAX 1000            /* default cap on direct scepclient enrollments */
+#define BENCH_HIST_SUB 8                 /* linear sub-buckets per power of two */
+#define BENCH_HIST_MAX (40 * BENCH_HIST_SUB) /* histogram buckets: 1 us .. 2^40 us */
+#define BENCH_LATE_NS 2000000ull         /* open loop: a send this late is counted */
 #define BENCH_SCEP_READY_S 10            /* wait for scepserver to accept connections */
 
 extern char **environ;
@@ -121,6 +125,8 @@ struct bench_opts {
 	long direct_requests;            /* scep mode: direct scepclient enrollments */
 	int direct_parallel;             /* scep mode: scepclient processes at once */
 	int est_clients;                 /* est mode: client threads (connections) */
+	double rate;                     /* --rate: open loop, requests/s offered; 0 closed */
+	int poisson;                     /* --poisson: exponential gaps instead of even ones */
 };
 
 /* The gateway under test. */
@@ -185,7 +191,9 @@ struct agent {
 	void *sock;
 	char rid[33];                    /* request id in flight */
 	char host[32];                   /* Facts.hostname: bench-<i> */
-	uint64_t sent_ns;                /* monotonic send time of the request in flight */
+	uint64_t sent_ns;                /* when the request in flight counts from: its send
+					  * (closed loop) or its scheduled time (open loop) */
+	uint64_t wire_ns;                /* when it was really sent: the 30 s timeout */
 	long slot;                       /* index into shared.lat, -1 in the warm-up */
 	unsigned base;                   /* agent index: spreads the CSR picks */
 	unsigned seq;                    /* requests sent, picks the CSR */
@@ -210,6 +218,12 @@ struct shared {
 	pthread_barrier_t warm_done;     /* every client thread finished the warm-up */
 	pthread_barrier_t go;            /* main has taken its "before" readings */
 	pthread_mutex_t lock;            /* guards the gate, first_err and warm_err */
+	/* open loop (--rate): each client thread offers its share of the rate
+	 * from start_ns on; a request's latency counts from its scheduled time */
+	double gap_ns;                   /* mean gap between one thread's arrivals */
+	int poisson;
+	uint64_t start_ns;               /* set by main before the go barrier */
+	atomic_long late;                /* sent more than 2 ms after their time */
 	char first_err[512];             /* first measured failure */
 	char warm_err[512];              /* first warm-up failure */
 };
@@ -217,6 +231,7 @@ struct shared {
 struct client {
 	pthread_t thread;
 	struct shared *sh;
+	int index, nthreads;
 	struct agent *agents;
 	int n;
 	int started;
@@ -236,6 +251,13 @@ struct results {
 	double wall_s;
 	double rate;
 	double p50_ms, p90_ms, p99_ms, max_ms;
+	double p999_ms;
+	double offered_rate;             /* --rate, 0 in a closed-loop run */
+	int poisson;
+	long late;                       /* open loop: sent > 2 ms after their scheduled time */
+	long hist_n;                     /* latency histogram (answered requests) */
+	double hist_le_ms[BENCH_HIST_MAX]; /* bucket upper bounds */
+	long hist_count[BENCH_HIST_MAX];
 	double gw_cpu_s;                 /* gateway CPU in the measured phase */
 	double gw_cpu_per;               /* ... per enrollment */
 	double signer_cpu_per;           /* the signer process's part of it */
@@ -934,7 +956,10 @@ static void note_failure(struct shared *sh, int measured, const char *fmt, ...)
  * measured a claimed slot of the shared total with no token. Returns 1 when
  * a request is in flight, 0 when there is nothing (more) to send or the send
  * failed (counted; the agent retires). */
-static int agent_start(struct shared *sh, struct agent *a, int measured)
+/* Send agent a's next EnrollRequest as measured enrollment number slot
+ * (-1 in the warm-up), its latency counted from sched_ns. Returns 1 when
+ * sent; 0 when the agent retired (the failure is noted). */
+static int agent_send(struct shared *sh, struct agent *a, int measured, long slot, uint64_t sched_ns)
 {
 	Fleetgate__Envelope env = FLEETGATE__ENVELOPE__INIT;
 	Fleetgate__EnrollRequest er = FLEETGATE__ENROLL_REQUEST__INIT;
@@ -942,16 +967,8 @@ static int agent_start(struct shared *sh, struct agent *a, int measured)
 	const struct csr_pool *pool = sh->pool;
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	long slot = -1;
 	unsigned pick;
 
-	if (a->retired)
-		return 0;
-	if (measured) {
-		slot = atomic_fetch_add(&sh->next, 1);
-		if (slot >= sh->total)
-			return 0;
-	}
 	if (fg_request_id_new(a->rid) != 0) {
 		note_failure(sh, measured, "cannot make a request id (no randomness)");
 		a->retired = 1;
@@ -976,7 +993,8 @@ static int agent_start(struct shared *sh, struct agent *a, int measured)
 		return 0;
 	}
 	a->slot = slot;
-	a->sent_ns = fg_mono_ns();
+	a->sent_ns = sched_ns;
+	a->wire_ns = fg_mono_ns();
 	int r = zmq_send(a->sock, buf, len, ZMQ_DONTWAIT);
 	free(buf);
 	if (r < 0) {
@@ -986,6 +1004,21 @@ static int agent_start(struct shared *sh, struct agent *a, int measured)
 	}
 	a->busy = 1;
 	return 1;
+}
+
+/* Closed loop: the agent's next request, now, while the total lasts. */
+static int agent_start(struct shared *sh, struct agent *a, int measured)
+{
+	long slot = -1;
+
+	if (a->retired)
+		return 0;
+	if (measured) {
+		slot = atomic_fetch_add(&sh->next, 1);
+		if (slot >= sh->total)
+			return 0;
+	}
+	return agent_send(sh, a, measured, slot, fg_mono_ns());
 }
 
 /* Take one reply off the agent's socket. Replies to an earlier request (one
@@ -1090,7 +1123,7 @@ static void client_phase(struct client *c, zmq_pollitem_t *items, int measured)
 		next_scan = now + BENCH_POLL_MS * 1000000ull;
 		for (int i = 0; i < c->n; i++) {
 			struct agent *a = &c->agents[i];
-			if (a->busy && now - a->sent_ns > BENCH_TIMEOUT_NS) {
+			if (a->busy && now - a->wire_ns > BENCH_TIMEOUT_NS) {
 				note_failure(sh, measured, "no reply within 30 s (request %s)", a->rid);
 				a->busy = 0;
 				a->retired = 1;
@@ -1098,6 +1131,139 @@ static void client_phase(struct client *c, zmq_pollitem_t *items, int measured)
 			}
 		}
 	}
+}
+
+/* The gap to this thread's next arrival: even, or exponential (a Poisson
+ * process) from a per-thread xorshift generator. */
+static double next_gap_ns(const struct shared *sh, uint64_t *rng)
+{
+	if (!sh->poisson)
+		return sh->gap_ns;
+	*rng ^= *rng << 13;
+	*rng ^= *rng >> 7;
+	*rng ^= *rng << 17;
+	double u = ((double)(*rng >> 11) + 0.5) / 9007199254740992.0;   /* (0, 1) */
+	return -log(u) * sh->gap_ns;
+}
+
+/* Open loop (--rate): arrivals come on a schedule whether or not the
+ * gateway keeps up. An arrival goes to an idle agent of this thread; when
+ * all are busy it waits in a queue, and its latency still counts from its
+ * scheduled time, so a stalled gateway shows in the figures instead of
+ * slowing the arrivals (coordinated omission, as wrk2 corrects it). */
+static void client_phase_open(struct client *c, zmq_pollitem_t *items)
+{
+	struct shared *sh = c->sh;
+	struct { long slot; uint64_t at; } *queue = NULL;
+	size_t qhead = 0, qlen = 0, qcap = 0;
+	int pending = 0, more = 1, idle = c->n;
+	uint64_t rng = ((uint64_t)c->index + 1) * 0x9E3779B97F4A7C15ull;
+	/* even arrivals: the threads' schedules interleave */
+	double next_at = (double)sh->start_ns +
+			 (sh->poisson ? next_gap_ns(sh, &rng) : sh->gap_ns * c->index / c->nthreads);
+	uint64_t next_scan = fg_mono_ns() + BENCH_POLL_MS * 1000000ull;
+
+	for (;;) {
+		uint64_t now = fg_mono_ns();
+		/* the arrivals that are due */
+		while (more && next_at <= (double)now) {
+			long slot = atomic_fetch_add(&sh->next, 1);
+			if (slot >= sh->total) {
+				more = 0;
+				break;
+			}
+			if (qhead + qlen == qcap) {
+				if (qhead > 0) {
+					memmove(queue, queue + qhead, qlen * sizeof *queue);
+					qhead = 0;
+				} else {
+					size_t ncap = qcap ? 2 * qcap : 1024;
+					void *nq = realloc(queue, ncap * sizeof *queue);
+					if (nq == NULL) {
+						note_failure(sh, 1, "out of memory for the arrival queue");
+						more = 0;
+						break;
+					}
+					queue = nq;
+					qcap = ncap;
+				}
+			}
+			queue[qhead + qlen].slot = slot;
+			queue[qhead + qlen].at = (uint64_t)next_at;
+			qlen++;
+			next_at += next_gap_ns(sh, &rng);
+		}
+		/* hand them to idle agents, oldest first */
+		int j;
+		for (j = 0; j < c->n && qlen > 0 && idle > 0; j++) {
+			struct agent *a = &c->agents[j];
+			if (a->busy || a->retired)
+				continue;
+			uint64_t at = queue[qhead].at;
+			long slot = queue[qhead].slot;
+			qhead++;
+			qlen--;
+			if (now > at + BENCH_LATE_NS)
+				atomic_fetch_add(&sh->late, 1);
+			if (agent_send(sh, a, 1, slot, at)) {
+				pending++;
+				idle--;
+			} else {
+				idle--;  /* retired */
+			}
+		}
+		if (j == c->n && qlen > 0)
+			idle = 0;    /* every agent is busy or retired */
+		if (!more && qlen == 0 && pending == 0)
+			break;
+		if (pending == 0 && idle == 0)
+			break;   /* every agent retired: the queued arrivals stay unsent */
+		/* wait for replies, or for the next arrival */
+		long wait_ms = BENCH_POLL_MS;
+		if (more && (qlen == 0 || idle > 0)) {
+			/* zmq_poll counts whole ms: round up, so the client never spins;
+			 * an arrival goes out at most 1 ms after its time, and that
+			 * delay is part of its latency */
+			double d = (next_at - (double)fg_mono_ns()) / 1e6;
+			wait_ms = d <= 0 ? 0 : d < BENCH_POLL_MS ? (long)ceil(d) : BENCH_POLL_MS;
+		}
+		if (qlen > 0 && idle > 0)
+			wait_ms = 0;
+		if (zmq_poll(items, c->n, wait_ms) < 0 && zmq_errno() != EINTR) {
+			note_failure(sh, 1, "zmq_poll failed: %s", zmq_strerror(zmq_errno()));
+			break;
+		}
+		for (int i = 0; i < c->n; i++) {
+			struct agent *a = &c->agents[i];
+			if (!(items[i].revents & ZMQ_POLLIN))
+				continue;
+			for (int k = 0; k < 4; k++) {
+				int ev = 0;
+				size_t sz = sizeof ev;
+				if (k > 0 && (zmq_getsockopt(a->sock, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN)))
+					break;
+				if (agent_receive(sh, a, 1)) {
+					pending--;
+					idle++;
+					break;
+				}
+			}
+		}
+		now = fg_mono_ns();
+		if (now < next_scan)
+			continue;
+		next_scan = now + BENCH_POLL_MS * 1000000ull;
+		for (int i = 0; i < c->n; i++) {
+			struct agent *a = &c->agents[i];
+			if (a->busy && now - a->wire_ns > BENCH_TIMEOUT_NS) {
+				note_failure(sh, 1, "no reply within 30 s (request %s)", a->rid);
+				a->busy = 0;
+				a->retired = 1;
+				pending--;
+			}
+		}
+	}
+	free(queue);
 }
 
 /* One client thread: wait until every client thread exists (if one could
@@ -1129,8 +1295,12 @@ static void *client_main(void *arg)
 	}
 	pthread_barrier_wait(&c->sh->warm_done);
 	pthread_barrier_wait(&c->sh->go);
-	if (items != NULL && !atomic_load(&c->sh->abort))
-		client_phase(c, items, 1);
+	if (items != NULL && !atomic_load(&c->sh->abort)) {
+		if (c->sh->gap_ns > 0)
+			client_phase_open(c, items);
+		else
+			client_phase(c, items, 1);
+	}
 	free(items);
 	return NULL;
 }
@@ -1192,6 +1362,37 @@ static double pct_ms(const uint64_t *sorted, long n, double q)
 	return (double)sorted[k] / 1e6;
 }
 
+/* An HDR-style histogram of the n sorted latencies: each power of two of
+ * microseconds split into BENCH_HIST_SUB even buckets (12.5% resolution);
+ * only the buckets that hold a latency are kept, in order. */
+static void histogram(const uint64_t *sorted, long n, struct results *r)
+{
+	r->hist_n = 0;
+	for (long i = 0; i < n;) {
+		uint64_t us = sorted[i] / 1000;
+		int k = us < 1 ? 0 : 63 - __builtin_clzll(us);
+		uint64_t lo = 1ull << k;
+		uint64_t sub = us < 1 ? 0 : (us - lo) * BENCH_HIST_SUB / lo;
+		double le_us = (double)lo * (1.0 + (double)(sub + 1) / BENCH_HIST_SUB);
+		long cnt = 0;
+		while (i < n && (double)(sorted[i] / 1000) < le_us) {
+			cnt++;
+			i++;
+		}
+		if (cnt == 0) {     /* cannot happen; never loop forever */
+			cnt = 1;
+			i++;
+		}
+		if (r->hist_n < BENCH_HIST_MAX) {
+			r->hist_le_ms[r->hist_n] = le_us / 1000.0;
+			r->hist_count[r->hist_n] = cnt;
+			r->hist_n++;
+		} else {
+			r->hist_count[BENCH_HIST_MAX - 1] += cnt;
+		}
+	}
+}
+
 /* ---- the run ---- */
 
 /* Run warm-up and measured phase against a started gateway and fill r with
@@ -1222,6 +1423,9 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	sh->pool = pool;
 	sh->token = token;
 	sh->total = o->requests;
+	sh->gap_ns = o->rate > 0 ? (double)nthreads * 1e9 / o->rate : 0;
+	sh->poisson = o->poisson;
+	atomic_init(&sh->late, 0);
 	atomic_init(&sh->next, 0);
 	atomic_init(&sh->ok, 0);
 	atomic_init(&sh->failed, 0);
@@ -1244,6 +1448,8 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 
 	for (int t = 0; t < nthreads; t++) {
 		clients[t].sh = sh;
+		clients[t].index = t;
+		clients[t].nthreads = nthreads;
 		clients[t].agents = agents + t * BENCH_AGENTS_PER_THREAD;
 		clients[t].n = t == nthreads - 1 ? o->agents - t * BENCH_AGENTS_PER_THREAD : BENCH_AGENTS_PER_THREAD;
 		if (pthread_create(&clients[t].thread, NULL, client_main, &clients[t]) != 0) {
@@ -1274,6 +1480,7 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 		up0 = proc_cpu_s(gw->upstream_pid);
 	self0 = self_cpu_s();
 	t0 = fg_mono_ns();
+	sh->start_ns = t0;
 	pthread_barrier_wait(&sh->go);
 	for (int t = 0; t < nthreads; t++)
 		pthread_join(clients[t].thread, NULL);
@@ -1318,6 +1525,11 @@ static int bench_run(const struct bench_opts *o, const struct gateway *gw, const
 	r->p50_ms = pct_ms(sh->lat, r->answered, 0.50);
 	r->p90_ms = pct_ms(sh->lat, r->answered, 0.90);
 	r->p99_ms = pct_ms(sh->lat, r->answered, 0.99);
+	r->p999_ms = pct_ms(sh->lat, r->answered, 0.999);
+	r->offered_rate = o->rate;
+	r->poisson = o->poisson;
+	r->late = atomic_load(&sh->late);
+	histogram(sh->lat, r->answered, r);
 	r->max_ms = r->answered > 0 ? (double)sh->lat[r->answered - 1] / 1e6 : 0;
 	rc = 0;
 out:
@@ -2174,9 +2386,13 @@ static void report_text(const struct results *r)
 		printf("\n  first failure:             %s", r->first_err);
 	printf("\n");
 	printf("  wall time:                 %.3f s\n", r->wall_s);
+	if (r->offered_rate > 0)
+		printf("  open loop:                 offered %.0f/s (%s arrivals), %ld sent more than 2 ms late;\n"
+		       "                             latency counts from each request's scheduled time\n",
+		       r->offered_rate, r->poisson ? "Poisson" : "even", r->late);
 	printf("  enrollments/s:             %.0f\n", r->rate);
-	printf("  latency ms:                p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", r->p50_ms, r->p90_ms,
-	       r->p99_ms, r->max_ms);
+	printf("  latency ms:                p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f\n", r->p50_ms,
+	       r->p90_ms, r->p99_ms, r->p999_ms, r->max_ms);
 	if (r->ok > 0) {
 		printf("  gateway CPU:               %.2f s, %.1f us per enrollment (all its processes; signer %.1f us)\n",
 		       r->gw_cpu_s, r->gw_cpu_per * 1e6, r->signer_cpu_per * 1e6);
@@ -2255,7 +2471,7 @@ static int scep_json(json_t *o, const struct results *r)
 static int report_json(const struct results *r)
 {
 	json_t *o = json_pack(
-		"{s:i, s:I, s:I, s:s?, s:I, s:i, s:i, s:f, s:f, s:{s:f, s:f, s:f, s:f}, s:f, s:f, s:f, s:f, "
+		"{s:i, s:I, s:I, s:s?, s:I, s:i, s:i, s:f, s:f, s:{s:f, s:f, s:f, s:f, s:f}, s:f, s:f, s:f, s:f, "
 		"s:f, s:f, s:f, s:f, s:f, s:f, s:I}",
 		"agents", r->agents,
 		"requests", (json_int_t)r->requests,
@@ -2266,7 +2482,8 @@ static int report_json(const struct results *r)
 		"client_threads", r->client_threads,
 		"wall_s", r->wall_s,
 		"enrollments_per_s", r->rate,
-		"latency_ms", "p50", r->p50_ms, "p90", r->p90_ms, "p99", r->p99_ms, "max", r->max_ms,
+		"latency_ms", "p50", r->p50_ms, "p90", r->p90_ms, "p99", r->p99_ms, "p999", r->p999_ms,
+		"max", r->max_ms,
 		"gateway_cpu_s", r->gw_cpu_s,
 		"gateway_cpu_s_per_enrollment", r->gw_cpu_per,
 		"client_cpu_s_per_enrollment", r->client_cpu_per,
@@ -2280,6 +2497,21 @@ static int report_json(const struct results *r)
 		"gateway_rss_kib", (json_int_t)r->rss_kib);
 	if (o == NULL)
 		return -1;
+	json_t *hist = json_array();
+	for (long i = 0; hist != NULL && i < r->hist_n; i++)
+		if (json_array_append_new(hist, json_pack("[f, I]", r->hist_le_ms[i], (json_int_t)r->hist_count[i])) != 0) {
+			json_decref(hist);
+			hist = NULL;
+		}
+	if (hist == NULL || json_object_set_new(o, "latency_histogram_ms", hist) != 0 ||
+	    json_object_set_new(o, "loop", json_string(r->offered_rate > 0 ? "open" : "closed")) != 0 ||
+	    (r->offered_rate > 0 &&
+	     (json_object_set_new(o, "offered_per_s", json_real(r->offered_rate)) != 0 ||
+	      json_object_set_new(o, "arrivals", json_string(r->poisson ? "poisson" : "even")) != 0 ||
+	      json_object_set_new(o, "sent_late", json_integer(r->late)) != 0))) {
+		json_decref(o);
+		return -1;
+	}
 	if ((r->mode == BENCH_MODE_SCEP || r->mode == BENCH_MODE_ACME) && scep_json(o, r) != 0) {
 		json_decref(o);
 		return -1;
@@ -2316,6 +2548,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: fleetgate-bench [--agents N] [--requests M] [--workers W] [--json] [--keep]\n"
 		"                       [--state DIR] [--bin-dir DIR] [--crypto-iterations K]\n"
+		"                       [--rate R [--poisson]]\n"
 		"       fleetgate-bench --mode scep|acme [--agents N] [--requests M] [--workers W]\n"
 		"                       [--direct-requests M2] [--direct-parallel P] [--json] [--keep]\n"
 		"\n"
@@ -2327,6 +2560,10 @@ static void usage(FILE *f)
 		"  --bin-dir DIR where fleetgate and fleetgated are (default: ../gateway next\n"
 		"                to this program, as in the build tree)\n"
 		"  --keep        keep the temp gateway dir (store, log) after the run\n"
+		"  --rate R      open loop: offer R enrollments/s in all, whether or not the\n"
+		"                gateway keeps up; an arrival waits for an idle agent, and its\n"
+		"                latency counts from its scheduled time (coordinated omission\n"
+		"                corrected). Even gaps, or --poisson for exponential ones\n"
 		"  --mode scep   instead: run scepserver (Debian package scep) with a fresh\n"
 		"                RSA-2048 CA, make it the gateway's default backend, measure\n"
 		"                M enrollments through the gateway with RSA-2048 CSRs, then\n"
@@ -2373,6 +2610,8 @@ int main(int argc, char **argv)
 		{ "direct-requests", required_argument, NULL, 'D' },
 		{ "direct-parallel", required_argument, NULL, 'P' },
 		{ "est-clients", required_argument, NULL, 'E' },
+		{ "rate", required_argument, NULL, 'R' },
+		{ "poisson", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -2391,7 +2630,7 @@ int main(int argc, char **argv)
 	memset(&pool, 0, sizeof pool);
 	memset(&res, 0, sizeof res);
 	memset(&ca, 0, sizeof ca);
-	while ((c = getopt_long(argc, argv, "a:r:w:s:b:c:jkhm:D:P:E:", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "a:r:w:s:b:c:jkhm:D:P:E:R:p", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (strcmp(optarg, "local") == 0) {
@@ -2449,6 +2688,18 @@ int main(int argc, char **argv)
 			else
 				o.crypto_iters = (int)v;
 			break;
+		case 'R': {
+			char *end;
+			errno = 0;
+			o.rate = strtod(optarg, &end);
+			if (errno || end == optarg || *end || !(o.rate >= 1 && o.rate <= 10000000)) {
+				fprintf(stderr, "fleetgate-bench: --rate '%s' is not a number of requests per second in 1..10000000\n",
+					optarg);
+				return 2;
+			}
+			break;
+		}
+		case 'p': o.poisson = 1; break;
 		case 's': o.state = optarg; break;
 		case 'b': fg_strlcpy(o.bin_dir, optarg, sizeof o.bin_dir); break;
 		case 'j': o.json = 1; break;
