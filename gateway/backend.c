@@ -156,10 +156,18 @@ static int h_serial_reserve(void *ctx, const char *serial_hex)
 {
 	struct host_ctx *h = ctx;
 	char err[512];
+	int r;
 
-	pthread_mutex_lock(&h->bs->lock);
-	int r = store_serial_reserve(h->bs->st, h->name, serial_hex, fg_now(), err, sizeof err);
-	pthread_mutex_unlock(&h->bs->lock);
+	/* With group commit the reservation runs on the writer connection,
+	 * queued with other threads' writes, and leaves bs->st alone: holding
+	 * the lock would make every reservation wait for the one before. */
+	if (store_group_commit_on()) {
+		r = store_serial_reserve(h->bs->st, h->name, serial_hex, fg_now(), err, sizeof err);
+	} else {
+		pthread_mutex_lock(&h->bs->lock);
+		r = store_serial_reserve(h->bs->st, h->name, serial_hex, fg_now(), err, sizeof err);
+		pthread_mutex_unlock(&h->bs->lock);
+	}
 	if (r < 0)
 		fg_err(h->component, NULL, "reserving serial %s: %s", serial_hex, err);
 	return r;

@@ -212,7 +212,8 @@ int main(int argc, char **argv)
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
-	if (store_checkpointer_start(cfg->store_path, err, sizeof err) != 0) {
+	if (store_group_commit_start(cfg->store_path, err, sizeof err) != 0 ||
+	    store_checkpointer_start(cfg->store_path, err, sizeof err) != 0) {
 		fg_err("gateway", NULL, "%s", err);
 		goto out;
 	}
@@ -228,6 +229,8 @@ out:
 	http_stop(http);
 	admin_stop(admin);
 	backends_free(bs);
+	if (store_group_commit_on())
+		store_group_commit_stop();
 	store_checkpointer_stop();
 	confine_broker_stop();
 	if (signer != NULL && signer_client_failed(signer))

@@ -38,6 +38,27 @@ int store_schema_version(struct store *st);
  * Call store_defer_checkpoints before opening the daemon's connections.
  */
 void store_defer_checkpoints(void);
+
+/*
+ * Group commit (the daemon). With synchronous=FULL each commit costs an
+ * fsync, and SQLite has one writer at a time: workers that each commit on
+ * their own connection queue on the write lock and sleep in the busy
+ * handler. After store_group_commit_start, the write transactions of an
+ * enrollment (store_job_admit, store_job_admit_bound, store_serial_reserve,
+ * store_job_state_put, store_job_finish) are queued instead: one thread
+ * at a time takes the queue and runs every transaction in it on one writer
+ * connection, each in a savepoint (one failing undoes only its own
+ * writes), under one COMMIT. Each caller returns when the commit that
+ * holds its writes is durable, with its own result; a failed commit fails
+ * every request in it. These functions then do not touch the caller's
+ * connection, so a connection shared between threads needs no lock for
+ * them. Without it (the CLI), each runs alone on the caller's connection.
+ */
+int store_group_commit_start(const char *path, char *err, size_t errlen);
+void store_group_commit_stop(void);
+int store_group_commit_on(void);
+/* transactions run (batches) and requests in them, since the start */
+void store_group_commit_stats(unsigned long *batches, unsigned long *items);
 int store_checkpointer_start(const char *path, char *err, size_t errlen);
 void store_checkpointer_stop(void);
 

@@ -143,6 +143,187 @@ static void rollback(struct store *st)
 	sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/* ---- group commit ---- */
+
+/* A write transaction's body: runs inside a transaction it must not begin,
+ * commit or roll back; 0 to keep its writes, anything else to undo them
+ * (that value is what the caller gets). */
+typedef int (*tx_body)(struct store *st, void *arg, char *err, size_t errlen);
+
+struct tx_req {
+	tx_body body;
+	void *arg;
+	int rc;
+	int done;
+	char err[512];
+	struct tx_req *next;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct store *st;                /* the writer connection; NULL: group commit off */
+	int leading;                     /* a thread is running a batch */
+	struct tx_req *head, **tail;
+	unsigned long batches, items;    /* for store_group_commit_stats */
+} gc = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .tail = &gc.head };
+
+/* Run the bodies of a batch in as few transactions as possible: each in a
+ * savepoint, so that one body's failure undoes only its own writes, then
+ * one COMMIT (one fsync) for all. When SQLite itself rolled the whole
+ * transaction back (a full disk, an I/O error), the bodies run in it so
+ * far fail with that error and the rest go on in a new transaction. */
+static void run_batch(struct store *st, struct tx_req *batch)
+{
+	struct tx_req *first = batch;    /* first request of the open transaction */
+
+	while (first != NULL) {
+		struct tx_req *q, *end = NULL;
+		char berr[512] = "";
+		if (begin(st, berr, sizeof berr) != 0) {
+			for (q = first; q != NULL; q = q->next) {
+				q->rc = -1;
+				fg_strlcpy(q->err, berr, sizeof q->err);
+			}
+			return;
+		}
+		for (q = first; q != NULL; q = q->next) {
+			q->err[0] = '\0';
+			if (sqlite3_exec(st->db, "SAVEPOINT grp", NULL, NULL, NULL) != SQLITE_OK) {
+				q->rc = dberr(st, q->err, sizeof q->err, "savepoint");
+			} else {
+				q->rc = q->body(st, q->arg, q->err, sizeof q->err);
+				if (q->rc != 0 && !sqlite3_get_autocommit(st->db))
+					sqlite3_exec(st->db, "ROLLBACK TO grp", NULL, NULL, NULL);
+				if (!sqlite3_get_autocommit(st->db))
+					sqlite3_exec(st->db, "RELEASE grp", NULL, NULL, NULL);
+			}
+			if (sqlite3_get_autocommit(st->db)) {
+				/* the transaction is gone, and with it what the bodies
+				 * before this one wrote */
+				if (q->rc == 0)
+					q->rc = -1;
+				if (q->err[0] == '\0')
+					fg_seterr(q->err, sizeof q->err, "store %s: the transaction was rolled back: %s",
+						  st->path, sqlite3_errmsg(st->db));
+				for (struct tx_req *p = first; p != q; p = p->next)
+					if (p->rc == 0) {
+						p->rc = -1;
+						fg_strlcpy(p->err, q->err, sizeof p->err);
+					}
+				end = q->next;
+				break;
+			}
+		}
+		if (q == NULL) {         /* every body ran: commit them together */
+			char cerr[512] = "";
+			if (commit(st, cerr, sizeof cerr) != 0)
+				for (struct tx_req *p = first; p != NULL; p = p->next)
+					if (p->rc == 0) {
+						p->rc = -1;
+						fg_strlcpy(p->err, cerr, sizeof p->err);
+					}
+			return;
+		}
+		first = end;
+	}
+}
+
+/* One write transaction around body: in a process with group commit on,
+ * queued with the other threads' and run by whichever of them leads (on
+ * the writer connection, not on st); else on st, alone. */
+static int write_tx(struct store *st, tx_body body, void *arg, char *err, size_t errlen)
+{
+	struct tx_req me = { .body = body, .arg = arg };
+
+	pthread_mutex_lock(&gc.mu);
+	if (gc.st == NULL) {
+		pthread_mutex_unlock(&gc.mu);
+		if (begin(st, err, errlen) != 0)
+			return -1;
+		int rc = body(st, arg, err, errlen);
+		if (rc != 0) {
+			rollback(st);
+			return rc;
+		}
+		return commit(st, err, errlen);
+	}
+	*gc.tail = &me;
+	gc.tail = &me.next;
+	while (!me.done) {
+		if (gc.leading) {
+			pthread_cond_wait(&gc.cv, &gc.mu);
+			continue;
+		}
+		/* lead: take the queue (this request is in it) */
+		struct tx_req *batch = gc.head;
+		unsigned long n = 0;
+		gc.head = NULL;
+		gc.tail = &gc.head;
+		gc.leading = 1;
+		pthread_mutex_unlock(&gc.mu);
+		run_batch(gc.st, batch);
+		pthread_mutex_lock(&gc.mu);
+		for (struct tx_req *q = batch, *next; q != NULL; q = next) {
+			next = q->next;     /* q may go away once done is set */
+			q->done = 1;
+			n++;
+		}
+		gc.batches++;
+		gc.items += n;
+		gc.leading = 0;
+		pthread_cond_broadcast(&gc.cv);
+	}
+	pthread_mutex_unlock(&gc.mu);
+	if (me.rc != 0)
+		fg_seterr(err, errlen, "%s", me.err);
+	return me.rc;
+}
+
+int store_group_commit_start(const char *path, char *err, size_t errlen)
+{
+	struct store *st = store_open(path, 0, err, errlen);
+	if (st == NULL)
+		return -1;
+	pthread_mutex_lock(&gc.mu);
+	if (gc.st != NULL) {
+		pthread_mutex_unlock(&gc.mu);
+		store_free(st);
+		fg_seterr(err, errlen, "group commit is already on");
+		return -1;
+	}
+	gc.st = st;
+	pthread_mutex_unlock(&gc.mu);
+	return 0;
+}
+
+void store_group_commit_stop(void)
+{
+	pthread_mutex_lock(&gc.mu);
+	while (gc.leading || gc.head != NULL)
+		pthread_cond_wait(&gc.cv, &gc.mu);
+	struct store *st = gc.st;
+	gc.st = NULL;
+	pthread_mutex_unlock(&gc.mu);
+	store_free(st);
+}
+
+int store_group_commit_on(void)
+{
+	pthread_mutex_lock(&gc.mu);
+	int on = gc.st != NULL;
+	pthread_mutex_unlock(&gc.mu);
+	return on;
+}
+
+void store_group_commit_stats(unsigned long *batches, unsigned long *items)
+{
+	pthread_mutex_lock(&gc.mu);
+	*batches = gc.batches;
+	*items = gc.items;
+	pthread_mutex_unlock(&gc.mu);
+}
+
 /* A prepared statement for a literal SQL text, from the connection's cache
  * (prepared on first use). Hand it back with release(), which resets it and
  * so ends its read of the database. A cached statement is not re-entrant:
@@ -979,13 +1160,12 @@ static int job_insert(struct store *st, const struct store_admit *a, char *err, 
 	return 0;
 }
 
-int store_job_admit(struct store *st, const struct store_admit *a, char *err, size_t errlen)
+static int job_admit_body(struct store *st, void *arg, char *err, size_t errlen)
 {
+	const struct store_admit *a = arg;
 	sqlite3_stmt *s;
 	int r, rc = -1;
 
-	if (begin(st, err, errlen) != 0)
-		return -1;
 	if (a->token_hash != NULL) {
 		char tid[24] = "";
 		/* The guarded decrement is the whole race: of N writers queued on
@@ -1061,10 +1241,14 @@ int store_job_admit(struct store *st, const struct store_admit *a, char *err, si
 	rc = job_insert(st, a, err, errlen);
 	if (rc != 0)
 		goto fail;
-	return commit(st, err, errlen);
+	return 0;
 fail:
-	rollback(st);
 	return rc;
+}
+
+int store_job_admit(struct store *st, const struct store_admit *a, char *err, size_t errlen)
+{
+	return write_tx(st, job_admit_body, (void *)a, err, errlen);
 }
 
 void store_cert_clear(struct store_cert *c)
@@ -1075,22 +1259,28 @@ void store_cert_clear(struct store_cert *c)
 	memset(c, 0, sizeof *c);
 }
 
-int store_job_finish(struct store *st, const char *curve_key, const char *request_id,
-		     int state, const unsigned char *reply, size_t reply_len,
-		     const struct store_cert *cert, const char *audit_kind,
-		     const char *audit_detail, char *err, size_t errlen)
+struct finish_args {
+	const char *curve_key, *request_id;
+	int state;
+	const unsigned char *reply;
+	size_t reply_len;
+	const struct store_cert *cert;
+	const char *audit_kind, *audit_detail;
+};
+
+static int job_finish_body(struct store *st, void *arg, char *err, size_t errlen)
 {
+	const struct finish_args *fa = arg;
+	const char *curve_key = fa->curve_key, *request_id = fa->request_id;
+	const unsigned char *reply = fa->reply;
+	const struct store_cert *cert = fa->cert;
+	const char *audit_kind = fa->audit_kind, *audit_detail = fa->audit_detail;
+	size_t reply_len = fa->reply_len;
+	int state = fa->state;
 	sqlite3_stmt *s;
 	int64_t now = fg_now();
 	char dev[40] = "";
 
-	if (state != JOB_DONE && state != JOB_FAILED) {
-		fg_seterr(err, errlen, "cannot finish job %s in state %d: only done or failed is final",
-			  nz(request_id), state);
-		return -1;
-	}
-	if (begin(st, err, errlen) != 0)
-		return -1;
 	if (cert != NULL) {
 		/* A certificate of this request recorded already (a finish retried
 		 * after a crash) is fine; the same serial for anything else is an
@@ -1171,10 +1361,25 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 	if (audit_kind != NULL &&
 	    audit_in_tx(st, audit_kind, dev, request_id, audit_detail, now, err, errlen) != 0)
 		goto fail;
-	return commit(st, err, errlen);
+	return 0;
 fail:
-	rollback(st);
 	return -1;
+}
+
+int store_job_finish(struct store *st, const char *curve_key, const char *request_id,
+		     int state, const unsigned char *reply, size_t reply_len,
+		     const struct store_cert *cert, const char *audit_kind,
+		     const char *audit_detail, char *err, size_t errlen)
+{
+	struct finish_args fa = { curve_key, request_id, state, reply, reply_len, cert, audit_kind,
+				  audit_detail };
+
+	if (state != JOB_DONE && state != JOB_FAILED) {
+		fg_seterr(err, errlen, "cannot finish job %s in state %d: only done or failed is final",
+			  nz(request_id), state);
+		return -1;
+	}
+	return write_tx(st, job_finish_body, &fa, err, errlen);
 }
 
 int store_job_set_pending(struct store *st, const char *curve_key, const char *request_id,
@@ -1278,11 +1483,24 @@ int store_job_state_get(struct store *st, const char *curve_key, const char *req
 			curve_key, request_id, key, val, len, err, errlen);
 }
 
+struct state_put_args {
+	const char *curve_key, *request_id, *key;
+	const unsigned char *val;
+	size_t len;
+};
+
+static int job_state_put_body(struct store *st, void *arg, char *err, size_t errlen)
+{
+	const struct state_put_args *pa = arg;
+	return blob_put(st, "INSERT OR REPLACE INTO job_state (curve_key, request_id, key, value) VALUES (?,?,?,?)",
+			pa->curve_key, pa->request_id, pa->key, pa->val, pa->len, err, errlen);
+}
+
 int store_job_state_put(struct store *st, const char *curve_key, const char *request_id,
 			const char *key, const unsigned char *val, size_t len, char *err, size_t errlen)
 {
-	return blob_put(st, "INSERT OR REPLACE INTO job_state (curve_key, request_id, key, value) VALUES (?,?,?,?)",
-			curve_key, request_id, key, val, len, err, errlen);
+	struct state_put_args pa = { curve_key, request_id, key, val, len };
+	return write_tx(st, job_state_put_body, &pa, err, errlen);
 }
 
 int store_plugin_state_get(struct store *st, const char *backend, const char *key,
@@ -1349,9 +1567,16 @@ fail:
 	return -1;
 }
 
-int store_serial_reserve(struct store *st, const char *backend, const char *serial_hex,
-			 int64_t now, char *err, size_t errlen)
+struct reserve_args {
+	const char *backend, *serial_hex;
+	int64_t now;
+};
+
+static int serial_reserve_body(struct store *st, void *arg, char *err, size_t errlen)
 {
+	const struct reserve_args *ra = arg;
+	const char *backend = ra->backend, *serial_hex = ra->serial_hex;
+	int64_t now = ra->now;
 	sqlite3_stmt *s = prep(st, "INSERT INTO serials (backend, serial_hex, reserved_at) VALUES (?,?,?)",
 			       err, errlen);
 	if (s == NULL)
@@ -1365,6 +1590,13 @@ int store_serial_reserve(struct store *st, const char *backend, const char *seri
 	if (r == SQLITE_CONSTRAINT_PRIMARYKEY)
 		return 1;
 	return dberr(st, err, errlen, "serial reservation");
+}
+
+int store_serial_reserve(struct store *st, const char *backend, const char *serial_hex,
+			 int64_t now, char *err, size_t errlen)
+{
+	struct reserve_args ra = { backend, serial_hex, now };
+	return write_tx(st, serial_reserve_body, &ra, err, errlen);
 }
 
 int store_serial_reserved(struct store *st, const char *backend, const char *serial_hex, char *err,
@@ -2171,18 +2403,13 @@ int store_import_device(struct store *st, const struct store_import_row *r, int6
 	return STORE_IMPORT_ADDED;
 }
 
-int store_job_admit_bound(struct store *st, const struct store_admit *a, char *err, size_t errlen)
+static int job_admit_bound_body(struct store *st, void *arg, char *err, size_t errlen)
 {
+	const struct store_admit *a = arg;
 	sqlite3_stmt *s;
 	char tid[24] = "", serial[65] = "";
 	int r, rc = -1;
 
-	if (a->token_hash == NULL || a->device_id == NULL) {
-		fg_seterr(err, errlen, "a bound admission needs the token and the device");
-		return -1;
-	}
-	if (begin(st, err, errlen) != 0)
-		return -1;
 	/* the same guarded decrement as store_job_admit, and the token must
 	 * be the one made for this device */
 	s = prep(st, "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ? AND device_id = ? AND uses_left > 0 AND revoked = 0 AND expires_at > ?",
@@ -2261,8 +2488,16 @@ int store_job_admit_bound(struct store *st, const struct store_admit *a, char *e
 	rc = job_insert(st, a, err, errlen);
 	if (rc != 0)
 		goto fail;
-	return commit(st, err, errlen);
+	return 0;
 fail:
-	rollback(st);
 	return rc;
+}
+
+int store_job_admit_bound(struct store *st, const struct store_admit *a, char *err, size_t errlen)
+{
+	if (a->token_hash == NULL || a->device_id == NULL) {
+		fg_seterr(err, errlen, "a bound admission needs the token and the device");
+		return -1;
+	}
+	return write_tx(st, job_admit_bound_body, (void *)a, err, errlen);
 }
