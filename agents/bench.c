@@ -2554,7 +2554,7 @@ static void usage(FILE *f)
 		"\n"
 		"Start a gateway with a fresh local P-256 CA, enroll N simulated agents once\n"
 		"with a token, then measure M more enrollments (no token) from all of them at\n"
-		"once. Defaults: 100 agents, 2000 requests, 2 workers, 2000 crypto iterations.\n"
+		"once. Defaults: 100 agents, 2000 requests, 16 workers, 2000 crypto iterations.\n"
 		"  --state DIR   use this existing gateway dir (made by fleetgate init) as is;\n"
 		"                it is kept, and --workers does not change it\n"
 		"  --bin-dir DIR where fleetgate and fleetgated are (default: ../gateway next\n"
@@ -2740,7 +2740,7 @@ int main(int argc, char **argv)
 	 * sides unless told otherwise: one gateway worker (a worker waits for
 	 * its SCEP exchange) and one scepclient at a time. */
 	if (o.workers == 0)
-		o.workers = o.mode == BENCH_MODE_SCEP ? 1 : 2;
+		o.workers = o.mode == BENCH_MODE_SCEP ? 1 : o.mode == BENCH_MODE_ACME ? 2 : 16;
 	if (upstream) {
 		if (o.direct_requests == 0)
 			o.direct_requests = o.requests < BENCH_DIRECT_MAX ? o.requests : BENCH_DIRECT_MAX;

@@ -898,7 +898,7 @@ static void conf_err(char *err, size_t errlen, const char *msg)
 static void set_defaults(struct gw_config *cfg)
 {
 	fg_strlcpy(cfg->listen, "tcp://127.0.0.1:7700", sizeof cfg->listen);
-	cfg->workers = 2;
+	cfg->workers = FG_DEFAULT_WORKERS;
 	fg_strlcpy(cfg->store_engine, "sqlite", sizeof cfg->store_engine);
 	fg_strlcpy(cfg->store_path, "fleetgate.db", sizeof cfg->store_path);
 	fg_strlcpy(cfg->policy_path, "policy.lua", sizeof cfg->policy_path);
@@ -1051,7 +1051,9 @@ static const char default_text[] =
 	"listen = \"%s\"\n"
 	"\n"
 	"-- Worker threads, each with its own store connection and Lua state.\n"
-	"workers = 2\n"
+	"-- Their store writes share commits (group commit), so more workers than\n"
+	"-- cores keep both the CPU and the disk busy.\n"
+	"workers = 16\n"
 	"\n"
 	"store = { engine = \"sqlite\", path = \"fleetgate.db\" }\n"
 	"policy = \"policy.lua\"\n"

@@ -42,6 +42,9 @@ enum config_name_type {
 	NAME_EMAIL = 1u << 3
 };
 
+/* worker threads when fleetgated.conf names none: enough that commits
+ * batch (see store.h, group commit) */
+#define FG_DEFAULT_WORKERS 16
 #define CONFIG_MAX_EKU 8
 
 struct config_profile {

@@ -116,7 +116,7 @@ static void test_default_text_loads(void **state)
 
 	assert_string_equal(cfg->state_dir, f->real);
 	assert_string_equal(cfg->listen, "tcp://127.0.0.1:7811");
-	assert_int_equal(cfg->workers, 2);
+	assert_int_equal(cfg->workers, 16);
 	assert_string_equal(cfg->store_engine, "sqlite");
 	snprintf(want, sizeof want, "%s/fleetgate.db", f->real);
 	assert_string_equal(cfg->store_path, want);
@@ -193,7 +193,7 @@ static void test_minimal_defaults(void **state)
 	write_min(f, "");
 	cfg = must_load(f);
 	assert_string_equal(cfg->listen, "tcp://127.0.0.1:7700");
-	assert_int_equal(cfg->workers, 2);
+	assert_int_equal(cfg->workers, 16);
 	assert_int_equal(cfg->checkin_interval, 3600);
 	p = config_profile(cfg, "default");
 	assert_non_null(p);
