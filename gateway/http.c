@@ -141,6 +141,13 @@ static void metrics_gauges(struct http *h, FILE *f)
 
 	fprintf(f, "# HELP fleetgate_store_up Whether the store answered this scrape.\n"
 		   "# TYPE fleetgate_store_up gauge\nfleetgate_store_up %d\n", ok);
+	unsigned long batches = 0, items = 0;
+	store_group_commit_stats(&batches, &items);
+	fprintf(f, "# HELP fleetgate_store_commits_total Group commits of enrollment writes (one fsync each).\n"
+		   "# TYPE fleetgate_store_commits_total counter\nfleetgate_store_commits_total %lu\n"
+		   "# HELP fleetgate_store_commit_writes_total Write transactions those commits held; divided by commits, the batch size.\n"
+		   "# TYPE fleetgate_store_commit_writes_total counter\nfleetgate_store_commit_writes_total %lu\n",
+		batches, items);
 	if (!ok) {
 		fg_warn("http", NULL, "metrics: %s", err);
 	} else {
