@@ -2,7 +2,8 @@
  * Unit tests for the SQLite store: migrations, tokens consumed atomically
  * (twenty threads racing for one use), admission refusals that write
  * nothing, jobs, certificates, revocation and the audit hash chain (altered,
- * relinked and removed records are found). Each test gets a fresh store in
+ * relinked and removed records are found), group commit (sixteen threads
+ * sharing commits, failures undoing only their own writes). Each test gets a fresh store in
  * its own temporary directory.
  */
 #include <setjmp.h>
@@ -1037,6 +1038,101 @@ static void test_token_admin(void **state)
 	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), STORE_E_TOKEN);
 }
 
+#define GC_THREADS 16
+#define GC_SERIALS 50
+
+struct committer {
+	struct store *st;            /* its own connection, as a worker has */
+	pthread_barrier_t *go;
+	int index;
+	int reserved, taken, finish_failed, other;
+	char err[512];
+};
+
+/* Threads 2k and 2k+1 reserve the same serials, so each serial is won
+ * once and refused once; between reservations each asks to finish a job
+ * that does not exist, which fails inside the same batches. */
+static void *commit_some(void *arg)
+{
+	struct committer *c = arg;
+	char serial[32], err[512];
+	pthread_barrier_wait(c->go);
+	for (int i = 0; i < GC_SERIALS; i++) {
+		snprintf(serial, sizeof serial, "%04X%04X", c->index / 2, i);
+		int r = store_serial_reserve(c->st, "local", serial, fg_now(), err, sizeof err);
+		if (r == 0)
+			c->reserved++;
+		else if (r == 1)
+			c->taken++;
+		else {
+			c->other++;
+			fg_strlcpy(c->err, err, sizeof c->err);
+		}
+		r = store_job_finish(c->st, KEY1, "rid-none", JOB_DONE, (const unsigned char *)"x", 1, NULL,
+				     NULL, NULL, err, sizeof err);
+		if (r == -1 && strstr(err, "never admitted") != NULL)
+			c->finish_failed++;
+		else
+			c->other++;
+	}
+	return NULL;
+}
+
+static void test_group_commit(void **state)
+{
+	struct fixture *f = *state;
+	char err[512];
+	pthread_t th[GC_THREADS];
+	struct committer c[GC_THREADS];
+	pthread_barrier_t go;
+	unsigned long b0, i0, b1, i1;
+
+	assert_int_equal(store_group_commit_start(f->path, err, sizeof err), 0);
+	assert_true(store_group_commit_on());
+	assert_int_equal(store_group_commit_start(f->path, err, sizeof err), -1);
+	assert_non_null(strstr(err, "already on"));
+	store_group_commit_stats(&b0, &i0);
+	assert_int_equal(pthread_barrier_init(&go, NULL, GC_THREADS), 0);
+	for (int i = 0; i < GC_THREADS; i++) {
+		memset(&c[i], 0, sizeof c[i]);
+		c[i].st = store_open(f->path, 0, err, sizeof err);
+		assert_non_null(c[i].st);
+		c[i].go = &go;
+		c[i].index = i;
+		assert_int_equal(pthread_create(&th[i], NULL, commit_some, &c[i]), 0);
+	}
+	int reserved = 0, taken = 0, finish_failed = 0;
+	for (int i = 0; i < GC_THREADS; i++) {
+		pthread_join(th[i], NULL);
+		if (c[i].other)
+			fprintf(stderr, "committer %d: %d unexpected results; last: %s\n", i, c[i].other, c[i].err);
+		assert_int_equal(c[i].other, 0);
+		reserved += c[i].reserved;
+		taken += c[i].taken;
+		finish_failed += c[i].finish_failed;
+		store_free(c[i].st);
+	}
+	pthread_barrier_destroy(&go);
+	store_group_commit_stats(&b1, &i1);
+	store_group_commit_stop();
+	assert_false(store_group_commit_on());
+
+	/* every serial won exactly once, and kept although failing finishes
+	 * shared its transaction */
+	assert_int_equal(reserved, GC_THREADS / 2 * GC_SERIALS);
+	assert_int_equal(taken, GC_THREADS / 2 * GC_SERIALS);
+	assert_int_equal(finish_failed, GC_THREADS * GC_SERIALS);
+	assert_int_equal(q(f, "SELECT count(*) FROM serials"), GC_THREADS / 2 * GC_SERIALS);
+	/* every request went through a batch; none was counted twice */
+	assert_int_equal(i1 - i0, 2 * GC_THREADS * GC_SERIALS);
+	assert_true(b1 - b0 >= 1 && b1 - b0 <= i1 - i0);
+	fprintf(stderr, "group commit: %lu requests in %lu commits\n", i1 - i0, b1 - b0);
+	/* off again: the same calls run alone on the caller's connection */
+	assert_int_equal(store_serial_reserve(f->st, "local", "FFFF0000", fg_now(), err, sizeof err), 0);
+	store_group_commit_stats(&b0, &i0);
+	assert_int_equal(i0, i1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1056,6 +1152,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_admit_bound, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_token_admin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_incr, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
