@@ -1081,6 +1081,38 @@ out:
 	return answered;
 }
 
+/* Read agent a's socket until the reply to its request in flight (a late
+ * reply to an earlier one may sit in front of it). 1 when it came. */
+static int agent_drain(struct shared *sh, struct agent *a, int measured)
+{
+	for (int k = 0; k < 4; k++) {
+		int ev = 0;
+		size_t sz = sizeof ev;
+		if (k > 0 && (zmq_getsockopt(a->sock, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN)))
+			return 0;
+		if (agent_receive(sh, a, measured))
+			return 1;
+	}
+	return 0;
+}
+
+/* Fail and retire every agent of c whose request went out more than 30 s
+ * before now; how many. */
+static int retire_timed_out(struct client *c, uint64_t now, int measured)
+{
+	int n = 0;
+	for (int i = 0; i < c->n; i++) {
+		struct agent *a = &c->agents[i];
+		if (a->busy && now - a->wire_ns > BENCH_TIMEOUT_NS) {
+			note_failure(c->sh, measured, "no reply within 30 s (request %s)", a->rid);
+			a->busy = 0;
+			a->retired = 1;
+			n++;
+		}
+	}
+	return n;
+}
+
 /* Drive this thread's agents through one phase until none has a request in
  * flight. In the warm-up each agent sends one request; measured, every reply
  * starts the agent's next request while the shared total lasts. A request with no
@@ -1103,33 +1135,17 @@ static void client_phase(struct client *c, zmq_pollitem_t *items, int measured)
 			struct agent *a = &c->agents[i];
 			if (!(items[i].revents & ZMQ_POLLIN))
 				continue;
-			/* Drain: a late reply may sit in front of the current one. */
-			for (int k = 0; k < 4; k++) {
-				int ev = 0;
-				size_t sz = sizeof ev;
-				if (k > 0 && (zmq_getsockopt(a->sock, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN)))
-					break;
-				if (agent_receive(sh, a, measured)) {
-					pending--;
-					if (measured)
-						pending += agent_start(sh, a, measured);
-					break;
-				}
+			if (agent_drain(sh, a, measured)) {
+				pending--;
+				if (measured)
+					pending += agent_start(sh, a, measured);
 			}
 		}
 		uint64_t now = fg_mono_ns();
 		if (now < next_scan)
 			continue;
 		next_scan = now + BENCH_POLL_MS * 1000000ull;
-		for (int i = 0; i < c->n; i++) {
-			struct agent *a = &c->agents[i];
-			if (a->busy && now - a->wire_ns > BENCH_TIMEOUT_NS) {
-				note_failure(sh, measured, "no reply within 30 s (request %s)", a->rid);
-				a->busy = 0;
-				a->retired = 1;
-				pending--;
-			}
-		}
+		pending -= retire_timed_out(c, now, measured);
 	}
 }
 
@@ -1237,31 +1253,16 @@ static void client_phase_open(struct client *c, zmq_pollitem_t *items)
 			struct agent *a = &c->agents[i];
 			if (!(items[i].revents & ZMQ_POLLIN))
 				continue;
-			for (int k = 0; k < 4; k++) {
-				int ev = 0;
-				size_t sz = sizeof ev;
-				if (k > 0 && (zmq_getsockopt(a->sock, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN)))
-					break;
-				if (agent_receive(sh, a, 1)) {
-					pending--;
-					idle++;
-					break;
-				}
+			if (agent_drain(sh, a, 1)) {
+				pending--;
+				idle++;
 			}
 		}
 		now = fg_mono_ns();
 		if (now < next_scan)
 			continue;
 		next_scan = now + BENCH_POLL_MS * 1000000ull;
-		for (int i = 0; i < c->n; i++) {
-			struct agent *a = &c->agents[i];
-			if (a->busy && now - a->wire_ns > BENCH_TIMEOUT_NS) {
-				note_failure(sh, 1, "no reply within 30 s (request %s)", a->rid);
-				a->busy = 0;
-				a->retired = 1;
-				pending--;
-			}
-		}
+		pending -= retire_timed_out(c, now, 1);
 	}
 	free(queue);
 }
