@@ -863,6 +863,14 @@ static void on_checkin_reply(struct daemon *d, const Fleetgate__Envelope *env)
 		fg_debug("agent", d->checkin_rid, "checked in; next in %" PRId64 " s, %zu command(s)",
 			 d->next_checkin - now, r->n_commands);
 		run_commands(d, r);
+		/* renewal windows the gateway holds now (a pull-in moves them) */
+		for (size_t i = 0; i < r->n_renewal_windows; i++) {
+			const Fleetgate__RenewalWindow *w = r->renewal_windows[i];
+			for (size_t j = 0; w->slot != NULL && j < a->cfg.nslots; j++)
+				if (strcmp(w->slot, a->cfg.slots[j].name) == 0)
+					slot_window_update(&a->cfg, &a->cfg.slots[j], w->serial_hex,
+							   w->start, w->end, d->checkin_rid);
+		}
 	} else if (env->body_case == FLEETGATE__ENVELOPE__BODY_CHECKIN_REPLY) {
 		fg_warn("agent", d->checkin_rid, "check-in refused (%s): %s",
 			fg_status_name(env->checkin_reply->status), env->checkin_reply->message);

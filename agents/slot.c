@@ -96,25 +96,36 @@ int64_t slot_renew_due(const struct agent_slot *s, X509 *cert)
 	return due;
 }
 
-/* The CA's suggested renewal time (ARI, RFC 9773) kept for the installed
- * certificate: "<slot>.renew_after" holds "SERIAL UNIX-SECONDS", written
- * by slot_install from CertReply.renew_after. It replaces the computed
- * due time when it names this certificate's serial and falls within its
- * life (its very start means "renew now": a window in the past), but never later than the safety margin before expiry that the
- * own schedule keeps. Returns due unchanged otherwise. */
+/* The CA's suggested renewal time (ARI, RFC 9773) or the gateway's renewal
+ * window kept for the installed certificate: "<slot>.renew_after" holds
+ * "SERIAL START [END]", written by slot_install from CertReply.renew_after
+ * and renew_before, and by slot_window_update from a check-in answer. It
+ * replaces the computed due time when it names this certificate's serial
+ * and falls within its life (its very start means "renew now": a window in
+ * the past). With END, the due time is a moment inside [START, END) drawn
+ * from the serial (stable for this certificate, spread across the fleet).
+ * Never later than the safety margin before expiry that the own schedule
+ * keeps. Returns due unchanged otherwise. */
 static int64_t ari_due(const struct agent_config *cfg, const struct agent_slot *s,
 		       const struct fg_cert_info *ci, int64_t due)
 {
-	char p[STATE_PATH_MAX], serial[80] = "", buf[160];
-	long long when = 0;
+	char p[STATE_PATH_MAX], serial[80] = "", buf[160], h[65];
+	long long when = 0, until = 0;
 	FILE *f;
 	state_path(cfg, s, ".renew_after", p, sizeof p);
 	if ((f = fopen(p, "r")) == NULL)
 		return due;
-	int ok = fgets(buf, sizeof buf, f) != NULL && sscanf(buf, "%79s %lld", serial, &when) == 2;
+	int ok = fgets(buf, sizeof buf, f) != NULL && sscanf(buf, "%79s %lld %lld", serial, &when, &until) >= 2;
 	fclose(f);
 	if (!ok || strcmp(serial, ci->serial_hex) != 0 || when < ci->not_before || when >= ci->not_after)
 		return due;
+	if (until > when) {
+		uint32_t r = 0;
+		fg_sha256_hex(ci->serial_hex, strlen(ci->serial_hex), h);
+		for (int i = 8; i < 16; i++)
+			r = r << 4 | (uint32_t)(h[i] <= '9' ? h[i] - '0' : h[i] - 'a' + 10);
+		when += (long long)((double)(until - when) * ((double)r / 4294967296.0));
+	}
 	int64_t life = ci->not_after - ci->not_before;
 	int64_t margin = life / 10 < 3600 ? life / 10 : 3600;
 	return when < ci->not_after - margin ? (int64_t)when : ci->not_after - margin;
@@ -717,26 +728,72 @@ static int chain_of(const Fleetgate__CertReply *cr, STACK_OF(X509) *chain, char 
 	return 0;
 }
 
-/* Keeps the CA's suggested renewal time for the certificate just installed
- * (see ari_due), or removes an older one when the CA suggested none. A
- * failure only costs the suggestion: the own schedule applies. */
-static void ari_keep(const struct agent_config *cfg, const struct agent_slot *s, X509 *leaf,
-		     int64_t renew_after, const char *rid)
+/* Keeps the CA's suggested renewal time or the gateway's window for the
+ * certificate just installed (see ari_due), or removes an older one when
+ * there is none. A failure only costs the suggestion: the own schedule
+ * applies. */
+static int window_keep(const struct agent_config *cfg, const struct agent_slot *s,
+		       const char *serial_hex, int64_t start, int64_t end, const char *rid)
 {
-	char p[STATE_PATH_MAX], line[160], err[256], when[32];
-	struct fg_cert_info ci;
+	char p[STATE_PATH_MAX], line[160], err[256], when[32], until[32];
 	state_path(cfg, s, ".renew_after", p, sizeof p);
-	if (renew_after <= 0 || fg_cert_info(leaf, &ci, NULL, 0) != 0) {
+	if (start <= 0) {
 		unlink(p);
-		return;
+		return 0;
 	}
-	int n = snprintf(line, sizeof line, "%s %lld\n", ci.serial_hex, (long long)renew_after);
-	if (fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0)
-		fg_warn("agent", rid, "slot %s: cannot keep the CA's suggested renewal time (%s); the own schedule applies",
+	int n = end > start
+		? snprintf(line, sizeof line, "%s %lld %lld\n", serial_hex, (long long)start, (long long)end)
+		: snprintf(line, sizeof line, "%s %lld\n", serial_hex, (long long)start);
+	if (fg_write_file_atomic(p, line, (size_t)n, 0600, (uid_t)-1, (gid_t)-1, err, sizeof err) != 0) {
+		fg_warn("agent", rid, "slot %s: cannot keep the renewal time the gateway gave (%s); the own schedule applies",
 			s->name, err);
+		return -1;
+	}
+	if (end > start)
+		fg_info("agent", rid, "slot %s: renewal window %s to %s", s->name,
+			fg_time_iso(start, when, sizeof when), fg_time_iso(end, until, sizeof until));
 	else
 		fg_info("agent", rid, "slot %s: the CA suggests renewal at %s", s->name,
-			fg_time_iso(renew_after, when, sizeof when));
+			fg_time_iso(start, when, sizeof when));
+	return 0;
+}
+
+static void ari_keep(const struct agent_config *cfg, const struct agent_slot *s, X509 *leaf,
+		     int64_t renew_after, int64_t renew_before, const char *rid)
+{
+	struct fg_cert_info ci;
+	if (renew_after <= 0 || fg_cert_info(leaf, &ci, NULL, 0) != 0) {
+		window_keep(cfg, s, "", 0, 0, rid);
+		return;
+	}
+	window_keep(cfg, s, ci.serial_hex, renew_after, renew_before, rid);
+}
+
+int slot_window_update(const struct agent_config *cfg, const struct agent_slot *s,
+		       const char *serial_hex, int64_t start, int64_t end, const char *rid)
+{
+	char p[STATE_PATH_MAX], buf[160], serial[80] = "";
+	long long a = 0, b = 0;
+	X509 *c = NULL;
+	struct fg_cert_info ci;
+	FILE *f;
+	if (start <= 0 || end <= start || !slot_installed(s, &c, NULL))
+		return 0;
+	int mine = fg_cert_info(c, &ci, NULL, 0) == 0 && strcmp(ci.serial_hex, serial_hex) == 0 &&
+		   start >= ci.not_before && start < ci.not_after;
+	X509_free(c);
+	if (!mine)
+		return 0;
+	state_path(cfg, s, ".renew_after", p, sizeof p);
+	if ((f = fopen(p, "r")) != NULL) {
+		int same = fgets(buf, sizeof buf, f) != NULL &&
+			   sscanf(buf, "%79s %lld %lld", serial, &a, &b) == 3 &&
+			   strcmp(serial, serial_hex) == 0 && a == start && b == end;
+		fclose(f);
+		if (same)
+			return 0;
+	}
+	return window_keep(cfg, s, serial_hex, start, end, rid) == 0 ? 1 : 0;
 }
 
 /* The hook run in this process (slot_hook_fn's shape). */
@@ -837,7 +894,7 @@ int slot_install_hooked(const struct agent_config *cfg, const struct agent_slot 
 		goto rollback;
 	if (hook(hook_arg, s, SLOT_HOOK_TIMEOUT, err, errlen) != 0)
 		goto rollback;
-	ari_keep(cfg, s, leaf, cr->renew_after, r->rid);
+	ari_keep(cfg, s, leaf, cr->renew_after, cr->renew_before, r->rid);
 	slot_request_forget(cfg, s);
 	rc = 0;
 	goto out;

@@ -51,6 +51,11 @@ enum slot_action {
 /* Decide for slot s at time now (force: renew even if not due). *due and
  * *not_after (may be NULL) get the installed certificate's renewal time and
  * expiry, or 0 when none is installed. */
+/* A renewal window from a check-in answer for s's installed certificate
+ * (serial_hex): kept when it names that certificate and differs from the
+ * one kept. 1 kept (the schedule changed), 0 nothing to do. */
+int slot_window_update(const struct agent_config *cfg, const struct agent_slot *s,
+		       const char *serial_hex, int64_t start, int64_t end, const char *rid);
 enum slot_action slot_decide(const struct agent_config *cfg, const struct agent_slot *s,
 			     int64_t now, int force, int64_t *due, int64_t *not_after);
 

@@ -44,7 +44,7 @@ struct conf_ctx {
 
 static const char *const top_keys[] = {
 	"listen", "workers", "store", "policy", "curve_key", "plugin_dir", "log_level",
-	"checkin_interval", "limits", "backends", "profiles", "http", "est", "user", "sandbox", "admin_group", NULL,
+	"checkin_interval", "limits", "backends", "profiles", "http", "est", "user", "sandbox", "admin_group", "renewal", "ui", NULL,
 };
 static const char *const store_keys[] = { "engine", "path", NULL };
 static const char *const limits_keys[] = {
@@ -691,6 +691,124 @@ static void read_http(lua_State *L, struct conf_ctx *c, int g)
 	lua_pop(L, 1);
 }
 
+/* "2/3", "0.5", "1" -> a fraction in [0, 1]; -1 otherwise. */
+double config_fraction(const char *s)
+{
+	char *end;
+	double v;
+	if (s == NULL || *s == '\0')
+		return -1;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || end == s)
+		return -1;
+	if (*end == '/') {
+		const char *d = end + 1;
+		double q = strtod(d, &end);
+		if (end == d || q <= 0)
+			return -1;
+		v /= q;
+	}
+	if (*end != '\0' || !(v >= 0 && v <= 1))
+		return -1;
+	return v;
+}
+
+static double get_fraction(lua_State *L, struct conf_ctx *c, int t, const char *key,
+			   const char *label, double dflt)
+{
+	char buf[64] = "";
+	int ty = field(L, t, key);
+	double v = dflt;
+	if (ty == LUA_TNUMBER) {
+		v = lua_tonumber(L, -1);
+		if (!(v >= 0 && v <= 1))
+			cfail(L, c, "%s must be a fraction of the lifetime between 0 and 1, like \"1/2\"", label);
+	}
+	lua_pop(L, 1);
+	if (ty == LUA_TNUMBER)
+		return v;
+	get_string(L, c, t, key, label, buf, sizeof buf);
+	if (buf[0] != '\0' && (v = config_fraction(buf)) < 0)
+		cfail(L, c, "%s: '%s' is not a fraction of the lifetime; write it like \"1/2\" or \"0.5\"", label, buf);
+	return v;
+}
+
+static const char *const renewal_keys[] = { "smoothing", "window", "earliest", "max_per_hour", NULL };
+
+/* renewal = { smoothing = true, window = "2/3..5/6", earliest = "1/2",
+ * max_per_hour = 0 } (docs/lifecycle.md "Renewal windows") */
+static void read_renewal(lua_State *L, struct conf_ctx *c, int g)
+{
+	struct gw_config *cfg = c->cfg;
+	if (field(L, g, "renewal") != LUA_TNIL) {
+		int t = lua_gettop(L), ty;
+		char win[64] = "";
+		int64_t v = cfg->renewal_max_per_hour;
+		if (lua_type(L, t) != LUA_TTABLE)
+			cfail(L, c, "renewal must be a table, e.g. renewal = { window = \"2/3..5/6\", max_per_hour = 500 }");
+		check_keys(L, c, t, "renewal", renewal_keys);
+		if ((ty = field(L, t, "smoothing")) != LUA_TNIL) {
+			if (ty != LUA_TBOOLEAN)
+				cfail(L, c, "renewal.smoothing must be true or false");
+			cfg->renewal_smoothing = lua_toboolean(L, -1);
+		}
+		lua_pop(L, 1);
+		get_string(L, c, t, "window", "renewal.window", win, sizeof win);
+		if (win[0] != '\0') {
+			char *dots = strstr(win, "..");
+			double a = -1, b = -1;
+			if (dots != NULL) {
+				*dots = '\0';
+				a = config_fraction(win);
+				b = config_fraction(dots + 2);
+			}
+			if (a < 0 || b < 0 || a >= b)
+				cfail(L, c, "renewal.window must be two fractions of the lifetime, the first smaller, like \"2/3..5/6\"");
+			cfg->renewal_from = a;
+			cfg->renewal_to = b;
+		}
+		double e = get_fraction(L, c, t, "earliest", "renewal.earliest", -1);
+		if (e >= 0)
+			cfg->renewal_earliest = e;
+		else if (cfg->renewal_earliest > cfg->renewal_from)  /* the default follows the window */
+			cfg->renewal_earliest = cfg->renewal_from;
+		get_int(L, c, t, "max_per_hour", "renewal.max_per_hour", 0, 100000000, &v);
+		cfg->renewal_max_per_hour = (long)v;
+		if (cfg->renewal_earliest > cfg->renewal_from)
+			cfail(L, c, "renewal.earliest (%g) is later than the window's start (%g); it must be at or before it",
+			      cfg->renewal_earliest, cfg->renewal_from);
+	}
+	lua_pop(L, 1);
+}
+
+static const char *const ui_keys[] = { "enabled", "token", NULL };
+
+/* ui = { enabled = true, token = "ui.token" } (docs/dashboard.md) */
+static void read_ui(lua_State *L, struct conf_ctx *c, int g)
+{
+	struct gw_config *cfg = c->cfg;
+	if (field(L, g, "ui") != LUA_TNIL) {
+		int t = lua_gettop(L), ty;
+		if (lua_type(L, t) != LUA_TTABLE)
+			cfail(L, c, "ui must be a table, e.g. ui = { enabled = true }");
+		check_keys(L, c, t, "ui", ui_keys);
+		if ((ty = field(L, t, "enabled")) != LUA_TNIL) {
+			if (ty != LUA_TBOOLEAN)
+				cfail(L, c, "ui.enabled must be true or false");
+			cfg->ui_enabled = lua_toboolean(L, -1);
+		}
+		lua_pop(L, 1);
+		get_string(L, c, t, "token", "ui.token", cfg->ui_token_path, sizeof cfg->ui_token_path);
+	}
+	lua_pop(L, 1);
+	if (cfg->ui_token_path[0] == '\0')
+		cfail(L, c, "ui.token must not be empty");
+	resolve_path(L, c, "ui.token", cfg->ui_token_path, sizeof cfg->ui_token_path);
+	if (cfg->ui_enabled && cfg->http_listen[0] == '\0' && cfg->est_listen[0] == '\0')
+		cfail(L, c, "ui.enabled needs a place to serve it: set est.listen (HTTPS) or http.listen on a loopback address");
+}
+
 static const char *const est_keys[] = { "listen", "cert", "key", "labels", NULL };
 
 static int cmp_est_label(const void *a, const void *b)
@@ -871,6 +989,8 @@ static int read_config(lua_State *L)
 	read_profiles(L, c, g);
 	read_http(L, c, g);
 	read_est(L, c, g);
+	read_renewal(L, c, g);
+	read_ui(L, c, g);
 	return 0;
 }
 
@@ -909,6 +1029,11 @@ static void set_defaults(struct gw_config *cfg)
 	cfg->max_message = 65536;
 	cfg->policy_memory = 4 * 1024 * 1024;
 	cfg->policy_instructions = 1000000;
+	cfg->renewal_smoothing = 1;
+	cfg->renewal_from = 2.0 / 3;
+	cfg->renewal_to = 5.0 / 6;
+	cfg->renewal_earliest = 1.0 / 2;
+	fg_strlcpy(cfg->ui_token_path, "ui.token", sizeof cfg->ui_token_path);
 }
 
 /* Load and check <state_dir>/fleetgated.conf. The state directory must

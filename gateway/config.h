@@ -92,7 +92,18 @@ struct gw_config {
 	char user[64];                      /* user to drop to when started as root; "" = none given */
 	char sandbox[16];                   /* "required" (default), "best-effort", "off" */
 	char admin_group[64];               /* may use the admin socket besides root; "" = none */
+	/* renewal = { ... }: server-assigned renewal windows (docs/lifecycle.md) */
+	int renewal_smoothing;              /* renewal.smoothing, default on */
+	double renewal_from, renewal_to;    /* renewal.window "2/3..5/6": fractions of the lifetime */
+	double renewal_earliest;            /* renewal.earliest "1/2": where a full range spills to */
+	long renewal_max_per_hour;          /* renewal.max_per_hour; 0 = no ceiling (levelled) */
+	/* ui = { ... }: the dashboard and its JSON API (docs/dashboard.md) */
+	int ui_enabled;                     /* ui.enabled, default off */
+	char ui_token_path[PATH_MAX];       /* ui.token: file with the SHA-256 of the bearer token */
 };
+
+/* "2/3", "0.5", "1" -> fraction in [0, 1]; -1 when it is none. */
+double config_fraction(const char *s);
 
 enum config_sandbox {
 	SANDBOX_REQUIRED,                   /* a sandbox the kernel cannot apply stops the start */

@@ -462,6 +462,26 @@ static void reply_pending(const char *rid, uint32_t ra, const struct fg_issue_re
 		n ? " (challenges handed to the device)" : "");
 }
 
+/* The CertReply of an issued certificate, packed once its renewal window
+ * is known (store_job_finish_cert calls it inside the transaction). */
+struct reply_build {
+	Fleetgate__Envelope *env;
+	Fleetgate__CertReply *cr;
+	const char *rid;
+};
+
+static int build_cert_reply(void *arg, const struct store_window *win, unsigned char **reply,
+			    size_t *reply_len)
+{
+	struct reply_build *rb = arg;
+	if (win->start > 0 && win->end > win->start) {
+		rb->cr->renew_after = win->start;
+		rb->cr->renew_before = win->end;
+	}
+	pack_env(rb->env, rb->rid, reply, reply_len);
+	return *reply != NULL ? 0 : -1;
+}
+
 /* Ask the job's backend for the certificate and record the outcome. Used
  * for new jobs and, identically, for jobs resumed after a retry or restart:
  * the backend's write-ahead state in the job makes that safe. ready lists
@@ -619,10 +639,13 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 		cr.renew_after = res.renew_after > ci.not_before ? res.renew_after : ci.not_before;
 	env.body_case = FLEETGATE__ENVELOPE__BODY_CERT_REPLY;
 	env.cert_reply = &cr;
-	pack_env(&env, rid, out, len);
-	fg_cert_list_clear(&anchors);
-	if (*out == NULL)
-		goto out;
+	/* without the CA's suggestion, the gateway assigns a renewal window
+	 * (renewal smoothing), in the transaction that records the certificate */
+	struct store_renewal_rule rule = { w->cfg->renewal_from, w->cfg->renewal_to,
+					   w->cfg->renewal_earliest, w->cfg->renewal_max_per_hour };
+	int smooth = w->cfg->renewal_smoothing && cr.renew_after == 0;
+	struct reply_build rb = { &env, &cr, rid };
+	struct store_window win;
 
 	struct store_cert sc;
 	memset(&sc, 0, sizeof sc);
@@ -640,22 +663,30 @@ static void run_issue(struct worker *w, const char *key, const char *rid, const 
 	snprintf(detail, sizeof detail,
 		 "{\"serial\":\"%s\",\"slot\":\"%s\",\"profile\":\"%s\",\"backend\":\"%s\"}",
 		 ci.serial_hex, p->slot, p->profile, p->backend);
-	if (store_job_finish(w->st, key, rid, JOB_DONE, *out, *len, &sc,
-			     strcmp(p->kind, "renew") == 0 ? "cert.renew" : "cert.issue", detail,
-			     err, sizeof err) != 0) {
-		free(*out);
-		*out = NULL;
+	int frc = store_job_finish_cert(w->st, key, rid, &sc, smooth ? &rule : NULL, build_cert_reply,
+					&rb, out, len, &win,
+					strcmp(p->kind, "renew") == 0 ? "cert.renew" : "cert.issue",
+					detail, err, sizeof err);
+	fg_cert_list_clear(&anchors);
+	if (frc != 0) {
 		reply_status(rid, FLEETGATE__STATUS__STATUS_INTERNAL, RETRY_INTERNAL, out, len,
 			     "could not record the certificate (%s); retry with the same request id", err);
 		goto out;
 	}
-	char until[32], ra[32];
+	if (win.over) {
+		stats_renewal_over_ceiling();
+		fg_warn("enroll", rid, "every hour of the renewal range of serial %s is at renewal.max_per_hour (%ld); its window is above the ceiling: raise the ceiling or widen renewal.window",
+			ci.serial_hex, w->cfg->renewal_max_per_hour);
+	}
+	char until[32], ra[32], rb2[32];
 	struct fg_log_fields lf = { p->device_id, ci.serial_hex };
-	fg_log_with(FG_LOG_INFO, "enroll", rid, &lf, "%s device %s slot %s: serial %s, %s, until %s (backend %s)%s%s",
+	fg_log_with(FG_LOG_INFO, "enroll", rid, &lf, "%s device %s slot %s: serial %s, %s, until %s (backend %s)%s%s%s%s",
 		strcmp(p->kind, "renew") == 0 ? "renewed" : "enrolled", p->device_id, p->slot,
 		ci.serial_hex, ci.subject, fg_time_iso(ci.not_after, until, sizeof until), p->backend,
-		cr.renew_after ? "; the CA suggests renewal at " : "",
-		cr.renew_after ? fg_time_iso(cr.renew_after, ra, sizeof ra) : "");
+		cr.renew_before ? "; renewal window " : cr.renew_after ? "; the CA suggests renewal at " : "",
+		cr.renew_after ? fg_time_iso(cr.renew_after, ra, sizeof ra) : "",
+		cr.renew_before ? " to " : "",
+		cr.renew_before ? fg_time_iso(cr.renew_before, rb2, sizeof rb2) : "");
 out:
 	backends_job_release(w->bs, key, rid);
 	X509_free(cert);
@@ -1359,6 +1390,7 @@ out:
 /* Check-in: record that the device is alive and its facts; tell it when to
  * come back. Commands arrive here in a later version of the gateway. */
 #define MAX_COMMANDS 16      /* commands handed out per check-in; the rest follow */
+#define MAX_WINDOWS 32       /* renewal windows per check-in answer */
 #define MAX_ANCHOR_BACKENDS 16 /* backends asked for update-trust anchors */
 
 struct cmd_batch {
@@ -1465,6 +1497,29 @@ static void handle_checkin(struct worker *w, const char *key, const Fleetgate__E
 		    store_command_delivered(w->st, dev.id, cb.c[i].id, fg_now(), err, sizeof err) != 0)
 			fg_err("checkin", rid, "device %s: %s", dev.id, err);
 	}
+	/* the renewal windows of the certificates it holds, as they are now */
+	Fleetgate__RenewalWindow wins[MAX_WINDOWS], *winp[MAX_WINDOWS];
+	size_t nwins = 0;
+	for (size_t i = 0; i < env->checkin->n_inventory && nwins < MAX_WINDOWS; i++) {
+		const Fleetgate__CertInfo *ci = env->checkin->inventory[i];
+		int64_t ws = 0, we = 0;
+		if (ci == NULL || ci->serial_hex == NULL || ci->serial_hex[0] == '\0')
+			continue;
+		int wr = store_cert_window(w->st, dev.id, ci->serial_hex, &ws, &we, err, sizeof err);
+		if (wr < 0)
+			fg_err("checkin", rid, "device %s: %s", dev.id, err);
+		if (wr != 1 || ws <= 0)
+			continue;
+		fleetgate__renewal_window__init(&wins[nwins]);
+		wins[nwins].slot = ci->slot;
+		wins[nwins].serial_hex = ci->serial_hex;
+		wins[nwins].start = ws;
+		wins[nwins].end = we;
+		winp[nwins] = &wins[nwins];
+		nwins++;
+	}
+	cr.n_renewal_windows = nwins;
+	cr.renewal_windows = winp;
 	cr.status = FLEETGATE__STATUS__STATUS_OK;
 	cr.message = (char *)"ok";
 	cr.next_checkin = (uint32_t)w->cfg->checkin_interval;

@@ -22,7 +22,7 @@ static size_t nbackends;
 static atomic_uint_fast64_t enrolls[STATS_MAX_BACKENDS + 1][STATS_RESULT_MAX];
 static atomic_uint_fast64_t latency_buckets[STATS_LATENCY_BUCKETS + 1]; /* last: +Inf */
 static atomic_uint_fast64_t latency_sum_us;
-static atomic_uint_fast64_t checkins, policy_errors, reloads_ok, reloads_failed;
+static atomic_uint_fast64_t checkins, policy_errors, reloads_ok, reloads_failed, renewal_over;
 static atomic_uint_fast64_t signer_refused, signer_unavailable, signer_restarts;
 
 void stats_init(const char *const *backends, size_t n)
@@ -55,6 +55,11 @@ void stats_enroll(const char *backend, enum stats_result result, double seconds)
 void stats_checkin(void)
 {
 	atomic_fetch_add_explicit(&checkins, 1, memory_order_relaxed);
+}
+
+void stats_renewal_over_ceiling(void)
+{
+	atomic_fetch_add_explicit(&renewal_over, 1, memory_order_relaxed);
 }
 
 void stats_policy_error(void)
@@ -109,6 +114,9 @@ char *stats_prometheus(void)
 	fprintf(f, "fleetgate_enrollment_duration_seconds_count %llu\n", cum);
 	fprintf(f, "# HELP fleetgate_checkins_total Check-ins answered.\n# TYPE fleetgate_checkins_total counter\n"
 		   "fleetgate_checkins_total %llu\n", get(&checkins));
+	fprintf(f, "# HELP fleetgate_renewal_windows_over_ceiling_total Renewal windows assigned above renewal.max_per_hour.\n"
+		   "# TYPE fleetgate_renewal_windows_over_ceiling_total counter\nfleetgate_renewal_windows_over_ceiling_total %llu\n",
+		get(&renewal_over));
 	fprintf(f, "# HELP fleetgate_policy_errors_total Policy calls that failed (error, loop, memory).\n"
 		   "# TYPE fleetgate_policy_errors_total counter\nfleetgate_policy_errors_total %llu\n",
 		get(&policy_errors));

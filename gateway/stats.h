@@ -36,6 +36,8 @@ void stats_init(const char *const *backends, size_t n);
 void stats_enroll(const char *backend, enum stats_result result, double seconds);
 void stats_checkin(void);
 void stats_policy_error(void);
+/* a renewal window assigned above renewal.max_per_hour */
+void stats_renewal_over_ceiling(void);
 /* A policy reload: ok = 1 swapped in, 0 refused (the old policy serves on). */
 void stats_policy_reload(int ok);
 

@@ -187,8 +187,38 @@ struct store_cert {
 	int64_t revoked_at;
 	unsigned char *der;       /* malloc'd in results */
 	size_t der_len;
+	int64_t renew_start;      /* the renewal window (results); 0: none assigned */
+	int64_t renew_end;
 };
 void store_cert_clear(struct store_cert *c);
+
+/*
+ * Renewal windows (docs/lifecycle.md "Renewal windows"). Each certificate
+ * recorded with a rule gets a window: one hour (the part of it inside the
+ * range) in which its device renews, chosen among the least loaded hours of
+ * [not_before + from * life, not_before + to * life] (never later than an
+ * hour or a tenth of the life before expiry), counting the windows already
+ * scheduled for certificates that are current (the newest of their device
+ * and slot) and not revoked. With max_per_hour > 0 and every hour of that
+ * range at the ceiling, the earlier range from earliest * life is tried
+ * before the ceiling is exceeded (over is then set). The tie between
+ * equally loaded hours is broken by the serial, so a retried finish gets
+ * the same window.
+ */
+struct store_renewal_rule {
+	double from, to;          /* fractions of the lifetime: the preferred range */
+	double earliest;          /* fraction: how early a full range may spill */
+	long max_per_hour;        /* the ceiling; 0: none (the load is levelled) */
+};
+struct store_window {
+	int64_t start, end;       /* Unix seconds; start == 0: no window */
+	int over;                 /* assigned above the ceiling */
+};
+/* Builds the job's reply once the window is known, inside the finish's
+ * transaction: *reply malloc'd, handed to the caller of
+ * store_job_finish_cert. 0, or -1 (the finish fails). */
+typedef int (*store_reply_fn)(void *arg, const struct store_window *w, unsigned char **reply,
+			      size_t *reply_len);
 
 /* Finish a job in one transaction: record cert (when non-NULL), set state
  * (JOB_DONE or JOB_FAILED) with the reply to return to retries, audit. */
@@ -196,6 +226,36 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 		     int state, const unsigned char *reply, size_t reply_len,
 		     const struct store_cert *cert, const char *audit_kind,
 		     const char *audit_detail, char *err, size_t errlen);
+/* store_job_finish of a done job with its certificate, whose renewal
+ * window (rule non-NULL) is assigned in the same transaction and given to
+ * build, which makes the reply to record. The certificate becomes the
+ * current one of its device and slot: the one it replaces leaves the
+ * schedule. On success *reply is build's (the caller frees it) and *win
+ * the window. */
+int store_job_finish_cert(struct store *st, const char *curve_key, const char *request_id,
+			  const struct store_cert *cert, const struct store_renewal_rule *rule,
+			  store_reply_fn build, void *build_arg, unsigned char **reply,
+			  size_t *reply_len, struct store_window *win, const char *audit_kind,
+			  const char *audit_detail, char *err, size_t errlen);
+/* The renewal window of device_id's certificate with this serial: 1 (set,
+ * start 0 when the certificate has none), 0 no such certificate, -1 error. */
+int store_cert_window(struct store *st, const char *device_id, const char *serial_hex,
+		      int64_t *start, int64_t *end, char *err, size_t errlen);
+/* Pull the renewal windows of group's current, valid certificates (group
+ * NULL: every group; slot NULL: every slot) into [from, to): each that is
+ * not already renewing in it gets a window of its own hour there, levelled
+ * with what is scheduled (the ceiling is not a bound here: the operator
+ * asked for the range). Audited as renewal.pull_in. *moved: how many. */
+int store_renewal_pull_in(struct store *st, const char *group, const char *slot, int64_t from,
+			  int64_t to, long *moved, char *err, size_t errlen);
+/* The renewal load: cb once per hour from `from` (Unix seconds, rounded
+ * down to the hour) for `hours` hours with the renewals expected in it
+ * (a window spreads its one renewal evenly over its hours; a current
+ * certificate without a window counts at the agent's default 2/3 of its
+ * life) and the certificates whose notAfter falls in it. 0 or -1. */
+int store_renewal_load(struct store *st, int64_t from, long hours,
+		       int (*cb)(void *arg, int64_t hour, double renewals, long expiring),
+		       void *arg, char *err, size_t errlen);
 /* Mark a job pending with the time of its next attempt. */
 int store_job_set_pending(struct store *st, const char *curve_key, const char *request_id,
 			  int64_t next_attempt, char *err, size_t errlen);

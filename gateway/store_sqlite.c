@@ -94,6 +94,33 @@ static const char *const migrations[] = {
 	"  created_at INTEGER NOT NULL, delivered_at INTEGER NOT NULL DEFAULT 0,"
 	"  done_at INTEGER NOT NULL DEFAULT 0, result TEXT NOT NULL DEFAULT '');"
 	"CREATE INDEX commands_device ON commands(device_id, state);",
+	/* 3: renewal windows. current: the newest certificate of its device
+	 * and slot (the one whose renewal is due); renew_bucket: the hour
+	 * (Unix seconds / 3600) whose load the window counts in, kept in
+	 * renewal_hours by triggers so that no code path can forget it */
+	"ALTER TABLE certificates ADD COLUMN current INTEGER NOT NULL DEFAULT 1;"
+	"ALTER TABLE certificates ADD COLUMN renew_start INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE certificates ADD COLUMN renew_end INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE certificates ADD COLUMN renew_bucket INTEGER;"
+	"UPDATE certificates SET current = 0 WHERE rowid NOT IN"
+	"  (SELECT max(rowid) FROM certificates GROUP BY device_id, slot);"
+	"CREATE INDEX certificates_live ON certificates(not_after, not_before, renew_start, renew_end)"
+	"  WHERE current = 1 AND revoked = 0;"
+	"CREATE INDEX certificates_slot ON certificates(device_id, slot) WHERE current = 1;"
+	"CREATE TABLE renewal_hours (hour INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
+	"CREATE TRIGGER certificates_renew_ins AFTER INSERT ON certificates"
+	"  WHEN NEW.renew_bucket IS NOT NULL AND NEW.current = 1 AND NEW.revoked = 0 BEGIN"
+	"  INSERT INTO renewal_hours (hour, n) VALUES (NEW.renew_bucket, 1)"
+	"    ON CONFLICT (hour) DO UPDATE SET n = n + 1; END;"
+	"CREATE TRIGGER certificates_renew_upd AFTER UPDATE OF renew_bucket, current, revoked ON certificates BEGIN"
+	"  UPDATE renewal_hours SET n = n - 1"
+	"    WHERE hour = OLD.renew_bucket AND OLD.current = 1 AND OLD.revoked = 0;"
+	"  INSERT INTO renewal_hours (hour, n) SELECT NEW.renew_bucket, 1"
+	"    WHERE NEW.renew_bucket IS NOT NULL AND NEW.current = 1 AND NEW.revoked = 0"
+	"    ON CONFLICT (hour) DO UPDATE SET n = n + 1; END;"
+	"CREATE TRIGGER certificates_renew_del AFTER DELETE ON certificates"
+	"  WHEN OLD.renew_bucket IS NOT NULL AND OLD.current = 1 AND OLD.revoked = 0 BEGIN"
+	"  UPDATE renewal_hours SET n = n - 1 WHERE hour = OLD.renew_bucket; END;",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -1266,11 +1293,142 @@ struct finish_args {
 	size_t reply_len;
 	const struct store_cert *cert;
 	const char *audit_kind, *audit_detail;
+	/* store_job_finish_cert: the window and the reply built with it */
+	const struct store_renewal_rule *rule;
+	store_reply_fn build;
+	void *build_arg;
+	unsigned char *built;
+	size_t built_len;
+	struct store_window win;
 };
+
+/* ---- renewal windows ---- */
+
+#define HOUR 3600
+#define WINDOW_MAX_HOURS 20000    /* a range longer than this is cut (~2.3 years) */
+
+/* splitmix64: the tie-break between equally loaded hours, seeded by the
+ * serial so that the same certificate always gets the same hour */
+static uint64_t mix64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t seed_of(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/* The scheduled load of hours [h0, h0 + n) into load[]. 0 or -1. */
+static int load_hours(struct store *st, int64_t h0, long n, long *load, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT hour, n FROM renewal_hours WHERE hour >= ? AND hour < ? AND n > 0",
+			       err, errlen);
+	int r;
+	memset(load, 0, (size_t)n * sizeof *load);
+	if (s == NULL)
+		return -1;
+	sqlite3_bind_int64(s, 1, h0);
+	sqlite3_bind_int64(s, 2, h0 + n);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW)
+		load[sqlite3_column_int64(s, 0) - h0] = (long)sqlite3_column_int64(s, 1);
+	release(st, s);
+	return r == SQLITE_DONE ? 0 : dberr(st, err, errlen, "renewal load");
+}
+
+/* Among hours [0, n) of load, one of the least loaded (index), ties broken
+ * by rng; *min its load. */
+static long least_loaded(const long *load, long n, uint64_t *rng, long *min)
+{
+	long best = -1, ties = 0;
+	for (long i = 0; i < n; i++) {
+		if (best < 0 || load[i] < load[best]) {
+			best = i;
+			ties = 1;
+		} else if (load[i] == load[best] && mix64(rng) % (uint64_t)++ties == 0) {
+			best = i;     /* reservoir sampling: each tie equally likely */
+		}
+	}
+	*min = best >= 0 ? load[best] : 0;
+	return best;
+}
+
+/* The window of a certificate [nb, na] under rule: *w (start 0 when the
+ * life is too short for one) and *bucket (-1 when none). 0 or -1. */
+static int assign_window(struct store *st, const struct store_renewal_rule *rule, int64_t nb,
+			 int64_t na, const char *serial, struct store_window *w, int64_t *bucket,
+			 char *err, size_t errlen)
+{
+	int64_t life = na - nb;
+	memset(w, 0, sizeof *w);
+	*bucket = -1;
+	if (life <= 0)
+		return 0;
+	int64_t margin = life / 10 < HOUR ? life / 10 : HOUR;
+	int64_t a = nb + (int64_t)((double)life * rule->from);
+	int64_t b = nb + (int64_t)((double)life * rule->to);
+	if (b > na - margin)
+		b = na - margin;
+	if (a < nb)
+		a = nb;
+	if (a >= b)
+		return 0;
+	int64_t h0 = a / HOUR, h1 = (b - 1) / HOUR;
+	long n = (long)(h1 - h0 + 1);
+	if (n > WINDOW_MAX_HOURS)
+		n = WINDOW_MAX_HOURS;
+	/* the earlier range a full one spills into, before the ceiling breaks */
+	int64_t e = nb + (int64_t)((double)life * rule->earliest);
+	int64_t e0 = rule->max_per_hour > 0 && e < a ? (e < nb ? nb : e) / HOUR : h0;
+	long ne = (long)(h0 - e0);
+	if (ne > WINDOW_MAX_HOURS)
+		ne = WINDOW_MAX_HOURS, e0 = h0 - ne;
+	long *load = malloc((size_t)(n + ne) * sizeof *load);
+	uint64_t rng = seed_of(serial);
+	long min, pick;
+	int64_t hour;
+	if (load == NULL) {
+		fg_seterr(err, errlen, "out of memory choosing a renewal window");
+		return -1;
+	}
+	if (load_hours(st, h0, n, load, err, errlen) != 0)
+		goto fail;
+	pick = least_loaded(load, n, &rng, &min);
+	hour = h0 + pick;
+	if (rule->max_per_hour > 0 && min >= rule->max_per_hour) {
+		long emin = 0, epick = -1;
+		if (ne > 0) {
+			if (load_hours(st, e0, ne, load + n, err, errlen) != 0)
+				goto fail;
+			epick = least_loaded(load + n, ne, &rng, &emin);
+		}
+		if (epick >= 0 && emin < rule->max_per_hour)
+			hour = e0 + epick;
+		else
+			w->over = 1;
+	}
+	free(load);
+	int64_t lo = hour < h0 ? (e < nb ? nb : e) : a;   /* the spill range starts at e */
+	w->start = hour * HOUR > lo ? hour * HOUR : lo;
+	w->end = hour * HOUR + HOUR < b ? hour * HOUR + HOUR : b;
+	if (w->end <= w->start)
+		w->end = w->start + 1;
+	*bucket = hour;
+	return 0;
+fail:
+	free(load);
+	return -1;
+}
 
 static int job_finish_body(struct store *st, void *arg, char *err, size_t errlen)
 {
-	const struct finish_args *fa = arg;
+	struct finish_args *fa = arg;
 	const char *curve_key = fa->curve_key, *request_id = fa->request_id;
 	const unsigned char *reply = fa->reply;
 	const struct store_cert *cert = fa->cert;
@@ -1285,15 +1443,20 @@ static int job_finish_body(struct store *st, void *arg, char *err, size_t errlen
 		/* A certificate of this request recorded already (a finish retried
 		 * after a crash) is fine; the same serial for anything else is an
 		 * error, never silently skipped. */
-		s = prep(st, "SELECT request_id FROM certificates WHERE backend = ? AND serial_hex = ?", err, errlen);
+		s = prep(st, "SELECT request_id, renew_start, renew_end FROM certificates WHERE backend = ? AND serial_hex = ?",
+			 err, errlen);
 		if (s == NULL)
 			goto fail;
 		bind_text(s, 1, cert->backend);
 		bind_text(s, 2, cert->serial_hex);
 		int r = sqlite3_step(s);
 		char have[65] = "";
-		if (r == SQLITE_ROW)
+		memset(&fa->win, 0, sizeof fa->win);
+		if (r == SQLITE_ROW) {
 			col_text(s, 0, have, sizeof have);
+			fa->win.start = sqlite3_column_int64(s, 1);
+			fa->win.end = sqlite3_column_int64(s, 2);
+		}
 		release(st, s);
 		if (r != SQLITE_ROW && r != SQLITE_DONE) {
 			dberr(st, err, errlen, "certificate lookup");
@@ -1305,7 +1468,23 @@ static int job_finish_body(struct store *st, void *arg, char *err, size_t errlen
 			goto fail;
 		}
 		if (r == SQLITE_DONE) {
-			s = prep(st, "INSERT INTO certificates (serial_hex, backend, device_id, slot, request_id, subject, not_before, not_after, der) VALUES (?,?,?,?,?,?,?,?,?)",
+			int64_t bucket = -1;
+			if (fa->rule != NULL &&
+			    assign_window(st, fa->rule, cert->not_before, cert->not_after, cert->serial_hex,
+					  &fa->win, &bucket, err, errlen) != 0)
+				goto fail;
+			/* the certificate it replaces leaves the renewal schedule */
+			s = prep(st, "UPDATE certificates SET current = 0 WHERE device_id = ? AND slot = ? AND current = 1",
+				 err, errlen);
+			if (s == NULL)
+				goto fail;
+			bind_text(s, 1, cert->device_id);
+			bind_text(s, 2, cert->slot);
+			if (step_done(st, s) != SQLITE_DONE) {
+				dberr(st, err, errlen, "certificate update");
+				goto fail;
+			}
+			s = prep(st, "INSERT INTO certificates (serial_hex, backend, device_id, slot, request_id, subject, not_before, not_after, der, renew_start, renew_end, renew_bucket) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
 				 err, errlen);
 			if (s == NULL)
 				goto fail;
@@ -1318,12 +1497,28 @@ static int job_finish_body(struct store *st, void *arg, char *err, size_t errlen
 			sqlite3_bind_int64(s, 7, cert->not_before);
 			sqlite3_bind_int64(s, 8, cert->not_after);
 			sqlite3_bind_blob64(s, 9, cert->der, cert->der_len, SQLITE_TRANSIENT);
+			sqlite3_bind_int64(s, 10, fa->win.start);
+			sqlite3_bind_int64(s, 11, fa->win.end);
+			if (bucket >= 0)
+				sqlite3_bind_int64(s, 12, bucket);
+			else
+				sqlite3_bind_null(s, 12);
 			if (step_done(st, s) != SQLITE_DONE) {
 				dberr(st, err, errlen, "certificate insert");
 				goto fail;
 			}
 		}
 		fg_strlcpy(dev, cert->device_id, sizeof dev);
+	}
+	if (fa->build != NULL) {
+		free(fa->built);
+		fa->built = NULL;
+		if (fa->build(fa->build_arg, &fa->win, &fa->built, &fa->built_len) != 0 || fa->built == NULL) {
+			fg_seterr(err, errlen, "cannot build the reply of job %s (out of memory?)", nz(request_id));
+			goto fail;
+		}
+		reply = fa->built;
+		reply_len = fa->built_len;
 	}
 	s = prep(st, "UPDATE jobs SET state = ?, reply = ?, updated_at = ? WHERE curve_key = ? AND request_id = ?",
 		 err, errlen);
@@ -1371,8 +1566,9 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 		     const struct store_cert *cert, const char *audit_kind,
 		     const char *audit_detail, char *err, size_t errlen)
 {
-	struct finish_args fa = { curve_key, request_id, state, reply, reply_len, cert, audit_kind,
-				  audit_detail };
+	struct finish_args fa = { .curve_key = curve_key, .request_id = request_id, .state = state,
+				  .reply = reply, .reply_len = reply_len, .cert = cert,
+				  .audit_kind = audit_kind, .audit_detail = audit_detail };
 
 	if (state != JOB_DONE && state != JOB_FAILED) {
 		fg_seterr(err, errlen, "cannot finish job %s in state %d: only done or failed is final",
@@ -1380,6 +1576,224 @@ int store_job_finish(struct store *st, const char *curve_key, const char *reques
 		return -1;
 	}
 	return write_tx(st, job_finish_body, &fa, err, errlen);
+}
+
+int store_job_finish_cert(struct store *st, const char *curve_key, const char *request_id,
+			  const struct store_cert *cert, const struct store_renewal_rule *rule,
+			  store_reply_fn build, void *build_arg, unsigned char **reply,
+			  size_t *reply_len, struct store_window *win, const char *audit_kind,
+			  const char *audit_detail, char *err, size_t errlen)
+{
+	struct finish_args fa = { .curve_key = curve_key, .request_id = request_id,
+				  .state = JOB_DONE, .cert = cert, .audit_kind = audit_kind,
+				  .audit_detail = audit_detail, .rule = rule, .build = build,
+				  .build_arg = build_arg };
+	*reply = NULL;
+	*reply_len = 0;
+	int rc = write_tx(st, job_finish_body, &fa, err, errlen);
+	if (rc != 0) {
+		free(fa.built);
+		return rc;
+	}
+	*reply = fa.built;
+	*reply_len = fa.built_len;
+	if (win != NULL)
+		*win = fa.win;
+	return 0;
+}
+
+int store_cert_window(struct store *st, const char *device_id, const char *serial_hex,
+		      int64_t *start, int64_t *end, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT renew_start, renew_end FROM certificates WHERE serial_hex = ? AND device_id = ? ORDER BY current DESC LIMIT 1",
+			       err, errlen);
+	if (s == NULL)
+		return -1;
+	bind_text(s, 1, serial_hex);
+	bind_text(s, 2, device_id);
+	int r = sqlite3_step(s);
+	if (r == SQLITE_ROW) {
+		*start = sqlite3_column_int64(s, 0);
+		*end = sqlite3_column_int64(s, 1);
+	}
+	release(st, s);
+	if (r == SQLITE_ROW)
+		return 1;
+	return r == SQLITE_DONE ? 0 : dberr(st, err, errlen, "certificate window lookup");
+}
+
+struct pull_args {
+	const char *group, *slot;
+	int64_t from, to;
+	long moved;
+};
+
+static int pull_in_body(struct store *st, void *arg, char *err, size_t errlen)
+{
+	struct pull_args *pa = arg;
+	int64_t now = fg_now();
+	int64_t h0 = pa->from / HOUR, h1 = (pa->to - 1) / HOUR;
+	long n = (long)(h1 - h0 + 1);
+	long *load = NULL;
+	sqlite3_stmt *s = NULL, *u = NULL;
+	int r, rc = -1;
+
+	pa->moved = 0;
+	if (n <= 0 || n > WINDOW_MAX_HOURS) {
+		fg_seterr(err, errlen, "a renewal range of %ld hours cannot be planned; give one between an hour and %d hours",
+			  n, WINDOW_MAX_HOURS);
+		return -1;
+	}
+	if ((load = malloc((size_t)n * sizeof *load)) == NULL) {
+		fg_seterr(err, errlen, "out of memory planning renewals");
+		return -1;
+	}
+	if (load_hours(st, h0, n, load, err, errlen) != 0)
+		goto out;
+	/* its own statement (not the cache): the updates below run while it reads */
+	if (sqlite3_prepare_v2(st->db,
+			       "SELECT c.rowid, c.serial_hex, c.not_after, c.renew_start, c.renew_end FROM certificates c"
+			       " JOIN devices d ON d.id = c.device_id"
+			       " WHERE c.current = 1 AND c.revoked = 0 AND c.not_after > ?1 AND d.state = 0"
+			       " AND (?2 IS NULL OR d.grp = ?2) AND (?3 IS NULL OR c.slot = ?3)"
+			       " ORDER BY c.serial_hex",
+			       -1, &s, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(st->db,
+			       "UPDATE certificates SET renew_start = ?, renew_end = ?, renew_bucket = ? WHERE rowid = ?",
+			       -1, &u, NULL) != SQLITE_OK) {
+		dberr(st, err, errlen, "renewal pull-in");
+		goto out;
+	}
+	sqlite3_bind_int64(s, 1, now);
+	if (pa->group)
+		sqlite3_bind_text(s, 2, pa->group, -1, SQLITE_STATIC);
+	if (pa->slot)
+		sqlite3_bind_text(s, 3, pa->slot, -1, SQLITE_STATIC);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		const char *serial = (const char *)sqlite3_column_text(s, 1);
+		int64_t na = sqlite3_column_int64(s, 2), rs = sqlite3_column_int64(s, 3),
+			re = sqlite3_column_int64(s, 4);
+		if (rs >= pa->from && re > rs && re <= pa->to)
+			continue;         /* renewing in the range already */
+		uint64_t rng = seed_of(serial ? serial : "");
+		long min, pick = least_loaded(load, n, &rng, &min);
+		int64_t hour = h0 + pick;
+		int64_t ws = hour * HOUR > pa->from ? hour * HOUR : pa->from;
+		int64_t we = hour * HOUR + HOUR < pa->to ? hour * HOUR + HOUR : pa->to;
+		if (we > na)
+			we = na;
+		if (ws >= we)
+			ws = pa->from;
+		load[pick]++;
+		sqlite3_reset(u);
+		sqlite3_bind_int64(u, 1, ws);
+		sqlite3_bind_int64(u, 2, we);
+		sqlite3_bind_int64(u, 3, hour);
+		sqlite3_bind_int64(u, 4, sqlite3_column_int64(s, 0));
+		if (sqlite3_step(u) != SQLITE_DONE) {
+			dberr(st, err, errlen, "renewal window update");
+			goto out;
+		}
+		pa->moved++;
+	}
+	if (r != SQLITE_DONE) {
+		dberr(st, err, errlen, "renewal pull-in");
+		goto out;
+	}
+	char detail[512], fs[32], ts[32];
+	json_t *j = json_pack("{s:s?, s:s?, s:s, s:s, s:I}", "group", pa->group, "slot", pa->slot,
+			      "from", fg_time_iso(pa->from, fs, sizeof fs), "to",
+			      fg_time_iso(pa->to, ts, sizeof ts), "certificates", (json_int_t)pa->moved);
+	char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	fg_strlcpy(detail, d ? d : "{}", sizeof detail);
+	free(d);
+	json_decref(j);
+	rc = audit_in_tx(st, "renewal.pull_in", "", "", detail, now, err, errlen);
+out:
+	sqlite3_finalize(s);
+	sqlite3_finalize(u);
+	free(load);
+	return rc;
+}
+
+int store_renewal_pull_in(struct store *st, const char *group, const char *slot, int64_t from,
+			  int64_t to, long *moved, char *err, size_t errlen)
+{
+	struct pull_args pa = { group, slot, from, to, 0 };
+	if (to <= from) {
+		fg_seterr(err, errlen, "the renewal range ends before it starts");
+		return -1;
+	}
+	int rc = write_tx(st, pull_in_body, &pa, err, errlen);
+	*moved = rc == 0 ? pa.moved : 0;
+	return rc;
+}
+
+int store_renewal_load(struct store *st, int64_t from, long hours,
+		       int (*cb)(void *arg, int64_t hour, double renewals, long expiring),
+		       void *arg, char *err, size_t errlen)
+{
+	int64_t h0 = from / HOUR;
+	int64_t end = (h0 + hours) * HOUR;
+	double *ren = NULL;       /* difference array of renewal rates, then the load */
+	long *exp = NULL;
+	sqlite3_stmt *s = NULL;
+	int r, rc = -1;
+
+	if (hours <= 0 || hours > 24L * 3660) {
+		fg_seterr(err, errlen, "cannot plan %ld hours; give between 1 and %ld", hours, 24L * 3660);
+		return -1;
+	}
+	ren = calloc((size_t)hours + 1, sizeof *ren);
+	exp = calloc((size_t)hours, sizeof *exp);
+	if (ren == NULL || exp == NULL) {
+		fg_seterr(err, errlen, "out of memory planning renewals");
+		goto out;
+	}
+	/* one statement: one consistent read */
+	s = prep(st, "SELECT not_after, not_before, renew_start, renew_end FROM certificates"
+		     " WHERE current = 1 AND revoked = 0 AND not_after > ?", err, errlen);
+	if (s == NULL)
+		goto out;
+	sqlite3_bind_int64(s, 1, h0 * HOUR);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		int64_t na = sqlite3_column_int64(s, 0), nb = sqlite3_column_int64(s, 1);
+		int64_t ws = sqlite3_column_int64(s, 2), we = sqlite3_column_int64(s, 3);
+		if (na < end)
+			exp[na / HOUR - h0]++;
+		if (ws <= 0 || we <= ws) {   /* no window: the agent's default point */
+			ws = nb + (na - nb) * 2 / 3;
+			we = ws + 1;
+		}
+		if (we <= h0 * HOUR || ws >= end)
+			continue;
+		/* one renewal spread over [ws, we): rate per hour in each hour it covers */
+		int64_t a = ws / HOUR - h0, b = (we - 1) / HOUR - h0;
+		double rate = 1.0 / (double)(b - a + 1);
+		if (a < 0)
+			a = 0;
+		if (b >= hours)
+			b = hours - 1;
+		ren[a] += rate;
+		ren[b + 1] -= rate;
+	}
+	if (r != SQLITE_DONE)
+		dberr(st, err, errlen, "renewal plan");
+	release(st, s);
+	if (r != SQLITE_DONE) {
+		goto out;
+	}
+	double run = 0;
+	rc = 0;
+	for (long i = 0; i < hours; i++) {
+		run += ren[i];
+		if (cb(arg, (h0 + i) * HOUR, run < 1e-9 ? 0 : run, exp[i]))
+			break;
+	}
+out:
+	free(ren);
+	free(exp);
+	return rc;
 }
 
 int store_job_set_pending(struct store *st, const char *curve_key, const char *request_id,
@@ -1616,7 +2030,7 @@ int store_serial_reserved(struct store *st, const char *backend, const char *ser
 
 /* ---- certificates ---- */
 
-#define CERT_COLS "serial_hex, device_id, slot, backend, request_id, subject, not_before, not_after, revoked, revoked_at, der"
+#define CERT_COLS "serial_hex, device_id, slot, backend, request_id, subject, not_before, not_after, revoked, revoked_at, der, renew_start, renew_end"
 
 static void read_cert(sqlite3_stmt *s, struct store_cert *c)
 {
@@ -1632,6 +2046,8 @@ static void read_cert(sqlite3_stmt *s, struct store_cert *c)
 	c->revoked = sqlite3_column_int(s, 8);
 	c->revoked_at = sqlite3_column_int64(s, 9);
 	c->der = col_blob(s, 10, &c->der_len);
+	c->renew_start = sqlite3_column_int64(s, 11);
+	c->renew_end = sqlite3_column_int64(s, 12);
 }
 
 int store_cert_get(struct store *st, const char *serial_hex, struct store_cert *out, char *err,

@@ -60,6 +60,8 @@ s = s.replace('backends = {\n', f'''backends = {{
   ["plain"] = {{ plugin = "acme", directory = "https://127.0.0.1:{port}/dir",
                tls_ca_file = "{ca}", root_url = "https://127.0.0.1:{mport}/roots/0", timeout = 5 }},
 ''', 1)
+# the no-ARI cases check the agents' own schedule: no gateway windows
+s += '\nrenewal = { smoothing = false }\n'
 open(p, 'w').write(s)
 EOF
 cat > "$GW/policy.lua" <<'EOF'

@@ -171,8 +171,8 @@ static void test_open_migrate_reopen(void **state)
 	struct fixture *f = *state;
 	char err[512], want[256], path[160];
 
-	assert_int_equal(store_schema_version(f->st), 2);
-	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 2);
+	assert_int_equal(store_schema_version(f->st), 3);
+	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 3);
 	assert_int_equal(q(f, "SELECT count(*) FROM commands"), 0);
 	assert_int_equal(q(f, "SELECT count(*) FROM devices WHERE serial = ''"), 0);
 	char mode[16];
@@ -182,8 +182,8 @@ static void test_open_migrate_reopen(void **state)
 	/* reopening applies nothing again */
 	f->st = store_open(f->path, 0, err, sizeof err);
 	assert_non_null(f->st);
-	assert_int_equal(store_schema_version(f->st), 2);
-	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 2);
+	assert_int_equal(store_schema_version(f->st), 3);
+	assert_int_equal(q(f, "SELECT count(*) FROM schema_migrations"), 3);
 	store_free(f->st);
 	f->st = NULL;
 
@@ -1133,6 +1133,156 @@ static void test_group_commit(void **state)
 	assert_int_equal(i0, i1);
 }
 
+/* Renewal windows: levelled under the ceiling, spilling earlier before the
+ * ceiling breaks, inside the lifetime, kept in renewal_hours by the
+ * triggers (supersede, revoke), and a pull-in spread over its range. */
+static int keep_reply(void *arg, const struct store_window *w, unsigned char **reply, size_t *len)
+{
+	struct store_window *seen = arg;
+	*seen = *w;
+	*reply = (unsigned char *)strdup("reply");
+	*len = 5;
+	return *reply ? 0 : -1;
+}
+
+struct load_sum {
+	double renewals;
+	long expiring, hours;
+};
+
+static int sum_load(void *arg, int64_t hour, double renewals, long expiring)
+{
+	struct load_sum *ls = arg;
+	(void)hour;
+	ls->renewals += renewals;
+	ls->expiring += expiring;
+	ls->hours++;
+	return 0;
+}
+
+static void test_renewal_windows(void **state)
+{
+	struct fixture *f = *state;
+	char err[512], rid[32], serial[16], slot[16];
+	struct store_admit a;
+	struct store_cert c;
+	struct store_window w, seen;
+	unsigned char *reply;
+	size_t len;
+	/* 36 h of life: preferred range 24 h..30 h (6 hours), spill 18 h..24 h */
+	const int64_t nb = (fg_now() / 3600 + 1) * 3600, life = 36 * 3600;
+	const struct store_renewal_rule rule = { 2.0 / 3, 5.0 / 6, 1.0 / 2, 10 };
+	int over = 0;
+
+	enroll_one(f);
+	for (int i = 0; i < 130; i++) {
+		snprintf(rid, sizeof rid, "rid-win%05d", i);
+		snprintf(serial, sizeof serial, "5E%04X", i);
+		snprintf(slot, sizeof slot, "s%d", i);
+		if (i > 0) {
+			admit(&a, rid, KEY1, NULL, "dev_1", 0);
+			assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+		} else {
+			strcpy(rid, "rid-good0001");
+		}
+		fill_cert(&c, serial, rid, nb);
+		fg_strlcpy(c.slot, slot, sizeof c.slot);
+		c.not_after = nb + life;
+		assert_int_equal(store_job_finish_cert(f->st, KEY1, rid, &c, &rule, keep_reply, &seen, &reply,
+						       &len, &w, "cert.issue", "{}", err, sizeof err), 0);
+		assert_string_equal((char *)reply, "reply");
+		free(reply);
+		/* the reply was built with the window the finish returns */
+		assert_int_equal(seen.start, w.start);
+		assert_int_equal(seen.end, w.end);
+		assert_true(w.start >= nb + 18 * 3600 && w.end <= nb + 30 * 3600);
+		assert_true(w.end > w.start && w.end - w.start <= 3600);
+		if (i < 60)       /* the preferred range holds 6 x 10 */
+			assert_true(w.start >= nb + 24 * 3600);
+		else if (i < 120) /* then the earlier range */
+			assert_true(w.end <= nb + 24 * 3600);
+		assert_int_equal(w.over, i >= 120);
+		over += w.over;
+	}
+	assert_int_equal(over, 10);
+	/* levelled: the 6 spill hours at the ceiling, the 6 preferred ones
+	 * holding the other 70 (10 above the ceiling spread evenly) */
+	char sql[256];
+	assert_int_equal(q(f, "SELECT count(*) FROM renewal_hours WHERE n > 0"), 12);
+	assert_int_equal(q(f, "SELECT sum(n) FROM renewal_hours"), 130);
+	snprintf(sql, sizeof sql, "SELECT count(*) FROM renewal_hours WHERE hour < %lld AND n = 10",
+		 (long long)(nb / 3600 + 24));
+	assert_int_equal(q(f, sql), 6);
+	snprintf(sql, sizeof sql, "SELECT max(n) - min(n) FROM renewal_hours WHERE hour >= %lld",
+		 (long long)(nb / 3600 + 24));
+	assert_true(q(f, sql) <= 1);
+	/* the triggers keep the load equal to the certificates' buckets */
+	const char *drift = "SELECT count(*) FROM (SELECT renew_bucket h, count(*) k FROM certificates"
+			    " WHERE current = 1 AND revoked = 0 AND renew_bucket IS NOT NULL GROUP BY 1)"
+			    " x LEFT JOIN renewal_hours r ON r.hour = x.h WHERE r.n IS NOT x.k";
+	assert_int_equal(q(f, drift), 0);
+
+	/* a retried finish of a recorded certificate gets its window again */
+	fill_cert(&c, "5E0000", "rid-good0001", nb);
+	strcpy(c.slot, "s0");
+	c.not_after = nb + life;
+	struct store_window first = w;
+	assert_int_equal(store_cert_window(f->st, "dev_1", "5E0000", &first.start, &first.end, err, sizeof err), 1);
+	assert_int_equal(store_job_finish_cert(f->st, KEY1, "rid-good0001", &c, &rule, keep_reply, &seen,
+					       &reply, &len, &w, "cert.issue", "{}", err, sizeof err), 0);
+	free(reply);
+	assert_int_equal(w.start, first.start);
+	assert_int_equal(w.end, first.end);
+	assert_int_equal(q(f, "SELECT sum(n) FROM renewal_hours"), 130);
+
+	/* a renewal of slot s0 takes its predecessor off the schedule */
+	admit(&a, "rid-renw0001", KEY1, NULL, "dev_1", 0);
+	assert_int_equal(store_job_admit(f->st, &a, err, sizeof err), 0);
+	fill_cert(&c, "5EFFFF", "rid-renw0001", nb + 3600);
+	strcpy(c.slot, "s0");
+	c.not_after = nb + 3600 + life;
+	assert_int_equal(store_job_finish_cert(f->st, KEY1, "rid-renw0001", &c, &rule, keep_reply, &seen,
+					       &reply, &len, &w, "cert.renew", "{}", err, sizeof err), 0);
+	free(reply);
+	assert_int_equal(q(f, "SELECT current FROM certificates WHERE serial_hex = '5E0000'"), 0);
+	assert_int_equal(q(f, "SELECT sum(n) FROM renewal_hours"), 130);
+	assert_int_equal(q(f, drift), 0);
+
+	/* the plan sees every current certificate once */
+	struct load_sum ls = { 0 };
+	assert_int_equal(store_renewal_load(f->st, nb, 48, sum_load, &ls, err, sizeof err), 0);
+	assert_int_equal(ls.hours, 48);
+	assert_true(ls.renewals > 129.99 && ls.renewals < 130.01);
+	assert_int_equal(ls.expiring, 130);
+
+	/* a pull-in spreads every window over its range, levelled */
+	long moved = 0;
+	int64_t from = (fg_now() / 3600 + 1) * 3600;
+	assert_int_equal(store_renewal_pull_in(f->st, "laptops", NULL, from, from + 10 * 3600, &moved, err,
+					       sizeof err), 0);
+	assert_int_equal(moved, 130);
+	assert_int_equal(q(f, "SELECT count(*) FROM certificates WHERE current = 1 AND (renew_start < strftime('%s','now') OR renew_end - renew_start > 3600)"), 0);
+	snprintf(sql, sizeof sql, "SELECT max(n) - min(n) FROM renewal_hours WHERE hour >= %lld AND hour < %lld",
+		 (long long)from / 3600, (long long)from / 3600 + 10);
+	assert_int_equal(q(f, sql), 0);   /* 130 over 10 hours: 13 each */
+	assert_int_equal(q(f, "SELECT count(*) FROM audit WHERE kind = 'renewal.pull_in'"), 1);
+	/* again: nothing left to move */
+	assert_int_equal(store_renewal_pull_in(f->st, "laptops", NULL, from, from + 10 * 3600, &moved, err,
+					       sizeof err), 0);
+	assert_int_equal(moved, 0);
+	/* another group: none of these */
+	assert_int_equal(store_renewal_pull_in(f->st, "servers", NULL, from, from + 3600, &moved, err,
+					       sizeof err), 0);
+	assert_int_equal(moved, 0);
+	assert_int_equal(store_renewal_pull_in(f->st, NULL, NULL, from, from, &moved, err, sizeof err), -1);
+	assert_non_null(strstr(err, "ends before it starts"));
+
+	/* revoking the device empties the schedule */
+	assert_int_equal(store_device_revoke(f->st, "dev_1", fg_now(), NULL, NULL, err, sizeof err), 131);
+	assert_int_equal(q(f, "SELECT coalesce(sum(n), 0) FROM renewal_hours"), 0);
+	assert_int_equal(q(f, drift), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1153,6 +1303,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_token_admin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_incr, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_renewal_windows, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
