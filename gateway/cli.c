@@ -47,6 +47,7 @@
 #include "policy_fixtures.h"
 #include "binding.h"
 #include "cli_help.h"
+#include "fleet_json.h"
 #include "import.h"
 #include "store.h"
 
@@ -74,6 +75,8 @@ struct opts {
 	const char *binds[16];      /* token create --bind K=V */
 	int nbinds;
 	int ttl_set;                /* --ttl given (import's default differs) */
+	long days;                  /* renewals plan --days */
+	const char *within;         /* device command --group G renew --within DURATION */
 	int argc;       /* positional arguments left */
 	char **argv;
 };
@@ -113,6 +116,12 @@ static void usage(FILE *f)
 		"  device command --state DIR (DEVICE | --group G) renew|rekey|update-trust|rebootstrap\n"
 		"        [--slot S]\n"
 		"        queue a command, delivered at the device's next check-in\n"
+		"  device command --state DIR --group G renew --within DURATION [--slot S]\n"
+		"        move the group's renewal windows into the next DURATION, spread evenly\n"
+		"  renewals plan --state DIR [--days 30] [--json]\n"
+		"        the renewals scheduled per day (and their peak hour) and the expiries\n"
+		"  ui token --state DIR\n"
+		"        make the dashboard's bearer token (printed once; its hash in ui/token)\n"
 		"  cert list --state DIR [--device DEVICE] [--json]\n"
 		"  backend cacerts|crl --state DIR NAME\n"
 		"  backend cert --state DIR NAME SERIAL\n"
@@ -179,6 +188,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "est", required_argument, NULL, 1003 },
 		{ "bundles", required_argument, NULL, 1001 },
 		{ "bind", required_argument, NULL, 1002 },
+		{ "days", required_argument, NULL, 1004 },
+		{ "within", required_argument, NULL, 1005 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -191,6 +202,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	optind = 1;
 	opterr = 0;
 	o->lines = 20;
+	o->days = 30;
 	while ((c = getopt_long(argc, argv, ":s:jhfn:", lo, NULL)) != -1) {
 		switch (c) {
 		case ':':
@@ -220,6 +232,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'S': o->slot = optarg; break;
 		case 'H': o->http = optarg; break;
 		case 1003: o->est = optarg; break;
+		case 1004:
+			errno = 0;
+			o->days = strtol(optarg, &end, 10);
+			if (errno || *end || o->days < 1 || o->days > 3660) {
+				fprintf(stderr, "fleetgate: --days must be a whole number from 1 to 3660, not '%s'\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 1005: o->within = optarg; break;
 		case 'n':
 			errno = 0;
 			o->lines = strtol(optarg, &end, 10);
@@ -719,13 +741,7 @@ static int print_device(void *arg, const struct store_device *d)
 	else
 		fg_strlcpy(seen, "-", sizeof seen);
 	if (lc->json) {
-		json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "id", d->id, "state",
-				      store_device_state_name(d->state), "group", d->group, "hostname",
-				      d->hostname, "curve_key", d->curve_key, "created", created,
-				      "last_seen", seen);
-		json_t *facts = d->facts_json ? json_loads(d->facts_json, 0, NULL) : NULL;
-		json_object_set_new(o, "facts", facts ? facts : json_null());
-		json_array_append_new(lc->arr, o);
+		json_array_append_new(lc->arr, fj_device(d));
 	} else {
 		printf("%-20s %-8s %-12s %-24s %-20s %s\n", d->id, store_device_state_name(d->state),
 		       d->group, d->hostname, created, seen);
@@ -742,16 +758,7 @@ static int print_cert(void *arg, const struct store_cert *c)
 	fg_time_iso(c->not_after, na, sizeof na);
 	const char *status = c->revoked ? "revoked" : c->not_after <= fg_now() ? "expired" : "valid";
 	if (lc->json) {
-		json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "serial",
-				      c->serial_hex, "device", c->device_id, "slot", c->slot, "backend",
-				      c->backend, "subject", c->subject, "not_before", nb, "not_after",
-				      na, "status", status, "request_id", c->request_id);
-		if (c->revoked) {
-			char ra[32];
-			json_object_set_new(o, "revoked_at",
-					    json_string(fg_time_iso(c->revoked_at, ra, sizeof ra)));
-		}
-		json_array_append_new(lc->arr, o);
+		json_array_append_new(lc->arr, fj_cert(c, fg_now()));
 	} else {
 		printf("%-34s %-20s %-10s %-8s %-20s %-7s %s\n", c->serial_hex, c->device_id, c->slot,
 		       c->backend, na, status, c->subject);
@@ -819,83 +826,30 @@ static void revoke_publish_crls(const struct gw_config *cfg, struct backends *bs
 
 /* ---- device show / retire / command ---- */
 
-static int collect_cert_json(void *arg, const struct store_cert *c)
-{
-	json_t *arr = arg;
-	char nb[32], na[32];
-	const char *status = c->revoked ? "revoked" : c->not_after <= fg_now() ? "expired" : "valid";
-	json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "serial", c->serial_hex,
-					     "slot", c->slot, "backend", c->backend, "subject", c->subject,
-					     "not_before", fg_time_iso(c->not_before, nb, sizeof nb),
-					     "not_after", fg_time_iso(c->not_after, na, sizeof na),
-					     "status", status));
-	return 0;
-}
-
-static int collect_command_json(void *arg, const struct store_command *c)
-{
-	json_t *arr = arg;
-	char t[32];
-	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", c->id, "kind", c->kind, "slot",
-			      c->slot, "state", store_command_state_name(c->state), "created",
-			      fg_time_iso(c->created_at, t, sizeof t), "result", c->result);
-	json_array_append_new(arr, o);
-	return 0;
-}
-
-static int collect_audit_json(void *arg, const struct store_audit_rec *a)
-{
-	json_t *arr = arg;
-	char t[32];
-	json_error_t je;
-	json_t *detail = a->detail && *a->detail ? json_loads(a->detail, 0, &je) : NULL;
-	json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:s, s:o}", "seq", (json_int_t)a->seq,
-					     "time", fg_time_iso(a->ts, t, sizeof t), "kind", a->kind,
-					     "request_id", a->request_id,
-					     "detail", detail ? detail : json_object()));
-	return 0;
-}
-
 static int device_show(const struct opts *o, struct store *st)
 {
-	struct store_device d;
-	char err[1024] = "", t1[32], t2[32];
-	memset(&d, 0, sizeof d);
-	int r = store_device_get(st, o->argv[1], &d, err, sizeof err);
+	char err[1024] = "";
+	json_t *doc = NULL;
+	int r = fj_device_doc(st, o->argv[1], fg_now(), &doc, err, sizeof err);
 	if (r <= 0) {
 		fprintf(stderr, "fleetgate device show: %s\n",
 			r < 0 ? err : "no such device; `fleetgate device list` shows the ids");
 		return EXIT_FAIL;
 	}
-	json_t *certs = json_array(), *cmds = json_array(), *hist = json_array();
-	json_error_t je;
-	json_t *facts = d.facts_json ? json_loads(d.facts_json, 0, &je) : NULL;
-	int rc = EXIT_FAIL;
-	if (store_cert_list(st, d.id, collect_cert_json, certs, err, sizeof err) != 0 ||
-	    store_command_list(st, d.id, 0, collect_command_json, cmds, err, sizeof err) != 0 ||
-	    store_audit_list(st, d.id, 0, 50, 1, collect_audit_json, hist, err, sizeof err) != 0) {
-		fprintf(stderr, "fleetgate device show: %s\n", err);
-		goto out;
-	}
 	if (o->json) {
-		json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:O, s:O, s:O}", "id", d.id,
-					"state", store_device_state_name(d.state), "group", d.group,
-					"hostname", d.hostname,
-					"created", fg_time_iso(d.created_at, t1, sizeof t1),
-					"last_seen", d.last_seen ? fg_time_iso(d.last_seen, t2, sizeof t2) : "",
-					"facts", facts ? facts : json_null(), "certificates", certs,
-					"commands", cmds, "history", hist);
-		json_dumpf(out, stdout, JSON_INDENT(2));
+		json_dumpf(doc, stdout, JSON_INDENT(2));
 		putchar('\n');
-		json_decref(out);
-		rc = EXIT_OK;
-		goto out;
+		json_decref(doc);
+		return EXIT_OK;
 	}
+	json_t *facts = json_object_get(doc, "facts"), *certs = json_object_get(doc, "certificates");
+	json_t *cmds = json_object_get(doc, "commands"), *hist = json_object_get(doc, "history");
+	const char *seen = json_string_value(json_object_get(doc, "last_seen"));
 	printf("device     %s\nstate      %s\ngroup      %s\nhostname   %s\ncreated    %s\nlast seen  %s\n",
-	       d.id, store_device_state_name(d.state), d.group, d.hostname,
-	       fg_time_iso(d.created_at, t1, sizeof t1),
-	       d.last_seen ? fg_time_iso(d.last_seen, t2, sizeof t2) : "never");
-	if (facts) {
+	       json_string_value(json_object_get(doc, "id")), json_string_value(json_object_get(doc, "state")),
+	       json_string_value(json_object_get(doc, "group")), json_string_value(json_object_get(doc, "hostname")),
+	       json_string_value(json_object_get(doc, "created")), seen && *seen ? seen : "never");
+	if (json_is_object(facts)) {
 		const char *k;
 		json_t *v;
 		printf("facts\n");
@@ -928,14 +882,8 @@ static int device_show(const struct opts *o, struct store *st)
 		       dt ? dt : "");
 		free(dt);
 	}
-	rc = EXIT_OK;
-out:
-	json_decref(facts);
-	json_decref(certs);
-	json_decref(cmds);
-	json_decref(hist);
-	store_device_clear(&d);
-	return rc;
+	json_decref(doc);
+	return EXIT_OK;
 }
 
 struct group_ctx {
@@ -972,6 +920,34 @@ static int device_command(const struct opts *o, struct store *st)
 	if ((o->group == NULL) != (o->argc == 3) || o->argc < 2 || kinds[k] == NULL) {
 		fprintf(stderr, "fleetgate: usage: fleetgate device command --state DIR (DEVICE | --group G) renew|rekey|update-trust|rebootstrap [--slot S]\n");
 		return EXIT_USAGE;
+	}
+	if (o->within != NULL) {
+		int64_t d = fg_parse_duration(o->within);
+		if (o->group == NULL || strcmp(kind, "renew") != 0) {
+			fprintf(stderr, "fleetgate device command: --within moves a group's renewal windows: "
+					"use it as `device command --group G renew --within 48h`\n");
+			return EXIT_USAGE;
+		}
+		if (d < 3600 || d > 366LL * 86400) {
+			fprintf(stderr, "fleetgate device command: --within must be a duration from 1h to 366d "
+					"(48h, 7d), not '%s'\n", o->within);
+			return EXIT_USAGE;
+		}
+		long moved = 0;
+		int64_t now = fg_now();
+		if (store_renewal_pull_in(st, o->group, o->slot, now, now + d, &moved, err, sizeof err) != 0) {
+			fprintf(stderr, "fleetgate device command: %s\n", err);
+			return EXIT_FAIL;
+		}
+		if (moved == 0) {
+			printf("no current, valid certificate of group %s%s%s is left to move (`fleetgate cert list` "
+			       "shows them); nothing changed\n", o->group, o->slot ? " slot " : "", o->slot ? o->slot : "");
+			return EXIT_OK;
+		}
+		printf("%ld certificate%s of group %s%s%s will renew within %s, spread over the hours; the "
+		       "devices take their new windows at their next check-in\n", moved, moved == 1 ? "" : "s",
+		       o->group, o->slot ? " slot " : "", o->slot ? o->slot : "", o->within);
+		return EXIT_OK;
 	}
 	if (o->slot && strcmp(kind, "update-trust") == 0) {
 		fprintf(stderr, "fleetgate device command: update-trust applies to the whole device; drop --slot\n");
@@ -1075,11 +1051,7 @@ static int print_audit(void *arg, const struct store_audit_rec *a)
 	char ts[32];
 	fg_time_iso(a->ts, ts, sizeof ts);
 	if (t->json) {
-		json_error_t je;
-		json_t *detail = a->detail && *a->detail ? json_loads(a->detail, 0, &je) : NULL;
-		json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:o}", "seq", (json_int_t)a->seq, "time", ts,
-				      "kind", a->kind, "device_id", a->device_id, "request_id", a->request_id,
-				      "detail", detail ? detail : json_object());
+		json_t *o = fj_audit(a);
 		json_dumpf(o, stdout, JSON_COMPACT);
 		putchar('\n');
 		json_decref(o);
@@ -1412,31 +1384,6 @@ out:
 
 /* ---- status ---- */
 
-/* Audit kinds that count as failures in `fleetgate status`. */
-static const char *const failure_kinds[] = {
-	"policy.error",   /* the policy failed on a request */
-	"enroll.deny",    /* the policy denied an enrollment */
-	"renew.deny",     /* ... or a renewal */
-	"cert.reject",    /* the CA refused */
-	NULL,
-};
-
-struct failures {
-	long n[sizeof failure_kinds / sizeof failure_kinds[0]];
-	long total;
-};
-
-static int count_failure(void *arg, const char *kind, long count)
-{
-	struct failures *f = arg;
-	for (size_t i = 0; failure_kinds[i] != NULL; i++)
-		if (strcmp(kind, failure_kinds[i]) == 0) {
-			f->n[i] += count;
-			f->total += count;
-		}
-	return 0;
-}
-
 /* One backend's health for status: opened on its own (so one broken
  * backend does not hide the others) and asked for its CA certificates;
  * with its published CRL when it makes one. Returns a JSON object with
@@ -1444,49 +1391,12 @@ static int count_failure(void *arg, const char *kind, long count)
 static json_t *backend_health(const struct gw_config *cfg, const struct config_backend *cb)
 {
 	struct gw_config one = *cfg;
-	struct backends *bs;
-	struct backend *b;
-	struct fg_cert_list cl;
-	char err[1024] = "", when[32];
-	json_t *o = json_pack("{s:s, s:s}", "name", cb->name, "plugin", cb->plugin);
+	char err[1024] = "";
 
-	memset(&cl, 0, sizeof cl);
 	one.backends = (struct config_backend *)cb;
 	one.nbackends = 1;
-	bs = cli_backends_open(&one, err, sizeof err);
-	b = bs ? backends_find(bs, cb->name) : NULL;
-	if (b == NULL) {
-		json_object_set_new(o, "ok", json_false());
-		json_object_set_new(o, "error", json_string(err[0] ? err : "cannot be opened"));
-		goto out;
-	}
-	if (b->ops->cacerts == NULL || b->ops->cacerts(b->state, &cl, err, sizeof err) != 0 || cl.n == 0) {
-		json_object_set_new(o, "ok", json_false());
-		json_object_set_new(o, "error", json_string(err[0] ? err : "the backend offers no CA certificates"));
-		goto out;
-	}
-	X509 *x = fg_cert_from_der(cl.der[0], cl.len[0], NULL, 0);
-	struct fg_cert_info ci;
-	if (x != NULL && fg_cert_info(x, &ci, NULL, 0) == 0) {
-		json_object_set_new(o, "ca", json_string(ci.subject));
-		json_object_set_new(o, "ca_not_after", json_string(fg_time_iso(ci.not_after, when, sizeof when)));
-	}
-	X509_free(x);
-	json_object_set_new(o, "ok", json_true());
-	if (b->ops->make_crl != NULL) {
-		struct crl_info ci2;
-		int r = crl_read_info(cfg, cb->name, &ci2, err, sizeof err);
-		if (r == 1)
-			json_object_set_new(o, "crl", json_pack("{s:s, s:I, s:s, s:b}", "number", ci2.number,
-				"entries", (json_int_t)ci2.entries, "next_update",
-				fg_time_iso(ci2.next_update, when, sizeof when), "fresh",
-				ci2.next_update > fg_now()));
-		else
-			json_object_set_new(o, "crl", json_pack("{s:s}", "error",
-				r == 0 ? "not published yet; fleetgated with http publishes it" : err));
-	}
-out:
-	fg_cert_list_clear(&cl);
+	struct backends *bs = cli_backends_open(&one, err, sizeof err);
+	json_t *o = fj_backend_health(cfg, cb, bs ? backends_find(bs, cb->name) : NULL, err);
 	backends_free(bs);
 	return o;
 }
@@ -1552,9 +1462,9 @@ static void print_status_text(const json_t *j)
 	       (long long)json_integer_value(json_object_get(c, "expiring_7d")),
 	       (long long)json_integer_value(json_object_get(c, "expiring_30d")));
 	printf("failures in the last hour: %lld", (long long)json_integer_value(json_object_get(f, "total")));
-	for (i = 0; failure_kinds[i] != NULL; i++)
-		printf("%s%s %lld", i ? ", " : " (", failure_kinds[i],
-		       (long long)json_integer_value(json_object_get(f, failure_kinds[i])));
+	for (i = 0; fj_failure_kinds[i] != NULL; i++)
+		printf("%s%s %lld", i ? ", " : " (", fj_failure_kinds[i],
+		       (long long)json_integer_value(json_object_get(f, fj_failure_kinds[i])));
 	printf(")\nopen jobs: %lld admitted, %lld pending\nbackends:\n",
 	       (long long)json_integer_value(json_object_get(q, "admitted")),
 	       (long long)json_integer_value(json_object_get(q, "pending")));
@@ -1585,29 +1495,18 @@ static int cmd_status(const struct opts *o)
 {
 	struct gw_config *cfg = NULL;
 	struct store *st = NULL;
-	struct store_summary s;
-	struct failures f;
 	char err[1024] = "";
-	json_t *j = NULL, *dev, *fails, *bl;
-	int64_t now = fg_now();
+	json_t *j = NULL, *bl;
 	int rc, healthy = 1;
 
 	rc = open_state(o, &cfg, &st);
 	if (rc != EXIT_OK)
 		return rc;
-	memset(&f, 0, sizeof f);
-	if (store_fleet_summary(st, now, &s, err, sizeof err) != 0 ||
-	    store_audit_count_since(st, now - 3600, count_failure, &f, err, sizeof err) != 0) {
+	if ((j = fj_summary(st, fg_now(), err, sizeof err)) == NULL) {
 		fprintf(stderr, "fleetgate status: %s\n", err);
 		rc = EXIT_FAIL;
 		goto out;
 	}
-	dev = json_object();
-	for (int i = 0; i < DEVICE_STATE_MAX; i++)
-		json_object_set_new(dev, store_device_state_name(i), json_integer(s.devices[i]));
-	fails = json_pack("{s:I}", "total", (json_int_t)f.total);
-	for (size_t i = 0; failure_kinds[i] != NULL; i++)
-		json_object_set_new(fails, failure_kinds[i], json_integer(f.n[i]));
 	bl = json_array();
 	for (size_t i = 0; i < cfg->nbackends; i++) {
 		json_t *b = backend_health(cfg, &cfg->backends[i]);
@@ -1615,19 +1514,7 @@ static int cmd_status(const struct opts *o)
 			healthy = 0;
 		json_array_append_new(bl, b);
 	}
-	j = json_pack("{s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:o, s:o, s:{s:I, s:I}}",
-		      "devices", dev,
-		      "certificates", "valid", (json_int_t)s.certs_valid, "revoked",
-		      (json_int_t)s.certs_revoked, "expired", (json_int_t)s.certs_expired,
-		      "expiring_7d", (json_int_t)s.expiring[1], "expiring_30d", (json_int_t)s.expiring[2],
-		      "failures_last_hour", fails, "backends", bl,
-		      "jobs_open", "admitted", (json_int_t)s.jobs_admitted, "pending",
-		      (json_int_t)s.jobs_pending);
-	if (j == NULL) {
-		fprintf(stderr, "fleetgate status: out of memory\n");
-		rc = EXIT_FAIL;
-		goto out;
-	}
+	json_object_set_new(j, "backends", bl);
 	json_object_set_new(j, "daemon", daemon_status(cfg));
 	if (o->json) {
 		json_dumpf(j, stdout, JSON_INDENT(2));
@@ -1999,6 +1886,166 @@ out:
 	return rc;
 }
 
+/* ---- renewals plan ---- */
+
+struct plan_ctx {
+	int64_t day;            /* the day being summed (Unix seconds at 00:00 UTC) */
+	double renewals, peak;  /* its renewals, its busiest hour's */
+	int64_t peak_hour;
+	long expiring;
+	double total, max_peak; /* over the whole plan */
+	int64_t max_peak_hour;
+	long total_expiring;
+	json_t *days;           /* --json */
+};
+
+static void plan_flush(struct plan_ctx *p)
+{
+	char d[32], ph[32];
+	if (p->day == 0)
+		return;
+	fg_time_iso(p->day, d, sizeof d);
+	d[10] = '\0';
+	fg_time_iso(p->peak_hour, ph, sizeof ph);
+	if (p->days != NULL)
+		json_array_append_new(p->days, json_pack("{s:s, s:f, s:I, s:s, s:f}", "day", d, "renewals",
+							 p->renewals, "expiring", (json_int_t)p->expiring,
+							 "peak_hour", ph, "peak_hour_renewals", p->peak));
+	else
+		printf("%s %10.1f %10ld   %.5s %8.1f\n", d, p->renewals, p->expiring, ph + 11, p->peak);
+}
+
+static int plan_hour(void *arg, int64_t hour, double renewals, long expiring)
+{
+	struct plan_ctx *p = arg;
+	int64_t day = hour - hour % 86400;
+	if (day != p->day) {
+		plan_flush(p);
+		p->day = day;
+		p->renewals = p->peak = 0;
+		p->expiring = 0;
+		p->peak_hour = hour;
+	}
+	p->renewals += renewals;
+	p->expiring += expiring;
+	if (renewals > p->peak) {
+		p->peak = renewals;
+		p->peak_hour = hour;
+	}
+	p->total += renewals;
+	p->total_expiring += expiring;
+	if (renewals > p->max_peak) {
+		p->max_peak = renewals;
+		p->max_peak_hour = hour;
+	}
+	return 0;
+}
+
+static int cmd_renewals(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	struct store *st = NULL;
+	char err[1024] = "", ts[32];
+	struct plan_ctx p;
+	int rc;
+
+	if (o->argc != 1 || strcmp(o->argv[0], "plan") != 0) {
+		fprintf(stderr, "fleetgate: usage: fleetgate renewals plan --state DIR [--days N] [--json]\n");
+		return EXIT_USAGE;
+	}
+	rc = open_state(o, &cfg, &st);
+	if (rc != EXIT_OK)
+		return rc;
+	memset(&p, 0, sizeof p);
+	int64_t now = fg_now(), from = now - now % 3600;
+	if (o->json)
+		p.days = json_array();
+	else
+		printf("%-10s %10s %10s   %-5s %8s\n", "day (UTC)", "renewals", "expiring", "peak", "at peak");
+	if (store_renewal_load(st, from, o->days * 24, plan_hour, &p, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate renewals plan: %s\n", err);
+		json_decref(p.days);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	plan_flush(&p);
+	fg_time_iso(p.max_peak_hour ? p.max_peak_hour : from, ts, sizeof ts);
+	if (o->json) {
+		json_t *j = json_pack("{s:I, s:o, s:f, s:I, s:s, s:f, s:b, s:I}", "days_ahead", (json_int_t)o->days,
+				      "days", p.days, "renewals", p.total, "expiring", (json_int_t)p.total_expiring,
+				      "peak_hour", ts, "peak_hour_renewals", p.max_peak, "smoothing",
+				      cfg->renewal_smoothing, "max_per_hour", (json_int_t)cfg->renewal_max_per_hour);
+		json_dumpf(j, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(j);
+	} else {
+		printf("\n%.0f renewals and %ld expiries in the next %ld days; the busiest hour is %s with %.1f"
+		       " renewals\n", p.total, p.total_expiring, o->days, ts, p.max_peak);
+		if (cfg->renewal_max_per_hour > 0)
+			printf("ceiling: %ld renewals an hour (renewal.max_per_hour)\n", cfg->renewal_max_per_hour);
+	}
+out:
+	store_free(st);
+	config_free(cfg);
+	return rc;
+}
+
+/* ---- ui token ---- */
+
+static int cmd_ui(const struct opts *o)
+{
+	struct gw_config *cfg = NULL;
+	char err[1024] = "";
+	unsigned char raw[32];
+	char hex[65], token[4 + 65], hash[66];
+	struct stat sb;
+
+	if (o->argc != 1 || strcmp(o->argv[0], "token") != 0) {
+		fprintf(stderr, "fleetgate: usage: fleetgate ui token --state DIR\n");
+		return EXIT_USAGE;
+	}
+	if (need_state(o))
+		return EXIT_USAGE;
+	cfg = config_load(o->state, err, sizeof err);
+	if (cfg == NULL) {
+		fprintf(stderr, "fleetgate: %s\n", err);
+		return EXIT_FAIL;
+	}
+	/* In a directory of its own, owned like it (a daemon that drops to
+	 * its user was given the directory at start): the daemon's sandbox
+	 * reads the directory, whose file this replaces. */
+	char dir[PATH_MAX];
+	fg_strlcpy(dir, cfg->ui_token_path, sizeof dir);
+	char *slash = strrchr(dir, '/');
+	if (slash != NULL && slash != dir)
+		*slash = '\0';
+	if (fg_mkdirs(dir, 0700, err, sizeof err) != 0 || stat(dir, &sb) != 0 || fg_random(raw, sizeof raw) != 0) {
+		fprintf(stderr, "fleetgate ui token: %s: %s\n", dir, err[0] ? err : strerror(errno));
+		config_free(cfg);
+		return EXIT_FAIL;
+	}
+	snprintf(token, sizeof token, "fgu_%s", fg_hex(raw, sizeof raw, hex));
+	fg_sha256_hex(token, strlen(token), hash);
+	hash[64] = '\n';
+	hash[65] = '\0';
+	/* 0600, and only the hash: the token itself is shown once and kept
+	 * nowhere. */
+	if (fg_write_file_atomic(cfg->ui_token_path, hash, 65, 0600, sb.st_uid, sb.st_gid, err, sizeof err) != 0) {
+		fprintf(stderr, "fleetgate ui token: %s\n", err);
+		config_free(cfg);
+		return EXIT_FAIL;
+	}
+	printf("%s\n", token);
+	fprintf(stderr, "the dashboard's bearer token (shown only now; its SHA-256 is in %s; a new token "
+			"replaces it at once).\nOpen /ui/#token=%s on the gateway's %s address%s.\n",
+		cfg->ui_token_path, token, cfg->est_listen[0] ? "EST (https)" : "HTTP",
+		cfg->ui_enabled ? "" : " once ui = { enabled = true } is in fleetgated.conf");
+	explicit_bzero(raw, sizeof raw);
+	explicit_bzero(token, sizeof token);
+	config_free(cfg);
+	return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -2050,8 +2097,12 @@ int main(int argc, char **argv)
 		return o.argc ? (usage(stderr), EXIT_USAGE) : cmd_status(&o);
 	if (strcmp(cmd, "policy") == 0)
 		return cmd_policy(&o);
+	if (strcmp(cmd, "renewals") == 0)
+		return cmd_renewals(&o);
+	if (strcmp(cmd, "ui") == 0)
+		return cmd_ui(&o);
 	static const char *const cmds[] = { "init", "token", "device", "cert", "backend", "audit", "status",
-					    "policy", "commands", "version", "help" };
+					    "policy", "renewals", "ui", "commands", "version", "help" };
 	const char *best = cli_help_closest(cmd, cmds, sizeof cmds / sizeof cmds[0]);
 	if (best != NULL)
 		fprintf(stderr, "fleetgate: unknown command '%s'; did you mean '%s'? (run `fleetgate help`)\n", cmd,

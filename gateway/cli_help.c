@@ -79,8 +79,23 @@ static const struct help helps[] = {
 	  "Queue a command, delivered at the device's next check-in.",
 	  "  --state DIR        the gateway's state directory\n"
 	  "  --group G          every device of group G instead of one DEVICE\n"
-	  "  --slot S           only the agent's slot S\n",
-	  "fleetgate device command --state /var/lib/fleetgate --group laptops renew" },
+	  "  --slot S           only the agent's slot S\n"
+	  "  --within DURATION  with --group G renew: move the group's renewal windows into the\n"
+	  "                     next DURATION (48h, 7d), spread evenly over its hours, instead of\n"
+	  "                     renewing every device at its next check-in\n",
+	  "fleetgate device command --state /var/lib/fleetgate --group laptops renew --within 48h" },
+	{ "renewals", "plan", "renewals plan --state DIR [--days N] [--json]",
+	  "The renewal schedule: per day (UTC) the renewals expected (each window spreads its one\n"
+	  "renewal over its hours), the busiest hour and the certificates that expire.",
+	  "  --state DIR        the gateway's state directory\n"
+	  "  --days N           how many days ahead (30)\n"
+	  "  --json             one JSON document instead of a table\n",
+	  "fleetgate renewals plan --state /var/lib/fleetgate --days 90" },
+	{ "ui", "token", "ui token --state DIR",
+	  "Make the dashboard's bearer token: printed once on stdout, its SHA-256 written to\n"
+	  "the ui.token file (ui/token in the state directory, 0600). A new token replaces the old one at once.",
+	  "  --state DIR        the gateway's state directory\n",
+	  "fleetgate ui token --state /var/lib/fleetgate" },
 	{ "cert", "list", "cert list --state DIR [--device DEVICE] [--json]", "List issued certificates.",
 	  "  --state DIR        the gateway's state directory\n"
 	  "  --device DEVICE    only this device's\n"

@@ -13,7 +13,9 @@
  * the message into the context; everything allocated so far hangs off the
  * struct gw_config, which config_free releases.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -784,7 +786,7 @@ static void read_renewal(lua_State *L, struct conf_ctx *c, int g)
 
 static const char *const ui_keys[] = { "enabled", "token", NULL };
 
-/* ui = { enabled = true, token = "ui.token" } (docs/dashboard.md) */
+/* ui = { enabled = true, token = "ui/token" } (docs/dashboard.md) */
 static void read_ui(lua_State *L, struct conf_ctx *c, int g)
 {
 	struct gw_config *cfg = c->cfg;
@@ -807,6 +809,25 @@ static void read_ui(lua_State *L, struct conf_ctx *c, int g)
 	resolve_path(L, c, "ui.token", cfg->ui_token_path, sizeof cfg->ui_token_path);
 	if (cfg->ui_enabled && cfg->http_listen[0] == '\0' && cfg->est_listen[0] == '\0')
 		cfail(L, c, "ui.enabled needs a place to serve it: set est.listen (HTTPS) or http.listen on a loopback address");
+	if (cfg->ui_enabled && cfg->est_listen[0] == '\0') {
+		char host[256];
+		int port;
+		if (config_http_split(cfg->http_listen, host, sizeof host, &port) == 0 && !config_host_is_loopback(host))
+			cfail(L, c, "ui.enabled serves the dashboard over plain HTTP only on a loopback address, and "
+				    "http.listen is '%s': set est.listen to serve it over HTTPS, or put http.listen on "
+				    "127.0.0.1 or [::1]", cfg->http_listen);
+	}
+}
+
+int config_host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (strcmp(host, "localhost") == 0)
+		return 1;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
 }
 
 static const char *const est_keys[] = { "listen", "cert", "key", "labels", NULL };
@@ -1033,7 +1054,7 @@ static void set_defaults(struct gw_config *cfg)
 	cfg->renewal_from = 2.0 / 3;
 	cfg->renewal_to = 5.0 / 6;
 	cfg->renewal_earliest = 1.0 / 2;
-	fg_strlcpy(cfg->ui_token_path, "ui.token", sizeof cfg->ui_token_path);
+	fg_strlcpy(cfg->ui_token_path, "ui/token", sizeof cfg->ui_token_path);
 }
 
 /* Load and check <state_dir>/fleetgated.conf. The state directory must

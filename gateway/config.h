@@ -141,6 +141,9 @@ char *config_default_text(const char *listen);
 /* Split an http.listen value ("127.0.0.1:7780", "[::1]:7780", "*:7780")
  * into host ("*" becomes "0.0.0.0") and port. 0, or -1 when malformed. */
 int config_http_split(const char *listen, char *host, size_t hostlen, int *port);
+/* 1 when host (as config_http_split gives it) is a loopback address:
+ * 127.0.0.0/8, ::1 or localhost. */
+int config_host_is_loopback(const char *host);
 
 /* The http block `fleetgate init` appends to the config text: enabled on
  * http_listen with the local backend's crl_url/ocsp_url, or commented out

@@ -277,6 +277,23 @@ static int build_rules(struct plan *p, const struct gw_config *cfg, char *err, s
 		return -1;
 	own(p, path);
 
+	/* The dashboard's token: its directory, since `fleetgate ui token`
+	 * replaces the file (a new inode) while the daemon runs. */
+	if (cfg->ui_enabled) {
+		fg_strlcpy(path, cfg->ui_token_path, sizeof path);
+		char *slash = strrchr(path, '/');
+		if (slash == NULL || slash == path) {
+			fg_seterr(err, errlen, "sandbox: ui.token (%s) must be a file in a directory of its own, such as the default ui/token",
+				  cfg->ui_token_path);
+			return -1;
+		}
+		*slash = '\0';
+		if (fg_mkdirs(path, 0700, err, errlen) != 0)
+			return -1;
+		if (add(p, path, FG_LL_READ, 0, "the directory of ui.token", err, errlen) != 0)
+			return -1;
+	}
+
 	/* The other directories of the state directory (the plugins' own, the
 	 * EST front-end's), but no CA key directory and not keys/, of which
 	 * the daemon reads one file. */

@@ -51,6 +51,7 @@
 #include <openssl/x509v3.h>
 
 #include "enroll.h"
+#include "dashboard.h"
 #include "est.h"
 #include "fg_log.h"
 #include "fg_util.h"
@@ -88,6 +89,7 @@ struct est {
 	SSL_CTX *ssl;                 /* shared: OpenSSL makes SSL_new thread-safe */
 	struct est_thread *t;
 	int nthreads;
+	struct dashboard *dash;       /* ui.enabled: the dashboard, over HTTPS */
 };
 
 enum est_op { OP_CACERTS, OP_CSRATTRS, OP_ENROLL, OP_REENROLL, OP_SERVERKEYGEN, OP_MAX };
@@ -910,6 +912,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 	char label[64];
 	enum est_op op = OP_MAX;
 
+	if (e->dash != NULL && path != NULL && dashboard_handle(e->dash, worker_store(t->w), req, path))
+		return;
 	int pr = path ? parse_path(path, label, sizeof label, &op) : -1;
 	if (pr == -1) {
 		reply_text(req, 404, "Not Found", "no such resource; EST lives under " EST_PREFIX " (docs/est.md)");
@@ -1102,6 +1106,10 @@ struct est *est_start(const struct gw_config *cfg, struct backends *bs, struct p
 	e->bs = bs;
 	e->pr = pr;
 	e->nthreads = cfg->workers > 0 ? cfg->workers : 1;
+	if (cfg->ui_enabled && (e->dash = dashboard_new(cfg, bs)) == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		goto fail;
+	}
 	if (tls_setup(e, err, errlen) != 0)
 		goto fail;
 	for (int i = 0; i < e->nthreads; i++)
@@ -1141,8 +1149,8 @@ struct est *est_start(const struct gw_config *cfg, struct backends *bs, struct p
 		e->t[i].started = 1;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	fg_info("est", NULL, "EST on https://%s" EST_PREFIX " (%zu labels, %d threads)", cfg->est_listen,
-		cfg->nest_labels, e->nthreads);
+	fg_info("est", NULL, "EST on https://%s" EST_PREFIX " (%zu labels, %d threads)%s", cfg->est_listen,
+		cfg->nest_labels, e->nthreads, e->dash ? "; the dashboard at /ui/" : "");
 	return e;
 fail:
 	est_stop(e);
@@ -1167,6 +1175,7 @@ void est_stop(struct est *e)
 		worker_free(t->w);
 	}
 	SSL_CTX_free(e->ssl);
+	dashboard_free(e->dash);
 	free(e->t);
 	free(e);
 }

@@ -29,6 +29,7 @@
 #include <openssl/pem.h>
 
 #include "crl.h"
+#include "dashboard.h"
 #include "fg_log.h"
 #include "fg_util.h"
 #include "http.h"
@@ -58,6 +59,7 @@ struct http {
 	struct event_base *base;
 	struct evhttp *http;
 	struct event *timer;
+	struct dashboard *dash;       /* ui.enabled and no EST listener: the dashboard */
 	struct crl_sched *crls;       /* one per backend that makes CRLs */
 	size_t ncrls;
 	unsigned ticks;
@@ -472,10 +474,15 @@ static void on_request(struct evhttp_request *req, void *arg)
 		on_ocsp(h, req, path + 5);
 		return;
 	}
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD && h->dash != NULL &&
+	    dashboard_handle(h->dash, h->st, req, path))
+		return;
 	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
 		reply_text(req, 405, "Method Not Allowed", "%s takes GET only", path);
 		return;
 	}
+	if (h->dash != NULL && dashboard_handle(h->dash, h->st, req, path))
+		return;
 	if (strcmp(path, "/healthz") == 0)
 		on_healthz(h, req);
 	else if (strcmp(path, "/metrics") == 0)
@@ -488,8 +495,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 		on_acme_challenge(h, req, path + 28);
 	else
 		reply_text(req, 404, "Not Found",
-			   "no such path %s; fleetgated serves /healthz, /metrics, /ca/<backend>.crt, /crl/<backend>.crl, /ocsp and /.well-known/acme-challenge/<token>",
-			   path);
+			   "no such path %s; fleetgated serves /healthz, /metrics, /ca/<backend>.crt, /crl/<backend>.crl, /ocsp and /.well-known/acme-challenge/<token>%s",
+			   path, h->dash ? ", and the dashboard at /ui/" : "");
 }
 
 /* ---- the CRL timer ---- */
@@ -583,6 +590,12 @@ struct http *http_start(const struct gw_config *cfg, struct backends *bs, char *
 	h->bs = bs;
 	if ((h->st = store_open(cfg->store_path, 0, err, errlen)) == NULL)
 		goto fail;
+	/* the dashboard goes on HTTPS when there is an EST listener; plain
+	 * HTTP only on loopback, which config_load made sure of */
+	if (cfg->ui_enabled && cfg->est_listen[0] == '\0' && (h->dash = dashboard_new(cfg, bs)) == NULL) {
+		fg_seterr(err, errlen, "out of memory");
+		goto fail;
+	}
 	h->crls = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *h->crls);
 	if (h->crls == NULL) {
 		fg_seterr(err, errlen, "out of memory");
@@ -625,7 +638,8 @@ struct http *http_start(const struct gw_config *cfg, struct backends *bs, char *
 		goto fail;
 	}
 	h->started = 1;
-	fg_info("http", NULL, "HTTP on %s: /healthz /metrics /ca /crl /ocsp", cfg->http_listen);
+	fg_info("http", NULL, "HTTP on %s: /healthz /metrics /ca /crl /ocsp%s", cfg->http_listen,
+		h->dash ? " and the dashboard at /ui/" : "");
 	return h;
 fail:
 	http_stop(h);
@@ -647,6 +661,7 @@ void http_stop(struct http *h)
 	if (h->base)
 		event_base_free(h->base);
 	store_free(h->st);
+	dashboard_free(h->dash);
 	free(h->crls);
 	free(h);
 }

@@ -397,6 +397,25 @@ int store_audit_count_since(struct store *st, int64_t since,
 			    int (*cb)(void *arg, const char *kind, long count), void *arg,
 			    char *err, size_t errlen);
 
+/* ---- the dashboard (docs/dashboard.md) ---- */
+
+/* Devices per group, in group order: cb(group, devices, active). 0 or -1. */
+int store_group_counts(struct store *st,
+		       int (*cb)(void *arg, const char *group, long devices, long active), void *arg,
+		       char *err, size_t errlen);
+/* One page of devices in id order: those after id `after` ("" or NULL:
+ * from the first), at most limit, of group (NULL: any) in state (-1:
+ * any); *total counts every device the filter matches, from the same
+ * snapshot. cb returning non-zero stops. 0 or -1. */
+int store_device_page(struct store *st, const char *group, int state, const char *after, long limit,
+		      int (*cb)(void *arg, const struct store_device *d), void *arg, long *total,
+		      char *err, size_t errlen);
+/* Audit records since a time, counted per hour (Unix seconds at the
+ * hour's start) and kind: cb once per pair that has records. 0 or -1. */
+int store_audit_hourly(struct store *st, int64_t since,
+		       int (*cb)(void *arg, int64_t hour, const char *kind, long count), void *arg,
+		       char *err, size_t errlen);
+
 /* ---- bulk provisioning and token administration ---- */
 
 /* A token with everything the store knows about it. */

@@ -25,7 +25,7 @@
 
 #define BUSY_MS 10000
 
-#define STMT_CACHE 64
+#define STMT_CACHE 96
 
 /* WAL pages after which a commit wakes the checkpointer (SQLite's own
  * autocheckpoint threshold), and its period otherwise */
@@ -108,6 +108,11 @@ static const char *const migrations[] = {
 	"  WHERE current = 1 AND revoked = 0;"
 	"CREATE INDEX certificates_slot ON certificates(device_id, slot) WHERE current = 1;"
 	"CREATE TABLE renewal_hours (hour INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
+	/* the dashboard's paged and grouped device queries, and its counts,
+	 * from indexes rather than the rows (which carry the DER) */
+	"CREATE INDEX devices_grp ON devices(grp, state, id);"
+	"CREATE INDEX devices_state ON devices(state, id);"
+	"CREATE INDEX certificates_expiry ON certificates(revoked, not_after);"
 	"CREATE TRIGGER certificates_renew_ins AFTER INSERT ON certificates"
 	"  WHEN NEW.renew_bucket IS NOT NULL AND NEW.current = 1 AND NEW.revoked = 0 BEGIN"
 	"  INSERT INTO renewal_hours (hour, n) VALUES (NEW.renew_bucket, 1)"
@@ -2499,6 +2504,117 @@ int store_audit_count_since(struct store *st, int64_t since,
 		if (cb(arg, k[i].kind, k[i].n) != 0)
 			break;
 	return 0;
+}
+
+/* ---- the dashboard ---- */
+
+int store_group_counts(struct store *st,
+		       int (*cb)(void *arg, const char *group, long devices, long active), void *arg,
+		       char *err, size_t errlen)
+{
+	sqlite3_stmt *s = prep(st, "SELECT grp, count(*), coalesce(sum(state = 0), 0) FROM devices"
+			       " GROUP BY grp ORDER BY grp", err, errlen);
+	int r, rc = 0;
+	if (s == NULL)
+		return -1;
+	while ((r = sqlite3_step(s)) == SQLITE_ROW)
+		if (cb(arg, col_str(s, 0), (long)sqlite3_column_int64(s, 1), (long)sqlite3_column_int64(s, 2)) != 0)
+			break;
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		rc = dberr(st, err, errlen, "group count");
+	release(st, s);
+	return rc;
+}
+
+/* The statements of store_device_page, by filter (none, state, group,
+ * both): each filter its own text, so that each uses its index. */
+static const char *const page_sql[4] = {
+	"SELECT " DEVICE_COLS " FROM devices WHERE id > ?1 ORDER BY id LIMIT ?4",
+	"SELECT " DEVICE_COLS " FROM devices WHERE state = ?3 AND id > ?1 ORDER BY id LIMIT ?4",
+	"SELECT " DEVICE_COLS " FROM devices WHERE grp = ?2 AND id > ?1 ORDER BY id LIMIT ?4",
+	"SELECT " DEVICE_COLS " FROM devices WHERE grp = ?2 AND state = ?3 AND id > ?1 ORDER BY id LIMIT ?4",
+};
+static const char *const page_count_sql[4] = {
+	"SELECT count(*) FROM devices",
+	"SELECT count(*) FROM devices WHERE state = ?3",
+	"SELECT count(*) FROM devices WHERE grp = ?2",
+	"SELECT count(*) FROM devices WHERE grp = ?2 AND state = ?3",
+};
+
+int store_device_page(struct store *st, const char *group, int state, const char *after, long limit,
+		      int (*cb)(void *arg, const struct store_device *d), void *arg, long *total,
+		      char *err, size_t errlen)
+{
+	int f = (state >= 0 ? 1 : 0) | (group != NULL ? 2 : 0), r, rc = -1;
+	sqlite3_stmt *s;
+
+	if (exec(st, "BEGIN", err, errlen) != 0)
+		return -1;
+	/* the count and the page from one snapshot */
+	s = prep(st, page_count_sql[f], err, errlen);
+	if (s == NULL)
+		goto out;
+	if (f & 2)
+		sqlite3_bind_text(s, 2, group, -1, SQLITE_TRANSIENT);
+	if (f & 1)
+		sqlite3_bind_int(s, 3, state);
+	if (sqlite3_step(s) != SQLITE_ROW) {
+		dberr(st, err, errlen, "device count");
+		release(st, s);
+		goto out;
+	}
+	*total = (long)sqlite3_column_int64(s, 0);
+	release(st, s);
+	s = prep(st, page_sql[f], err, errlen);
+	if (s == NULL)
+		goto out;
+	sqlite3_bind_text(s, 1, after ? after : "", -1, SQLITE_TRANSIENT);
+	if (f & 2)
+		sqlite3_bind_text(s, 2, group, -1, SQLITE_TRANSIENT);
+	if (f & 1)
+		sqlite3_bind_int(s, 3, state);
+	sqlite3_bind_int64(s, 4, limit);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+		struct store_device d;
+		read_device(s, &d);
+		int stop = cb(arg, &d);
+		store_device_clear(&d);
+		if (stop)
+			break;
+	}
+	if (r != SQLITE_ROW && r != SQLITE_DONE) {
+		dberr(st, err, errlen, "device page");
+		release(st, s);
+		goto out;
+	}
+	release(st, s);
+	rc = 0;
+out:
+	rollback(st);     /* read-only: ends the snapshot */
+	return rc;
+}
+
+int store_audit_hourly(struct store *st, int64_t since,
+		       int (*cb)(void *arg, int64_t hour, const char *kind, long count), void *arg,
+		       char *err, size_t errlen)
+{
+	/* The records since `since` are the tail of the log: find where it
+	 * starts walking back from the newest (as many steps as records in
+	 * the range), then group the tail by its primary key range. */
+	sqlite3_stmt *s = prep(st, "SELECT ts / 3600 * 3600, kind, count(*) FROM audit"
+			       " WHERE seq > coalesce((SELECT seq FROM audit WHERE ts < ?1 ORDER BY seq DESC LIMIT 1), 0)"
+			       " AND ts >= ?1 GROUP BY 1, 2", err, errlen);
+	int r, rc = 0;
+	if (s == NULL)
+		return -1;
+	sqlite3_bind_int64(s, 1, since);
+	while ((r = sqlite3_step(s)) == SQLITE_ROW)
+		if (cb(arg, sqlite3_column_int64(s, 0), col_str(s, 1), (long)sqlite3_column_int64(s, 2)) != 0)
+			break;
+	if (r != SQLITE_ROW && r != SQLITE_DONE)
+		rc = dberr(st, err, errlen, "audit activity");
+	release(st, s);
+	return rc;
 }
 
 /* ---- bulk provisioning and token administration ---- */

@@ -97,7 +97,7 @@ function deviceLink(id) {
   return h('a', { href: '#device/' + encodeURIComponent(id), class: 'mono' }, String(id));
 }
 function fmtDetail(text) {
-  const raw = str(text);
+  const raw = text && typeof text === 'object' ? JSON.stringify(text) : str(text);
   try {
     const o = JSON.parse(raw);
     if (o && typeof o === 'object' && !Array.isArray(o)) {
@@ -107,7 +107,9 @@ function fmtDetail(text) {
   } catch (e) { /* plain text */ }
   return raw;
 }
-function detailCell(text) { return h('td', { class: 'detail', title: str(text) }, fmtDetail(text)); }
+function detailCell(text) {
+  return h('td', { class: 'detail', title: text && typeof text === 'object' ? JSON.stringify(text) : str(text) }, fmtDetail(text));
+}
 
 function table(id, headers, rows, emptyText) {
   const body = h('tbody', null, rows);
@@ -311,15 +313,15 @@ async function overview() {
     h('li', { class: 'backend ' + (b.ok ? 'ok' : 'bad'), 'data-name': str(b.name) },
       h('span', { class: 'dot', title: b.ok ? 'healthy' : 'failing' }),
       h('div', { class: 'backend-body' },
-        h('div', null, h('strong', { class: 'backend-name' }, str(b.name)), ' ', h('span', { class: 'tag backend-type' }, str(b.type)),
+        h('div', null, h('strong', { class: 'backend-name' }, str(b.name)), ' ', h('span', { class: 'tag backend-type' }, str(b.plugin)),
           ' ', badge(b.ok ? 'ok' : 'failing', b.ok ? 'ok' : 'bad')),
-        h('div', { class: 'backend-detail muted' }, str(b.detail))))));
+        h('div', { class: 'backend-detail muted' }, b.ok ? 'CA ' + str(b.ca) + (b.ca_not_after ? ', until ' + str(b.ca_not_after).slice(0, 10) : '') : str(b.error))))));
   if (!backends.length) backendList.appendChild(h('li', { class: 'muted' }, 'No backends configured'));
 
   const records = arr(aud.records);
   const auditRows = records.map((r) => h('tr', { class: 'audit-row', 'data-seq': str(r.seq), title: r.request_id ? 'request ' + str(r.request_id) : null },
     h('td', { class: 'nowrap' }, timeEl(r.time)), h('td', null, badge(str(r.kind), auditKind(r.kind))),
-    h('td', null, deviceLink(r.device)), detailCell(r.detail)));
+    h('td', null, deviceLink(r.device_id)), detailCell(r.detail)));
 
   return h('div', { class: 'overview' }, kpis,
     section('Certificate expiries, next 90 days', muted('per day'), expiryPlot(arr(exp.days))),
@@ -494,7 +496,7 @@ async function devices(route) {
 /* ---------- one device ---------- */
 async function device(id) {
   const res = await api('/devices/' + encodeURIComponent(id));
-  const d = res.device || {};
+  const d = res || {};
   const dl = (elId, pairs, emptyText) => {
     const el = h('dl', { id: elId, class: 'kv' });
     for (const p of pairs) addKids(el, [h('dt', null, p[0]), h('dd', null, p[1])]);
