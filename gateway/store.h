@@ -251,8 +251,8 @@ int store_renewal_pull_in(struct store *st, const char *group, const char *slot,
 /* The renewal load: cb once per hour from `from` (Unix seconds, rounded
  * down to the hour) for `hours` hours with the renewals expected in it
  * (a window spreads its one renewal evenly over its hours; a current
- * certificate without a window counts at the agent's default 2/3 of its
- * life) and the certificates whose notAfter falls in it. 0 or -1. */
+ * certificate without a window counts over the agent's default: the
+ * last 5% of its life before 2/3 of it, where its jitter puts it) and the certificates whose notAfter falls in it. 0 or -1. */
 int store_renewal_load(struct store *st, int64_t from, long hours,
 		       int (*cb)(void *arg, int64_t hour, double renewals, long expiring),
 		       void *arg, char *err, size_t errlen);

@@ -1766,9 +1766,13 @@ int store_renewal_load(struct store *st, int64_t from, long hours,
 		int64_t ws = sqlite3_column_int64(s, 2), we = sqlite3_column_int64(s, 3);
 		if (na < end)
 			exp[na / HOUR - h0]++;
-		if (ws <= 0 || we <= ws) {   /* no window: the agent's default point */
-			ws = nb + (na - nb) * 2 / 3;
-			we = ws + 1;
+		if (ws <= 0 || we <= ws) {
+			/* no window: the agent's default, renew_at 2/3 of the
+			 * life less its jitter of up to 5% of it (agents/slot.c) */
+			we = nb + (na - nb) * 2 / 3;
+			ws = we - (na - nb) / 20;
+			if (ws >= we)
+				ws = we - 1;
 		}
 		if (we <= h0 * HOUR || ws >= end)
 			continue;
