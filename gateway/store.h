@@ -392,7 +392,7 @@ int store_cert_status(struct store *st, const char *backend, const char *serial_
 		      int *revoked, int64_t *revoked_at, char *err, size_t errlen);
 
 /* Audit records since a time, counted by kind: cb(kind, count) once per
- * kind. Walks the log from its newest record back. 0 or -1. */
+ * kind (from the audit_time index). 0 or -1. */
 int store_audit_count_since(struct store *st, int64_t since,
 			    int (*cb)(void *arg, const char *kind, long count), void *arg,
 			    char *err, size_t errlen);

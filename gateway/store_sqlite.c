@@ -113,6 +113,8 @@ static const char *const migrations[] = {
 	"CREATE INDEX devices_grp ON devices(grp, state, id);"
 	"CREATE INDEX devices_state ON devices(state, id);"
 	"CREATE INDEX certificates_expiry ON certificates(revoked, not_after);"
+	"CREATE INDEX audit_device ON audit(device_id, seq);"
+	"CREATE INDEX audit_time ON audit(ts, kind);"
 	"CREATE TRIGGER certificates_renew_ins AFTER INSERT ON certificates"
 	"  WHEN NEW.renew_bucket IS NOT NULL AND NEW.current = 1 AND NEW.revoked = 0 BEGIN"
 	"  INSERT INTO renewal_hours (hour, n) VALUES (NEW.renew_bucket, 1)"
@@ -2479,18 +2481,15 @@ int store_audit_count_since(struct store *st, int64_t since,
 	} k[64];
 	size_t nk = 0;
 	int r;
-	sqlite3_stmt *s = prep(st, "SELECT ts, kind FROM audit ORDER BY seq DESC", err, errlen);
+	/* a range of the audit_time index, which covers the query */
+	sqlite3_stmt *s = prep(st, "SELECT kind FROM audit WHERE ts >= ?", err, errlen);
 
 	if (s == NULL)
 		return -1;
+	sqlite3_bind_int64(s, 1, since);
 	while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-		int64_t ts = sqlite3_column_int64(s, 0);
-		const char *kind = col_str(s, 1);
+		const char *kind = col_str(s, 0);
 		size_t i;
-		if (ts < since - 60)
-			break;
-		if (ts < since)
-			continue;
 		for (i = 0; i < nk && strcmp(k[i].kind, kind) != 0; i++)
 			;
 		if (i == nk) {
@@ -2602,21 +2601,44 @@ int store_audit_hourly(struct store *st, int64_t since,
 		       int (*cb)(void *arg, int64_t hour, const char *kind, long count), void *arg,
 		       char *err, size_t errlen)
 {
-	/* The records since `since` are the tail of the log: find where it
-	 * starts walking back from the newest (as many steps as records in
-	 * the range), then group the tail by its primary key range. */
-	sqlite3_stmt *s = prep(st, "SELECT ts / 3600 * 3600, kind, count(*) FROM audit"
-			       " WHERE seq > coalesce((SELECT seq FROM audit WHERE ts < ?1 ORDER BY seq DESC LIMIT 1), 0)"
-			       " AND ts >= ?1 GROUP BY 1, 2", err, errlen);
-	int r, rc = 0;
+	/* a range of the audit_time index, which covers the query, counted
+	 * here: the rows come in time order, so an hour is done when the
+	 * next one starts */
+	sqlite3_stmt *s = prep(st, "SELECT ts, kind FROM audit WHERE ts >= ? ORDER BY ts", err, errlen);
+	struct {
+		char kind[32];
+		long n;
+	} k[64];
+	size_t nk = 0;
+	int64_t hour = 0;
+	int r, rc = 0, stop = 0;
 	if (s == NULL)
 		return -1;
 	sqlite3_bind_int64(s, 1, since);
-	while ((r = sqlite3_step(s)) == SQLITE_ROW)
-		if (cb(arg, sqlite3_column_int64(s, 0), col_str(s, 1), (long)sqlite3_column_int64(s, 2)) != 0)
-			break;
-	if (r != SQLITE_ROW && r != SQLITE_DONE)
+	while (!stop && (r = sqlite3_step(s)) == SQLITE_ROW) {
+		int64_t h = sqlite3_column_int64(s, 0) / 3600 * 3600;
+		const char *kind = col_str(s, 1);
+		size_t i;
+		if (h != hour) {
+			for (i = 0; i < nk && !stop; i++)
+				stop = cb(arg, hour, k[i].kind, k[i].n);
+			nk = 0;
+			hour = h;
+		}
+		for (i = 0; i < nk && strcmp(k[i].kind, kind) != 0; i++)
+			;
+		if (i == nk) {
+			if (nk == sizeof k / sizeof k[0])
+				continue;      /* more kinds than anyone defines: ignore the rest */
+			fg_strlcpy(k[nk].kind, kind, sizeof k[nk].kind);
+			k[nk++].n = 0;
+		}
+		k[i].n++;
+	}
+	if (!stop && r != SQLITE_ROW && r != SQLITE_DONE)
 		rc = dberr(st, err, errlen, "audit activity");
+	for (size_t i = 0; rc == 0 && i < nk && !stop; i++)
+		stop = cb(arg, hour, k[i].kind, k[i].n);
 	release(st, s);
 	return rc;
 }
