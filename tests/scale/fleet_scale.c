@@ -2,12 +2,12 @@
  * fleet_scale.c: fleetgate-scale, the store at fleet size (docs/benchmarks.md
  * "Renewal storm" and "Dashboard queries"). A measurement, not a test.
  *
- *   fleetgate-scale --store FILE --certs N [--smoothing on|off] [--queries]
+ *   fleetgate-scale --store FILE --certs N [--smoothing on|off] [--max-per-hour M] [--queries]
  *
  * Records N devices, each enrolled with one certificate of 30 days, all
  * issued within one hour (a mass-enrollment day), through the store calls
  * fleetgated makes: store_job_admit, then store_job_finish_cert with the
- * default renewal rule (2/3..5/6, earliest 1/2, no ceiling) or, with
+ * default renewal rule (2/3..5/6, earliest 1/2, no ceiling or M) or, with
  * --smoothing off, none (each agent then renews at 2/3 of the life less
  * its jitter). Prints the renewal load of the next 40 days as `fleetgate
  * renewals plan` computes it: the busiest hour and how many hours carry
@@ -111,10 +111,11 @@ int main(int argc, char **argv)
 		{ "certs", required_argument, NULL, 'n' },
 		{ "smoothing", required_argument, NULL, 'm' },
 		{ "queries", no_argument, NULL, 'q' },
+		{ "max-per-hour", required_argument, NULL, 'M' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = NULL;
-	long n = 0;
+	long n = 0, max_per_hour = 0;
 	int smoothing = 1, queries = 0, c;
 	char err[1024] = "";
 
@@ -124,11 +125,12 @@ int main(int argc, char **argv)
 		case 'n': n = strtol(optarg, NULL, 10); break;
 		case 'm': smoothing = strcmp(optarg, "off") != 0; break;
 		case 'q': queries = 1; break;
+		case 'M': max_per_hour = strtol(optarg, NULL, 10); break;
 		default: return 2;
 		}
 	}
 	if (path == NULL || n < 1 || n > 10000000) {
-		fprintf(stderr, "usage: fleetgate-scale --store FILE --certs 1..10000000 [--smoothing on|off] [--queries]\n"
+		fprintf(stderr, "usage: fleetgate-scale --store FILE --certs 1..10000000 [--smoothing on|off] [--max-per-hour M] [--queries]\n"
 				"(FILE must not exist: it is made for the run; put it on tmpfs to measure the store, not the disk)\n");
 		return 2;
 	}
@@ -136,7 +138,8 @@ int main(int argc, char **argv)
 	if (st == NULL)
 		die("open", err);
 
-	const struct store_renewal_rule rule = { 2.0 / 3, 5.0 / 6, 1.0 / 2, 0 };
+	const struct store_renewal_rule rule = { 2.0 / 3, 5.0 / 6, 1.0 / 2, max_per_hour };
+	long over = 0;
 	char tok_id[24], key[48], rid[40], dev[40], serial[41], group[16];
 	unsigned char der[600];
 	int64_t t0 = fg_now() / 3600 * 3600;
@@ -188,6 +191,7 @@ int main(int argc, char **argv)
 		if (store_job_finish_cert(st, key, rid, &ct, smoothing ? &rule : NULL, reply_cb, NULL, &reply, &len, &w,
 					  "cert.issue", "{}", err, sizeof err) != 0)
 			die("finish", err);
+		over += w.over;
 		free(reply);
 	}
 	double fill = now_ms() - f0;
@@ -195,10 +199,10 @@ int main(int argc, char **argv)
 	if (store_renewal_load(st, t0, 40 * 24, on_hour, &p, err, sizeof err) != 0)
 		die("load", err);
 	char at[32];
-	printf("{\"certs\": %ld, \"smoothing\": %s, \"fill_s\": %.1f, \"renewals\": %.0f, "
-	       "\"peak_hour_renewals\": %.1f, \"peak_hour\": \"%s\", \"hours_with_renewals\": %ld",
-	       n, smoothing ? "true" : "false", fill / 1000, p.total, p.max, fg_time_iso(p.at, at, sizeof at),
-	       p.busy);
+	printf("{\"certs\": %ld, \"smoothing\": %s, \"max_per_hour\": %ld, \"fill_s\": %.1f, \"renewals\": %.0f, "
+	       "\"peak_hour_renewals\": %.1f, \"peak_hour\": \"%s\", \"hours_with_renewals\": %ld, \"over_ceiling\": %ld",
+	       n, smoothing ? "true" : "false", max_per_hour, fill / 1000, p.total, p.max,
+	       fg_time_iso(p.at, at, sizeof at), p.busy, over);
 	if (queries) {
 		static const char *const names[] = { "baseline_full_row_read", "summary", "groups",
 						     "devices_first_page", "devices_middle_page",
