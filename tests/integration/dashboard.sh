@@ -194,4 +194,31 @@ check "chromium screenshots the device page" browse "device/$S1" /dev/null --scr
 
 check "without a token the page asks for one" bash -c "timeout 90 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir='$T/chromium2' --virtual-time-budget=5000 --dump-dom '$URL/ui/' 2>/dev/null | grep -q 'data-ready=\"auth\"'"
 check "the gateway is still up" gw_alive
+
+# With an EST listener the dashboard is on it, over HTTPS with the EST
+# certificate, and no longer on the plain HTTP side.
+gw_stop
+EPORT=$(free_port)
+sed -i '/^ui = /d' "$GW/fleetgated.conf"
+G2="$T/gw2"
+"$FLEETGATE" init --state "$G2" --listen "tcp://127.0.0.1:$(free_port)" --http "127.0.0.1:$(free_port)" \
+  --est "127.0.0.1:$EPORT" >/dev/null || die "init --est failed"
+echo 'ui = { enabled = true }' >> "$G2/fleetgated.conf"
+TOK2=$("$FLEETGATE" ui token --state "$G2" 2>/dev/null)
+"$FLEETGATED" --state "$G2" 2>"$T/gw2.log" &
+GW_PID=$!     # lib.sh's cleanup stops it, also when a check dies
+for _ in $(seq 200); do grep -q "listening on" "$T/gw2.log" && break; sleep 0.05; done
+check "the EST gateway says where the dashboard is" grep -q "EST on https://127.0.0.1:$EPORT.*the dashboard at /ui/" "$T/gw2.log"
+HS() { curl -s --max-time 10 --cacert "$G2/ca/ca.crt" "$@"; }
+EURL="https://127.0.0.1:$EPORT"
+expect_eq "the page over HTTPS" "$(HS -o /dev/null -w '%{http_code}' "$EURL/ui/")" "200"
+expect_eq "the API over HTTPS without a token: 401" "$(HS -o /dev/null -w '%{http_code}' "$EURL/api/v1/summary")" "401"
+expect_eq "the first gateway's token is not this one's" \
+  "$(HS -H "Authorization: Bearer $TOK" -o /dev/null -w '%{http_code}' "$EURL/api/v1/summary")" "401"
+expect_eq "its own token: 200, an empty fleet" \
+  "$(HS -H "Authorization: Bearer $TOK2" "$EURL/api/v1/devices" | jq -c '[.total, .next_after]')" "[0,null]"
+H2=$(sed -n 's/^http = { listen = "\(.*\)" }/\1/p' "$G2/fleetgated.conf")
+expect_eq "and not on its plain HTTP side" "$(H -o /dev/null -w '%{http_code}' "http://$H2/api/v1/summary")" "404"
+expect_eq "while that still serves /healthz" "$(H "http://$H2/healthz")" "ok"
+gw_stop
 finish
