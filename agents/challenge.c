@@ -105,7 +105,12 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	if (found) {
-		fg_info("agent", NULL, "http-01: answered %s", uri);
+		char *peer = NULL;
+		ev_uint16_t pport = 0;
+		struct evhttp_connection *conn = evhttp_request_get_connection(req);
+		if (conn != NULL)
+			evhttp_connection_get_peer(conn, &peer, &pport);
+		fg_info("agent", NULL, "http-01: answered %s to %s", uri, peer != NULL ? peer : "an unknown peer");
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/octet-stream");
 		if (cmd == EVHTTP_REQ_GET)
 			evbuffer_add(b, ka, strlen(ka));
