@@ -127,38 +127,49 @@ reply_text(struct evhttp_request *req, int code, const char *reason, const char 
 	       evhttp_request_get_uri(req), code, n - 1, msg);
 }
 
-/* DER in, base64 out (RFC 7030 4.1.3, RFC 8951 3.2: RFC 4648 base64, which
- * adds no line breaks; some clients, strongSwan's pki among them, decode
- * no whitespace), as the body of a 200 with ctype. */
+/* Base64 of der appended to b (RFC 7030 4.1.3, RFC 8951 3.2): one line,
+ * ended by CRLF. The two kinds of EST client disagree on line breaks:
+ * strongSwan's pki as Debian 12 ships it (5.9.8) decodes the body as it
+ * comes and fails on any break inside it, but ignores what follows the last
+ * full quantum; OpenSSL's base64 BIO (the usual C client) needs a line end
+ * and reads lines of up to about 1000 characters. One line with a final
+ * CRLF is read by both for answers of up to 760 bytes of DER (a /cacerts
+ * with an EC CA, /csrattrs, an EC certificate); for a larger
+ * answer only clients that take long lines or skip breaks can read it
+ * (docs/est.md). 0, or -1 when out of memory. */
+static int add_base64(struct evbuffer *b, const unsigned char *der, size_t len)
+{
+	unsigned char line[64 + 3];
+	int rc = 0;
+
+	for (size_t off = 0; off < len && rc == 0; off += 48) {
+		size_t chunk = len - off < 48 ? len - off : 48;
+		int n = EVP_EncodeBlock(line, der + off, (int)chunk);
+		rc = evbuffer_add(b, line, (size_t)n);
+	}
+	if (rc == 0)
+		rc = evbuffer_add(b, "\r\n", 2);
+	OPENSSL_cleanse(line, sizeof line);
+	return rc;
+}
+
+/* DER in, base64 out (add_base64), as the body of a 200 with ctype. */
 static void reply_base64(struct evhttp_request *req, const char *ctype, const unsigned char *der,
 			 size_t len)
 {
-	BIO *b64 = BIO_new(BIO_f_base64()), *mem = BIO_new(BIO_s_mem());
 	struct evbuffer *b = evbuffer_new();
-	char *p = NULL;
-	long n;
 
-	if (b64 == NULL || mem == NULL || b == NULL)
-		goto oom;
-	BIO_set_flags(b64, BIO_FLAGS_BASE64_NO_NL);
-	b64 = BIO_push(b64, mem);
-	mem = NULL;
-	if (BIO_write(b64, der, (int)len) != (int)len || BIO_flush(b64) != 1)
-		goto oom;
-	n = BIO_get_mem_data(b64, &p);
+	if (b == NULL || add_base64(b, der, len) != 0) {
+		if (b)
+			evbuffer_free(b);
+		reply_text(req, 500, "Internal Server Error", "out of memory encoding the answer; retry");
+		return;
+	}
 	struct evkeyvalq *hdr = evhttp_request_get_output_headers(req);
 	evhttp_add_header(hdr, "Content-Type", ctype);
 	evhttp_add_header(hdr, "Content-Transfer-Encoding", "base64");
-	evbuffer_add(b, p, (size_t)n);
 	evhttp_send_reply(req, 200, "OK", b);
-	goto out;
-oom:
-	reply_text(req, 500, "Internal Server Error", "out of memory encoding the answer; retry");
-out:
-	BIO_free_all(b64);
-	BIO_free(mem);
-	if (b)
-		evbuffer_free(b);
+	evbuffer_free(b);
 }
 
 /* A certs-only PKCS#7 SignedData (RFC 5652 degenerate form) holding certs,
@@ -589,27 +600,6 @@ static int keygen_csr(X509_REQ *orig, EVP_PKEY *key, unsigned char **der, int *l
 		rc = 0;
 	sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
 	X509_REQ_free(n);
-	return rc;
-}
-
-/* Base64 of der with line breaks, appended to b. 0 or -1. */
-static int add_base64(struct evbuffer *b, const unsigned char *der, size_t len)
-{
-	BIO *b64 = BIO_new(BIO_f_base64()), *mem = BIO_new(BIO_s_mem());
-	char *p = NULL;
-	int rc = -1;
-	if (b64 == NULL || mem == NULL) {
-		BIO_free(b64);
-		BIO_free(mem);
-		return -1;
-	}
-	b64 = BIO_push(b64, mem);
-	if (BIO_write(b64, der, (int)len) == (int)len && BIO_flush(b64) == 1) {
-		long n = BIO_get_mem_data(b64, &p);
-		rc = evbuffer_add(b, p, (size_t)n);
-		OPENSSL_cleanse(p, (size_t)n);
-	}
-	BIO_free_all(b64);
 	return rc;
 }
 

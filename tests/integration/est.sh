@@ -173,12 +173,12 @@ post simpleenroll "$T/c1.csr" -u "x:$TOK"
 expect_eq "a good request with curl gets 200" "$CODE" "200"
 expect_match "... as PKCS#7 certs-only" "$(cat "$T/hdr")" 'Content-Type: application/pkcs7-mime; smime-type=certs-only'
 expect_match "... base64 transfer encoding" "$(cat "$T/hdr")" 'Content-Transfer-Encoding: base64'
-base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/c1.crt" 2>/dev/null || true
+openssl base64 -d -in "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/c1.crt" 2>/dev/null || true
 expect_eq "... holding the certificate for the CSR" \
   "$(openssl x509 -in "$T/c1.crt" -noout -subject 2>/dev/null)" "subject=CN = curl1.example"
 C1=$(openssl x509 -in "$T/c1.crt" -noout -serial 2>/dev/null | cut -d= -f2) || true
 post simpleenroll "$T/c1.csr" -u "x:$TOK"
-base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs 2>/dev/null | openssl x509 -noout -serial >"$T/again" 2>/dev/null || true
+openssl base64 -d -in "$T/body" | openssl pkcs7 -inform DER -print_certs 2>/dev/null | openssl x509 -noout -serial >"$T/again" 2>/dev/null || true
 expect_eq "the same request again gets the same certificate (the token is spent)" \
   "$(cut -d= -f2 "$T/again")" "$C1"
 
@@ -195,7 +195,19 @@ CODE=$(curl -s --cacert "$CA" -o "$T/body" -D "$T/hdr" -w '%{http_code}' "$EST/c
 expect_eq "csrattrs answers 200" "$CODE" "200"
 expect_match "... as application/csrattrs" "$(cat "$T/hdr")" 'Content-Type: application/csrattrs'
 expect_match "... advising challengePassword" \
-  "$(base64 -d "$T/body" | openssl asn1parse -inform DER 2>&1)" 'challengePassword'
+  "$(openssl base64 -d -in "$T/body" | openssl asn1parse -inform DER 2>&1)" 'challengePassword'
+# base64 on one line ended by CRLF: what strongSwan's pki (above) reads and
+# OpenSSL's base64 BIO needs (a line end)
+b64_line() { # FILE: 0 when it is one line of base64 ended by CRLF
+  [ "$(wc -l <"$1")" = 1 ] && LC_ALL=C grep -qE $'^[A-Za-z0-9+/]+=*\r$' "$1"
+}
+check "csrattrs: base64 on one line ended by CRLF" b64_line "$T/body"
+curl -s --cacert "$CA" -o "$T/cacerts.b64" "$EST/cacerts"
+check "cacerts: base64 on one line ended by CRLF" b64_line "$T/cacerts.b64"
+expect_eq "cacerts: OpenSSL's base64 BIO reads it (the CA certificate)" \
+  "$(openssl base64 -d -in "$T/cacerts.b64" | openssl pkcs7 -inform DER -print_certs 2>/dev/null |
+     openssl x509 -noout -fingerprint -sha256 2>/dev/null)" \
+  "$(openssl x509 -in "$CA" -noout -fingerprint -sha256)"
 
 # bulk provisioning: a token from device import enrolls its pre-registered device
 printf 'serial,hostname\nRTR-9,rtr9.example\nRTR-10,rtr10.example\n' >"$T/fleet.csv"
@@ -205,7 +217,7 @@ TOKI=$(sed -n 's/^token = //p' "$T/bundles/RTR-9.bundle")
 csr i1 rtr9.example
 post simpleenroll "$T/i1.csr" -u "x:$TOKI"
 expect_eq "an imported device's token enrolls over EST" "$CODE" "200"
-base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/i1.crt" 2>/dev/null || true
+openssl base64 -d -in "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/i1.crt" 2>/dev/null || true
 I1=$(openssl x509 -in "$T/i1.crt" -noout -serial 2>/dev/null | cut -d= -f2) || true
 expect_eq "... as the pre-registered device, now active" \
   "$(sql "SELECT d.serial || '/' || d.state FROM devices d JOIN certificates c ON c.device_id = d.id WHERE c.serial_hex = '$I1'")" \
@@ -228,13 +240,13 @@ expect_match "... saying EST carries no facts" "$(cat "$T/body")" 'EST does not 
 csr v1 vpn1.example
 post vpn/simpleenroll "$T/v1.csr" -u "x:$(token)"
 expect_eq "enrollment under the vpn label gets 200" "$CODE" "200"
-base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/v1.crt" 2>/dev/null || true
+openssl base64 -d -in "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/v1.crt" 2>/dev/null || true
 expect_match "... with the vpn profile (serverAuth)" \
   "$(openssl x509 -in "$T/v1.crt" -noout -ext extendedKeyUsage 2>/dev/null)" 'TLS Web Server Authentication'
 csr v2 vpn1.example
 post simplereenroll "$T/v2.csr" --cert "$T/v1.crt" --key "$T/v1.key"
 expect_eq "re-enrollment without label gets 200" "$CODE" "200"
-base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/v2.crt" 2>/dev/null || true
+openssl base64 -d -in "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/v2.crt" 2>/dev/null || true
 V2=$(openssl x509 -in "$T/v2.crt" -noout -serial 2>/dev/null | cut -d= -f2) || true
 expect_eq "... recorded in the vpn slot" "$(sql "SELECT slot FROM certificates WHERE serial_hex = '$V2'")" "vpn"
 expect_match "... still the vpn profile" \
@@ -267,7 +279,7 @@ expect_eq "... and the token is kept" \
 python3 "$FG_SOURCE_ROOT/tests/tools/est-tls-unique.py" 127.0.0.1 "$EST_PORT" "$CA" "$TOK3" "$T" bound.example \
   >"$T/tu.out" 2>&1 || true
 expect_eq "a CSR carrying this TLS 1.2 session's tls-unique gets 200" "$(head -n 1 "$T/tu.out")" "200"
-tail -n +2 "$T/tu.out" | base64 -d 2>/dev/null | openssl pkcs7 -inform DER -print_certs -out "$T/tu.crt" 2>/dev/null || true
+tail -n +2 "$T/tu.out" | openssl base64 -d 2>/dev/null | openssl pkcs7 -inform DER -print_certs -out "$T/tu.crt" 2>/dev/null || true
 check "... and the certificate is for its key" \
   bash -c "[ \"\$(openssl x509 -in '$T/tu.crt' -noout -pubkey)\" = \"\$(openssl pkey -in '$T/tls-unique.key' -pubout)\" ]"
 
@@ -298,7 +310,7 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 expect_eq "after the restart, the resent request completes" "${got:-$CODE}" "1"
-base64 -d "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/p1.crt" 2>/dev/null || true
+openssl base64 -d -in "$T/body" | openssl pkcs7 -inform DER -print_certs -out "$T/p1.crt" 2>/dev/null || true
 check "... with a certificate of the SCEP CA" openssl verify -CAfile "$T/responder/ca.crt" "$T/p1.crt"
 expect_eq "... recorded in slot pend" \
   "$(sql "SELECT slot FROM certificates WHERE backend = 'scep-pend'")" "pend"
