@@ -65,6 +65,7 @@ on_exit() {
   cleanup
 }
 trap on_exit EXIT
+trap 'exit 143' TERM INT HUP   # a timeout or ^C still runs on_exit
 GW_PID=   # lib.sh's cleanup: the gateway is stopped by lab_down
 
 # on HOST CMD...: run CMD in HOST's network namespace (a function: for a
