@@ -80,12 +80,13 @@ gw_init() {
   SERVER_KEY=$(sed -n 's/^public = //p' "$GW/keys/gateway.pub")
 }
 
-# gw_start: run fleetgated in the background and wait until it listens.
+# gw_start: run fleetgated in the background and wait until it listens
+# (in network namespace $GW_NETNS when set: tests/lab).
 gw_start() {
   : >>"$T/gw.log"
   local before
   before=$(grep -c "listening on" "$T/gw.log" || true)
-  "$FLEETGATED" --state "$GW" --log-level "${GW_LOG_LEVEL:-info}" 2>>"$T/gw.log" &
+  ${GW_NETNS:+ip netns exec "$GW_NETNS"} "$FLEETGATED" --state "$GW" --log-level "${GW_LOG_LEVEL:-info}" 2>>"$T/gw.log" &
   GW_PID=$!
   for _ in $(seq 200); do
     [ "$(grep -c "listening on" "$T/gw.log" || true)" -gt "$before" ] && return 0

@@ -40,12 +40,13 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 
 lab_down() {
   local ns pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}" $GW_PID; do kill -TERM "$pid" 2>/dev/null || true; done
   sleep 0.3
   for ns in "${HOSTS[@]}"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
   done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}" $GW_PID; do wait "$pid" 2>/dev/null || true; done
+  GW_PID=
   for ns in "${HOSTS[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done
   HOSTS=()
 }
@@ -66,7 +67,6 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'exit 143' TERM INT HUP   # a timeout or ^C still runs on_exit
-GW_PID=   # lib.sh's cleanup: the gateway is stopped by lab_down
 
 # on HOST CMD...: run CMD in HOST's network namespace (a function: for a
 # process whose pid is kept, ip netns exec is called directly, so that $!
@@ -186,20 +186,8 @@ function checkin(dev)
   return {}
 end
 EOF
-gw_up() {
-  : >>"$T/gw.log"
-  local before
-  before=$(grep -c "listening on" "$T/gw.log" || true)
-  ip netns exec "$LAB-gw" "$FLEETGATED" --state "$GW" 2>>"$T/gw.log" &
-  PIDS[gw]=$!
-  for _ in $(seq 200); do
-    [ "$(grep -c "listening on" "$T/gw.log" || true)" -gt "$before" ] && return 0
-    kill -0 "${PIDS[gw]}" 2>/dev/null || die "fleetgated exited: $(tail -n 5 "$T/gw.log")"
-    sleep 0.05
-  done
-  die "fleetgated did not start listening"
-}
-gw_up
+export GW_NETNS="$LAB-gw"   # lib.sh's gw_start runs fleetgated there
+gw_start
 CA="$GW/ca/ca.crt"
 check "the lab network carries traffic between hosts (est -> gw's HTTP side)" \
   on est curl -fsS -o /dev/null "http://$NET.1:8080/metrics"
@@ -282,15 +270,14 @@ expect_eq "est: the router's name" "$(subject "$T/r1.crt")" "CN=router1.lab"
 
 # ---- the gateway killed mid-way, a renewal of every device queued ----
 S1=$(serial a1) S2=$(serial a2) S3=$(serial a3)
-kill -KILL "${PIDS[gw]}"; wait "${PIDS[gw]}" 2>/dev/null || true
-unset 'PIDS[gw]'
+gw_kill9
 for g in local acme scep; do
   gwcli device command --state "$GW" --group "$g" renew >>"$T/cmd.out" 2>&1 ||
     fail "queueing the renewal of group $g: $(tail -n 1 "$T/cmd.out")"
 done
 sleep 3   # the agents' check-ins fail meanwhile
 for a in a1 a2 a3; do check "$a kept running while the gateway was down" kill -0 "${PIDS[$a]}"; done
-gw_up
+gw_start
 check "a1 renewed through the restarted gateway" wait_cert a1 "$S1"
 check "a2 renewed through the restarted gateway (ACME)" wait_cert a2 "$S2"
 check "a3 renewed through the restarted gateway (SCEP)" wait_cert a3 "$S3"
